@@ -1,0 +1,190 @@
+//! Authentication by bearer token from a static token file (upstream's `--token-auth-file`
+//! format: `token,user,uid[,"group1,group2"]`, one per line).
+//!
+//! Anonymous requests may only reach the health and version endpoints, as upstream's default
+//! RBAC (`system:public-info-viewer`) allows; everything else answers 401.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.groups.iter().any(|g| g == "system:masters")
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct TokenAuthenticator {
+    tokens: HashMap<String, User>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("reading token file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("token file {path} line {line}: {reason}")]
+    Parse {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// Splits one CSV record; a field in double quotes may contain commas.
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields.into_iter().map(|f| f.trim().to_string()).collect()
+}
+
+impl TokenAuthenticator {
+    pub fn parse(path: &str, text: &str) -> Result<Self, TokenFileError> {
+        let mut tokens = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let f = csv_fields(line);
+            if f.len() < 3 || f[0].is_empty() || f[1].is_empty() {
+                return Err(TokenFileError::Parse {
+                    path: path.into(),
+                    line: i + 1,
+                    reason: "expected token,user,uid[,\"groups\"]".into(),
+                });
+            }
+            let groups = f
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            tokens.insert(
+                f[0].clone(),
+                User {
+                    name: f[1].clone(),
+                    uid: f[2].clone(),
+                    groups,
+                },
+            );
+        }
+        Ok(TokenAuthenticator { tokens })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// The user behind an `Authorization` header value, if it carries a known bearer token.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<User> {
+        let value = authorization?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        self.tokens.get(token.trim()).cloned()
+    }
+
+    /// A token of a `system:masters` user, for writing the admin kubeconfig.
+    pub fn admin_token(&self) -> Option<&str> {
+        let mut admins: Vec<(&String, &User)> =
+            self.tokens.iter().filter(|(_, u)| u.is_admin()).collect();
+        admins.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        admins.first().map(|(t, _)| t.as_str())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// Paths anonymous clients may read.
+pub fn is_public_path(path: &str) -> bool {
+    let p = path.trim_end_matches('/');
+    matches!(p, "/version" | "/healthz" | "/livez" | "/readyz")
+        || p.starts_with("/healthz/")
+        || p.starts_with("/livez/")
+        || p.starts_with("/readyz/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_lines_follow_the_upstream_csv_format() {
+        let a = TokenAuthenticator::parse(
+            "t.csv",
+            "# comment\nsecret1,admin,uid-1,\"system:masters,dev\"\nsecret2,alice,uid-2\n",
+        )
+        .expect("parses");
+        let admin = a.authenticate(Some("Bearer secret1")).expect("admin");
+        assert_eq!(admin.groups, vec!["system:masters", "dev"]);
+        assert!(admin.is_admin());
+        assert_eq!(
+            a.authenticate(Some("bearer secret2")).expect("alice").name,
+            "alice"
+        );
+        assert!(a.authenticate(Some("Bearer nope")).is_none());
+        assert!(a.authenticate(Some("Basic secret1")).is_none());
+        assert!(a.authenticate(None).is_none());
+        assert_eq!(a.admin_token(), Some("secret1"));
+    }
+
+    #[test]
+    fn malformed_token_lines_name_the_line() {
+        let err = TokenAuthenticator::parse("t.csv", "ok,u,1\nbroken\n").expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "token file t.csv line 2: expected token,user,uid[,\"groups\"]"
+        );
+    }
+
+    #[test]
+    fn only_health_and_version_are_public() {
+        for p in [
+            "/version",
+            "/version/",
+            "/healthz",
+            "/readyz/etcd",
+            "/livez",
+        ] {
+            assert!(is_public_path(p), "{p}");
+        }
+        for p in ["/api", "/apis", "/api/v1/pods", "/openapi/v3", "/metrics"] {
+            assert!(!is_public_path(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,959 @@
+//! Request handling: authentication, routing of every path the API serves, the REST verbs on
+//! resources, content negotiation, and watch streaming.
+//!
+//! Routing follows upstream's request-info rules: `/api/v1/...` and `/apis/<g>/<v>/...`, then
+//! `namespaces/<ns>/<resource>[/<name>[/<subresource>]]` or `<resource>[/<name>[/<sub>]]`, with
+//! `namespaces/<name>/status|finalize` naming the namespace's own subresources.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Method, Request, Response, header};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+
+use crate::auth::{self, TokenAuthenticator};
+use crate::codec::{self, FieldValidation, MAX_BODY_BYTES};
+use crate::discovery;
+use crate::error::{ApiError, ApiResult, Details, success_status};
+use crate::http::{self as h, Body, Output, Query};
+use crate::meta;
+use crate::metrics::Metrics;
+use crate::openapi::OpenApiV3;
+use crate::resources::{Registry, ResourceInfo};
+use crate::rest::{
+    self, DeleteOptions, Deleted, ListOptions, PatchKind, Store, WatchItem, WatchOptions,
+    WriteOptions,
+};
+use crate::selectors::{FieldSelector, LabelSelector, Selectors};
+use crate::table::{self, IncludeObject};
+
+/// Everything a request may need, shared by all connections.
+pub struct State {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub openapi: OpenApiV3,
+    pub auth: TokenAuthenticator,
+    pub metrics: Metrics,
+    /// What `/api` advertises in `serverAddressByClientCIDRs`.
+    pub server_address: String,
+    /// The default namespaces exist; `/readyz` waits for this.
+    pub bootstrapped: AtomicBool,
+    /// Watches without `timeoutSeconds` end after this to twice this, like upstream's
+    /// `--min-request-timeout`.
+    pub min_request_timeout: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// A parsed resource path.
+#[derive(Debug, Clone)]
+pub struct ResourcePath {
+    pub info: Arc<ResourceInfo>,
+    pub namespace: String,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Route {
+    Version,
+    Health {
+        endpoint: &'static str,
+        check: Option<String>,
+    },
+    Metrics,
+    OpenApiV3Index,
+    OpenApiV3(String),
+    OpenApiV2,
+    Api,
+    Apis,
+    Group(String),
+    GroupVersion(String, String),
+    Resource(ResourcePath),
+    NotFound,
+}
+
+pub fn route(reg: &Registry, path: &str) -> Route {
+    let trimmed = path.trim_end_matches('/');
+    let segs: Vec<String> = trimmed
+        .split('/')
+        .skip(1)
+        .map(|s| h::percent_decode(s, false))
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match segs.as_slice() {
+        ["version"] => Route::Version,
+        [e @ ("healthz" | "livez" | "readyz"), rest @ ..] if rest.len() <= 1 => {
+            let endpoint = match *e {
+                "healthz" => "healthz",
+                "livez" => "livez",
+                _ => "readyz",
+            };
+            Route::Health {
+                endpoint,
+                check: rest.first().map(|s| s.to_string()),
+            }
+        }
+        ["metrics"] => Route::Metrics,
+        ["openapi", "v3"] => Route::OpenApiV3Index,
+        ["openapi", "v3", rest @ ..] => Route::OpenApiV3(rest.join("/")),
+        ["openapi", "v2"] => Route::OpenApiV2,
+        ["api"] => Route::Api,
+        ["apis"] => Route::Apis,
+        ["apis", g] => Route::Group(g.to_string()),
+        ["api", v, rest @ ..] => resource_route(reg, "", v, rest),
+        ["apis", g, v, rest @ ..] => resource_route(reg, g, v, rest),
+        _ => Route::NotFound,
+    }
+}
+
+fn resource_route(reg: &Registry, group: &str, version: &str, rest: &[&str]) -> Route {
+    if reg.versions(group).iter().all(|v| *v != version) {
+        return Route::NotFound;
+    }
+    if rest.is_empty() {
+        return Route::GroupVersion(group.to_string(), version.to_string());
+    }
+    let namespaced_path = rest[0] == "namespaces"
+        && rest.len() >= 3
+        && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize"));
+    let (namespace, parts) = if namespaced_path {
+        (rest[1], &rest[2..])
+    } else {
+        ("", rest)
+    };
+    if parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+        return Route::NotFound;
+    }
+    let Some(info) = reg.lookup(group, version, parts[0]) else {
+        return Route::NotFound;
+    };
+    if namespaced_path && !info.namespaced {
+        return Route::NotFound;
+    }
+    // A namespaced resource's objects are only addressable inside a namespace.
+    if info.namespaced && namespace.is_empty() && parts.len() > 1 {
+        return Route::NotFound;
+    }
+    Route::Resource(ResourcePath {
+        info: info.clone(),
+        namespace: namespace.to_string(),
+        name: parts.get(1).map(|s| s.to_string()),
+        subresource: parts.get(2).map(|s| s.to_string()),
+    })
+}
+
+fn header_str<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Entry point for one request.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let span = info_span!("request", verb = %method, path = %path);
+    async move {
+        let public = auth::is_public_path(&path);
+        if !public
+            && state
+                .auth
+                .authenticate(header_str(&req, header::AUTHORIZATION))
+                .is_none()
+        {
+            let e = ApiError::Unauthorized("Unauthorized".into());
+            state
+                .metrics
+                .observe(method.as_str(), "", 401, start.elapsed().as_secs_f64());
+            return h::error_response(&e);
+        }
+        let route = route(&state.registry, &path);
+        let resource = match &route {
+            Route::Resource(r) => r.info.plural.to_string(),
+            _ => String::new(),
+        };
+        let resp = match dispatch(&state, route, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.code() >= 500 {
+                    tracing::warn!(code = e.code(), error = %e, "Request failed");
+                } else {
+                    debug!(code = e.code(), error = %e, "Request refused");
+                }
+                h::error_response(&e)
+            }
+        };
+        state.metrics.observe(
+            method.as_str(),
+            &resource,
+            resp.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+async fn dispatch(
+    state: &Arc<State>,
+    route: Route,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    let accept = header_str(&req, header::ACCEPT).map(str::to_string);
+    let get_only = |m: &Method| {
+        if m == Method::GET || m == Method::HEAD {
+            Ok(())
+        } else {
+            Err(method_not_allowed())
+        }
+    };
+    match route {
+        Route::Version => {
+            get_only(req.method())?;
+            Ok(h::respond_value(200, Output::Json, &crate::version::info()))
+        }
+        Route::Health { endpoint, check } => {
+            get_only(req.method())?;
+            let query = Query::parse(req.uri().query());
+            Ok(health(
+                state,
+                endpoint,
+                check.as_deref(),
+                query.get("verbose").is_some(),
+            )
+            .await)
+        }
+        Route::Metrics => {
+            get_only(req.method())?;
+            Ok(h::respond(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                state.metrics.encode(),
+            ))
+        }
+        Route::OpenApiV3Index => {
+            get_only(req.method())?;
+            Ok(h::respond_value(200, Output::Json, &state.openapi.index()))
+        }
+        Route::OpenApiV3(p) => {
+            get_only(req.method())?;
+            let doc = state
+                .openapi
+                .document(&p)
+                .ok_or_else(ApiError::path_not_found)?;
+            let mut resp = h::respond_value(200, Output::Json, doc);
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                http::HeaderValue::from_static("public, immutable"),
+            );
+            Ok(resp)
+        }
+        Route::OpenApiV2 => Err(ApiError::path_not_found()),
+        Route::Api => {
+            get_only(req.method())?;
+            Ok(discovery_response(state, true, accept.as_deref()))
+        }
+        Route::Apis => {
+            get_only(req.method())?;
+            Ok(discovery_response(state, false, accept.as_deref()))
+        }
+        Route::Group(g) => {
+            get_only(req.method())?;
+            if state.registry.versions(&g).is_empty() {
+                return Err(ApiError::path_not_found());
+            }
+            Ok(h::respond_value(
+                200,
+                Output::Json,
+                &discovery::api_group(&state.registry, &g),
+            ))
+        }
+        Route::GroupVersion(g, v) => {
+            get_only(req.method())?;
+            let list = discovery::api_resource_list(&state.registry, &g, &v)
+                .ok_or_else(ApiError::path_not_found)?;
+            Ok(h::respond_value(200, Output::Json, &list))
+        }
+        Route::Resource(rp) => resource(state, rp, req).await,
+        Route::NotFound => Err(ApiError::path_not_found()),
+    }
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed(
+        "the server does not allow this method on the requested resource".into(),
+    )
+}
+
+fn discovery_response(state: &State, core: bool, accept: Option<&str>) -> Response<Body> {
+    if let Some(version) = accept.and_then(discovery::aggregated_version) {
+        let doc = discovery::aggregated(&state.registry, core, version);
+        return h::respond(
+            200,
+            discovery::content_type_for(version),
+            serde_json::to_vec(&doc).unwrap_or_default(),
+        );
+    }
+    let doc = if core {
+        discovery::api_versions(&state.server_address)
+    } else {
+        discovery::api_group_list(&state.registry)
+    };
+    h::respond_value(200, Output::Json, &doc)
+}
+
+async fn health(
+    state: &State,
+    endpoint: &str,
+    only: Option<&str>,
+    verbose: bool,
+) -> Response<Body> {
+    let mut checks: Vec<(&str, Result<(), String>)> = vec![("ping", Ok(()))];
+    if endpoint != "livez" {
+        let etcd =
+            match tokio::time::timeout(Duration::from_secs(2), state.store.storage.check_health())
+                .await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".into()),
+            };
+        checks.push(("etcd", etcd));
+    }
+    if endpoint == "readyz" {
+        let ready = state.bootstrapped.load(Ordering::Relaxed);
+        checks.push((
+            "poststarthook/bootstrap-namespaces",
+            if ready {
+                Ok(())
+            } else {
+                Err("not finished".into())
+            },
+        ));
+    }
+    if let Some(name) = only {
+        return match checks
+            .iter()
+            .find(|(n, _)| *n == name || n.ends_with(&format!("/{name}")))
+        {
+            Some((_, Ok(()))) => h::respond(200, "text/plain; charset=utf-8", "ok"),
+            Some((n, Err(e))) => h::respond(
+                500,
+                "text/plain; charset=utf-8",
+                format!("internal server error: {n} check failed: {e}\n"),
+            ),
+            None => h::error_response(&ApiError::path_not_found()),
+        };
+    }
+    let ok = checks.iter().all(|(_, r)| r.is_ok());
+    let mut text = String::new();
+    if verbose || !ok {
+        for (name, r) in &checks {
+            match r {
+                Ok(()) => text.push_str(&format!("[+]{name} ok\n")),
+                Err(_) => text.push_str(&format!("[-]{name} failed: reason withheld\n")),
+            }
+        }
+        text.push_str(&format!(
+            "{endpoint} check {}\n",
+            if ok { "passed" } else { "failed" }
+        ));
+    } else {
+        text.push_str("ok");
+    }
+    h::respond(
+        if ok { 200 } else { 500 },
+        "text/plain; charset=utf-8",
+        text,
+    )
+}
+
+/// The verb a method and path mean, as discovery lists them.
+fn verb_of(method: &Method, has_name: bool, watch: bool) -> ApiResult<&'static str> {
+    Ok(match (method.as_str(), has_name) {
+        ("GET" | "HEAD", false) if watch => "watch",
+        ("GET" | "HEAD", false) => "list",
+        ("GET" | "HEAD", true) => "get",
+        ("POST", false) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return Err(method_not_allowed()),
+    })
+}
+
+fn write_options(q: &Query) -> ApiResult<WriteOptions> {
+    Ok(WriteOptions {
+        field_validation: FieldValidation::parse(q.get("fieldValidation"))?,
+        dry_run: dry_run(q.all("dryRun"))?,
+    })
+}
+
+fn dry_run(values: Vec<&str>) -> ApiResult<bool> {
+    let mut dry = false;
+    for v in values {
+        match v {
+            "All" => dry = true,
+            "" => {}
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "dryRun: Unsupported value: \"{other}\": supported values: \"All\""
+                )));
+            }
+        }
+    }
+    Ok(dry)
+}
+
+fn selectors(info: &ResourceInfo, q: &Query) -> ApiResult<Selectors> {
+    Ok(Selectors {
+        labels: LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?,
+        fields: FieldSelector::parse(q.get("fieldSelector").unwrap_or(""), info)?,
+    })
+}
+
+async fn read_body(req: Request<Incoming>) -> ApiResult<Bytes> {
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::RequestEntityTooLarge(format!(
+                "the request body exceeds the limit of {MAX_BODY_BYTES} bytes"
+            )))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "reading the request body: {e}"
+        ))),
+    }
+}
+
+async fn resource(
+    state: &Arc<State>,
+    rp: ResourcePath,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    let q = Query::parse(req.uri().query());
+    let info = rp.info.clone();
+    let ns = rp.namespace.as_str();
+    let watch = q.flag("watch")?;
+    let verb = verb_of(req.method(), rp.name.is_some(), watch)?;
+    match &rp.subresource {
+        None => {
+            if !info.verbs.contains(&verb) {
+                return Err(method_not_allowed());
+            }
+            if info.namespaced && ns.is_empty() && !matches!(verb, "list" | "watch") {
+                return Err(method_not_allowed());
+            }
+        }
+        Some(sub) => {
+            let Some(s) = info.subresource(sub) else {
+                return Err(ApiError::path_not_found());
+            };
+            if !s.verbs.contains(&verb) {
+                return Err(method_not_allowed());
+            }
+        }
+    }
+    let include = IncludeObject::parse(q.get("includeObject"))?;
+    let reads = matches!(verb, "get" | "list" | "watch");
+    let output = h::negotiate(header_str(&req, header::ACCEPT), reads, include)?;
+    let content_type = header_str(&req, header::CONTENT_TYPE).map(str::to_string);
+    let name = rp.name.clone().unwrap_or_default();
+    let sub = rp.subresource.as_deref();
+    let store = &state.store;
+    match verb {
+        "get" => {
+            let kv = store.get(&info, ns, &name).await?;
+            match output {
+                Output::Json => Ok(h::respond(
+                    200,
+                    h::JSON,
+                    codec::render_stored(&kv.value, kv.mod_revision)?,
+                )),
+                _ => {
+                    let obj = codec::decode_stored(&kv.value, kv.mod_revision)?;
+                    Ok(render_object(&info, output, &obj, 200))
+                }
+            }
+        }
+        "list" => {
+            let opts = ListOptions {
+                selectors: selectors(&info, &q)?,
+                limit: q.number("limit")?.unwrap_or(0).max(0) as usize,
+                continue_token: q
+                    .get("continue")
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string),
+                resource_version: q.get("resourceVersion").map(str::to_string),
+                resource_version_match: q.get("resourceVersionMatch").map(str::to_string),
+            };
+            let result = store.list(&info, ns, &opts).await?;
+            render_list(&info, output, &result)
+        }
+        "watch" => {
+            let timeout = match q.number("timeoutSeconds")? {
+                Some(t) if t > 0 => Duration::from_secs(t as u64),
+                _ => {
+                    use rand::Rng;
+                    let base = state.min_request_timeout.as_secs_f64();
+                    Duration::from_secs_f64(base * rand::rng().random_range(1.0..2.0))
+                }
+            };
+            let opts = WatchOptions {
+                selectors: selectors(&info, &q)?,
+                resource_version: q.get("resourceVersion").map(str::to_string),
+                allow_bookmarks: q.flag("allowWatchBookmarks")?,
+                send_initial_events: q.optional_flag("sendInitialEvents")?,
+                timeout,
+            };
+            let rx = store.watch(info.clone(), ns, opts).await?;
+            Ok(watch_response(state, info, output, rx))
+        }
+        "create" => {
+            let wo = write_options(&q)?;
+            let format = codec::object_body_format(content_type.as_deref())?;
+            let body = read_body(req).await?;
+            let decoded = codec::decode_body(&body, format)?;
+            let written = store.create(&info, ns, decoded, &wo).await?;
+            let mut resp = render_object(&info, output, &written.object, 201);
+            h::add_warnings(&mut resp, &written.warnings);
+            Ok(resp)
+        }
+        "update" => {
+            let wo = write_options(&q)?;
+            let format = codec::object_body_format(content_type.as_deref())?;
+            let body = read_body(req).await?;
+            let decoded = codec::decode_body(&body, format)?;
+            let written = store.update(&info, ns, &name, sub, decoded, &wo).await?;
+            let mut resp = render_object(
+                &info,
+                output,
+                &written.object,
+                if written.created { 201 } else { 200 },
+            );
+            h::add_warnings(&mut resp, &written.warnings);
+            Ok(resp)
+        }
+        "patch" => {
+            let wo = write_options(&q)?;
+            let kind = match codec::media_type(content_type.as_deref()).as_str() {
+                "application/merge-patch+json" => PatchKind::Merge,
+                "application/json-patch+json" => PatchKind::Json,
+                m @ ("application/strategic-merge-patch+json" | "application/apply-patch+yaml") => {
+                    return Err(ApiError::UnsupportedMediaType(format!(
+                        "{m} patches are not supported by this server yet; use application/merge-patch+json or application/json-patch+json (kubectl: --type=merge or --type=json)"
+                    )));
+                }
+                other => {
+                    return Err(codec::unsupported(
+                        other,
+                        &[
+                            "application/json-patch+json",
+                            "application/merge-patch+json",
+                        ],
+                    ));
+                }
+            };
+            let body = read_body(req).await?;
+            let written = store.patch(&info, ns, &name, sub, kind, &body, &wo).await?;
+            let mut resp = render_object(&info, output, &written.object, 200);
+            h::add_warnings(&mut resp, &written.warnings);
+            Ok(resp)
+        }
+        "delete" | "deletecollection" => {
+            let body = read_body(req).await?;
+            let (opts, warnings) = delete_options(&q, &body)?;
+            if verb == "delete" {
+                let outcome = store.delete(&info, ns, &name, &opts).await?;
+                let mut resp = match outcome {
+                    Deleted::Gone(obj) if !info.delete_returns_object => {
+                        let details = Details {
+                            uid: Some(meta::uid(&obj).to_string()),
+                            ..Details::for_resource(&info, &name)
+                        };
+                        h::respond_value(200, Output::Json, &success_status(&details))
+                    }
+                    Deleted::Gone(obj) | Deleted::Pending(obj) => {
+                        render_object(&info, Output::Json, &obj, 200)
+                    }
+                };
+                h::add_warnings(&mut resp, &warnings);
+                Ok(resp)
+            } else {
+                let list = ListOptions {
+                    selectors: selectors(&info, &q)?,
+                    ..Default::default()
+                };
+                let deleted = store.delete_collection(&info, ns, &list, &opts).await?;
+                let mut body = json!({
+                    "kind": info.list_kind,
+                    "apiVersion": info.api_version(),
+                    "metadata": {},
+                    "items": deleted,
+                });
+                if let Ok(rev) = store.storage.current_revision().await {
+                    body["metadata"]["resourceVersion"] = json!(rev.to_string());
+                }
+                let mut resp = h::respond_value(200, Output::Json, &body);
+                h::add_warnings(&mut resp, &warnings);
+                Ok(resp)
+            }
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+/// DeleteOptions from the body (optional) and the query; warnings for what is not acted on yet.
+fn delete_options(q: &Query, body: &[u8]) -> ApiResult<(DeleteOptions, Vec<String>)> {
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("decoding DeleteOptions: {e}")))?
+    };
+    let str_at = |p: &str| opts.pointer(p).and_then(Value::as_str).map(str::to_string);
+    let mut dry: Vec<String> = opts
+        .get("dryRun")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    dry.extend(q.all("dryRun").into_iter().map(String::from));
+    let policy =
+        str_at("/propagationPolicy").or_else(|| q.get("propagationPolicy").map(String::from));
+    let mut warnings = Vec::new();
+    match policy.as_deref() {
+        None | Some("" | "Background") => {}
+        Some(p @ ("Foreground" | "Orphan")) => warnings.push(format!(
+            "propagationPolicy {p} is not implemented yet: the object was deleted as with Background and its dependents were left in place"
+        )),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+            )));
+        }
+    }
+    Ok((
+        DeleteOptions {
+            precondition_uid: str_at("/preconditions/uid"),
+            precondition_resource_version: str_at("/preconditions/resourceVersion"),
+            dry_run: dry_run(dry.iter().map(String::as_str).collect())?,
+        },
+        warnings,
+    ))
+}
+
+fn partial_metadata(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+fn render_object(info: &ResourceInfo, output: Output, obj: &Value, status: u16) -> Response<Body> {
+    match output {
+        Output::Table(include) => {
+            let def = table::definition(info);
+            let meta = json!({"resourceVersion": meta::meta_str(obj, "resourceVersion")});
+            h::respond_value(
+                status,
+                output,
+                &table::table(def, std::slice::from_ref(obj), include, meta),
+            )
+        }
+        Output::PartialMetadata => h::respond_value(status, output, &partial_metadata(obj)),
+        other => h::respond_value(status, other, obj),
+    }
+}
+
+fn render_list(
+    info: &ResourceInfo,
+    output: Output,
+    result: &rest::ListResult,
+) -> ApiResult<Response<Body>> {
+    let mut list_meta = json!({"resourceVersion": result.revision.to_string()});
+    if let Some(c) = &result.continue_token {
+        list_meta["continue"] = json!(c);
+    }
+    match output {
+        Output::Json => Ok(h::respond(200, h::JSON, rest::list_json(info, result)?)),
+        Output::Table(include) => {
+            let objs = result
+                .items
+                .iter()
+                .map(|i| i.value())
+                .collect::<ApiResult<Vec<_>>>()?;
+            Ok(h::respond_value(
+                200,
+                output,
+                &table::table(table::definition(info), &objs, include, list_meta),
+            ))
+        }
+        Output::PartialMetadata => {
+            let items = result
+                .items
+                .iter()
+                .map(|i| i.value().map(|v| partial_metadata(&v)))
+                .collect::<ApiResult<Vec<_>>>()?;
+            let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "items": items});
+            Ok(h::respond_value(200, output, &list))
+        }
+        Output::Yaml => {
+            let items = result
+                .items
+                .iter()
+                .map(|i| i.value())
+                .collect::<ApiResult<Vec<_>>>()?;
+            let list = json!({"kind": info.list_kind, "apiVersion": info.api_version(), "metadata": list_meta, "items": items});
+            Ok(h::respond_value(200, output, &list))
+        }
+    }
+}
+
+/// One watch event as a line of the stream.
+pub fn encode_watch_item(info: &ResourceInfo, output: Output, item: WatchItem) -> Bytes {
+    let event = match item {
+        WatchItem::Event(t, obj) => {
+            let object = match output {
+                Output::Table(include) => {
+                    let meta = json!({"resourceVersion": meta::meta_str(&obj, "resourceVersion")});
+                    table::table(
+                        table::definition(info),
+                        std::slice::from_ref(&obj),
+                        include,
+                        meta,
+                    )
+                }
+                Output::PartialMetadata => partial_metadata(&obj),
+                _ => obj,
+            };
+            json!({"type": t.as_str(), "object": object})
+        }
+        WatchItem::Bookmark {
+            revision,
+            initial_events_end,
+        } => {
+            let mut metadata = json!({"resourceVersion": revision.to_string()});
+            if initial_events_end {
+                metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
+            let object = match output {
+                Output::Table(_) => {
+                    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": [], "rows": []})
+                }
+                _ => {
+                    json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": metadata})
+                }
+            };
+            json!({"type": "BOOKMARK", "object": object})
+        }
+        WatchItem::Error(e) => json!({"type": "ERROR", "object": e.to_status()}),
+    };
+    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// Decrements the open-watch gauge when the stream is dropped (client gone or watch over).
+struct WatchGuard(prometheus_client::metrics::gauge::Gauge);
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn watch_response(
+    state: &Arc<State>,
+    info: Arc<ResourceInfo>,
+    output: Output,
+    rx: tokio::sync::mpsc::Receiver<WatchItem>,
+) -> Response<Body> {
+    let output = if output == Output::Yaml {
+        Output::Json
+    } else {
+        output
+    };
+    state.metrics.watches.inc();
+    let guard = WatchGuard(state.metrics.watches.clone());
+    let shutdown = state.shutdown.clone();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .take_until(async move { shutdown.cancelled().await })
+        .map(move |item| {
+            let _ = &guard;
+            Ok::<_, std::convert::Infallible>(Frame::data(encode_watch_item(&info, output, item)))
+        });
+    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(output.content_type()),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache, private"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(route: Route) -> ResourcePath {
+        match route {
+            Route::Resource(r) => r,
+            other => panic!("not a resource route: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_follow_upstream_request_info_rules() {
+        let reg = Registry::builtin();
+        let r = resource(route(&reg, "/api/v1/namespaces/default/pods/web/status"));
+        assert_eq!(
+            (
+                r.info.plural,
+                r.namespace.as_str(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            ("pods", "default", Some("web"), Some("status"))
+        );
+        let r = resource(route(&reg, "/api/v1/namespaces/team-a"));
+        assert_eq!(
+            (r.info.plural, r.namespace.as_str(), r.name.as_deref()),
+            ("namespaces", "", Some("team-a"))
+        );
+        let r = resource(route(&reg, "/api/v1/namespaces/team-a/finalize"));
+        assert_eq!(
+            (r.info.plural, r.name.as_deref(), r.subresource.as_deref()),
+            ("namespaces", Some("team-a"), Some("finalize"))
+        );
+        let r = resource(route(&reg, "/api/v1/pods"));
+        assert_eq!(
+            (r.info.plural, r.namespace.as_str(), r.name.as_deref()),
+            ("pods", "", None)
+        );
+        let r = resource(route(&reg, "/apis/apps/v1/namespaces/x/deployments/"));
+        assert_eq!((r.info.plural, r.namespace.as_str()), ("deployments", "x"));
+        let r = resource(route(&reg, "/api/v1/nodes/n1"));
+        assert_eq!((r.info.plural, r.name.as_deref()), ("nodes", Some("n1")));
+        for p in [
+            "/api/v1/pods/web",
+            "/api/v1/namespaces/x/nodes",
+            "/apis/apps/v2/deployments",
+            "/api/v1/widgets",
+            "/apis/apps/v1/namespaces/x/deployments/a/b/c",
+            "/nope",
+        ] {
+            assert!(matches!(route(&reg, p), Route::NotFound), "{p}");
+        }
+        assert!(matches!(route(&reg, "/version/"), Route::Version));
+        assert!(matches!(
+            route(&reg, "/readyz/etcd"),
+            Route::Health {
+                endpoint: "readyz",
+                ..
+            }
+        ));
+        assert!(matches!(
+            route(&reg, "/apis/apps/v1"),
+            Route::GroupVersion(..)
+        ));
+    }
+
+    #[test]
+    fn verbs_from_method_and_shape() {
+        assert_eq!(verb_of(&Method::GET, false, true).expect("watch"), "watch");
+        assert_eq!(
+            verb_of(&Method::DELETE, false, false).expect("dc"),
+            "deletecollection"
+        );
+        assert_eq!(
+            verb_of(&Method::POST, true, false).expect_err("405").code(),
+            405
+        );
+    }
+
+    #[test]
+    fn delete_options_read_body_and_query() {
+        let q = Query::parse(Some("dryRun=All"));
+        let (o, w) = delete_options(
+            &q,
+            br#"{"propagationPolicy":"Background","preconditions":{"uid":"u1"}}"#,
+        )
+        .expect("parses");
+        assert!(o.dry_run);
+        assert_eq!(o.precondition_uid.as_deref(), Some("u1"));
+        assert!(w.is_empty());
+        let (_, w) = delete_options(&Query::default(), br#"{"propagationPolicy":"Foreground"}"#)
+            .expect("parses");
+        assert_eq!(
+            w.len(),
+            1,
+            "foreground is accepted with a warning until the garbage collector exists"
+        );
+        assert_eq!(
+            delete_options(&Query::default(), b"{")
+                .expect_err("bad")
+                .code(),
+            400
+        );
+        assert_eq!(
+            delete_options(&Query::default(), br#"{"propagationPolicy":"Sometimes"}"#)
+                .expect_err("bad")
+                .code(),
+            400
+        );
+    }
+
+    #[test]
+    fn watch_lines_carry_kind_and_bookmarks_their_revision() {
+        let reg = Registry::builtin();
+        let cm = reg.by_plural("", "configmaps").expect("cm");
+        let line = encode_watch_item(
+            cm,
+            Output::Json,
+            WatchItem::Bookmark {
+                revision: 42,
+                initial_events_end: true,
+            },
+        );
+        let v: Value = serde_json::from_slice(&line).expect("json");
+        assert_eq!(v["type"], "BOOKMARK");
+        assert_eq!(v["object"]["kind"], "ConfigMap");
+        assert_eq!(v["object"]["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            v["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+            "true"
+        );
+        assert_eq!(line.last(), Some(&b'\n'));
+        let err = encode_watch_item(
+            cm,
+            Output::Json,
+            WatchItem::Error(ApiError::expired("too old")),
+        );
+        let v: Value = serde_json::from_slice(&err).expect("json");
+        assert_eq!(
+            (v["type"].as_str(), v["object"]["code"].as_i64()),
+            (Some("ERROR"), Some(410))
+        );
+    }
+}

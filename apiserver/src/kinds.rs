@@ -1,0 +1,1281 @@
+//! Each kind's own behaviour: defaults applied on create and update, validation of required and
+//! immutable fields, and which Table printer it uses.
+//!
+//! Everything here is a pure function of the objects given, so it is tested with plain JSON
+//! tables. The generic REST code has already handled `metadata` and status carry-over when these
+//! run.
+
+use serde_json::{Map, Value, json};
+
+use crate::error::Cause;
+use crate::resources::Strategy;
+use crate::table::{self, TableDef};
+use crate::validation;
+
+// ---- small JSON helpers ----
+
+fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    if !v.is_object() {
+        *v = Value::Object(Map::new());
+    }
+    let map = v.as_object_mut().expect("object");
+    let child = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    if !child.is_object() {
+        *child = Value::Object(Map::new());
+    }
+    child.as_object_mut().expect("object")
+}
+
+fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
+    match map.get(key) {
+        None | Some(Value::Null) => {
+            map.insert(key.to_string(), value);
+        }
+        _ => {}
+    }
+}
+
+fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = v;
+    for seg in path.split('.') {
+        cur = cur.get(seg)?;
+    }
+    if cur.is_null() { None } else { Some(cur) }
+}
+
+fn str_at<'a>(v: &'a Value, path: &str) -> &'a str {
+    get(v, path).and_then(Value::as_str).unwrap_or("")
+}
+
+fn array_at<'a>(v: &'a Value, path: &str) -> &'a [Value] {
+    get(v, path)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+// ---- pod specs (pods and every template) ----
+
+/// Upstream's pod spec defaults, for pods and for templates inside workloads.
+pub fn default_pod_spec(spec: &mut Value) {
+    let Some(map) = spec.as_object_mut() else {
+        return;
+    };
+    set_default(map, "restartPolicy", json!("Always"));
+    set_default(map, "terminationGracePeriodSeconds", json!(30));
+    set_default(map, "dnsPolicy", json!("ClusterFirst"));
+    set_default(map, "securityContext", json!({}));
+    set_default(map, "schedulerName", json!("default-scheduler"));
+    set_default(map, "enableServiceLinks", json!(true));
+    if let Some(sa) = map.get("serviceAccountName").cloned() {
+        set_default(map, "serviceAccount", sa);
+    }
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        if let Some(Value::Array(cs)) = map.get_mut(list) {
+            for c in cs {
+                default_container(c);
+            }
+        }
+    }
+}
+
+fn default_container(c: &mut Value) {
+    let image = c
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let Some(map) = c.as_object_mut() else { return };
+    set_default(map, "terminationMessagePath", json!("/dev/termination-log"));
+    set_default(map, "terminationMessagePolicy", json!("File"));
+    set_default(map, "imagePullPolicy", json!(image_pull_policy(&image)));
+    set_default(map, "resources", json!({}));
+    if let Some(Value::Array(ports)) = map.get_mut("ports") {
+        for p in ports {
+            if let Some(p) = p.as_object_mut() {
+                set_default(p, "protocol", json!("TCP"));
+            }
+        }
+    }
+    // Requests default to limits when only limits are given.
+    if let Some(res) = map.get_mut("resources").and_then(Value::as_object_mut)
+        && let Some(limits) = res.get("limits").and_then(Value::as_object).cloned()
+    {
+        let requests = res.entry("requests").or_insert_with(|| json!({}));
+        if let Some(req) = requests.as_object_mut() {
+            for (k, v) in limits {
+                req.entry(k).or_insert(v);
+            }
+        }
+    }
+}
+
+/// `Always` for `:latest` or untagged images, `IfNotPresent` otherwise.
+pub fn image_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let containers = array_at(spec, "containers");
+    if containers.is_empty() {
+        causes.push(Cause::required(format!("{path}.containers")));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in array_at(spec, list).iter().enumerate() {
+            let p = format!("{path}.{list}[{i}]");
+            let name = str_at(c, "name");
+            if name.is_empty() {
+                causes.push(Cause::required(format!("{p}.name")));
+            } else if let Err(e) = validation::dns1123_label(name) {
+                causes.push(Cause::invalid(format!("{p}.name"), name, e));
+            } else if !names.insert(name.to_string()) {
+                causes.push(Cause::duplicate(format!("{p}.name"), name));
+            }
+            if str_at(c, "image").trim().is_empty() {
+                causes.push(Cause::required(format!("{p}.image")));
+            }
+            for (j, port) in array_at(c, "ports").iter().enumerate() {
+                let cp = port
+                    .get("containerPort")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                if !(1..=65535).contains(&cp) {
+                    causes.push(Cause::invalid(
+                        format!("{p}.ports[{j}].containerPort"),
+                        cp,
+                        "must be between 1 and 65535, inclusive",
+                    ));
+                }
+            }
+            let policy = str_at(c, "imagePullPolicy");
+            if !policy.is_empty() && !["Always", "IfNotPresent", "Never"].contains(&policy) {
+                causes.push(Cause::not_supported(
+                    format!("{p}.imagePullPolicy"),
+                    policy,
+                    &["Always", "IfNotPresent", "Never"],
+                ));
+            }
+        }
+    }
+    let rp = str_at(spec, "restartPolicy");
+    if !rp.is_empty() && !["Always", "OnFailure", "Never"].contains(&rp) {
+        causes.push(Cause::not_supported(
+            format!("{path}.restartPolicy"),
+            rp,
+            &["Always", "OnFailure", "Never"],
+        ));
+    }
+    let dns = str_at(spec, "dnsPolicy");
+    if !dns.is_empty()
+        && !["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"].contains(&dns)
+    {
+        causes.push(Cause::not_supported(
+            format!("{path}.dnsPolicy"),
+            dns,
+            &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
+        ));
+    }
+    let mut volumes = std::collections::BTreeSet::new();
+    for (i, v) in array_at(spec, "volumes").iter().enumerate() {
+        let name = str_at(v, "name");
+        if let Err(e) = validation::dns1123_label(name) {
+            causes.push(Cause::invalid(format!("{path}.volumes[{i}].name"), name, e));
+        } else if !volumes.insert(name.to_string()) {
+            causes.push(Cause::duplicate(format!("{path}.volumes[{i}].name"), name));
+        }
+    }
+    for list in ["initContainers", "containers"] {
+        for (i, c) in array_at(spec, list).iter().enumerate() {
+            for (j, m) in array_at(c, "volumeMounts").iter().enumerate() {
+                let name = str_at(m, "name");
+                if !volumes.contains(name) {
+                    causes.push(Cause {
+                        reason: "FieldValueNotFound",
+                        message: format!("Not found: \"{name}\""),
+                        field: format!("{path}.{list}[{i}].volumeMounts[{j}].name"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// QoS class from the (defaulted) containers' requests and limits.
+fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = array_at(spec, "containers")
+        .iter()
+        .chain(array_at(spec, "initContainers"))
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let limits = get(c, "resources.limits").and_then(Value::as_object);
+        let requests = get(c, "resources.requests").and_then(Value::as_object);
+        let has = |m: Option<&Map<String, Value>>, k: &str| m.is_some_and(|m| m.contains_key(k));
+        for r in ["cpu", "memory"] {
+            if has(limits, r) || has(requests, r) {
+                any = true;
+            }
+            let (l, q) = (
+                limits.and_then(|m| m.get(r)),
+                requests.and_then(|m| m.get(r)),
+            );
+            if l.is_none() || (q.is_some() && q != l) {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+// ---- namespaces ----
+
+pub struct NamespaceStrategy;
+impl Strategy for NamespaceStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let name = crate::meta::name(obj).to_string();
+        let spec = obj_mut(obj, "spec");
+        let fins = spec.entry("finalizers").or_insert_with(|| json!([]));
+        if let Some(list) = fins.as_array_mut()
+            && !list.iter().any(|f| f == "kubernetes")
+        {
+            list.push(json!("kubernetes"));
+        }
+        obj["status"] = json!({"phase": "Active"});
+        set_name_label(obj, &name);
+    }
+    fn prepare_for_update(&self, new: &mut Value, old: &Value) {
+        // Finalizers only change through /finalize.
+        let fins = get(old, "spec.finalizers")
+            .cloned()
+            .unwrap_or_else(|| json!([]));
+        obj_mut(new, "spec").insert("finalizers".into(), fins);
+        let name = crate::meta::name(old).to_string();
+        set_name_label(new, &name);
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::NAMESPACE)
+    }
+}
+
+fn set_name_label(obj: &mut Value, name: &str) {
+    let labels = crate::meta::meta_mut(obj)
+        .entry("labels")
+        .or_insert_with(|| json!({}));
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    if let Some(l) = labels.as_object_mut() {
+        l.insert("kubernetes.io/metadata.name".into(), json!(name));
+    }
+}
+
+// ---- pods ----
+
+pub struct PodStrategy;
+impl Strategy for PodStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        if let Some(spec) = obj.get_mut("spec") {
+            default_pod_spec(spec);
+        }
+        let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
+        obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_pod_spec(obj.get("spec").unwrap_or(&Value::Null), "spec", &mut causes);
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        // Only images, activeDeadlineSeconds, tolerations and the grace period may change.
+        let mask = |spec: &Value| {
+            let mut s = spec.clone();
+            for list in ["containers", "initContainers"] {
+                if let Some(Value::Array(cs)) = s.get_mut(list) {
+                    for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                        c.remove("image");
+                    }
+                }
+            }
+            if let Some(m) = s.as_object_mut() {
+                for f in [
+                    "activeDeadlineSeconds",
+                    "tolerations",
+                    "terminationGracePeriodSeconds",
+                ] {
+                    m.remove(f);
+                }
+            }
+            s
+        };
+        let (n, o) = (
+            new.get("spec").unwrap_or(&Value::Null),
+            old.get("spec").unwrap_or(&Value::Null),
+        );
+        if mask(n) != mask(o) {
+            return vec![Cause::forbidden(
+                "spec",
+                "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds`",
+            )];
+        }
+        Vec::new()
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::POD)
+    }
+}
+
+// ---- services ----
+
+pub struct ServiceStrategy;
+const SERVICE_TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
+
+impl Strategy for ServiceStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let spec = obj_mut(obj, "spec");
+        set_default(spec, "type", json!("ClusterIP"));
+        set_default(spec, "sessionAffinity", json!("None"));
+        let ty = spec
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
+        if ty != "ExternalName" {
+            set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+        }
+        if ty == "NodePort" || ty == "LoadBalancer" {
+            set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+        }
+        if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                set_default(p, "protocol", json!("TCP"));
+                if let Some(port) = p.get("port").cloned() {
+                    set_default(p, "targetPort", port);
+                }
+            }
+        }
+        obj["status"] = json!({"loadBalancer": {}});
+    }
+    fn prepare_for_update(&self, new: &mut Value, old: &Value) {
+        // Allocated values the client left out stay as they were.
+        let spec = obj_mut(new, "spec");
+        for f in [
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "healthCheckNodePort",
+        ] {
+            if let Some(v) = get(old, &format!("spec.{f}")) {
+                set_default(spec, f, v.clone());
+            }
+        }
+        if let (Some(Value::Array(ports)), Some(old_ports)) = (
+            spec.get_mut("ports"),
+            get(old, "spec.ports").and_then(Value::as_array),
+        ) {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                let same = old_ports.iter().find(|o| {
+                    o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol")
+                });
+                if let Some(np) = same.and_then(|o| o.get("nodePort")) {
+                    set_default(p, "nodePort", np.clone());
+                }
+            }
+        }
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        let spec = obj.get("spec").unwrap_or(&Value::Null);
+        let ty = str_at(spec, "type");
+        if !ty.is_empty() && !SERVICE_TYPES.contains(&ty) {
+            causes.push(Cause::not_supported("spec.type", ty, SERVICE_TYPES));
+        }
+        let ports = array_at(spec, "ports");
+        if ty == "ExternalName" {
+            if str_at(spec, "externalName").is_empty() {
+                causes.push(Cause::required("spec.externalName"));
+            }
+        } else if ports.is_empty() && str_at(spec, "clusterIP") != "None" {
+            causes.push(Cause::required("spec.ports"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, p) in ports.iter().enumerate() {
+            let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+            if !(1..=65535).contains(&port) {
+                causes.push(Cause::invalid(
+                    format!("spec.ports[{i}].port"),
+                    port,
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+            let proto = str_at(p, "protocol");
+            if !proto.is_empty() && !PROTOCOLS.contains(&proto) {
+                causes.push(Cause::not_supported(
+                    format!("spec.ports[{i}].protocol"),
+                    proto,
+                    PROTOCOLS,
+                ));
+            }
+            let name = str_at(p, "name");
+            if ports.len() > 1 && name.is_empty() {
+                causes.push(Cause::required(format!("spec.ports[{i}].name")));
+            } else if !name.is_empty() {
+                if let Err(e) = validation::dns1123_label(name) {
+                    causes.push(Cause::invalid(format!("spec.ports[{i}].name"), name, e));
+                } else if !names.insert(name.to_string()) {
+                    causes.push(Cause::duplicate(format!("spec.ports[{i}].name"), name));
+                }
+            }
+        }
+        let session = str_at(spec, "sessionAffinity");
+        if !session.is_empty() && !["None", "ClientIP"].contains(&session) {
+            causes.push(Cause::not_supported(
+                "spec.sessionAffinity",
+                session,
+                &["ClientIP", "None"],
+            ));
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let (n, o) = (str_at(new, "spec.clusterIP"), str_at(old, "spec.clusterIP"));
+        let to_external_name = str_at(new, "spec.type") == "ExternalName";
+        if !o.is_empty() && n != o && !to_external_name {
+            return vec![Cause::immutable("spec.clusterIP", n)];
+        }
+        Vec::new()
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::SERVICE)
+    }
+}
+
+// ---- configmaps and secrets ----
+
+fn validate_data_keys(obj: &Value, fields: &[&str], causes: &mut Vec<Cause>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for f in fields {
+        if let Some(m) = obj.get(*f).and_then(Value::as_object) {
+            for k in m.keys() {
+                if let Err(e) = validation::config_map_key(k) {
+                    causes.push(Cause::invalid(format!("{f}[{k}]"), k, e));
+                }
+                if !seen.insert(k.clone()) {
+                    causes.push(Cause::invalid(
+                        format!("{f}[{k}]"),
+                        k,
+                        "duplicate of key present in another data field",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn validate_immutable_data(new: &Value, old: &Value, fields: &[&str]) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if old.get("immutable").and_then(Value::as_bool) == Some(true) {
+        if new.get("immutable").and_then(Value::as_bool) != Some(true) {
+            causes.push(Cause::forbidden(
+                "immutable",
+                "field is immutable when `immutable` is set",
+            ));
+        }
+        for f in fields {
+            if new.get(*f) != old.get(*f) {
+                causes.push(Cause::forbidden(
+                    *f,
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+    }
+    causes
+}
+
+/// ConfigMaps and Secrets hold at most 1 MiB of data.
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+fn data_size(obj: &Value, fields: &[&str]) -> usize {
+    fields
+        .iter()
+        .filter_map(|f| obj.get(*f).and_then(Value::as_object))
+        .flat_map(|m| m.iter())
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum()
+}
+
+pub struct ConfigMapStrategy;
+impl Strategy for ConfigMapStrategy {
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_data_keys(obj, &["data", "binaryData"], &mut causes);
+        if data_size(obj, &["data", "binaryData"]) > MAX_DATA_BYTES {
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                message: format!("Too long: must have at most {MAX_DATA_BYTES} bytes"),
+                field: "data".into(),
+            });
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        validate_immutable_data(new, old, &["data", "binaryData"])
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::CONFIG_MAP)
+    }
+}
+
+pub struct SecretStrategy;
+
+/// `stringData` is write-only: its entries are folded into `data` (base64) on every write.
+fn fold_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(sd)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    if let Some(d) = data.as_object_mut() {
+        for (k, v) in sd {
+            let text = v.as_str().unwrap_or("").to_string();
+            d.insert(
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
+        }
+    }
+}
+
+const SECRET_REQUIRED_KEYS: &[(&str, &[&str])] = &[
+    ("kubernetes.io/tls", &["tls.crt", "tls.key"]),
+    ("kubernetes.io/dockerconfigjson", &[".dockerconfigjson"]),
+    ("kubernetes.io/dockercfg", &[".dockercfg"]),
+    ("kubernetes.io/ssh-auth", &["ssh-privatekey"]),
+];
+
+impl Strategy for SecretStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        fold_string_data(obj);
+        if let Some(map) = obj.as_object_mut() {
+            set_default(map, "type", json!("Opaque"));
+        }
+    }
+    fn prepare_for_update(&self, new: &mut Value, old: &Value) {
+        fold_string_data(new);
+        if let Some(map) = new.as_object_mut()
+            && let Some(t) = old.get("type")
+        {
+            set_default(map, "type", t.clone());
+        }
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_data_keys(obj, &["data"], &mut causes);
+        if data_size(obj, &["data"]) > MAX_DATA_BYTES * 4 / 3 + 4 {
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                message: format!("Too long: must have at most {MAX_DATA_BYTES} bytes"),
+                field: "data".into(),
+            });
+        }
+        let ty = str_at(obj, "type");
+        if let Some((_, keys)) = SECRET_REQUIRED_KEYS.iter().find(|(t, _)| *t == ty) {
+            for k in *keys {
+                if get(obj, "data").and_then(|d| d.get(*k)).is_none() {
+                    causes.push(Cause::required(format!("data[{k}]")));
+                }
+            }
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let mut causes = validate_immutable_data(new, old, &["data"]);
+        if str_at(new, "type") != str_at(old, "type") {
+            causes.push(Cause::immutable("type", str_at(new, "type")));
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::SECRET)
+    }
+}
+
+// ---- nodes, events, and the plain kinds with their printers ----
+
+pub struct NodeStrategy;
+impl Strategy for NodeStrategy {
+    fn keeps_status_on_create(&self) -> bool {
+        true
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let (n, o) = (str_at(new, "spec.podCIDR"), str_at(old, "spec.podCIDR"));
+        if !o.is_empty() && n != o {
+            return vec![Cause::forbidden(
+                "spec.podCIDR",
+                "node updates may not change podCIDR except from \"\" to valid",
+            )];
+        }
+        Vec::new()
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::NODE)
+    }
+}
+
+pub struct EventStrategy;
+impl Strategy for EventStrategy {
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        let ns = crate::meta::namespace(obj);
+        let involved_ns = str_at(obj, "involvedObject.namespace");
+        if !involved_ns.is_empty() && involved_ns != ns {
+            causes.push(Cause::invalid(
+                "involvedObject.namespace",
+                involved_ns,
+                "does not match event.namespace",
+            ));
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::EVENT)
+    }
+}
+
+macro_rules! printer_only {
+    ($name:ident, $table:expr) => {
+        pub struct $name;
+        impl Strategy for $name {
+            fn table(&self) -> Option<&'static TableDef> {
+                Some(&$table)
+            }
+        }
+    };
+}
+
+printer_only!(EndpointsStrategy, table::ENDPOINTS);
+printer_only!(ServiceAccountStrategy, table::SERVICE_ACCOUNT);
+printer_only!(LeaseStrategy, table::LEASE);
+printer_only!(IngressStrategy, table::INGRESS);
+
+pub struct EndpointSliceStrategy;
+const ADDRESS_TYPES: &[&str] = &["IPv4", "IPv6", "FQDN"];
+impl Strategy for EndpointSliceStrategy {
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        let at = str_at(obj, "addressType");
+        if at.is_empty() {
+            causes.push(Cause::required("addressType"));
+        } else if !ADDRESS_TYPES.contains(&at) {
+            causes.push(Cause::not_supported("addressType", at, ADDRESS_TYPES));
+        }
+        for (i, e) in array_at(obj, "endpoints").iter().enumerate() {
+            if array_at(e, "addresses").is_empty() {
+                causes.push(Cause::required(format!("endpoints[{i}].addresses")));
+            }
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        if str_at(new, "addressType") != str_at(old, "addressType") {
+            return vec![Cause::immutable("addressType", str_at(new, "addressType"))];
+        }
+        Vec::new()
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::ENDPOINT_SLICE)
+    }
+}
+
+// ---- workloads ----
+
+/// Selector present, non-empty, and matching the template's labels.
+fn validate_selector_and_template(obj: &Value, causes: &mut Vec<Cause>) {
+    let selector = get(obj, "spec.selector");
+    let match_labels = selector
+        .and_then(|s| s.get("matchLabels"))
+        .and_then(Value::as_object);
+    let exprs = selector
+        .map(|s| array_at(s, "matchExpressions"))
+        .unwrap_or(&[]);
+    if selector.is_none() {
+        causes.push(Cause::required("spec.selector"));
+    } else if match_labels.is_none_or(Map::is_empty) && exprs.is_empty() {
+        causes.push(Cause::invalid(
+            "spec.selector",
+            "{}",
+            "empty selector is invalid for deployment",
+        ));
+    }
+    let template_labels = get(obj, "spec.template.metadata.labels").and_then(Value::as_object);
+    if let Some(ml) = match_labels {
+        let matches = ml
+            .iter()
+            .all(|(k, v)| template_labels.and_then(|t| t.get(k)) == Some(v));
+        if !matches {
+            causes.push(Cause::invalid(
+                "spec.template.metadata.labels",
+                crate::meta::field_value(obj, "spec.template.metadata.labels"),
+                "`selector` does not match template `labels`",
+            ));
+        }
+    }
+    match get(obj, "spec.template.spec") {
+        Some(spec) => validate_pod_spec(spec, "spec.template.spec", causes),
+        None => causes.push(Cause::required("spec.template.spec.containers")),
+    }
+    if let Some(r) = get(obj, "spec.replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+fn selector_immutable(new: &Value, old: &Value) -> Vec<Cause> {
+    if get(new, "spec.selector") != get(old, "spec.selector") {
+        return vec![Cause::immutable(
+            "spec.selector",
+            crate::meta::field_value(new, "spec.selector"),
+        )];
+    }
+    Vec::new()
+}
+
+fn default_template(obj: &mut Value) {
+    if let Some(spec) = obj
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("template"))
+        .and_then(|t| t.get_mut("spec"))
+    {
+        default_pod_spec(spec);
+    }
+}
+
+pub struct DeploymentStrategy;
+impl Strategy for DeploymentStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let spec = obj_mut(obj, "spec");
+        set_default(spec, "replicas", json!(1));
+        set_default(spec, "revisionHistoryLimit", json!(10));
+        set_default(spec, "progressDeadlineSeconds", json!(600));
+        let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
+        if let Some(s) = strategy.as_object_mut() {
+            set_default(s, "type", json!("RollingUpdate"));
+            if s.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
+                if let Some(ru) = ru.as_object_mut() {
+                    set_default(ru, "maxUnavailable", json!("25%"));
+                    set_default(ru, "maxSurge", json!("25%"));
+                }
+            }
+        }
+        default_template(obj);
+    }
+    /// Updates get the same defaults: kubectl apply may leave defaulted fields out.
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_selector_and_template(obj, &mut causes);
+        let st = str_at(obj, "spec.strategy.type");
+        if !st.is_empty() && !["RollingUpdate", "Recreate"].contains(&st) {
+            causes.push(Cause::not_supported(
+                "spec.strategy.type",
+                st,
+                &["Recreate", "RollingUpdate"],
+            ));
+        }
+        if st == "Recreate" && get(obj, "spec.strategy.rollingUpdate").is_some() {
+            causes.push(Cause::forbidden(
+                "spec.strategy.rollingUpdate",
+                "may not be specified when strategy `type` is 'Recreate'",
+            ));
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        selector_immutable(new, old)
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::DEPLOYMENT)
+    }
+}
+
+pub struct ReplicaSetStrategy;
+impl Strategy for ReplicaSetStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        set_default(obj_mut(obj, "spec"), "replicas", json!(1));
+        default_template(obj);
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_selector_and_template(obj, &mut causes);
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        selector_immutable(new, old)
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::REPLICA_SET)
+    }
+}
+
+pub struct DaemonSetStrategy;
+impl Strategy for DaemonSetStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let spec = obj_mut(obj, "spec");
+        set_default(spec, "revisionHistoryLimit", json!(10));
+        let us = spec.entry("updateStrategy").or_insert_with(|| json!({}));
+        if let Some(us) = us.as_object_mut() {
+            set_default(us, "type", json!("RollingUpdate"));
+            if us.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                let ru = us.entry("rollingUpdate").or_insert_with(|| json!({}));
+                if let Some(ru) = ru.as_object_mut() {
+                    set_default(ru, "maxUnavailable", json!(1));
+                    set_default(ru, "maxSurge", json!(0));
+                }
+            }
+        }
+        default_template(obj);
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_selector_and_template(obj, &mut causes);
+        let rp = str_at(obj, "spec.template.spec.restartPolicy");
+        if !rp.is_empty() && rp != "Always" {
+            causes.push(Cause::not_supported(
+                "spec.template.spec.restartPolicy",
+                rp,
+                &["Always"],
+            ));
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        selector_immutable(new, old)
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::DAEMON_SET)
+    }
+}
+
+pub struct StatefulSetStrategy;
+impl Strategy for StatefulSetStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let spec = obj_mut(obj, "spec");
+        set_default(spec, "replicas", json!(1));
+        set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+        set_default(spec, "revisionHistoryLimit", json!(10));
+        set_default(
+            spec,
+            "persistentVolumeClaimRetentionPolicy",
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        );
+        let us = spec.entry("updateStrategy").or_insert_with(|| json!({}));
+        if let Some(us) = us.as_object_mut() {
+            set_default(us, "type", json!("RollingUpdate"));
+            if us.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                let ru = us.entry("rollingUpdate").or_insert_with(|| json!({}));
+                if let Some(ru) = ru.as_object_mut() {
+                    set_default(ru, "partition", json!(0));
+                }
+            }
+        }
+        default_template(obj);
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_selector_and_template(obj, &mut causes);
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let mut causes = selector_immutable(new, old);
+        for f in ["serviceName", "podManagementPolicy", "volumeClaimTemplates"] {
+            if get(new, &format!("spec.{f}")) != get(old, &format!("spec.{f}")) {
+                causes.push(Cause::forbidden(
+                    "spec",
+                    "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+                ));
+                break;
+            }
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::STATEFUL_SET)
+    }
+}
+
+pub struct JobStrategy;
+
+const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+impl Strategy for JobStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let uid = crate::meta::uid(obj).to_string();
+        let name = crate::meta::name(obj).to_string();
+        let manual = get(obj, "spec.manualSelector").and_then(Value::as_bool) == Some(true);
+        let spec = obj_mut(obj, "spec");
+        let (completions, parallelism) = (
+            spec.get("completions").cloned(),
+            spec.get("parallelism").cloned(),
+        );
+        if completions.is_none() && parallelism.is_none() {
+            spec.insert("completions".into(), json!(1));
+        }
+        set_default(spec, "parallelism", json!(1));
+        set_default(spec, "backoffLimit", json!(6));
+        set_default(spec, "completionMode", json!("NonIndexed"));
+        set_default(spec, "suspend", json!(false));
+        set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+        if !manual {
+            // The selector is generated from the Job's own uid, so it can only ever match its pods.
+            spec.insert(
+                "selector".into(),
+                json!({"matchLabels": {JOB_UID_LABEL: uid}}),
+            );
+            let template = spec.entry("template").or_insert_with(|| json!({}));
+            let labels = obj_mut(template, "metadata")
+                .entry("labels")
+                .or_insert_with(|| json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert(JOB_UID_LABEL.into(), json!(uid));
+                l.insert(JOB_NAME_LABEL.into(), json!(name));
+                l.insert("controller-uid".into(), json!(uid));
+                l.insert("job-name".into(), json!(name));
+            }
+        }
+        if let Some(spec) = obj
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("template"))
+            .and_then(|t| t.get_mut("spec"))
+        {
+            let had_policy = spec.get("restartPolicy").is_some();
+            default_pod_spec(spec);
+            if !had_policy && let Some(m) = spec.as_object_mut() {
+                // Let validation say what is wrong instead of silently picking Always.
+                m.remove("restartPolicy");
+            }
+        }
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        match get(obj, "spec.template.spec") {
+            Some(spec) => validate_pod_spec(spec, "spec.template.spec", &mut causes),
+            None => causes.push(Cause::required("spec.template.spec.containers")),
+        }
+        let rp = str_at(obj, "spec.template.spec.restartPolicy");
+        if !["OnFailure", "Never"].contains(&rp) {
+            causes.push(Cause::not_supported(
+                "spec.template.spec.restartPolicy",
+                rp,
+                &["OnFailure", "Never"],
+            ));
+        }
+        for f in [
+            "parallelism",
+            "completions",
+            "backoffLimit",
+            "activeDeadlineSeconds",
+        ] {
+            if let Some(v) = get(obj, &format!("spec.{f}")).and_then(Value::as_i64)
+                && v < 0
+            {
+                causes.push(Cause::invalid(
+                    format!("spec.{f}"),
+                    v,
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let mut causes = selector_immutable(new, old);
+        for f in ["completionMode", "podFailurePolicy"] {
+            if get(new, &format!("spec.{f}")) != get(old, &format!("spec.{f}")) {
+                causes.push(Cause::immutable(
+                    format!("spec.{f}"),
+                    crate::meta::field_value(new, &format!("spec.{f}")),
+                ));
+            }
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::JOB)
+    }
+}
+
+pub struct CronJobStrategy;
+impl Strategy for CronJobStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let spec = obj_mut(obj, "spec");
+        set_default(spec, "concurrencyPolicy", json!("Allow"));
+        set_default(spec, "suspend", json!(false));
+        set_default(spec, "successfulJobsHistoryLimit", json!(3));
+        set_default(spec, "failedJobsHistoryLimit", json!(1));
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        if str_at(obj, "spec.schedule").trim().is_empty() {
+            causes.push(Cause::required("spec.schedule"));
+        }
+        let cp = str_at(obj, "spec.concurrencyPolicy");
+        if !cp.is_empty() && !["Allow", "Forbid", "Replace"].contains(&cp) {
+            causes.push(Cause::not_supported(
+                "spec.concurrencyPolicy",
+                cp,
+                &["Allow", "Forbid", "Replace"],
+            ));
+        }
+        match get(obj, "spec.jobTemplate.spec.template.spec") {
+            Some(spec) => {
+                validate_pod_spec(spec, "spec.jobTemplate.spec.template.spec", &mut causes)
+            }
+            None => causes.push(Cause::required(
+                "spec.jobTemplate.spec.template.spec.containers",
+            )),
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::CRON_JOB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_pull_policy_follows_the_tag() {
+        assert_eq!(image_pull_policy("nginx"), "Always");
+        assert_eq!(image_pull_policy("nginx:latest"), "Always");
+        assert_eq!(image_pull_policy("nginx:1.27"), "IfNotPresent");
+        assert_eq!(image_pull_policy("localhost:5000/app"), "Always");
+        assert_eq!(image_pull_policy("localhost:5000/app:v1"), "IfNotPresent");
+        assert_eq!(image_pull_policy("busybox@sha256:abc"), "IfNotPresent");
+    }
+
+    #[test]
+    fn pods_get_defaults_status_and_qos() {
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "busybox",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
+        PodStrategy.prepare_for_create(&mut pod);
+        assert_eq!(
+            pod["status"],
+            json!({"phase": "Pending", "qosClass": "Guaranteed"})
+        );
+        assert_eq!(pod["spec"]["restartPolicy"], "Always");
+        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "1"
+        );
+        let mut best = json!({"spec": {"containers": [{"name": "a", "image": "x"}]}});
+        PodStrategy.prepare_for_create(&mut best);
+        assert_eq!(best["status"]["qosClass"], "BestEffort");
+    }
+
+    #[test]
+    fn pod_validation_names_each_broken_field() {
+        let pod = json!({"spec": {"containers": [{"name": "A"}, {"name": "b", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}], "restartPolicy": "Sometimes"}});
+        let fields: Vec<String> = PodStrategy
+            .validate(&pod)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.containers[0].name",
+                "spec.containers[0].image",
+                "spec.restartPolicy",
+                "spec.containers[1].volumeMounts[0].name"
+            ]
+        );
+        assert_eq!(
+            PodStrategy.validate(&json!({"spec": {}}))[0].field,
+            "spec.containers"
+        );
+    }
+
+    #[test]
+    fn pod_spec_is_immutable_except_images() {
+        let old = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}]}});
+        let image = json!({"spec": {"containers": [{"name": "a", "image": "x:2"}]}});
+        assert!(PodStrategy.validate_update(&image, &old).is_empty());
+        let other =
+            json!({"spec": {"containers": [{"name": "a", "image": "x:1", "command": ["sh"]}]}});
+        assert_eq!(
+            PodStrategy.validate_update(&other, &old)[0].reason,
+            "FieldValueForbidden"
+        );
+    }
+
+    #[test]
+    fn namespaces_get_the_kubernetes_finalizer_and_name_label() {
+        let mut ns = json!({"metadata": {"name": "team-a", "labels": {"x": "y"}}});
+        NamespaceStrategy.prepare_for_create(&mut ns);
+        assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+        assert_eq!(ns["status"]["phase"], "Active");
+        assert_eq!(
+            ns["metadata"]["labels"],
+            json!({"x": "y", "kubernetes.io/metadata.name": "team-a"})
+        );
+        let mut update = json!({"metadata": {"name": "team-a"}, "spec": {"finalizers": []}});
+        NamespaceStrategy.prepare_for_update(&mut update, &ns);
+        assert_eq!(update["spec"]["finalizers"], json!(["kubernetes"]));
+    }
+
+    #[test]
+    fn services_default_and_validate_ports() {
+        let mut svc = json!({"spec": {"ports": [{"port": 80}]}});
+        ServiceStrategy.prepare_for_create(&mut svc);
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+        assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
+        assert!(ServiceStrategy.validate(&svc).is_empty());
+        let bad = json!({"spec": {"ports": [{"port": 0}, {"port": 81, "protocol": "HTTP"}]}});
+        let fields: Vec<String> = ServiceStrategy
+            .validate(&bad)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.ports[0].port",
+                "spec.ports[0].name",
+                "spec.ports[1].protocol",
+                "spec.ports[1].name"
+            ]
+        );
+        assert_eq!(
+            ServiceStrategy.validate(&json!({"spec": {}}))[0].field,
+            "spec.ports"
+        );
+    }
+
+    #[test]
+    fn secrets_fold_string_data_and_keep_their_type() {
+        let mut s = json!({"stringData": {"user": "admin"}, "data": {"a": "Yg=="}});
+        SecretStrategy.prepare_for_create(&mut s);
+        assert_eq!(s["data"], json!({"a": "Yg==", "user": "YWRtaW4="}));
+        assert!(s.get("stringData").is_none());
+        assert_eq!(s["type"], "Opaque");
+        let mut changed = s.clone();
+        changed["type"] = json!("kubernetes.io/tls");
+        assert_eq!(
+            SecretStrategy
+                .validate_update(&changed, &s)
+                .last()
+                .map(|c| c.field.as_str()),
+            Some("type")
+        );
+        let tls = json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}});
+        assert_eq!(SecretStrategy.validate(&tls)[0].field, "data[tls.key]");
+    }
+
+    #[test]
+    fn immutable_config_maps_refuse_changes() {
+        let old = json!({"immutable": true, "data": {"a": "1"}});
+        let new = json!({"immutable": true, "data": {"a": "2"}});
+        assert_eq!(
+            ConfigMapStrategy.validate_update(&new, &old)[0].field,
+            "data"
+        );
+        assert!(ConfigMapStrategy.validate_update(&old, &old).is_empty());
+        let unset = json!({"data": {"a": "1"}});
+        assert_eq!(
+            ConfigMapStrategy.validate_update(&unset, &old)[0].field,
+            "immutable"
+        );
+    }
+
+    #[test]
+    fn deployments_default_and_require_a_matching_selector() {
+        let mut d = json!({"spec": {"selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "n", "image": "nginx"}]}}}});
+        DeploymentStrategy.prepare_for_create(&mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
+        assert!(DeploymentStrategy.validate(&d).is_empty());
+        let mut mismatch = d.clone();
+        mismatch["spec"]["template"]["metadata"]["labels"]["app"] = json!("db");
+        assert_eq!(
+            DeploymentStrategy.validate(&mismatch)[0].field,
+            "spec.template.metadata.labels"
+        );
+        let mut moved = d.clone();
+        moved["spec"]["selector"]["matchLabels"]["app"] = json!("db");
+        assert_eq!(
+            DeploymentStrategy.validate_update(&moved, &d)[0].field,
+            "spec.selector"
+        );
+    }
+
+    #[test]
+    fn jobs_get_a_selector_from_their_uid() {
+        let mut j = json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}});
+        JobStrategy.prepare_for_create(&mut j);
+        assert_eq!(j["spec"]["selector"]["matchLabels"][JOB_UID_LABEL], "u-1");
+        assert_eq!(
+            j["spec"]["template"]["metadata"]["labels"][JOB_NAME_LABEL],
+            "pi"
+        );
+        assert_eq!(j["spec"]["completions"], 1);
+        assert!(JobStrategy.validate(&j).is_empty());
+        let mut always = json!({"metadata": {"name": "pi", "uid": "u"}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}});
+        JobStrategy.prepare_for_create(&mut always);
+        assert_eq!(
+            JobStrategy.validate(&always)[0].field,
+            "spec.template.spec.restartPolicy"
+        );
+    }
+}

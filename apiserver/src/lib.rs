@@ -1,0 +1,155 @@
+//! The Kubernetes API server over etcd.
+//!
+//! `main.rs` parses flags into a [`Config`] and calls [`run`]; tests call [`start`] with port 0
+//! and talk to the returned address. See `ARCHITECTURE.md` for how the modules fit together.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod certs;
+pub mod codec;
+pub mod discovery;
+pub mod error;
+pub mod handler;
+pub mod http;
+pub mod kinds;
+pub mod meta;
+pub mod metrics;
+pub mod openapi;
+pub mod options;
+pub mod resources;
+pub mod rest;
+pub mod selectors;
+pub mod server;
+pub mod storage;
+pub mod table;
+pub mod validation;
+pub mod version;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use options::{Config, Options, StorageConfig};
+
+use crate::auth::TokenAuthenticator;
+use crate::handler::State;
+use crate::storage::Storage;
+
+/// A started apiserver.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// The CA clients should trust, PEM.
+    pub ca_pem: String,
+    /// A system:masters token, if the token file has one.
+    pub admin_token: Option<String>,
+    pub state: Arc<State>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// `https://127.0.0.1:<port>` for a loopback or wildcard bind, else the bound address.
+    pub fn url(&self) -> String {
+        let ip = if self.addr.ip().is_unspecified() {
+            "127.0.0.1".parse().expect("literal")
+        } else {
+            self.addr.ip()
+        };
+        format!("https://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+}
+
+/// Binds, starts serving and bootstrapping in the background, and returns.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let storage: Arc<dyn Storage> = match &config.storage {
+        StorageConfig::Etcd(opts) => Arc::new(
+            storage::etcd::EtcdStorage::connect(opts.clone())
+                .await
+                .with_context(|| format!("connecting to etcd at {}", opts.endpoints.join(",")))?,
+        ),
+        StorageConfig::Memory => Arc::new(storage::memory::MemoryStorage::new()),
+    };
+    start_with_storage(config, storage, shutdown).await
+}
+
+/// [`start`] with a storage the caller made (component tests share one in-memory store).
+pub async fn start_with_storage(
+    config: Config,
+    storage: Arc<dyn Storage>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let material = certs::load_or_generate(&config.tls).context("preparing TLS certificates")?;
+    let tls = certs::server_config(&material)?;
+    let token_file: PathBuf = match &config.token_auth_file {
+        Some(f) => f.clone(),
+        None => {
+            let f = config.cert_dir.join("tokens.csv");
+            certs::ensure_token_file(&f).context("writing the admin token file")?;
+            f
+        }
+    };
+    let auth = TokenAuthenticator::load(&token_file)?;
+    let admin_token = auth.admin_token().map(str::to_string);
+
+    let listener = TcpListener::bind((config.bind_address, config.secure_port))
+        .await
+        .with_context(|| format!("binding {}:{}", config.bind_address, config.secure_port))?;
+    let addr = listener.local_addr()?;
+
+    let registry = Arc::new(resources::Registry::builtin());
+    let mut store = rest::Store::new(storage, registry.clone());
+    store.bookmark_interval = config.bookmark_interval;
+    let state = Arc::new(State {
+        store: Arc::new(store),
+        openapi: openapi::OpenApiV3::build(&registry),
+        registry,
+        auth,
+        metrics: metrics::Metrics::new(),
+        server_address: format!("{}:{}", config.advertise_address, addr.port()),
+        bootstrapped: AtomicBool::new(false),
+        min_request_timeout: config.min_request_timeout,
+        shutdown: shutdown.clone(),
+    });
+    let running_url = {
+        let ip = if addr.ip().is_unspecified() {
+            "127.0.0.1".parse().expect("literal")
+        } else {
+            addr.ip()
+        };
+        format!("https://{}", SocketAddr::new(ip, addr.port()))
+    };
+    if let Some(path) = &config.admin_kubeconfig {
+        let token = admin_token
+            .as_deref()
+            .context("the token file has no system:masters user for the admin kubeconfig")?;
+        certs::write_kubeconfig(path, "kubernetes", &running_url, &material.ca_pem, token)?;
+        info!(path = %path.display(), "Wrote admin kubeconfig");
+    }
+    let boot = bootstrap::Bootstrap {
+        service_range: config.service_range,
+        advertise_address: config.advertise_address,
+        secure_port: addr.port(),
+    };
+    tokio::spawn(boot.run(state.clone(), shutdown.clone()));
+    let task = tokio::spawn(server::serve(listener, tls, state.clone(), shutdown));
+    info!(%addr, "Serving the Kubernetes API");
+    Ok(Running {
+        addr,
+        ca_pem: material.ca_pem,
+        admin_token,
+        state,
+        task,
+    })
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let running = start(config, shutdown).await?;
+    running.task.await.context("server task")?;
+    Ok(())
+}

@@ -1,0 +1,1244 @@
+//! The REST verbs for every resource, over [`Storage`]: create, get, list, update (incl. `/status`
+//! and `/finalize`), patch, delete, deletecollection and watch.
+//!
+//! One generic path serves all kinds; a kind's [`Strategy`](crate::resources::Strategy) adds its
+//! defaults and validation. Writes are optimistic: read, compute, compare-and-swap on the
+//! revision read, and on a lost race read again (or answer 409 when the client pinned a
+//! resourceVersion). Object lifecycle:
+//!
+//! ```text
+//! create ──> live ──DELETE (no finalizers)──────────────────────────────> gone
+//!              └──DELETE (finalizers)──> deletionTimestamp set ──last finalizer removed──> gone
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use crate::codec::{self, Decoded, FieldValidation};
+use crate::error::{ApiError, ApiResult, Cause, Details};
+use crate::meta;
+use crate::resources::{Registry, ResourceInfo};
+use crate::selectors::Selectors;
+use crate::storage::{KeyValue, Storage, StorageError, WatchEvent};
+use crate::validation;
+
+/// Attempts at an update that keeps losing compare-and-swap races before giving up with 409.
+const MAX_UPDATE_ATTEMPTS: usize = 16;
+/// `generateName` collisions retried before answering 409, as upstream does.
+const GENERATE_NAME_ATTEMPTS: usize = 8;
+
+pub struct Store {
+    pub storage: Arc<dyn Storage>,
+    pub registry: Arc<Registry>,
+    /// How often an idle watch with bookmarks gets one.
+    pub bookmark_interval: Duration,
+}
+
+/// Options every write takes.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    pub field_validation: FieldValidation,
+    pub dry_run: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            field_validation: FieldValidation::Strict,
+            dry_run: false,
+        }
+    }
+}
+
+/// The outcome of a write.
+#[derive(Debug)]
+pub struct Written {
+    pub object: Value,
+    pub created: bool,
+    /// `Warning` headers (unknown fields under `fieldValidation=Warn`).
+    pub warnings: Vec<String>,
+}
+
+/// What DELETE did.
+#[derive(Debug)]
+pub enum Deleted {
+    /// Removed from storage; the object as it last was.
+    Gone(Value),
+    /// Marked for deletion; waits for finalizers.
+    Pending(Value),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub selectors: Selectors,
+    pub limit: usize,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+}
+
+/// One listed object: its stored bytes and revision, parsed only when someone needs the value.
+#[derive(Debug, Clone)]
+pub struct ListItem {
+    pub kv: KeyValue,
+}
+
+impl ListItem {
+    pub fn value(&self) -> ApiResult<Value> {
+        codec::decode_stored(&self.kv.value, self.kv.mod_revision)
+    }
+    pub fn rendered(&self) -> ApiResult<Vec<u8>> {
+        codec::render_stored(&self.kv.value, self.kv.mod_revision)
+    }
+}
+
+#[derive(Debug)]
+pub struct ListResult {
+    pub items: Vec<ListItem>,
+    pub revision: i64,
+    pub continue_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PatchKind {
+    Merge,
+    Json,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    pub selectors: Selectors,
+    pub resource_version: Option<String>,
+    pub allow_bookmarks: bool,
+    pub send_initial_events: Option<bool>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum WatchItem {
+    Event(EventType, Value),
+    /// Every change up to this revision has been sent; `initial_events_end` marks the end of
+    /// `sendInitialEvents`.
+    Bookmark {
+        revision: i64,
+        initial_events_end: bool,
+    },
+    Error(ApiError),
+}
+
+/// Storage failures in API terms. Internal details are logged here and not returned.
+pub fn storage_error(info: &ResourceInfo, name: &str, e: StorageError) -> ApiError {
+    match e {
+        StorageError::NotFound => ApiError::not_found(info, name),
+        StorageError::AlreadyExists => ApiError::already_exists(info, name),
+        StorageError::Conflict { .. } => ApiError::stale(info, name),
+        StorageError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::expired(format!(
+            "too old resource version: {requested} ({compacted})"
+        )),
+        StorageError::FutureRevision { requested } => ApiError::Timeout(format!(
+            "Too large resource version: {requested}, current: older"
+        )),
+        StorageError::Unavailable(detail) => {
+            warn!(resource = %info.plural, %detail, "Storage unavailable");
+            ApiError::ServiceUnavailable(
+                "the server is currently unable to handle the request: storage is unavailable"
+                    .into(),
+            )
+        }
+        StorageError::Timeout => ApiError::Timeout(
+            "the storage request timed out; the request may or may not have taken effect".into(),
+        ),
+        StorageError::Internal(detail) => {
+            error!(resource = %info.plural, %detail, "Storage failed");
+            ApiError::Internal("Internal error occurred: storage request failed".into())
+        }
+    }
+}
+
+fn strip_rv(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    v
+}
+
+/// Everything but metadata and status: what `generation` tracks.
+fn spec_part(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+fn set_rv(obj: &mut Value, rev: i64) {
+    meta::meta_mut(obj).insert("resourceVersion".into(), json!(rev.to_string()));
+}
+
+/// Which finalizers hold an object back: `metadata.finalizers`, plus a namespace's own
+/// `spec.finalizers`.
+fn pending_finalizers(info: &ResourceInfo, obj: &Value) -> bool {
+    if !meta::finalizers(obj).is_empty() {
+        return true;
+    }
+    info.group.is_empty()
+        && info.plural == "namespaces"
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+}
+
+impl Store {
+    pub fn new(storage: Arc<dyn Storage>, registry: Arc<Registry>) -> Self {
+        Store {
+            storage,
+            registry,
+            bookmark_interval: Duration::from_secs(60),
+        }
+    }
+
+    /// Namespaced objects may only be created in a namespace that exists and is not terminating.
+    async fn check_namespace(&self, info: &ResourceInfo, ns: &str) -> ApiResult<()> {
+        if !info.namespaced {
+            return Ok(());
+        }
+        let Some(ns_info) = self.registry.by_plural("", "namespaces") else {
+            return Ok(());
+        };
+        let kv = self
+            .storage
+            .get(&ns_info.key("", ns))
+            .await
+            .map_err(|e| storage_error(ns_info, ns, e))?;
+        let Some(kv) = kv else {
+            return Err(ApiError::not_found(ns_info, ns));
+        };
+        let obj = codec::decode_stored(&kv.value, kv.mod_revision)?;
+        if meta::is_deleting(&obj)
+            || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+        {
+            return Err(ApiError::Forbidden(format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                info.plural,
+                meta::name(&obj)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Body -> typed round trip -> value, with unknown and duplicate fields handled per
+    /// `fieldValidation`. Returns the normalized object and the warnings to send.
+    fn decode_object(
+        &self,
+        info: &ResourceInfo,
+        body: Decoded,
+        fv: FieldValidation,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        let Decoded {
+            mut value,
+            duplicates,
+        } = body;
+        let Some(map) = value.as_object_mut() else {
+            return Err(ApiError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: the body must be a JSON object",
+                info.kind, info.version, info.kind
+            )));
+        };
+        let api_version = info.api_version();
+        match map.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => {
+                map.insert("apiVersion".into(), json!(api_version));
+            }
+            Some(v) if v == api_version => {}
+            Some(v) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+        }
+        match map.get("kind").and_then(Value::as_str) {
+            None | Some("") => {
+                map.insert("kind".into(), json!(info.kind));
+            }
+            Some(k) if k == info.kind => {}
+            Some(k) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    info.kind
+                )));
+            }
+        }
+        let input = value.clone();
+        let normalized = info.normalize(value).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                info.kind, info.version, info.kind
+            ))
+        })?;
+        let problems =
+            codec::field_problems(&codec::unknown_fields(&input, &normalized), &duplicates);
+        let mut warnings = Vec::new();
+        if !problems.is_empty() {
+            match fv {
+                FieldValidation::Strict => {
+                    return Err(ApiError::BadRequest(format!(
+                        "strict decoding error: {}",
+                        problems.join(", ")
+                    )));
+                }
+                FieldValidation::Warn => warnings = problems,
+                FieldValidation::Ignore => {}
+            }
+        }
+        Ok((normalized, warnings))
+    }
+
+    // ---- reads ----
+
+    pub async fn get(&self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<KeyValue> {
+        let kv = self
+            .storage
+            .get(&info.key(ns, name))
+            .await
+            .map_err(|e| storage_error(info, name, e))?;
+        kv.ok_or_else(|| ApiError::not_found(info, name))
+    }
+
+    pub async fn get_value(&self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<Value> {
+        let kv = self.get(info, ns, name).await?;
+        codec::decode_stored(&kv.value, kv.mod_revision)
+    }
+
+    pub async fn list(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        opts: &ListOptions,
+    ) -> ApiResult<ListResult> {
+        let prefix = info.list_prefix(ns);
+        let parse_rv = |s: &str| {
+            s.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version \"{s}\"")))
+        };
+        let rv = opts.resource_version.as_deref().filter(|s| !s.is_empty());
+        let (mut after, mut revision, mut not_older_than) = (None::<String>, 0i64, 0i64);
+        if let Some(token) = &opts.continue_token {
+            if rv.is_some_and(|r| r != "0") {
+                return Err(ApiError::BadRequest(
+                    "specifying resource version is not allowed when using continue".into(),
+                ));
+            }
+            let (rev, start) = decode_continue(token)?;
+            revision = rev;
+            after = Some(format!("{prefix}{start}"));
+        } else {
+            match (
+                opts.resource_version_match
+                    .as_deref()
+                    .filter(|s| !s.is_empty()),
+                rv,
+            ) {
+                (Some(_), None) => {
+                    return Err(ApiError::BadRequest(
+                        "resourceVersionMatch is forbidden unless resourceVersion is provided"
+                            .into(),
+                    ));
+                }
+                (Some("Exact"), Some(r)) => {
+                    revision = parse_rv(r)?;
+                    if revision == 0 {
+                        return Err(ApiError::BadRequest(
+                            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\""
+                                .into(),
+                        ));
+                    }
+                }
+                (Some("NotOlderThan"), Some(r)) => not_older_than = parse_rv(r)?,
+                (Some(other), Some(_)) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "resourceVersionMatch: Unsupported value: \"{other}\": supported values: \"Exact\", \"NotOlderThan\""
+                    )));
+                }
+                (None, Some(r)) => {
+                    let r = parse_rv(r)?;
+                    // A limit with a specific resourceVersion means exactly that snapshot.
+                    if opts.limit > 0 && r > 0 {
+                        revision = r;
+                    } else {
+                        not_older_than = r;
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        // A selector pinning metadata.name only needs keys with that name as prefix.
+        let prefix = match opts.selectors.fields.exact_name() {
+            Some(name) if after.is_none() && (!info.namespaced || !ns.is_empty()) => {
+                info.key(ns, name)
+            }
+            _ => prefix,
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        loop {
+            let want = if opts.limit > 0 {
+                opts.limit - items.len()
+            } else {
+                0
+            };
+            let chunk = if opts.limit > 0 && !opts.selectors.is_empty() {
+                want.max(256)
+            } else {
+                want
+            };
+            let page = self
+                .storage
+                .list(&prefix, after.as_deref(), chunk, revision)
+                .await
+                .map_err(|e| match e {
+                    StorageError::Compacted { .. } if opts.continue_token.is_some() => ApiError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ),
+                    StorageError::Compacted { requested, .. } => {
+                        ApiError::expired(format!("too old resource version: {requested}"))
+                    }
+                    StorageError::FutureRevision { requested } => {
+                        ApiError::Timeout(format!("Too large resource version: {requested}"))
+                    }
+                    other => storage_error(info, "", other),
+                })?;
+            revision = page.revision;
+            let mut consumed = 0;
+            for kv in page.items.iter() {
+                consumed += 1;
+                after = Some(kv.key.clone());
+                let keep = if opts.selectors.is_empty() {
+                    true
+                } else {
+                    opts.selectors
+                        .matches(&codec::decode_stored(&kv.value, kv.mod_revision)?)
+                };
+                if keep {
+                    items.push(ListItem { kv: kv.clone() });
+                    if opts.limit > 0 && items.len() == opts.limit {
+                        break;
+                    }
+                }
+            }
+            let page_more = page.more || consumed < page.items.len();
+            if opts.limit > 0 && items.len() == opts.limit {
+                more = page_more;
+                break;
+            }
+            if !page.more {
+                break;
+            }
+        }
+        if not_older_than > revision {
+            return Err(ApiError::Timeout(format!(
+                "Too large resource version: {not_older_than}, current: {revision}"
+            )));
+        }
+        let continue_token = if more {
+            let last = after.unwrap_or_default();
+            let base = info.list_prefix(ns);
+            Some(encode_continue(
+                revision,
+                last.strip_prefix(&base).unwrap_or(&last),
+            ))
+        } else {
+            None
+        };
+        Ok(ListResult {
+            items,
+            revision,
+            continue_token,
+        })
+    }
+
+    // ---- create ----
+
+    pub async fn create(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        body: Decoded,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        let (mut obj, warnings) = self.decode_object(info, body, opts.field_validation)?;
+        let body_ns = meta::namespace(&obj).to_string();
+        if info.namespaced {
+            if !body_ns.is_empty() && body_ns != ns {
+                return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".into(),
+                ));
+            }
+            meta::meta_mut(&mut obj).insert("namespace".into(), json!(ns));
+        } else {
+            meta::meta_mut(&mut obj).remove("namespace");
+        }
+        self.check_namespace(info, ns).await?;
+        let generate =
+            meta::name(&obj).is_empty() && !meta::meta_str(&obj, "generateName").is_empty();
+        let attempts = if generate { GENERATE_NAME_ATTEMPTS } else { 1 };
+        let mut last_err = None;
+        for _ in 0..attempts {
+            let mut candidate = obj.clone();
+            if generate {
+                let name = format!(
+                    "{}{}",
+                    meta::meta_str(&obj, "generateName"),
+                    meta::random_suffix()
+                );
+                meta::meta_mut(&mut candidate).insert("name".into(), json!(name));
+            }
+            self.prepare_create(info, &mut candidate);
+            let name = meta::name(&candidate).to_string();
+            let mut causes = validation::object_meta(info, &candidate);
+            causes.extend(info.strategy.validate(&candidate));
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(info, &name, causes));
+            }
+            if opts.dry_run {
+                return Ok(Written {
+                    object: candidate,
+                    created: true,
+                    warnings,
+                });
+            }
+            let key = info.key(ns, &name);
+            match self
+                .storage
+                .create(&key, codec::encode_for_storage(&candidate))
+                .await
+            {
+                Ok(rev) => {
+                    set_rv(&mut candidate, rev);
+                    return Ok(Written {
+                        object: candidate,
+                        created: true,
+                        warnings,
+                    });
+                }
+                Err(StorageError::AlreadyExists) if generate => {
+                    last_err = Some(ApiError::already_exists(info, &name));
+                }
+                Err(e) => return Err(storage_error(info, &name, e)),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ApiError::Internal("create failed".into())))
+    }
+
+    /// Server-owned metadata and the kind's defaults for a new object.
+    fn prepare_create(&self, info: &ResourceInfo, obj: &mut Value) {
+        let m = meta::meta_mut(obj);
+        m.insert("uid".into(), json!(meta::new_uid()));
+        m.insert("creationTimestamp".into(), json!(meta::now()));
+        for f in [
+            "resourceVersion",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            m.remove(f);
+        }
+        if info.tracks_generation {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
+        if info.has_status
+            && !info.strategy.keeps_status_on_create()
+            && let Some(map) = obj.as_object_mut()
+        {
+            map.remove("status");
+        }
+        info.strategy.prepare_for_create(obj);
+    }
+
+    // ---- update and patch ----
+
+    /// PUT on the object or one of its subresources (`status`, `finalize`).
+    pub async fn update(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+        body: Decoded,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        let (body, warnings) = self.decode_object(info, body, opts.field_validation)?;
+        let body_name = meta::name(&body);
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let body_ns = meta::namespace(&body);
+        if info.namespaced && !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request".into(),
+            ));
+        }
+        if info.create_on_update
+            && subresource.is_none()
+            && self
+                .storage
+                .get(&info.key(ns, name))
+                .await
+                .map_err(|e| storage_error(info, name, e))?
+                .is_none()
+        {
+            let mut body = body;
+            meta::meta_mut(&mut body).insert("name".into(), json!(name));
+            let decoded = Decoded {
+                value: body,
+                duplicates: Vec::new(),
+            };
+            return self
+                .create(
+                    info,
+                    ns,
+                    decoded,
+                    &WriteOptions {
+                        field_validation: FieldValidation::Ignore,
+                        ..opts.clone()
+                    },
+                )
+                .await;
+        }
+        let mut written = self
+            .update_with(info, ns, name, subresource, opts.dry_run, |_old| {
+                Ok(body.clone())
+            })
+            .await?;
+        written.warnings = warnings;
+        Ok(written)
+    }
+
+    pub async fn patch(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+        kind: PatchKind,
+        patch: &[u8],
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        let patch_value: Value = serde_json::from_slice(patch)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
+        let json_patch = match kind {
+            PatchKind::Json => Some(
+                serde_json::from_value::<json_patch::Patch>(patch_value.clone()).map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "the server rejected our request due to an error in our request: {e}"
+                    ))
+                })?,
+            ),
+            PatchKind::Merge => {
+                if !patch_value.is_object() {
+                    return Err(ApiError::BadRequest(
+                        "a merge patch must be a JSON object".into(),
+                    ));
+                }
+                None
+            }
+        };
+        let fv = opts.field_validation;
+        let mut warnings = Vec::new();
+        let written = self
+            .update_with(info, ns, name, subresource, opts.dry_run, |old| {
+                let mut doc = old.clone();
+                match &json_patch {
+                    Some(p) => json_patch::patch(&mut doc, p).map_err(|e| ApiError::Invalid {
+                        message: format!(
+                            "the server rejected our request due to an error in our request: {e}"
+                        ),
+                        details: Details::default(),
+                        causes: vec![],
+                    })?,
+                    None => json_patch::merge(&mut doc, &patch_value),
+                }
+                let (normalized, w) = self.decode_object(
+                    info,
+                    Decoded {
+                        value: doc,
+                        duplicates: Vec::new(),
+                    },
+                    fv,
+                )?;
+                warnings = w;
+                Ok(normalized)
+            })
+            .await?;
+        Ok(Written {
+            warnings,
+            ..written
+        })
+    }
+
+    /// The optimistic update loop shared by PUT and PATCH: `make` turns the current object into
+    /// the desired one; everything server-owned is then re-applied, validated and written with a
+    /// compare-and-swap on the revision that was read.
+    async fn update_with(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+        dry_run: bool,
+        mut make: impl FnMut(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<Written> {
+        let key = info.key(ns, name);
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let cur = self
+                .storage
+                .get(&key)
+                .await
+                .map_err(|e| storage_error(info, name, e))?;
+            let Some(cur) = cur else {
+                return Err(ApiError::not_found(info, name));
+            };
+            let old = codec::decode_stored(&cur.value, cur.mod_revision)?;
+            let mut new = make(&old)?;
+            let client_rv = meta::meta_str(&new, "resourceVersion").to_string();
+            if !client_rv.is_empty() && client_rv != cur.mod_revision.to_string() {
+                return Err(ApiError::stale(info, name));
+            }
+            match subresource {
+                None => self.prepare_update(info, &mut new, &old),
+                Some("status") => {
+                    let status = new.get("status").cloned();
+                    new = old.clone();
+                    match status {
+                        Some(s) => new["status"] = s,
+                        None => {
+                            if let Some(m) = new.as_object_mut() {
+                                m.remove("status");
+                            }
+                        }
+                    }
+                }
+                Some("finalize") => {
+                    let fins = new
+                        .pointer("/spec/finalizers")
+                        .cloned()
+                        .unwrap_or_else(|| json!([]));
+                    new = old.clone();
+                    new["spec"]["finalizers"] = fins;
+                }
+                Some(other) => {
+                    return Err(ApiError::NotFound {
+                        message: format!("{} \"{name}\" has no subresource {other}", info.plural),
+                        details: None,
+                    });
+                }
+            }
+            let mut causes = validation::object_meta(info, &new);
+            causes.extend(validation::object_meta_update(&new, &old));
+            causes.extend(info.strategy.validate(&new));
+            causes.extend(info.strategy.validate_update(&new, &old));
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(info, name, causes));
+            }
+            if strip_rv(&new) == strip_rv(&old) {
+                return Ok(Written {
+                    object: old,
+                    created: false,
+                    warnings: Vec::new(),
+                });
+            }
+            if dry_run {
+                set_rv(&mut new, cur.mod_revision);
+                return Ok(Written {
+                    object: new,
+                    created: false,
+                    warnings: Vec::new(),
+                });
+            }
+            // The last finalizer of an object being deleted is gone: finish the deletion.
+            if meta::is_deleting(&new) && !pending_finalizers(info, &new) {
+                match self.storage.delete(&key, cur.mod_revision).await {
+                    Ok(rev) => {
+                        set_rv(&mut new, rev);
+                        return Ok(Written {
+                            object: new,
+                            created: false,
+                            warnings: Vec::new(),
+                        });
+                    }
+                    Err(StorageError::Conflict { .. }) => continue,
+                    Err(e) => return Err(storage_error(info, name, e)),
+                }
+            }
+            match self
+                .storage
+                .update(&key, codec::encode_for_storage(&new), cur.mod_revision)
+                .await
+            {
+                Ok(rev) => {
+                    set_rv(&mut new, rev);
+                    return Ok(Written {
+                        object: new,
+                        created: false,
+                        warnings: Vec::new(),
+                    });
+                }
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(storage_error(info, name, e)),
+            }
+        }
+        Err(ApiError::stale(info, name))
+    }
+
+    /// Carries what clients cannot change from `old` into `new` (main resource writes).
+    fn prepare_update(&self, info: &ResourceInfo, new: &mut Value, old: &Value) {
+        let old_meta = meta::meta(old).cloned().unwrap_or_default();
+        let m = meta::meta_mut(new);
+        for f in ["uid", "creationTimestamp"] {
+            let given = m
+                .get(f)
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty());
+            if !given && let Some(v) = old_meta.get(f) {
+                m.insert(f.into(), v.clone());
+            }
+        }
+        for f in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+            match old_meta.get(f) {
+                Some(v) => m.insert(f.into(), v.clone()),
+                None => m.remove(f),
+            };
+        }
+        m.remove("selfLink");
+        if !m.contains_key("managedFields")
+            && let Some(mf) = old_meta.get("managedFields")
+        {
+            m.insert("managedFields".into(), mf.clone());
+        }
+        if info.has_status
+            && let Some(map) = new.as_object_mut()
+        {
+            match old.get("status") {
+                Some(s) => map.insert("status".into(), s.clone()),
+                None => map.remove("status"),
+            };
+        }
+        info.strategy.prepare_for_update(new, old);
+        let m = meta::meta_mut(new);
+        if info.tracks_generation {
+            let old_gen = old_meta
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let generation = if spec_part(new) != spec_part(old) {
+                old_gen + 1
+            } else {
+                old_gen
+            };
+            meta::meta_mut(new).insert("generation".into(), json!(generation));
+        } else {
+            match old_meta.get("generation") {
+                Some(g) => m.insert("generation".into(), g.clone()),
+                None => m.remove("generation"),
+            };
+        }
+    }
+
+    // ---- delete ----
+
+    pub async fn delete(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Deleted> {
+        let key = info.key(ns, name);
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let cur = self
+                .storage
+                .get(&key)
+                .await
+                .map_err(|e| storage_error(info, name, e))?;
+            let Some(cur) = cur else {
+                return Err(ApiError::not_found(info, name));
+            };
+            let old = codec::decode_stored(&cur.value, cur.mod_revision)?;
+            if let Some(uid) = &opts.precondition_uid
+                && uid != meta::uid(&old)
+            {
+                return Err(ApiError::conflict(
+                    info,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta::uid(&old)
+                    ),
+                ));
+            }
+            if let Some(rv) = &opts.precondition_resource_version
+                && *rv != cur.mod_revision.to_string()
+            {
+                return Err(ApiError::conflict(
+                    info,
+                    name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        cur.mod_revision
+                    ),
+                ));
+            }
+            if pending_finalizers(info, &old) {
+                if meta::is_deleting(&old) {
+                    return Ok(Deleted::Pending(old));
+                }
+                let mut marked = old.clone();
+                let m = meta::meta_mut(&mut marked);
+                m.insert("deletionTimestamp".into(), json!(meta::now()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                if info.group.is_empty() && info.plural == "namespaces" {
+                    marked["status"] = json!({"phase": "Terminating"});
+                }
+                if opts.dry_run {
+                    return Ok(Deleted::Pending(marked));
+                }
+                match self
+                    .storage
+                    .update(&key, codec::encode_for_storage(&marked), cur.mod_revision)
+                    .await
+                {
+                    Ok(rev) => {
+                        set_rv(&mut marked, rev);
+                        return Ok(Deleted::Pending(marked));
+                    }
+                    Err(StorageError::Conflict { .. }) => continue,
+                    Err(e) => return Err(storage_error(info, name, e)),
+                }
+            }
+            if opts.dry_run {
+                return Ok(Deleted::Gone(old));
+            }
+            match self.storage.delete(&key, cur.mod_revision).await {
+                Ok(_) => return Ok(Deleted::Gone(old)),
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(storage_error(info, name, e)),
+            }
+        }
+        Err(ApiError::stale(info, name))
+    }
+
+    /// Deletes every object the selectors match; answers with what was deleted.
+    pub async fn delete_collection(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        list: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Vec<Value>> {
+        let listed = self.list(info, ns, list).await?;
+        let mut deleted = Vec::new();
+        for item in listed.items {
+            let obj = item.value()?;
+            match self
+                .delete(info, meta::namespace(&obj), meta::name(&obj), opts)
+                .await
+            {
+                Ok(Deleted::Gone(o) | Deleted::Pending(o)) => deleted.push(o),
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
+    // ---- watch ----
+
+    /// Starts a watch; events arrive on the returned channel until the timeout, a storage error
+    /// (sent as [`WatchItem::Error`]) or the receiver is dropped.
+    pub async fn watch(
+        self: &Arc<Self>,
+        info: Arc<ResourceInfo>,
+        ns: &str,
+        opts: WatchOptions,
+    ) -> ApiResult<mpsc::Receiver<WatchItem>> {
+        let prefix = info.list_prefix(ns);
+        let rv = opts.resource_version.as_deref().filter(|s| !s.is_empty());
+        let initial = match (opts.send_initial_events, rv) {
+            (Some(true), _) => {
+                if !opts.allow_bookmarks {
+                    return Err(ApiError::invalid(
+                        &info,
+                        "",
+                        vec![Cause::forbidden(
+                            "allowWatchBookmarks",
+                            "sendInitialEvents requires setting allowWatchBookmarks to true",
+                        )],
+                    ));
+                }
+                true
+            }
+            (Some(false), _) => false,
+            (None, None | Some("0")) => true,
+            (None, Some(_)) => false,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let mut start = match rv {
+            Some(r) if r != "0" => r
+                .parse::<i64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version \"{r}\"")))?,
+            _ => 0,
+        };
+        let mut initial_items = Vec::new();
+        if initial {
+            let listed = self
+                .list(
+                    &info,
+                    ns,
+                    &ListOptions {
+                        selectors: opts.selectors.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            start = listed.revision;
+            initial_items = listed.items;
+        } else if start == 0 {
+            start = self
+                .storage
+                .current_revision()
+                .await
+                .map_err(|e| storage_error(&info, "", e))?;
+        }
+        let watch = match self.storage.watch(&prefix, start).await {
+            Ok(w) => Some(w),
+            Err(StorageError::Compacted {
+                requested,
+                compacted,
+            }) => {
+                let _ = tx.try_send(WatchItem::Error(ApiError::expired(format!(
+                    "too old resource version: {requested} ({compacted})"
+                ))));
+                None
+            }
+            Err(e) => return Err(storage_error(&info, "", e)),
+        };
+        let Some(watch) = watch else { return Ok(rx) };
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _ = store
+                .run_watch(info, opts, start, initial, initial_items, watch, tx)
+                .await;
+        });
+        Ok(rx)
+    }
+
+    async fn run_watch(
+        &self,
+        info: Arc<ResourceInfo>,
+        opts: WatchOptions,
+        start: i64,
+        initial: bool,
+        initial_items: Vec<ListItem>,
+        mut watch: crate::storage::Watch,
+        tx: mpsc::Sender<WatchItem>,
+    ) -> Result<(), ()> {
+        let send = |item| {
+            let tx = tx.clone();
+            async move { tx.send(item).await.map_err(|_| ()) }
+        };
+        for item in initial_items {
+            match item.value() {
+                Ok(v) => send(WatchItem::Event(EventType::Added, v)).await?,
+                Err(e) => return send(WatchItem::Error(e)).await,
+            }
+        }
+        if initial && opts.allow_bookmarks && opts.send_initial_events == Some(true) {
+            send(WatchItem::Bookmark {
+                revision: start,
+                initial_events_end: true,
+            })
+            .await?;
+        }
+        let deadline = tokio::time::sleep(opts.timeout);
+        tokio::pin!(deadline);
+        let mut bookmark_timer = tokio::time::interval(self.bookmark_interval);
+        bookmark_timer.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return Ok(()),
+                _ = bookmark_timer.tick(), if opts.allow_bookmarks => {
+                    let _ = watch.progress.try_send(());
+                }
+                ev = watch.events.next() => {
+                    let Some(ev) = ev else {
+                        return send(WatchItem::Error(ApiError::Internal("watch ended unexpectedly".into()))).await;
+                    };
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(e) => return send(WatchItem::Error(storage_error(&info, "", e))).await,
+                    };
+                    if let Some(item) = self.translate(&opts, ev) {
+                        match item {
+                            Ok(item) => send(item).await?,
+                            Err(e) => return send(WatchItem::Error(e)).await,
+                        }
+                    }
+                }
+                _ = tx.closed() => return Ok(()),
+            }
+        }
+    }
+
+    /// A storage event as the API event this watcher should see, if any. Objects moving into or
+    /// out of the selection appear as ADDED or DELETED.
+    fn translate(&self, opts: &WatchOptions, ev: WatchEvent) -> Option<ApiResult<WatchItem>> {
+        let decode = |kv: &KeyValue, rev: i64| codec::decode_stored(&kv.value, rev);
+        let sel = &opts.selectors;
+        let result = (|| -> ApiResult<Option<WatchItem>> {
+            Ok(match ev {
+                WatchEvent::Progress { revision } => {
+                    opts.allow_bookmarks.then_some(WatchItem::Bookmark {
+                        revision,
+                        initial_events_end: false,
+                    })
+                }
+                WatchEvent::Put { kv, prev } => {
+                    let new = decode(&kv, kv.mod_revision)?;
+                    let new_match = sel.matches(&new);
+                    let old = match &prev {
+                        Some(p) if !sel.is_empty() => Some(decode(p, kv.mod_revision)?),
+                        _ => None,
+                    };
+                    let old_match = match (&prev, &old) {
+                        (None, _) => false,
+                        (Some(_), None) => true,
+                        (Some(_), Some(o)) => sel.matches(o),
+                    };
+                    match (new_match, old_match) {
+                        (true, true) => Some(WatchItem::Event(EventType::Modified, new)),
+                        (true, false) => Some(WatchItem::Event(EventType::Added, new)),
+                        (false, true) => old.map(|o| WatchItem::Event(EventType::Deleted, o)),
+                        (false, false) => None,
+                    }
+                }
+                WatchEvent::Delete { revision, prev, .. } => match prev {
+                    Some(p) => {
+                        let old = decode(&p, revision)?;
+                        sel.matches(&old)
+                            .then_some(WatchItem::Event(EventType::Deleted, old))
+                    }
+                    None => None,
+                },
+            })
+        })();
+        result.transpose()
+    }
+}
+
+/// Continue tokens: the revision of the first page and the last key returned, relative to the
+/// list prefix, so a token can only continue the same list.
+fn encode_continue(revision: i64, start: &str) -> String {
+    use base64::Engine;
+    let token = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": start});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
+    use base64::Engine;
+    let bad =
+        || ApiError::BadRequest("continue key is not valid: the token could not be decoded".into());
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rev = v
+        .get("rv")
+        .and_then(Value::as_i64)
+        .filter(|r| *r > 0)
+        .ok_or_else(bad)?;
+    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
+    if start.contains("..") || start.starts_with('/') {
+        return Err(bad());
+    }
+    Ok((rev, start.to_string()))
+}
+
+/// Bytes of a List answer built from already-rendered items, without parsing them again.
+pub fn list_json(info: &ResourceInfo, result: &ListResult) -> ApiResult<Vec<u8>> {
+    let mut meta = json!({"resourceVersion": result.revision.to_string()});
+    if let Some(c) = &result.continue_token {
+        meta["continue"] = json!(c);
+    }
+    let mut out = Vec::with_capacity(
+        result
+            .items
+            .iter()
+            .map(|i| i.kv.value.len() + 32)
+            .sum::<usize>()
+            + 128,
+    );
+    out.extend_from_slice(b"{\"kind\":");
+    out.extend_from_slice(
+        serde_json::to_string(info.list_kind)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b",\"apiVersion\":");
+    out.extend_from_slice(
+        serde_json::to_string(&info.api_version())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(meta.to_string().as_bytes());
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in result.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&item.rendered()?);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
