@@ -28,16 +28,9 @@ pub struct TokenAuthenticator {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
     #[error("reading token file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("token file {path} line {line}: {reason}")]
-    Parse {
-        path: String,
-        line: usize,
-        reason: String,
-    },
+    Parse { path: String, line: usize, reason: String },
 }
 
 /// Splits one CSV record; a field in double quotes may contain commas.
@@ -79,31 +72,16 @@ impl TokenAuthenticator {
             }
             let groups = f
                 .get(3)
-                .map(|g| {
-                    g.split(',')
-                        .map(str::trim)
-                        .filter(|g| !g.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
+                .map(|g| g.split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect())
                 .unwrap_or_default();
-            tokens.insert(
-                f[0].clone(),
-                User {
-                    name: f[1].clone(),
-                    uid: f[2].clone(),
-                    groups,
-                },
-            );
+            tokens.insert(f[0].clone(), User { name: f[1].clone(), uid: f[2].clone(), groups });
         }
         Ok(TokenAuthenticator { tokens })
     }
 
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TokenFileError::Read { path: path.display().to_string(), source })?;
         Self::parse(&path.display().to_string(), &text)
     }
 
@@ -119,8 +97,7 @@ impl TokenAuthenticator {
 
     /// A token of a `system:masters` user, for writing the admin kubeconfig.
     pub fn admin_token(&self) -> Option<&str> {
-        let mut admins: Vec<(&String, &User)> =
-            self.tokens.iter().filter(|(_, u)| u.is_admin()).collect();
+        let mut admins: Vec<(&String, &User)> = self.tokens.iter().filter(|(_, u)| u.is_admin()).collect();
         admins.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         admins.first().map(|(t, _)| t.as_str())
     }
@@ -153,10 +130,7 @@ mod tests {
         let admin = a.authenticate(Some("Bearer secret1")).expect("admin");
         assert_eq!(admin.groups, vec!["system:masters", "dev"]);
         assert!(admin.is_admin());
-        assert_eq!(
-            a.authenticate(Some("bearer secret2")).expect("alice").name,
-            "alice"
-        );
+        assert_eq!(a.authenticate(Some("bearer secret2")).expect("alice").name, "alice");
         assert!(a.authenticate(Some("Bearer nope")).is_none());
         assert!(a.authenticate(Some("Basic secret1")).is_none());
         assert!(a.authenticate(None).is_none());
@@ -166,21 +140,12 @@ mod tests {
     #[test]
     fn malformed_token_lines_name_the_line() {
         let err = TokenAuthenticator::parse("t.csv", "ok,u,1\nbroken\n").expect_err("bad");
-        assert_eq!(
-            err.to_string(),
-            "token file t.csv line 2: expected token,user,uid[,\"groups\"]"
-        );
+        assert_eq!(err.to_string(), "token file t.csv line 2: expected token,user,uid[,\"groups\"]");
     }
 
     #[test]
     fn only_health_and_version_are_public() {
-        for p in [
-            "/version",
-            "/version/",
-            "/healthz",
-            "/readyz/etcd",
-            "/livez",
-        ] {
+        for p in ["/version", "/version/", "/healthz", "/readyz/etcd", "/livez"] {
             assert!(is_public_path(p), "{p}");
         }
         for p in ["/api", "/apis", "/api/v1/pods", "/openapi/v3", "/metrics"] {

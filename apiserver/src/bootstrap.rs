@@ -17,8 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::handler::State;
 use crate::rest::WriteOptions;
 
-pub const SYSTEM_NAMESPACES: &[&str] =
-    &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// An IPv4 CIDR such as `10.96.0.0/12`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,26 +29,12 @@ pub struct Cidr {
 impl std::str::FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (expected a.b.c.d/n)"))?;
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 30)
-            .ok_or_else(|| format!("{s:?}: prefix must be 0..=30"))?;
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
-        Ok(Cidr {
-            network: Ipv4Addr::from(u32::from(ip) & mask),
-            prefix,
-        })
+        let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (expected a.b.c.d/n)"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address"))?;
+        let prefix: u8 =
+            prefix.parse().ok().filter(|p| *p <= 30).ok_or_else(|| format!("{s:?}: prefix must be 0..=30"))?;
+        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+        Ok(Cidr { network: Ipv4Addr::from(u32::from(ip) & mask), prefix })
     }
 }
 
@@ -77,27 +62,13 @@ impl Bootstrap {
     async fn once(&self, state: &State) -> ApiResult<()> {
         let reg = &state.registry;
         let store = &state.store;
-        let opts = WriteOptions {
-            field_validation: FieldValidation::Strict,
-            dry_run: false,
-        };
-        let body = |v| Decoded {
-            value: v,
-            duplicates: Vec::new(),
-        };
-        let ns = reg
-            .by_plural("", "namespaces")
-            .ok_or_else(|| ApiError::Internal("namespaces not served".into()))?;
+        let opts = WriteOptions { field_validation: FieldValidation::Strict, dry_run: false };
+        let body = |v| Decoded { value: v, duplicates: Vec::new() };
+        let ns = reg.by_plural("", "namespaces").ok_or_else(|| ApiError::Internal("namespaces not served".into()))?;
         for name in SYSTEM_NAMESPACES {
-            created_or_exists(
-                store
-                    .create(ns, "", body(json!({"metadata": {"name": name}})), &opts)
-                    .await,
-            )?;
+            created_or_exists(store.create(ns, "", body(json!({"metadata": {"name": name}})), &opts).await)?;
         }
-        let svc = reg
-            .by_plural("", "services")
-            .ok_or_else(|| ApiError::Internal("services not served".into()))?;
+        let svc = reg.by_plural("", "services").ok_or_else(|| ApiError::Internal("services not served".into()))?;
         let service = json!({
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {
@@ -110,9 +81,7 @@ impl Bootstrap {
             },
         });
         created_or_exists(store.create(svc, "default", body(service), &opts).await)?;
-        let ep = reg
-            .by_plural("", "endpoints")
-            .ok_or_else(|| ApiError::Internal("endpoints not served".into()))?;
+        let ep = reg.by_plural("", "endpoints").ok_or_else(|| ApiError::Internal("endpoints not served".into()))?;
         let endpoints = json!({
             "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
             "subsets": [{

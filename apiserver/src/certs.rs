@@ -13,18 +13,15 @@ use std::sync::Arc;
 
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("generating certificates: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("{path}: no {what} found")]
@@ -34,28 +31,18 @@ pub enum CertError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
-    move |source| CertError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| CertError::Io { path: path.display().to_string(), source }
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), CertError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io(path))?;
     f.write_all(contents).map_err(io(path))
 }
 
 fn validity(params: &mut CertificateParams, years: i32) {
-    let year = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .year() as i32;
+    let year = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).year() as i32;
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     params.not_after = rcgen::date_time_ymd(year + years, 1, 1);
 }
@@ -72,10 +59,7 @@ pub enum TlsSource {
     /// Use these files as given (`--tls-cert-file`, `--tls-private-key-file`).
     Files { cert: PathBuf, key: PathBuf },
     /// Generate (once) into the certificate directory.
-    Generated {
-        cert_dir: PathBuf,
-        sans: Vec<String>,
-    },
+    Generated { cert_dir: PathBuf, sans: Vec<String> },
 }
 
 pub fn load_or_generate(source: &TlsSource) -> Result<ServingMaterial, CertError> {
@@ -86,31 +70,20 @@ pub fn load_or_generate(source: &TlsSource) -> Result<ServingMaterial, CertError
             let chain = parse_certs(cert, &cert_pem)?;
             let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
                 .map_err(io(key))?
-                .ok_or(CertError::Missing {
-                    path: key.display().to_string(),
-                    what: "private key",
-                })?;
+                .ok_or(CertError::Missing { path: key.display().to_string(), what: "private key" })?;
             // Clients trust the last certificate of the chain (the issuer, or the cert itself).
             let ca_pem = pem_of(chain.last().expect("parse_certs returns at least one"));
-            Ok(ServingMaterial {
-                chain,
-                key: key_der,
-                ca_pem,
-            })
+            Ok(ServingMaterial { chain, key: key_der, ca_pem })
         }
         TlsSource::Generated { cert_dir, sans } => generate(cert_dir, sans),
     }
 }
 
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(io(path))?;
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut &pem[..]).collect::<Result<_, _>>().map_err(io(path))?;
     if certs.is_empty() {
-        return Err(CertError::Missing {
-            path: path.display().to_string(),
-            what: "certificate",
-        });
+        return Err(CertError::Missing { path: path.display().to_string(), what: "certificate" });
     }
     Ok(certs)
 }
@@ -136,11 +109,8 @@ fn generate(dir: &Path, sans: &[String]) -> Result<ServingMaterial, CertError> {
         dn.push(DnType::CommonName, "kubernetes-ca");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         validity(&mut params, 10);
         let cert = params.self_signed(&key)?;
         write_private(&ca_key, key.serialize_pem().as_bytes())?;
@@ -149,11 +119,7 @@ fn generate(dir: &Path, sans: &[String]) -> Result<ServingMaterial, CertError> {
     let ca_pem = std::fs::read_to_string(&ca_crt).map_err(io(&ca_crt))?;
     let ca_key_pem = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
 
-    let (crt, key, sans_file) = (
-        dir.join("apiserver.crt"),
-        dir.join("apiserver.key"),
-        dir.join("apiserver.sans"),
-    );
+    let (crt, key, sans_file) = (dir.join("apiserver.crt"), dir.join("apiserver.key"), dir.join("apiserver.sans"));
     let wanted = sans.join("\n");
     let current = std::fs::read_to_string(&sans_file).unwrap_or_default();
     if !crt.exists() || !key.exists() || current != wanted {
@@ -169,10 +135,7 @@ fn generate(dir: &Path, sans: &[String]) -> Result<ServingMaterial, CertError> {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "kube-apiserver");
         params.distinguished_name = dn;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         validity(&mut params, 2);
         let cert = params.signed_by(&serving_key, &issuer)?;
@@ -185,12 +148,10 @@ fn generate(dir: &Path, sans: &[String]) -> Result<ServingMaterial, CertError> {
 }
 
 pub fn server_config(material: &ServingMaterial) -> Result<Arc<rustls::ServerConfig>, CertError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(material.chain.clone(), material.key.clone_key())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(material.chain.clone(), material.key.clone_key())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -202,28 +163,15 @@ pub fn ensure_token_file(path: &Path) -> Result<(), CertError> {
         return Ok(());
     }
     use rand::Rng;
-    let token: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(40)
-        .map(char::from)
-        .collect();
+    let token: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(40).map(char::from).collect();
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    write_private(
-        path,
-        format!("{token},admin,admin,\"system:masters\"\n").as_bytes(),
-    )
+    write_private(path, format!("{token},admin,admin,\"system:masters\"\n").as_bytes())
 }
 
 /// Writes a kubeconfig for `server` that trusts `ca_pem` and authenticates with `token`.
-pub fn write_kubeconfig(
-    path: &Path,
-    cluster: &str,
-    server: &str,
-    ca_pem: &str,
-    token: &str,
-) -> Result<(), CertError> {
+pub fn write_kubeconfig(path: &Path, cluster: &str, server: &str, ca_pem: &str, token: &str) -> Result<(), CertError> {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: admin@{cluster}\n  context:\n    cluster: {cluster}\n    user: admin\ncurrent-context: admin@{cluster}\n"
@@ -242,27 +190,18 @@ mod tests {
     fn generated_material_is_reused_and_serving_cert_follows_the_names() {
         let dir = std::env::temp_dir().join(format!("certs-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let src = TlsSource::Generated {
-            cert_dir: dir.clone(),
-            sans: vec!["localhost".into(), "127.0.0.1".into()],
-        };
+        let src = TlsSource::Generated { cert_dir: dir.clone(), sans: vec!["localhost".into(), "127.0.0.1".into()] };
         let first = load_or_generate(&src).expect("generates");
         let again = load_or_generate(&src).expect("loads");
         assert_eq!(first.ca_pem, again.ca_pem);
         assert_eq!(first.chain, again.chain, "same names: same certificate");
-        let more = TlsSource::Generated {
-            cert_dir: dir.clone(),
-            sans: vec!["localhost".into(), "10.0.0.1".into()],
-        };
+        let more = TlsSource::Generated { cert_dir: dir.clone(), sans: vec!["localhost".into(), "10.0.0.1".into()] };
         let changed = load_or_generate(&more).expect("regenerates");
         assert_eq!(changed.ca_pem, first.ca_pem, "the CA stays");
         assert_ne!(changed.chain, first.chain);
         server_config(&changed).expect("rustls accepts it");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("ca.key"))
-            .expect("key")
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.join("ca.key")).expect("key").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&dir);
     }

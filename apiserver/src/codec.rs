@@ -28,13 +28,7 @@ pub enum BodyFormat {
 
 /// The media type of a request body, without parameters, lowercased.
 pub fn media_type(content_type: Option<&str>) -> String {
-    content_type
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+    content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
 /// For create and update: which decoder a Content-Type selects.
@@ -89,27 +83,18 @@ pub fn decode_body(bytes: &[u8], format: BodyFormat) -> Result<Decoded, ApiError
         BodyFormat::Json => {
             let mut duplicates = Vec::new();
             let mut de = serde_json::Deserializer::from_slice(bytes);
-            let value = StrictValue {
-                path: String::new(),
-                duplicates: &mut duplicates,
-            }
-            .deserialize(&mut de)
-            .and_then(|v| de.end().map(|_| v))
-            .map_err(|e| {
-                ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}"))
-            })?;
+            let value = StrictValue { path: String::new(), duplicates: &mut duplicates }
+                .deserialize(&mut de)
+                .and_then(|v| de.end().map(|_| v))
+                .map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}")))?;
             Ok(Decoded { value, duplicates })
         }
         BodyFormat::Yaml => {
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| ApiError::BadRequest("yaml: invalid UTF-8 in body".into()))?;
-            let value: Value = serde_saphyr::from_str(text).map_err(|e| {
-                ApiError::BadRequest(format!("yaml: {}", first_line(&e.to_string())))
-            })?;
-            Ok(Decoded {
-                value,
-                duplicates: Vec::new(),
-            })
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| ApiError::BadRequest("yaml: invalid UTF-8 in body".into()))?;
+            let value: Value = serde_saphyr::from_str(text)
+                .map_err(|e| ApiError::BadRequest(format!("yaml: {}", first_line(&e.to_string()))))?;
+            Ok(Decoded { value, duplicates: Vec::new() })
         }
     }
 }
@@ -132,11 +117,7 @@ impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
 }
 
 fn child(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 impl<'de> Visitor<'de> for StrictValue<'_> {
@@ -174,10 +155,7 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::new();
         loop {
-            let seed = StrictValue {
-                path: format!("{}[{}]", self.path, out.len()),
-                duplicates: &mut *self.duplicates,
-            };
+            let seed = StrictValue { path: format!("{}[{}]", self.path, out.len()), duplicates: &mut *self.duplicates };
             match seq.next_element_seed(seed)? {
                 Some(v) => out.push(v),
                 None => break,
@@ -189,10 +167,7 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             let path = child(&self.path, &key);
-            let v = map.next_value_seed(StrictValue {
-                path: path.clone(),
-                duplicates: &mut *self.duplicates,
-            })?;
+            let v = map.next_value_seed(StrictValue { path: path.clone(), duplicates: &mut *self.duplicates })?;
             if out.insert(key, v).is_some() {
                 self.duplicates.push(path);
             }
@@ -247,10 +222,7 @@ pub fn encode_for_storage(obj: &Value) -> Vec<u8> {
     out.push(b'{');
     let map = obj.as_object();
     let mut first = true;
-    if let Some(m) = map
-        .and_then(|m| m.get("metadata"))
-        .and_then(Value::as_object)
-    {
+    if let Some(m) = map.and_then(|m| m.get("metadata")).and_then(Value::as_object) {
         let mut meta = m.clone();
         meta.remove("resourceVersion");
         meta.remove("selfLink");
@@ -308,10 +280,7 @@ pub fn decode_stored(stored: &[u8], revision: i64) -> Result<Value, ApiError> {
         tracing::error!(error = %e, "Stored object is not valid JSON");
         ApiError::Internal("stored object could not be decoded".into())
     })?;
-    crate::meta::meta_mut(&mut value).insert(
-        "resourceVersion".into(),
-        Value::String(revision.to_string()),
-    );
+    crate::meta::meta_mut(&mut value).insert("resourceVersion".into(), Value::String(revision.to_string()));
     Ok(value)
 }
 
@@ -324,13 +293,8 @@ mod tests {
     fn stored_objects_put_metadata_first_and_drop_the_resource_version() {
         let obj = json!({"apiVersion": "v1", "data": {"a": "b"}, "kind": "ConfigMap", "metadata": {"name": "x", "resourceVersion": "9"}});
         let stored = encode_for_storage(&obj);
-        assert!(
-            stored.starts_with(b"{\"metadata\":{\"name\":\"x\"}"),
-            "{}",
-            String::from_utf8_lossy(&stored)
-        );
-        let served: Value =
-            serde_json::from_slice(&render_stored(&stored, 42).expect("renders")).expect("json");
+        assert!(stored.starts_with(b"{\"metadata\":{\"name\":\"x\"}"), "{}", String::from_utf8_lossy(&stored));
+        let served: Value = serde_json::from_slice(&render_stored(&stored, 42).expect("renders")).expect("json");
         assert_eq!(served["metadata"]["resourceVersion"], "42");
         assert_eq!(served["data"]["a"], "b");
         assert_eq!(served["kind"], "ConfigMap");
@@ -339,26 +303,18 @@ mod tests {
     #[test]
     fn foreign_stored_values_are_parsed_instead_of_spliced() {
         let stored = br#"{"kind":"ConfigMap","metadata":{"name":"x"}}"#;
-        let served: Value =
-            serde_json::from_slice(&render_stored(stored, 7).expect("renders")).expect("json");
+        let served: Value = serde_json::from_slice(&render_stored(stored, 7).expect("renders")).expect("json");
         assert_eq!(served["metadata"]["resourceVersion"], "7");
         let empty_meta = br#"{"metadata":{},"kind":"X"}"#;
-        let served: Value =
-            serde_json::from_slice(&render_stored(empty_meta, 3).expect("renders")).expect("json");
+        let served: Value = serde_json::from_slice(&render_stored(empty_meta, 3).expect("renders")).expect("json");
         assert_eq!(served["metadata"]["resourceVersion"], "3");
     }
 
     #[test]
     fn duplicate_fields_are_found_with_their_paths() {
-        let d = decode_body(
-            br#"{"a":1,"spec":{"r":1,"r":2,"list":[{"x":1,"x":2}]},"a":3}"#,
-            BodyFormat::Json,
-        )
-        .expect("parses");
-        assert_eq!(
-            d.value["a"], 3,
-            "last one wins, like upstream in non-strict modes"
-        );
+        let d = decode_body(br#"{"a":1,"spec":{"r":1,"r":2,"list":[{"x":1,"x":2}]},"a":3}"#, BodyFormat::Json)
+            .expect("parses");
+        assert_eq!(d.value["a"], 3, "last one wins, like upstream in non-strict modes");
         assert_eq!(d.duplicates, vec!["spec.r", "spec.list[0].x", "a"]);
     }
 
@@ -374,11 +330,9 @@ mod tests {
 
     #[test]
     fn yaml_bodies_decode_to_the_same_json() {
-        let d = decode_body(
-            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  k: v\n",
-            BodyFormat::Yaml,
-        )
-        .expect("yaml");
+        let d =
+            decode_body(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  k: v\n", BodyFormat::Yaml)
+                .expect("yaml");
         assert_eq!(
             d.value,
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"k": "v"}})
@@ -388,35 +342,17 @@ mod tests {
     #[test]
     fn unknown_fields_are_what_the_type_dropped() {
         let input = json!({"spec": {"replicas": 1, "bogus": true, "template": {"spec": {"containers": [{"name": "a", "imagee": "x"}]}}}, "metadata": {"creationTimestamp": null}});
-        let norm = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a"}]}}}, "metadata": {}});
-        assert_eq!(
-            unknown_fields(&input, &norm),
-            vec!["spec.bogus", "spec.template.spec.containers[0].imagee"]
-        );
+        let norm =
+            json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a"}]}}}, "metadata": {}});
+        assert_eq!(unknown_fields(&input, &norm), vec!["spec.bogus", "spec.template.spec.containers[0].imagee"]);
     }
 
     #[test]
     fn content_types_select_decoders() {
         assert_eq!(object_body_format(None).expect("json"), BodyFormat::Json);
-        assert_eq!(
-            object_body_format(Some("application/json; charset=utf-8")).expect("json"),
-            BodyFormat::Json
-        );
-        assert_eq!(
-            object_body_format(Some("application/yaml")).expect("yaml"),
-            BodyFormat::Yaml
-        );
-        assert_eq!(
-            object_body_format(Some("text/plain"))
-                .expect_err("415")
-                .code(),
-            415
-        );
-        assert_eq!(
-            object_body_format(Some("application/vnd.kubernetes.protobuf"))
-                .expect_err("415")
-                .code(),
-            415
-        );
+        assert_eq!(object_body_format(Some("application/json; charset=utf-8")).expect("json"), BodyFormat::Json);
+        assert_eq!(object_body_format(Some("application/yaml")).expect("yaml"), BodyFormat::Yaml);
+        assert_eq!(object_body_format(Some("text/plain")).expect_err("415").code(), 415);
+        assert_eq!(object_body_format(Some("application/vnd.kubernetes.protobuf")).expect_err("415").code(), 415);
     }
 }

@@ -9,10 +9,8 @@ use serde_json::{Value, json};
 
 use crate::resources::{Registry, ResourceInfo};
 
-pub const AGGREGATED_V2: &str =
-    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
-pub const AGGREGATED_V2BETA1: &str =
-    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2BETA1: &str = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
 
 /// Which aggregated version an Accept header asks for, in the client's order of preference.
 pub fn aggregated_version(accept: &str) -> Option<&'static str> {
@@ -31,11 +29,7 @@ pub fn aggregated_version(accept: &str) -> Option<&'static str> {
 }
 
 pub fn content_type_for(version: &str) -> &'static str {
-    if version == "v2beta1" {
-        AGGREGATED_V2BETA1
-    } else {
-        AGGREGATED_V2
-    }
+    if version == "v2beta1" { AGGREGATED_V2BETA1 } else { AGGREGATED_V2 }
 }
 
 /// `serverAddressByClientCIDRs` lets clients reach us by the address they used.
@@ -48,11 +42,7 @@ pub fn api_versions(server_address: &str) -> Value {
 }
 
 fn group_version(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    }
+    if group.is_empty() { version.to_string() } else { format!("{group}/{version}") }
 }
 
 pub fn api_group(reg: &Registry, group: &str) -> Value {
@@ -180,10 +170,7 @@ pub fn aggregated(reg: &Registry, core: bool, version: &str) -> Value {
                 .versions(g)
                 .into_iter()
                 .map(|v| {
-                    let resources: Vec<Value> = reg
-                        .in_group_version(g, v)
-                        .map(|r| aggregated_resource(r))
-                        .collect();
+                    let resources: Vec<Value> = reg.in_group_version(g, v).map(|r| aggregated_resource(r)).collect();
                     json!({"version": v, "freshness": "Current", "resources": resources})
                 })
                 .collect();
@@ -238,22 +225,11 @@ mod tests {
     fn legacy_lists_include_subresources_and_groups_have_preferred_versions() {
         let reg = Registry::builtin();
         let list = api_resource_list(&reg, "", "v1").expect("core");
-        let names: Vec<&str> = list["resources"]
-            .as_array()
-            .expect("r")
-            .iter()
-            .filter_map(|r| r["name"].as_str())
-            .collect();
-        assert!(
-            names.contains(&"pods")
-                && names.contains(&"pods/status")
-                && names.contains(&"namespaces/finalize")
-        );
+        let names: Vec<&str> =
+            list["resources"].as_array().expect("r").iter().filter_map(|r| r["name"].as_str()).collect();
+        assert!(names.contains(&"pods") && names.contains(&"pods/status") && names.contains(&"namespaces/finalize"));
         let groups = api_group_list(&reg);
-        let apps = groups["groups"]
-            .as_array()
-            .and_then(|g| g.iter().find(|g| g["name"] == "apps"))
-            .expect("apps");
+        let apps = groups["groups"].as_array().and_then(|g| g.iter().find(|g| g["name"] == "apps")).expect("apps");
         assert_eq!(apps["preferredVersion"]["groupVersion"], "apps/v1");
         assert!(api_resource_list(&reg, "apps", "v2").is_none());
     }

@@ -21,18 +21,10 @@ pub struct Cause {
 
 impl Cause {
     pub fn required(field: impl Into<String>) -> Self {
-        Cause {
-            reason: "FieldValueRequired",
-            message: "Required value".into(),
-            field: field.into(),
-        }
+        Cause { reason: "FieldValueRequired", message: "Required value".into(), field: field.into() }
     }
 
-    pub fn invalid(
-        field: impl Into<String>,
-        value: impl std::fmt::Display,
-        detail: impl std::fmt::Display,
-    ) -> Self {
+    pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, detail: impl std::fmt::Display) -> Self {
         let value = value.to_string();
         Cause {
             reason: "FieldValueInvalid",
@@ -42,27 +34,15 @@ impl Cause {
     }
 
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Cause {
-            reason: "FieldValueForbidden",
-            message: format!("Forbidden: {}", detail.into()),
-            field: field.into(),
-        }
+        Cause { reason: "FieldValueForbidden", message: format!("Forbidden: {}", detail.into()), field: field.into() }
     }
 
     pub fn immutable(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
         Cause::invalid(field, value, "field is immutable")
     }
 
-    pub fn not_supported(
-        field: impl Into<String>,
-        value: impl std::fmt::Display,
-        supported: &[&str],
-    ) -> Self {
-        let list = supported
-            .iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+    pub fn not_supported(field: impl Into<String>, value: impl std::fmt::Display, supported: &[&str]) -> Self {
+        let list = supported.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
         Cause {
             reason: "FieldValueNotSupported",
             message: format!("Unsupported value: \"{value}\": supported values: {list}"),
@@ -71,20 +51,12 @@ impl Cause {
     }
 
     pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
-        Cause {
-            reason: "FieldValueDuplicate",
-            message: format!("Duplicate value: \"{value}\""),
-            field: field.into(),
-        }
+        Cause { reason: "FieldValueDuplicate", message: format!("Duplicate value: \"{value}\""), field: field.into() }
     }
 
     /// `field: message`, as upstream joins causes into the top-level message.
     fn summary(&self) -> String {
-        if self.field.is_empty() {
-            self.message.clone()
-        } else {
-            format!("{}: {}", self.field, self.message)
-        }
+        if self.field.is_empty() { self.message.clone() } else { format!("{}: {}", self.field, self.message) }
     }
 }
 
@@ -121,23 +93,13 @@ impl Details {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    NotFound {
-        message: String,
-        details: Option<Details>,
-    },
+    NotFound { message: String, details: Option<Details> },
     #[error("{message}")]
     AlreadyExists { message: String, details: Details },
     #[error("{message}")]
-    Conflict {
-        message: String,
-        details: Option<Details>,
-    },
+    Conflict { message: String, details: Option<Details> },
     #[error("{message}")]
-    Invalid {
-        message: String,
-        details: Details,
-        causes: Vec<Cause>,
-    },
+    Invalid { message: String, details: Details, causes: Vec<Cause> },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -180,10 +142,7 @@ impl ApiError {
 
     pub fn conflict(info: &ResourceInfo, name: &str, why: &str) -> Self {
         ApiError::Conflict {
-            message: format!(
-                "Operation cannot be fulfilled on {} \"{name}\": {why}",
-                info.qualified_resource()
-            ),
+            message: format!("Operation cannot be fulfilled on {} \"{name}\": {why}", info.qualified_resource()),
             details: Some(Details::for_resource(info, name)),
         }
     }
@@ -200,13 +159,7 @@ impl ApiError {
     pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<Cause>) -> Self {
         let summary = match causes.as_slice() {
             [one] => one.summary(),
-            many => format!(
-                "[{}]",
-                many.iter()
-                    .map(Cause::summary)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            many => format!("[{}]", many.iter().map(Cause::summary).collect::<Vec<_>>().join(", ")),
         };
         ApiError::Invalid {
             message: format!("{} \"{name}\" is invalid: {summary}", info.kind),
@@ -221,10 +174,7 @@ impl ApiError {
     }
 
     pub fn path_not_found() -> Self {
-        ApiError::NotFound {
-            message: "the server could not find the requested resource".into(),
-            details: None,
-        }
+        ApiError::NotFound { message: "the server could not find the requested resource".into(), details: None }
     }
 
     pub fn expired(message: impl Into<String>) -> Self {
@@ -286,9 +236,7 @@ impl ApiError {
                 details.as_ref().map(details_json)
             }
             ApiError::AlreadyExists { details, .. } => Some(details_json(details)),
-            ApiError::Invalid {
-                details, causes, ..
-            } => {
+            ApiError::Invalid { details, causes, .. } => {
                 let mut d = details_json(details);
                 d["causes"] = causes
                     .iter()
@@ -296,9 +244,7 @@ impl ApiError {
                     .collect();
                 Some(d)
             }
-            ApiError::ServiceUnavailable(_) | ApiError::Timeout(_) => {
-                Some(json!({"retryAfterSeconds": 1}))
-            }
+            ApiError::ServiceUnavailable(_) | ApiError::Timeout(_) => Some(json!({"retryAfterSeconds": 1})),
             _ => None,
         };
         if let Some(d) = details {
@@ -356,10 +302,7 @@ mod tests {
         assert_eq!(st["code"], 404);
         assert_eq!(st["details"]["group"], "apps");
         let pods = reg.by_plural("", "pods").expect("pods");
-        assert_eq!(
-            ApiError::not_found(pods, "solo").to_string(),
-            "pods \"solo\" not found"
-        );
+        assert_eq!(ApiError::not_found(pods, "solo").to_string(), "pods \"solo\" not found");
     }
 
     #[test]
@@ -370,11 +313,7 @@ mod tests {
             cm,
             "Bad_Name",
             vec![
-                Cause::invalid(
-                    "metadata.name",
-                    "Bad_Name",
-                    "a lowercase RFC 1123 subdomain",
-                ),
+                Cause::invalid("metadata.name", "Bad_Name", "a lowercase RFC 1123 subdomain"),
                 Cause::required("data"),
             ],
         );
@@ -384,9 +323,7 @@ mod tests {
         assert_eq!(st["details"]["kind"], "ConfigMap");
         let msg = st["message"].as_str().unwrap_or_default();
         assert!(
-            msg.starts_with(
-                "ConfigMap \"Bad_Name\" is invalid: [metadata.name: Invalid value: \"Bad_Name\""
-            ),
+            msg.starts_with("ConfigMap \"Bad_Name\" is invalid: [metadata.name: Invalid value: \"Bad_Name\""),
             "{msg}"
         );
     }

@@ -27,10 +27,7 @@ use crate::meta;
 use crate::metrics::Metrics;
 use crate::openapi::OpenApiV3;
 use crate::resources::{Registry, ResourceInfo};
-use crate::rest::{
-    self, DeleteOptions, Deleted, ListOptions, PatchKind, Store, WatchItem, WatchOptions,
-    WriteOptions,
-};
+use crate::rest::{self, DeleteOptions, Deleted, ListOptions, PatchKind, Store, WatchItem, WatchOptions, WriteOptions};
 use crate::selectors::{FieldSelector, LabelSelector, Selectors};
 use crate::table::{self, IncludeObject};
 
@@ -63,10 +60,7 @@ pub struct ResourcePath {
 #[derive(Debug)]
 pub enum Route {
     Version,
-    Health {
-        endpoint: &'static str,
-        check: Option<String>,
-    },
+    Health { endpoint: &'static str, check: Option<String> },
     Metrics,
     OpenApiV3Index,
     OpenApiV3(String),
@@ -81,11 +75,7 @@ pub enum Route {
 
 pub fn route(reg: &Registry, path: &str) -> Route {
     let trimmed = path.trim_end_matches('/');
-    let segs: Vec<String> = trimmed
-        .split('/')
-        .skip(1)
-        .map(|s| h::percent_decode(s, false))
-        .collect();
+    let segs: Vec<String> = trimmed.split('/').skip(1).map(|s| h::percent_decode(s, false)).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["version"] => Route::Version,
@@ -95,10 +85,7 @@ pub fn route(reg: &Registry, path: &str) -> Route {
                 "livez" => "livez",
                 _ => "readyz",
             };
-            Route::Health {
-                endpoint,
-                check: rest.first().map(|s| s.to_string()),
-            }
+            Route::Health { endpoint, check: rest.first().map(|s| s.to_string()) }
         }
         ["metrics"] => Route::Metrics,
         ["openapi", "v3"] => Route::OpenApiV3Index,
@@ -120,14 +107,9 @@ fn resource_route(reg: &Registry, group: &str, version: &str, rest: &[&str]) -> 
     if rest.is_empty() {
         return Route::GroupVersion(group.to_string(), version.to_string());
     }
-    let namespaced_path = rest[0] == "namespaces"
-        && rest.len() >= 3
-        && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize"));
-    let (namespace, parts) = if namespaced_path {
-        (rest[1], &rest[2..])
-    } else {
-        ("", rest)
-    };
+    let namespaced_path =
+        rest[0] == "namespaces" && rest.len() >= 3 && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize"));
+    let (namespace, parts) = if namespaced_path { (rest[1], &rest[2..]) } else { ("", rest) };
     if parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
         return Route::NotFound;
     }
@@ -161,16 +143,9 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     let span = info_span!("request", verb = %method, path = %path);
     async move {
         let public = auth::is_public_path(&path);
-        if !public
-            && state
-                .auth
-                .authenticate(header_str(&req, header::AUTHORIZATION))
-                .is_none()
-        {
+        if !public && state.auth.authenticate(header_str(&req, header::AUTHORIZATION)).is_none() {
             let e = ApiError::Unauthorized("Unauthorized".into());
-            state
-                .metrics
-                .observe(method.as_str(), "", 401, start.elapsed().as_secs_f64());
+            state.metrics.observe(method.as_str(), "", 401, start.elapsed().as_secs_f64());
             return h::error_response(&e);
         }
         let route = route(&state.registry, &path);
@@ -189,30 +164,17 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
                 h::error_response(&e)
             }
         };
-        state.metrics.observe(
-            method.as_str(),
-            &resource,
-            resp.status().as_u16(),
-            start.elapsed().as_secs_f64(),
-        );
+        state.metrics.observe(method.as_str(), &resource, resp.status().as_u16(), start.elapsed().as_secs_f64());
         resp
     }
     .instrument(span)
     .await
 }
 
-async fn dispatch(
-    state: &Arc<State>,
-    route: Route,
-    req: Request<Incoming>,
-) -> ApiResult<Response<Body>> {
+async fn dispatch(state: &Arc<State>, route: Route, req: Request<Incoming>) -> ApiResult<Response<Body>> {
     let accept = header_str(&req, header::ACCEPT).map(str::to_string);
     let get_only = |m: &Method| {
-        if m == Method::GET || m == Method::HEAD {
-            Ok(())
-        } else {
-            Err(method_not_allowed())
-        }
+        if m == Method::GET || m == Method::HEAD { Ok(()) } else { Err(method_not_allowed()) }
     };
     match route {
         Route::Version => {
@@ -222,21 +184,11 @@ async fn dispatch(
         Route::Health { endpoint, check } => {
             get_only(req.method())?;
             let query = Query::parse(req.uri().query());
-            Ok(health(
-                state,
-                endpoint,
-                check.as_deref(),
-                query.get("verbose").is_some(),
-            )
-            .await)
+            Ok(health(state, endpoint, check.as_deref(), query.get("verbose").is_some()).await)
         }
         Route::Metrics => {
             get_only(req.method())?;
-            Ok(h::respond(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                state.metrics.encode(),
-            ))
+            Ok(h::respond(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()))
         }
         Route::OpenApiV3Index => {
             get_only(req.method())?;
@@ -244,15 +196,9 @@ async fn dispatch(
         }
         Route::OpenApiV3(p) => {
             get_only(req.method())?;
-            let doc = state
-                .openapi
-                .document(&p)
-                .ok_or_else(ApiError::path_not_found)?;
+            let doc = state.openapi.document(&p).ok_or_else(ApiError::path_not_found)?;
             let mut resp = h::respond_value(200, Output::Json, doc);
-            resp.headers_mut().insert(
-                header::CACHE_CONTROL,
-                http::HeaderValue::from_static("public, immutable"),
-            );
+            resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("public, immutable"));
             Ok(resp)
         }
         Route::OpenApiV2 => Err(ApiError::path_not_found()),
@@ -269,16 +215,11 @@ async fn dispatch(
             if state.registry.versions(&g).is_empty() {
                 return Err(ApiError::path_not_found());
             }
-            Ok(h::respond_value(
-                200,
-                Output::Json,
-                &discovery::api_group(&state.registry, &g),
-            ))
+            Ok(h::respond_value(200, Output::Json, &discovery::api_group(&state.registry, &g)))
         }
         Route::GroupVersion(g, v) => {
             get_only(req.method())?;
-            let list = discovery::api_resource_list(&state.registry, &g, &v)
-                .ok_or_else(ApiError::path_not_found)?;
+            let list = discovery::api_resource_list(&state.registry, &g, &v).ok_or_else(ApiError::path_not_found)?;
             Ok(h::respond_value(200, Output::Json, &list))
         }
         Route::Resource(rp) => resource(state, rp, req).await,
@@ -287,68 +228,39 @@ async fn dispatch(
 }
 
 fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed(
-        "the server does not allow this method on the requested resource".into(),
-    )
+    ApiError::MethodNotAllowed("the server does not allow this method on the requested resource".into())
 }
 
 fn discovery_response(state: &State, core: bool, accept: Option<&str>) -> Response<Body> {
     if let Some(version) = accept.and_then(discovery::aggregated_version) {
         let doc = discovery::aggregated(&state.registry, core, version);
-        return h::respond(
-            200,
-            discovery::content_type_for(version),
-            serde_json::to_vec(&doc).unwrap_or_default(),
-        );
+        return h::respond(200, discovery::content_type_for(version), serde_json::to_vec(&doc).unwrap_or_default());
     }
-    let doc = if core {
-        discovery::api_versions(&state.server_address)
-    } else {
-        discovery::api_group_list(&state.registry)
-    };
+    let doc =
+        if core { discovery::api_versions(&state.server_address) } else { discovery::api_group_list(&state.registry) };
     h::respond_value(200, Output::Json, &doc)
 }
 
-async fn health(
-    state: &State,
-    endpoint: &str,
-    only: Option<&str>,
-    verbose: bool,
-) -> Response<Body> {
+async fn health(state: &State, endpoint: &str, only: Option<&str>, verbose: bool) -> Response<Body> {
     let mut checks: Vec<(&str, Result<(), String>)> = vec![("ping", Ok(()))];
     if endpoint != "livez" {
-        let etcd =
-            match tokio::time::timeout(Duration::from_secs(2), state.store.storage.check_health())
-                .await
-            {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("timed out".into()),
-            };
+        let etcd = match tokio::time::timeout(Duration::from_secs(2), state.store.storage.check_health()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        };
         checks.push(("etcd", etcd));
     }
     if endpoint == "readyz" {
         let ready = state.bootstrapped.load(Ordering::Relaxed);
-        checks.push((
-            "poststarthook/bootstrap-namespaces",
-            if ready {
-                Ok(())
-            } else {
-                Err("not finished".into())
-            },
-        ));
+        checks.push(("poststarthook/bootstrap-namespaces", if ready { Ok(()) } else { Err("not finished".into()) }));
     }
     if let Some(name) = only {
-        return match checks
-            .iter()
-            .find(|(n, _)| *n == name || n.ends_with(&format!("/{name}")))
-        {
+        return match checks.iter().find(|(n, _)| *n == name || n.ends_with(&format!("/{name}"))) {
             Some((_, Ok(()))) => h::respond(200, "text/plain; charset=utf-8", "ok"),
-            Some((n, Err(e))) => h::respond(
-                500,
-                "text/plain; charset=utf-8",
-                format!("internal server error: {n} check failed: {e}\n"),
-            ),
+            Some((n, Err(e))) => {
+                h::respond(500, "text/plain; charset=utf-8", format!("internal server error: {n} check failed: {e}\n"))
+            }
             None => h::error_response(&ApiError::path_not_found()),
         };
     }
@@ -361,18 +273,11 @@ async fn health(
                 Err(_) => text.push_str(&format!("[-]{name} failed: reason withheld\n")),
             }
         }
-        text.push_str(&format!(
-            "{endpoint} check {}\n",
-            if ok { "passed" } else { "failed" }
-        ));
+        text.push_str(&format!("{endpoint} check {}\n", if ok { "passed" } else { "failed" }));
     } else {
         text.push_str("ok");
     }
-    h::respond(
-        if ok { 200 } else { 500 },
-        "text/plain; charset=utf-8",
-        text,
-    )
+    h::respond(if ok { 200 } else { 500 }, "text/plain; charset=utf-8", text)
 }
 
 /// The verb a method and path mean, as discovery lists them.
@@ -421,30 +326,16 @@ fn selectors(info: &ResourceInfo, q: &Query) -> ApiResult<Selectors> {
 }
 
 async fn read_body(req: Request<Incoming>) -> ApiResult<Bytes> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::RequestEntityTooLarge(format!(
-                "the request body exceeds the limit of {MAX_BODY_BYTES} bytes"
-            )))
-        }
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "reading the request body: {e}"
-        ))),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(
+            ApiError::RequestEntityTooLarge(format!("the request body exceeds the limit of {MAX_BODY_BYTES} bytes")),
+        ),
+        Err(e) => Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
     }
 }
 
-async fn resource(
-    state: &Arc<State>,
-    rp: ResourcePath,
-    req: Request<Incoming>,
-) -> ApiResult<Response<Body>> {
+async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) -> ApiResult<Response<Body>> {
     let q = Query::parse(req.uri().query());
     let info = rp.info.clone();
     let ns = rp.namespace.as_str();
@@ -479,11 +370,7 @@ async fn resource(
         "get" => {
             let kv = store.get(&info, ns, &name).await?;
             match output {
-                Output::Json => Ok(h::respond(
-                    200,
-                    h::JSON,
-                    codec::render_stored(&kv.value, kv.mod_revision)?,
-                )),
+                Output::Json => Ok(h::respond(200, h::JSON, codec::render_stored(&kv.value, kv.mod_revision)?)),
                 _ => {
                     let obj = codec::decode_stored(&kv.value, kv.mod_revision)?;
                     Ok(render_object(&info, output, &obj, 200))
@@ -494,10 +381,7 @@ async fn resource(
             let opts = ListOptions {
                 selectors: selectors(&info, &q)?,
                 limit: q.number("limit")?.unwrap_or(0).max(0) as usize,
-                continue_token: q
-                    .get("continue")
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_string),
+                continue_token: q.get("continue").filter(|c| !c.is_empty()).map(str::to_string),
                 resource_version: q.get("resourceVersion").map(str::to_string),
                 resource_version_match: q.get("resourceVersionMatch").map(str::to_string),
             };
@@ -539,12 +423,7 @@ async fn resource(
             let body = read_body(req).await?;
             let decoded = codec::decode_body(&body, format)?;
             let written = store.update(&info, ns, &name, sub, decoded, &wo).await?;
-            let mut resp = render_object(
-                &info,
-                output,
-                &written.object,
-                if written.created { 201 } else { 200 },
-            );
+            let mut resp = render_object(&info, output, &written.object, if written.created { 201 } else { 200 });
             h::add_warnings(&mut resp, &written.warnings);
             Ok(resp)
         }
@@ -561,10 +440,7 @@ async fn resource(
                 other => {
                     return Err(codec::unsupported(
                         other,
-                        &[
-                            "application/json-patch+json",
-                            "application/merge-patch+json",
-                        ],
+                        &["application/json-patch+json", "application/merge-patch+json"],
                     ));
                 }
             };
@@ -581,23 +457,16 @@ async fn resource(
                 let outcome = store.delete(&info, ns, &name, &opts).await?;
                 let mut resp = match outcome {
                     Deleted::Gone(obj) if !info.delete_returns_object => {
-                        let details = Details {
-                            uid: Some(meta::uid(&obj).to_string()),
-                            ..Details::for_resource(&info, &name)
-                        };
+                        let details =
+                            Details { uid: Some(meta::uid(&obj).to_string()), ..Details::for_resource(&info, &name) };
                         h::respond_value(200, Output::Json, &success_status(&details))
                     }
-                    Deleted::Gone(obj) | Deleted::Pending(obj) => {
-                        render_object(&info, Output::Json, &obj, 200)
-                    }
+                    Deleted::Gone(obj) | Deleted::Pending(obj) => render_object(&info, Output::Json, &obj, 200),
                 };
                 h::add_warnings(&mut resp, &warnings);
                 Ok(resp)
             } else {
-                let list = ListOptions {
-                    selectors: selectors(&info, &q)?,
-                    ..Default::default()
-                };
+                let list = ListOptions { selectors: selectors(&info, &q)?, ..Default::default() };
                 let deleted = store.delete_collection(&info, ns, &list, &opts).await?;
                 let mut body = json!({
                     "kind": info.list_kind,
@@ -622,22 +491,16 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<(DeleteOptions, Vec<Strin
     let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("decoding DeleteOptions: {e}")))?
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("decoding DeleteOptions: {e}")))?
     };
     let str_at = |p: &str| opts.pointer(p).and_then(Value::as_str).map(str::to_string);
     let mut dry: Vec<String> = opts
         .get("dryRun")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
         .unwrap_or_default();
     dry.extend(q.all("dryRun").into_iter().map(String::from));
-    let policy =
-        str_at("/propagationPolicy").or_else(|| q.get("propagationPolicy").map(String::from));
+    let policy = str_at("/propagationPolicy").or_else(|| q.get("propagationPolicy").map(String::from));
     let mut warnings = Vec::new();
     match policy.as_deref() {
         None | Some("" | "Background") => {}
@@ -673,22 +536,14 @@ fn render_object(info: &ResourceInfo, output: Output, obj: &Value, status: u16) 
         Output::Table(include) => {
             let def = table::definition(info);
             let meta = json!({"resourceVersion": meta::meta_str(obj, "resourceVersion")});
-            h::respond_value(
-                status,
-                output,
-                &table::table(def, std::slice::from_ref(obj), include, meta),
-            )
+            h::respond_value(status, output, &table::table(def, std::slice::from_ref(obj), include, meta))
         }
         Output::PartialMetadata => h::respond_value(status, output, &partial_metadata(obj)),
         other => h::respond_value(status, other, obj),
     }
 }
 
-fn render_list(
-    info: &ResourceInfo,
-    output: Output,
-    result: &rest::ListResult,
-) -> ApiResult<Response<Body>> {
+fn render_list(info: &ResourceInfo, output: Output, result: &rest::ListResult) -> ApiResult<Response<Body>> {
     let mut list_meta = json!({"resourceVersion": result.revision.to_string()});
     if let Some(c) = &result.continue_token {
         list_meta["continue"] = json!(c);
@@ -696,32 +551,17 @@ fn render_list(
     match output {
         Output::Json => Ok(h::respond(200, h::JSON, rest::list_json(info, result)?)),
         Output::Table(include) => {
-            let objs = result
-                .items
-                .iter()
-                .map(|i| i.value())
-                .collect::<ApiResult<Vec<_>>>()?;
-            Ok(h::respond_value(
-                200,
-                output,
-                &table::table(table::definition(info), &objs, include, list_meta),
-            ))
+            let objs = result.items.iter().map(|i| i.value()).collect::<ApiResult<Vec<_>>>()?;
+            Ok(h::respond_value(200, output, &table::table(table::definition(info), &objs, include, list_meta)))
         }
         Output::PartialMetadata => {
-            let items = result
-                .items
-                .iter()
-                .map(|i| i.value().map(|v| partial_metadata(&v)))
-                .collect::<ApiResult<Vec<_>>>()?;
+            let items =
+                result.items.iter().map(|i| i.value().map(|v| partial_metadata(&v))).collect::<ApiResult<Vec<_>>>()?;
             let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "items": items});
             Ok(h::respond_value(200, output, &list))
         }
         Output::Yaml => {
-            let items = result
-                .items
-                .iter()
-                .map(|i| i.value())
-                .collect::<ApiResult<Vec<_>>>()?;
+            let items = result.items.iter().map(|i| i.value()).collect::<ApiResult<Vec<_>>>()?;
             let list = json!({"kind": info.list_kind, "apiVersion": info.api_version(), "metadata": list_meta, "items": items});
             Ok(h::respond_value(200, output, &list))
         }
@@ -735,22 +575,14 @@ pub fn encode_watch_item(info: &ResourceInfo, output: Output, item: WatchItem) -
             let object = match output {
                 Output::Table(include) => {
                     let meta = json!({"resourceVersion": meta::meta_str(&obj, "resourceVersion")});
-                    table::table(
-                        table::definition(info),
-                        std::slice::from_ref(&obj),
-                        include,
-                        meta,
-                    )
+                    table::table(table::definition(info), std::slice::from_ref(&obj), include, meta)
                 }
                 Output::PartialMetadata => partial_metadata(&obj),
                 _ => obj,
             };
             json!({"type": t.as_str(), "object": object})
         }
-        WatchItem::Bookmark {
-            revision,
-            initial_events_end,
-        } => {
+        WatchItem::Bookmark { revision, initial_events_end } => {
             let mut metadata = json!({"resourceVersion": revision.to_string()});
             if initial_events_end {
                 metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
@@ -786,11 +618,7 @@ fn watch_response(
     output: Output,
     rx: tokio::sync::mpsc::Receiver<WatchItem>,
 ) -> Response<Body> {
-    let output = if output == Output::Yaml {
-        Output::Json
-    } else {
-        output
-    };
+    let output = if output == Output::Yaml { Output::Json } else { output };
     state.metrics.watches.inc();
     let guard = WatchGuard(state.metrics.watches.clone());
     let shutdown = state.shutdown.clone();
@@ -801,14 +629,8 @@ fn watch_response(
             Ok::<_, std::convert::Infallible>(Frame::data(encode_watch_item(&info, output, item)))
         });
     let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static(output.content_type()),
-    );
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-cache, private"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(output.content_type()));
+    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
     resp
 }
 
@@ -828,29 +650,18 @@ mod tests {
         let reg = Registry::builtin();
         let r = resource(route(&reg, "/api/v1/namespaces/default/pods/web/status"));
         assert_eq!(
-            (
-                r.info.plural,
-                r.namespace.as_str(),
-                r.name.as_deref(),
-                r.subresource.as_deref()
-            ),
+            (r.info.plural, r.namespace.as_str(), r.name.as_deref(), r.subresource.as_deref()),
             ("pods", "default", Some("web"), Some("status"))
         );
         let r = resource(route(&reg, "/api/v1/namespaces/team-a"));
-        assert_eq!(
-            (r.info.plural, r.namespace.as_str(), r.name.as_deref()),
-            ("namespaces", "", Some("team-a"))
-        );
+        assert_eq!((r.info.plural, r.namespace.as_str(), r.name.as_deref()), ("namespaces", "", Some("team-a")));
         let r = resource(route(&reg, "/api/v1/namespaces/team-a/finalize"));
         assert_eq!(
             (r.info.plural, r.name.as_deref(), r.subresource.as_deref()),
             ("namespaces", Some("team-a"), Some("finalize"))
         );
         let r = resource(route(&reg, "/api/v1/pods"));
-        assert_eq!(
-            (r.info.plural, r.namespace.as_str(), r.name.as_deref()),
-            ("pods", "", None)
-        );
+        assert_eq!((r.info.plural, r.namespace.as_str(), r.name.as_deref()), ("pods", "", None));
         let r = resource(route(&reg, "/apis/apps/v1/namespaces/x/deployments/"));
         assert_eq!((r.info.plural, r.namespace.as_str()), ("deployments", "x"));
         let r = resource(route(&reg, "/api/v1/nodes/n1"));
@@ -866,60 +677,30 @@ mod tests {
             assert!(matches!(route(&reg, p), Route::NotFound), "{p}");
         }
         assert!(matches!(route(&reg, "/version/"), Route::Version));
-        assert!(matches!(
-            route(&reg, "/readyz/etcd"),
-            Route::Health {
-                endpoint: "readyz",
-                ..
-            }
-        ));
-        assert!(matches!(
-            route(&reg, "/apis/apps/v1"),
-            Route::GroupVersion(..)
-        ));
+        assert!(matches!(route(&reg, "/readyz/etcd"), Route::Health { endpoint: "readyz", .. }));
+        assert!(matches!(route(&reg, "/apis/apps/v1"), Route::GroupVersion(..)));
     }
 
     #[test]
     fn verbs_from_method_and_shape() {
         assert_eq!(verb_of(&Method::GET, false, true).expect("watch"), "watch");
-        assert_eq!(
-            verb_of(&Method::DELETE, false, false).expect("dc"),
-            "deletecollection"
-        );
-        assert_eq!(
-            verb_of(&Method::POST, true, false).expect_err("405").code(),
-            405
-        );
+        assert_eq!(verb_of(&Method::DELETE, false, false).expect("dc"), "deletecollection");
+        assert_eq!(verb_of(&Method::POST, true, false).expect_err("405").code(), 405);
     }
 
     #[test]
     fn delete_options_read_body_and_query() {
         let q = Query::parse(Some("dryRun=All"));
-        let (o, w) = delete_options(
-            &q,
-            br#"{"propagationPolicy":"Background","preconditions":{"uid":"u1"}}"#,
-        )
-        .expect("parses");
+        let (o, w) =
+            delete_options(&q, br#"{"propagationPolicy":"Background","preconditions":{"uid":"u1"}}"#).expect("parses");
         assert!(o.dry_run);
         assert_eq!(o.precondition_uid.as_deref(), Some("u1"));
         assert!(w.is_empty());
-        let (_, w) = delete_options(&Query::default(), br#"{"propagationPolicy":"Foreground"}"#)
-            .expect("parses");
+        let (_, w) = delete_options(&Query::default(), br#"{"propagationPolicy":"Foreground"}"#).expect("parses");
+        assert_eq!(w.len(), 1, "foreground is accepted with a warning until the garbage collector exists");
+        assert_eq!(delete_options(&Query::default(), b"{").expect_err("bad").code(), 400);
         assert_eq!(
-            w.len(),
-            1,
-            "foreground is accepted with a warning until the garbage collector exists"
-        );
-        assert_eq!(
-            delete_options(&Query::default(), b"{")
-                .expect_err("bad")
-                .code(),
-            400
-        );
-        assert_eq!(
-            delete_options(&Query::default(), br#"{"propagationPolicy":"Sometimes"}"#)
-                .expect_err("bad")
-                .code(),
+            delete_options(&Query::default(), br#"{"propagationPolicy":"Sometimes"}"#).expect_err("bad").code(),
             400
         );
     }
@@ -928,32 +709,15 @@ mod tests {
     fn watch_lines_carry_kind_and_bookmarks_their_revision() {
         let reg = Registry::builtin();
         let cm = reg.by_plural("", "configmaps").expect("cm");
-        let line = encode_watch_item(
-            cm,
-            Output::Json,
-            WatchItem::Bookmark {
-                revision: 42,
-                initial_events_end: true,
-            },
-        );
+        let line = encode_watch_item(cm, Output::Json, WatchItem::Bookmark { revision: 42, initial_events_end: true });
         let v: Value = serde_json::from_slice(&line).expect("json");
         assert_eq!(v["type"], "BOOKMARK");
         assert_eq!(v["object"]["kind"], "ConfigMap");
         assert_eq!(v["object"]["metadata"]["resourceVersion"], "42");
-        assert_eq!(
-            v["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
-            "true"
-        );
+        assert_eq!(v["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
         assert_eq!(line.last(), Some(&b'\n'));
-        let err = encode_watch_item(
-            cm,
-            Output::Json,
-            WatchItem::Error(ApiError::expired("too old")),
-        );
+        let err = encode_watch_item(cm, Output::Json, WatchItem::Error(ApiError::expired("too old")));
         let v: Value = serde_json::from_slice(&err).expect("json");
-        assert_eq!(
-            (v["type"].as_str(), v["object"]["code"].as_i64()),
-            (Some("ERROR"), Some(410))
-        );
+        assert_eq!((v["type"].as_str(), v["object"]["code"].as_i64()), (Some("ERROR"), Some(410)));
     }
 }

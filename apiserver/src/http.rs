@@ -41,18 +41,11 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     pub fn all(&self, key: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
     }
 
     /// `true`, `1` (and a bare `?watch`) are true; absence is false.
@@ -61,28 +54,21 @@ impl Query {
             None => Ok(false),
             Some("" | "true" | "1" | "True") => Ok(true),
             Some("false" | "0" | "False") => Ok(false),
-            Some(v) => Err(ApiError::BadRequest(format!(
-                "invalid value for {key}: {v:?}; expected true or false"
-            ))),
+            Some(v) => Err(ApiError::BadRequest(format!("invalid value for {key}: {v:?}; expected true or false"))),
         }
     }
 
     pub fn optional_flag(&self, key: &str) -> Result<Option<bool>, ApiError> {
-        if self.get(key).is_none() {
-            Ok(None)
-        } else {
-            self.flag(key).map(Some)
-        }
+        if self.get(key).is_none() { Ok(None) } else { self.flag(key).map(Some) }
     }
 
     pub fn number(&self, key: &str) -> Result<Option<i64>, ApiError> {
         match self.get(key).filter(|v| !v.is_empty()) {
             None => Ok(None),
-            Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "invalid value for {key}: {v:?}; expected an integer"
-                ))
-            }),
+            Some(v) => v
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| ApiError::BadRequest(format!("invalid value for {key}: {v:?}; expected an integer"))),
         }
     }
 }
@@ -95,9 +81,7 @@ pub fn percent_decode(s: &str, plus: bool) -> String {
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         out.push(v);
@@ -144,11 +128,7 @@ impl Output {
 
 /// Picks the first acceptable media range in the client's order. `transforms` says whether
 /// Table and partial metadata make sense for this request (reads of a resource).
-pub fn negotiate(
-    accept: Option<&str>,
-    transforms: bool,
-    include: IncludeObject,
-) -> Result<Output, ApiError> {
+pub fn negotiate(accept: Option<&str>, transforms: bool, include: IncludeObject) -> Result<Output, ApiError> {
     let accept = accept.unwrap_or("").trim();
     if accept.is_empty() {
         return Ok(Output::Json);
@@ -200,10 +180,7 @@ pub fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Respo
     if let Ok(v) = HeaderValue::from_str(content_type) {
         headers.insert(header::CONTENT_TYPE, v);
     }
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, private"),
-    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
     resp
 }
 
@@ -214,23 +191,14 @@ pub fn respond_value(status: u16, output: Output, value: &Value) -> Response<Bod
             Ok(y) => respond(status, YAML, y),
             Err(_) => respond(status, JSON, serde_json::to_vec(value).unwrap_or_default()),
         },
-        other => respond(
-            status,
-            other.content_type(),
-            serde_json::to_vec(value).unwrap_or_default(),
-        ),
+        other => respond(status, other.content_type(), serde_json::to_vec(value).unwrap_or_default()),
     }
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
-    let mut resp = respond(
-        e.code(),
-        JSON,
-        serde_json::to_vec(&e.to_status()).unwrap_or_default(),
-    );
+    let mut resp = respond(e.code(), JSON, serde_json::to_vec(&e.to_status()).unwrap_or_default());
     if matches!(e, ApiError::ServiceUnavailable(_) | ApiError::Timeout(_)) {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
@@ -256,49 +224,27 @@ mod tests {
             negotiate(Some(a), true, IncludeObject::Metadata).expect("ok"),
             Output::Table(IncludeObject::Metadata)
         );
-        assert_eq!(
-            negotiate(Some(a), false, IncludeObject::Metadata).expect("ok"),
-            Output::Json
-        );
+        assert_eq!(negotiate(Some(a), false, IncludeObject::Metadata).expect("ok"), Output::Json);
     }
 
     #[test]
     fn protobuf_first_falls_back_to_json_and_protobuf_only_is_refused() {
         assert_eq!(
-            negotiate(
-                Some("application/vnd.kubernetes.protobuf,application/json"),
-                true,
-                IncludeObject::Metadata
-            )
-            .expect("ok"),
+            negotiate(Some("application/vnd.kubernetes.protobuf,application/json"), true, IncludeObject::Metadata)
+                .expect("ok"),
             Output::Json
         );
-        assert_eq!(
-            negotiate(Some("application/json, */*"), true, IncludeObject::Metadata).expect("ok"),
-            Output::Json
-        );
-        assert_eq!(
-            negotiate(Some("application/yaml"), true, IncludeObject::Metadata).expect("ok"),
-            Output::Yaml
-        );
-        assert_eq!(
-            negotiate(None, true, IncludeObject::Metadata).expect("ok"),
-            Output::Json
-        );
-        let err = negotiate(
-            Some("application/vnd.kubernetes.protobuf"),
-            true,
-            IncludeObject::Metadata,
-        )
-        .expect_err("406");
+        assert_eq!(negotiate(Some("application/json, */*"), true, IncludeObject::Metadata).expect("ok"), Output::Json);
+        assert_eq!(negotiate(Some("application/yaml"), true, IncludeObject::Metadata).expect("ok"), Output::Yaml);
+        assert_eq!(negotiate(None, true, IncludeObject::Metadata).expect("ok"), Output::Json);
+        let err =
+            negotiate(Some("application/vnd.kubernetes.protobuf"), true, IncludeObject::Metadata).expect_err("406");
         assert_eq!(err.code(), 406);
     }
 
     #[test]
     fn queries_decode_percent_and_plus() {
-        let q = Query::parse(Some(
-            "labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch&limit=500",
-        ));
+        let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch&limit=500"));
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert_eq!(q.flag("watch").expect("flag"), true);
         assert_eq!(q.number("limit").expect("num"), Some(500));

@@ -48,10 +48,7 @@ fn str_at<'a>(v: &'a Value, path: &str) -> &'a str {
 }
 
 fn array_at<'a>(v: &'a Value, path: &str) -> &'a [Value] {
-    get(v, path)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    get(v, path).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
 // ---- pod specs (pods and every template) ----
@@ -80,11 +77,7 @@ pub fn default_pod_spec(spec: &mut Value) {
 }
 
 fn default_container(c: &mut Value) {
-    let image = c
-        .get("image")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
     let Some(map) = c.as_object_mut() else { return };
     set_default(map, "terminationMessagePath", json!("/dev/termination-log"));
     set_default(map, "terminationMessagePolicy", json!("File"));
@@ -143,10 +136,7 @@ fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
                 causes.push(Cause::required(format!("{p}.image")));
             }
             for (j, port) in array_at(c, "ports").iter().enumerate() {
-                let cp = port
-                    .get("containerPort")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
+                let cp = port.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&cp) {
                     causes.push(Cause::invalid(
                         format!("{p}.ports[{j}].containerPort"),
@@ -167,16 +157,10 @@ fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
     let rp = str_at(spec, "restartPolicy");
     if !rp.is_empty() && !["Always", "OnFailure", "Never"].contains(&rp) {
-        causes.push(Cause::not_supported(
-            format!("{path}.restartPolicy"),
-            rp,
-            &["Always", "OnFailure", "Never"],
-        ));
+        causes.push(Cause::not_supported(format!("{path}.restartPolicy"), rp, &["Always", "OnFailure", "Never"]));
     }
     let dns = str_at(spec, "dnsPolicy");
-    if !dns.is_empty()
-        && !["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"].contains(&dns)
-    {
+    if !dns.is_empty() && !["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"].contains(&dns) {
         causes.push(Cause::not_supported(
             format!("{path}.dnsPolicy"),
             dns,
@@ -210,10 +194,7 @@ fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
 
 /// QoS class from the (defaulted) containers' requests and limits.
 fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = array_at(spec, "containers")
-        .iter()
-        .chain(array_at(spec, "initContainers"))
-        .collect();
+    let containers: Vec<&Value> = array_at(spec, "containers").iter().chain(array_at(spec, "initContainers")).collect();
     let mut any = false;
     let mut guaranteed = true;
     for c in &containers {
@@ -224,10 +205,7 @@ fn qos_class(spec: &Value) -> &'static str {
             if has(limits, r) || has(requests, r) {
                 any = true;
             }
-            let (l, q) = (
-                limits.and_then(|m| m.get(r)),
-                requests.and_then(|m| m.get(r)),
-            );
+            let (l, q) = (limits.and_then(|m| m.get(r)), requests.and_then(|m| m.get(r)));
             if l.is_none() || (q.is_some() && q != l) {
                 guaranteed = false;
             }
@@ -260,9 +238,7 @@ impl Strategy for NamespaceStrategy {
     }
     fn prepare_for_update(&self, new: &mut Value, old: &Value) {
         // Finalizers only change through /finalize.
-        let fins = get(old, "spec.finalizers")
-            .cloned()
-            .unwrap_or_else(|| json!([]));
+        let fins = get(old, "spec.finalizers").cloned().unwrap_or_else(|| json!([]));
         obj_mut(new, "spec").insert("finalizers".into(), fins);
         let name = crate::meta::name(old).to_string();
         set_name_label(new, &name);
@@ -273,9 +249,7 @@ impl Strategy for NamespaceStrategy {
 }
 
 fn set_name_label(obj: &mut Value, name: &str) {
-    let labels = crate::meta::meta_mut(obj)
-        .entry("labels")
-        .or_insert_with(|| json!({}));
+    let labels = crate::meta::meta_mut(obj).entry("labels").or_insert_with(|| json!({}));
     if !labels.is_object() {
         *labels = json!({});
     }
@@ -312,20 +286,13 @@ impl Strategy for PodStrategy {
                 }
             }
             if let Some(m) = s.as_object_mut() {
-                for f in [
-                    "activeDeadlineSeconds",
-                    "tolerations",
-                    "terminationGracePeriodSeconds",
-                ] {
+                for f in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"] {
                     m.remove(f);
                 }
             }
             s
         };
-        let (n, o) = (
-            new.get("spec").unwrap_or(&Value::Null),
-            old.get("spec").unwrap_or(&Value::Null),
-        );
+        let (n, o) = (new.get("spec").unwrap_or(&Value::Null), old.get("spec").unwrap_or(&Value::Null));
         if mask(n) != mask(o) {
             return vec![Cause::forbidden(
                 "spec",
@@ -350,11 +317,7 @@ impl Strategy for ServiceStrategy {
         let spec = obj_mut(obj, "spec");
         set_default(spec, "type", json!("ClusterIP"));
         set_default(spec, "sessionAffinity", json!("None"));
-        let ty = spec
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("ClusterIP")
-            .to_string();
+        let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
         if ty != "ExternalName" {
             set_default(spec, "internalTrafficPolicy", json!("Cluster"));
         }
@@ -374,25 +337,17 @@ impl Strategy for ServiceStrategy {
     fn prepare_for_update(&self, new: &mut Value, old: &Value) {
         // Allocated values the client left out stay as they were.
         let spec = obj_mut(new, "spec");
-        for f in [
-            "clusterIP",
-            "clusterIPs",
-            "ipFamilies",
-            "ipFamilyPolicy",
-            "healthCheckNodePort",
-        ] {
+        for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "healthCheckNodePort"] {
             if let Some(v) = get(old, &format!("spec.{f}")) {
                 set_default(spec, f, v.clone());
             }
         }
-        if let (Some(Value::Array(ports)), Some(old_ports)) = (
-            spec.get_mut("ports"),
-            get(old, "spec.ports").and_then(Value::as_array),
-        ) {
+        if let (Some(Value::Array(ports)), Some(old_ports)) =
+            (spec.get_mut("ports"), get(old, "spec.ports").and_then(Value::as_array))
+        {
             for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                let same = old_ports.iter().find(|o| {
-                    o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol")
-                });
+                let same =
+                    old_ports.iter().find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"));
                 if let Some(np) = same.and_then(|o| o.get("nodePort")) {
                     set_default(p, "nodePort", np.clone());
                 }
@@ -426,11 +381,7 @@ impl Strategy for ServiceStrategy {
             }
             let proto = str_at(p, "protocol");
             if !proto.is_empty() && !PROTOCOLS.contains(&proto) {
-                causes.push(Cause::not_supported(
-                    format!("spec.ports[{i}].protocol"),
-                    proto,
-                    PROTOCOLS,
-                ));
+                causes.push(Cause::not_supported(format!("spec.ports[{i}].protocol"), proto, PROTOCOLS));
             }
             let name = str_at(p, "name");
             if ports.len() > 1 && name.is_empty() {
@@ -445,11 +396,7 @@ impl Strategy for ServiceStrategy {
         }
         let session = str_at(spec, "sessionAffinity");
         if !session.is_empty() && !["None", "ClientIP"].contains(&session) {
-            causes.push(Cause::not_supported(
-                "spec.sessionAffinity",
-                session,
-                &["ClientIP", "None"],
-            ));
+            causes.push(Cause::not_supported("spec.sessionAffinity", session, &["ClientIP", "None"]));
         }
         causes
     }
@@ -492,17 +439,11 @@ fn validate_immutable_data(new: &Value, old: &Value, fields: &[&str]) -> Vec<Cau
     let mut causes = Vec::new();
     if old.get("immutable").and_then(Value::as_bool) == Some(true) {
         if new.get("immutable").and_then(Value::as_bool) != Some(true) {
-            causes.push(Cause::forbidden(
-                "immutable",
-                "field is immutable when `immutable` is set",
-            ));
+            causes.push(Cause::forbidden("immutable", "field is immutable when `immutable` is set"));
         }
         for f in fields {
             if new.get(*f) != old.get(*f) {
-                causes.push(Cause::forbidden(
-                    *f,
-                    "field is immutable when `immutable` is set",
-                ));
+                causes.push(Cause::forbidden(*f, "field is immutable when `immutable` is set"));
             }
         }
     }
@@ -561,10 +502,7 @@ fn fold_string_data(obj: &mut Value) {
     if let Some(d) = data.as_object_mut() {
         for (k, v) in sd {
             let text = v.as_str().unwrap_or("").to_string();
-            d.insert(
-                k,
-                json!(base64::engine::general_purpose::STANDARD.encode(text)),
-            );
+            d.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(text)));
         }
     }
 }
@@ -652,11 +590,7 @@ impl Strategy for EventStrategy {
         let ns = crate::meta::namespace(obj);
         let involved_ns = str_at(obj, "involvedObject.namespace");
         if !involved_ns.is_empty() && involved_ns != ns {
-            causes.push(Cause::invalid(
-                "involvedObject.namespace",
-                involved_ns,
-                "does not match event.namespace",
-            ));
+            causes.push(Cause::invalid("involvedObject.namespace", involved_ns, "does not match event.namespace"));
         }
         causes
     }
@@ -715,26 +649,16 @@ impl Strategy for EndpointSliceStrategy {
 /// Selector present, non-empty, and matching the template's labels.
 fn validate_selector_and_template(obj: &Value, causes: &mut Vec<Cause>) {
     let selector = get(obj, "spec.selector");
-    let match_labels = selector
-        .and_then(|s| s.get("matchLabels"))
-        .and_then(Value::as_object);
-    let exprs = selector
-        .map(|s| array_at(s, "matchExpressions"))
-        .unwrap_or(&[]);
+    let match_labels = selector.and_then(|s| s.get("matchLabels")).and_then(Value::as_object);
+    let exprs = selector.map(|s| array_at(s, "matchExpressions")).unwrap_or(&[]);
     if selector.is_none() {
         causes.push(Cause::required("spec.selector"));
     } else if match_labels.is_none_or(Map::is_empty) && exprs.is_empty() {
-        causes.push(Cause::invalid(
-            "spec.selector",
-            "{}",
-            "empty selector is invalid for deployment",
-        ));
+        causes.push(Cause::invalid("spec.selector", "{}", "empty selector is invalid for deployment"));
     }
     let template_labels = get(obj, "spec.template.metadata.labels").and_then(Value::as_object);
     if let Some(ml) = match_labels {
-        let matches = ml
-            .iter()
-            .all(|(k, v)| template_labels.and_then(|t| t.get(k)) == Some(v));
+        let matches = ml.iter().all(|(k, v)| template_labels.and_then(|t| t.get(k)) == Some(v));
         if !matches {
             causes.push(Cause::invalid(
                 "spec.template.metadata.labels",
@@ -750,30 +674,19 @@ fn validate_selector_and_template(obj: &Value, causes: &mut Vec<Cause>) {
     if let Some(r) = get(obj, "spec.replicas").and_then(Value::as_i64)
         && r < 0
     {
-        causes.push(Cause::invalid(
-            "spec.replicas",
-            r,
-            "must be greater than or equal to 0",
-        ));
+        causes.push(Cause::invalid("spec.replicas", r, "must be greater than or equal to 0"));
     }
 }
 
 fn selector_immutable(new: &Value, old: &Value) -> Vec<Cause> {
     if get(new, "spec.selector") != get(old, "spec.selector") {
-        return vec![Cause::immutable(
-            "spec.selector",
-            crate::meta::field_value(new, "spec.selector"),
-        )];
+        return vec![Cause::immutable("spec.selector", crate::meta::field_value(new, "spec.selector"))];
     }
     Vec::new()
 }
 
 fn default_template(obj: &mut Value) {
-    if let Some(spec) = obj
-        .get_mut("spec")
-        .and_then(|s| s.get_mut("template"))
-        .and_then(|t| t.get_mut("spec"))
-    {
+    if let Some(spec) = obj.get_mut("spec").and_then(|s| s.get_mut("template")).and_then(|t| t.get_mut("spec")) {
         default_pod_spec(spec);
     }
 }
@@ -807,11 +720,7 @@ impl Strategy for DeploymentStrategy {
         validate_selector_and_template(obj, &mut causes);
         let st = str_at(obj, "spec.strategy.type");
         if !st.is_empty() && !["RollingUpdate", "Recreate"].contains(&st) {
-            causes.push(Cause::not_supported(
-                "spec.strategy.type",
-                st,
-                &["Recreate", "RollingUpdate"],
-            ));
+            causes.push(Cause::not_supported("spec.strategy.type", st, &["Recreate", "RollingUpdate"]));
         }
         if st == "Recreate" && get(obj, "spec.strategy.rollingUpdate").is_some() {
             causes.push(Cause::forbidden(
@@ -877,11 +786,7 @@ impl Strategy for DaemonSetStrategy {
         validate_selector_and_template(obj, &mut causes);
         let rp = str_at(obj, "spec.template.spec.restartPolicy");
         if !rp.is_empty() && rp != "Always" {
-            causes.push(Cause::not_supported(
-                "spec.template.spec.restartPolicy",
-                rp,
-                &["Always"],
-            ));
+            causes.push(Cause::not_supported("spec.template.spec.restartPolicy", rp, &["Always"]));
         }
         causes
     }
@@ -954,10 +859,7 @@ impl Strategy for JobStrategy {
         let name = crate::meta::name(obj).to_string();
         let manual = get(obj, "spec.manualSelector").and_then(Value::as_bool) == Some(true);
         let spec = obj_mut(obj, "spec");
-        let (completions, parallelism) = (
-            spec.get("completions").cloned(),
-            spec.get("parallelism").cloned(),
-        );
+        let (completions, parallelism) = (spec.get("completions").cloned(), spec.get("parallelism").cloned());
         if completions.is_none() && parallelism.is_none() {
             spec.insert("completions".into(), json!(1));
         }
@@ -968,14 +870,9 @@ impl Strategy for JobStrategy {
         set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
         if !manual {
             // The selector is generated from the Job's own uid, so it can only ever match its pods.
-            spec.insert(
-                "selector".into(),
-                json!({"matchLabels": {JOB_UID_LABEL: uid}}),
-            );
+            spec.insert("selector".into(), json!({"matchLabels": {JOB_UID_LABEL: uid}}));
             let template = spec.entry("template").or_insert_with(|| json!({}));
-            let labels = obj_mut(template, "metadata")
-                .entry("labels")
-                .or_insert_with(|| json!({}));
+            let labels = obj_mut(template, "metadata").entry("labels").or_insert_with(|| json!({}));
             if let Some(l) = labels.as_object_mut() {
                 l.insert(JOB_UID_LABEL.into(), json!(uid));
                 l.insert(JOB_NAME_LABEL.into(), json!(name));
@@ -983,11 +880,7 @@ impl Strategy for JobStrategy {
                 l.insert("job-name".into(), json!(name));
             }
         }
-        if let Some(spec) = obj
-            .get_mut("spec")
-            .and_then(|s| s.get_mut("template"))
-            .and_then(|t| t.get_mut("spec"))
-        {
+        if let Some(spec) = obj.get_mut("spec").and_then(|s| s.get_mut("template")).and_then(|t| t.get_mut("spec")) {
             let had_policy = spec.get("restartPolicy").is_some();
             default_pod_spec(spec);
             if !had_policy && let Some(m) = spec.as_object_mut() {
@@ -1004,26 +897,13 @@ impl Strategy for JobStrategy {
         }
         let rp = str_at(obj, "spec.template.spec.restartPolicy");
         if !["OnFailure", "Never"].contains(&rp) {
-            causes.push(Cause::not_supported(
-                "spec.template.spec.restartPolicy",
-                rp,
-                &["OnFailure", "Never"],
-            ));
+            causes.push(Cause::not_supported("spec.template.spec.restartPolicy", rp, &["OnFailure", "Never"]));
         }
-        for f in [
-            "parallelism",
-            "completions",
-            "backoffLimit",
-            "activeDeadlineSeconds",
-        ] {
+        for f in ["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds"] {
             if let Some(v) = get(obj, &format!("spec.{f}")).and_then(Value::as_i64)
                 && v < 0
             {
-                causes.push(Cause::invalid(
-                    format!("spec.{f}"),
-                    v,
-                    "must be greater than or equal to 0",
-                ));
+                causes.push(Cause::invalid(format!("spec.{f}"), v, "must be greater than or equal to 0"));
             }
         }
         causes
@@ -1032,10 +912,7 @@ impl Strategy for JobStrategy {
         let mut causes = selector_immutable(new, old);
         for f in ["completionMode", "podFailurePolicy"] {
             if get(new, &format!("spec.{f}")) != get(old, &format!("spec.{f}")) {
-                causes.push(Cause::immutable(
-                    format!("spec.{f}"),
-                    crate::meta::field_value(new, &format!("spec.{f}")),
-                ));
+                causes.push(Cause::immutable(format!("spec.{f}"), crate::meta::field_value(new, &format!("spec.{f}"))));
             }
         }
         causes
@@ -1064,19 +941,11 @@ impl Strategy for CronJobStrategy {
         }
         let cp = str_at(obj, "spec.concurrencyPolicy");
         if !cp.is_empty() && !["Allow", "Forbid", "Replace"].contains(&cp) {
-            causes.push(Cause::not_supported(
-                "spec.concurrencyPolicy",
-                cp,
-                &["Allow", "Forbid", "Replace"],
-            ));
+            causes.push(Cause::not_supported("spec.concurrencyPolicy", cp, &["Allow", "Forbid", "Replace"]));
         }
         match get(obj, "spec.jobTemplate.spec.template.spec") {
-            Some(spec) => {
-                validate_pod_spec(spec, "spec.jobTemplate.spec.template.spec", &mut causes)
-            }
-            None => causes.push(Cause::required(
-                "spec.jobTemplate.spec.template.spec.containers",
-            )),
+            Some(spec) => validate_pod_spec(spec, "spec.jobTemplate.spec.template.spec", &mut causes),
+            None => causes.push(Cause::required("spec.jobTemplate.spec.template.spec.containers")),
         }
         causes
     }
@@ -1104,16 +973,10 @@ mod tests {
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "busybox",
             "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
         PodStrategy.prepare_for_create(&mut pod);
-        assert_eq!(
-            pod["status"],
-            json!({"phase": "Pending", "qosClass": "Guaranteed"})
-        );
+        assert_eq!(pod["status"], json!({"phase": "Pending", "qosClass": "Guaranteed"}));
         assert_eq!(pod["spec"]["restartPolicy"], "Always");
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
-        assert_eq!(
-            pod["spec"]["containers"][0]["resources"]["requests"]["cpu"],
-            "1"
-        );
+        assert_eq!(pod["spec"]["containers"][0]["resources"]["requests"]["cpu"], "1");
         let mut best = json!({"spec": {"containers": [{"name": "a", "image": "x"}]}});
         PodStrategy.prepare_for_create(&mut best);
         assert_eq!(best["status"]["qosClass"], "BestEffort");
@@ -1122,11 +985,7 @@ mod tests {
     #[test]
     fn pod_validation_names_each_broken_field() {
         let pod = json!({"spec": {"containers": [{"name": "A"}, {"name": "b", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}], "restartPolicy": "Sometimes"}});
-        let fields: Vec<String> = PodStrategy
-            .validate(&pod)
-            .into_iter()
-            .map(|c| c.field)
-            .collect();
+        let fields: Vec<String> = PodStrategy.validate(&pod).into_iter().map(|c| c.field).collect();
         assert_eq!(
             fields,
             vec![
@@ -1136,10 +995,7 @@ mod tests {
                 "spec.containers[1].volumeMounts[0].name"
             ]
         );
-        assert_eq!(
-            PodStrategy.validate(&json!({"spec": {}}))[0].field,
-            "spec.containers"
-        );
+        assert_eq!(PodStrategy.validate(&json!({"spec": {}}))[0].field, "spec.containers");
     }
 
     #[test]
@@ -1147,12 +1003,8 @@ mod tests {
         let old = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}]}});
         let image = json!({"spec": {"containers": [{"name": "a", "image": "x:2"}]}});
         assert!(PodStrategy.validate_update(&image, &old).is_empty());
-        let other =
-            json!({"spec": {"containers": [{"name": "a", "image": "x:1", "command": ["sh"]}]}});
-        assert_eq!(
-            PodStrategy.validate_update(&other, &old)[0].reason,
-            "FieldValueForbidden"
-        );
+        let other = json!({"spec": {"containers": [{"name": "a", "image": "x:1", "command": ["sh"]}]}});
+        assert_eq!(PodStrategy.validate_update(&other, &old)[0].reason, "FieldValueForbidden");
     }
 
     #[test]
@@ -1161,10 +1013,7 @@ mod tests {
         NamespaceStrategy.prepare_for_create(&mut ns);
         assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
         assert_eq!(ns["status"]["phase"], "Active");
-        assert_eq!(
-            ns["metadata"]["labels"],
-            json!({"x": "y", "kubernetes.io/metadata.name": "team-a"})
-        );
+        assert_eq!(ns["metadata"]["labels"], json!({"x": "y", "kubernetes.io/metadata.name": "team-a"}));
         let mut update = json!({"metadata": {"name": "team-a"}, "spec": {"finalizers": []}});
         NamespaceStrategy.prepare_for_update(&mut update, &ns);
         assert_eq!(update["spec"]["finalizers"], json!(["kubernetes"]));
@@ -1179,24 +1028,12 @@ mod tests {
         assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
         assert!(ServiceStrategy.validate(&svc).is_empty());
         let bad = json!({"spec": {"ports": [{"port": 0}, {"port": 81, "protocol": "HTTP"}]}});
-        let fields: Vec<String> = ServiceStrategy
-            .validate(&bad)
-            .into_iter()
-            .map(|c| c.field)
-            .collect();
+        let fields: Vec<String> = ServiceStrategy.validate(&bad).into_iter().map(|c| c.field).collect();
         assert_eq!(
             fields,
-            vec![
-                "spec.ports[0].port",
-                "spec.ports[0].name",
-                "spec.ports[1].protocol",
-                "spec.ports[1].name"
-            ]
+            vec!["spec.ports[0].port", "spec.ports[0].name", "spec.ports[1].protocol", "spec.ports[1].name"]
         );
-        assert_eq!(
-            ServiceStrategy.validate(&json!({"spec": {}}))[0].field,
-            "spec.ports"
-        );
+        assert_eq!(ServiceStrategy.validate(&json!({"spec": {}}))[0].field, "spec.ports");
     }
 
     #[test]
@@ -1208,13 +1045,7 @@ mod tests {
         assert_eq!(s["type"], "Opaque");
         let mut changed = s.clone();
         changed["type"] = json!("kubernetes.io/tls");
-        assert_eq!(
-            SecretStrategy
-                .validate_update(&changed, &s)
-                .last()
-                .map(|c| c.field.as_str()),
-            Some("type")
-        );
+        assert_eq!(SecretStrategy.validate_update(&changed, &s).last().map(|c| c.field.as_str()), Some("type"));
         let tls = json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}});
         assert_eq!(SecretStrategy.validate(&tls)[0].field, "data[tls.key]");
     }
@@ -1223,16 +1054,10 @@ mod tests {
     fn immutable_config_maps_refuse_changes() {
         let old = json!({"immutable": true, "data": {"a": "1"}});
         let new = json!({"immutable": true, "data": {"a": "2"}});
-        assert_eq!(
-            ConfigMapStrategy.validate_update(&new, &old)[0].field,
-            "data"
-        );
+        assert_eq!(ConfigMapStrategy.validate_update(&new, &old)[0].field, "data");
         assert!(ConfigMapStrategy.validate_update(&old, &old).is_empty());
         let unset = json!({"data": {"a": "1"}});
-        assert_eq!(
-            ConfigMapStrategy.validate_update(&unset, &old)[0].field,
-            "immutable"
-        );
+        assert_eq!(ConfigMapStrategy.validate_update(&unset, &old)[0].field, "immutable");
     }
 
     #[test]
@@ -1248,16 +1073,10 @@ mod tests {
         assert!(DeploymentStrategy.validate(&d).is_empty());
         let mut mismatch = d.clone();
         mismatch["spec"]["template"]["metadata"]["labels"]["app"] = json!("db");
-        assert_eq!(
-            DeploymentStrategy.validate(&mismatch)[0].field,
-            "spec.template.metadata.labels"
-        );
+        assert_eq!(DeploymentStrategy.validate(&mismatch)[0].field, "spec.template.metadata.labels");
         let mut moved = d.clone();
         moved["spec"]["selector"]["matchLabels"]["app"] = json!("db");
-        assert_eq!(
-            DeploymentStrategy.validate_update(&moved, &d)[0].field,
-            "spec.selector"
-        );
+        assert_eq!(DeploymentStrategy.validate_update(&moved, &d)[0].field, "spec.selector");
     }
 
     #[test]
@@ -1265,17 +1084,11 @@ mod tests {
         let mut j = json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}});
         JobStrategy.prepare_for_create(&mut j);
         assert_eq!(j["spec"]["selector"]["matchLabels"][JOB_UID_LABEL], "u-1");
-        assert_eq!(
-            j["spec"]["template"]["metadata"]["labels"][JOB_NAME_LABEL],
-            "pi"
-        );
+        assert_eq!(j["spec"]["template"]["metadata"]["labels"][JOB_NAME_LABEL], "pi");
         assert_eq!(j["spec"]["completions"], 1);
         assert!(JobStrategy.validate(&j).is_empty());
         let mut always = json!({"metadata": {"name": "pi", "uid": "u"}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}});
         JobStrategy.prepare_for_create(&mut always);
-        assert_eq!(
-            JobStrategy.validate(&always)[0].field,
-            "spec.template.spec.restartPolicy"
-        );
+        assert_eq!(JobStrategy.validate(&always)[0].field, "spec.template.spec.restartPolicy");
     }
 }

@@ -55,11 +55,7 @@ pub struct Running {
 impl Running {
     /// `https://127.0.0.1:<port>` for a loopback or wildcard bind, else the bound address.
     pub fn url(&self) -> String {
-        let ip = if self.addr.ip().is_unspecified() {
-            "127.0.0.1".parse().expect("literal")
-        } else {
-            self.addr.ip()
-        };
+        let ip = if self.addr.ip().is_unspecified() { "127.0.0.1".parse().expect("literal") } else { self.addr.ip() };
         format!("https://{}", SocketAddr::new(ip, self.addr.port()))
     }
 }
@@ -116,17 +112,12 @@ pub async fn start_with_storage(
         shutdown: shutdown.clone(),
     });
     let running_url = {
-        let ip = if addr.ip().is_unspecified() {
-            "127.0.0.1".parse().expect("literal")
-        } else {
-            addr.ip()
-        };
+        let ip = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("literal") } else { addr.ip() };
         format!("https://{}", SocketAddr::new(ip, addr.port()))
     };
     if let Some(path) = &config.admin_kubeconfig {
-        let token = admin_token
-            .as_deref()
-            .context("the token file has no system:masters user for the admin kubeconfig")?;
+        let token =
+            admin_token.as_deref().context("the token file has no system:masters user for the admin kubeconfig")?;
         certs::write_kubeconfig(path, "kubernetes", &running_url, &material.ca_pem, token)?;
         info!(path = %path.display(), "Wrote admin kubeconfig");
     }
@@ -138,13 +129,7 @@ pub async fn start_with_storage(
     tokio::spawn(boot.run(state.clone(), shutdown.clone()));
     let task = tokio::spawn(server::serve(listener, tls, state.clone(), shutdown));
     info!(%addr, "Serving the Kubernetes API");
-    Ok(Running {
-        addr,
-        ca_pem: material.ca_pem,
-        admin_token,
-        state,
-        task,
-    })
+    Ok(Running { addr, ca_pem: material.ca_pem, admin_token, state, task })
 }
 
 /// Serves until `shutdown` is cancelled.

@@ -11,10 +11,7 @@ async fn main() -> std::process::ExitCode {
         1..=3 => "info,apiserver=debug".into(),
         _ => "debug,apiserver=trace".into(),
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
     let config = match opts.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -35,10 +32,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return;
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }

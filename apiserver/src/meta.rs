@@ -28,9 +28,7 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
         *obj = Value::Object(Map::new());
     }
     let map = obj.as_object_mut().expect("just made an object");
-    let m = map
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let m = map.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     if !m.is_object() {
         *m = Value::Object(Map::new());
     }
@@ -38,10 +36,7 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
-    meta(obj)
-        .and_then(|m| m.get(field))
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    meta(obj).and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or("")
 }
 
 pub fn name(obj: &Value) -> &str {
@@ -64,19 +59,12 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
     meta(obj)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
         .unwrap_or_default()
 }
 
 pub fn is_deleting(obj: &Value) -> bool {
-    meta(obj)
-        .and_then(|m| m.get("deletionTimestamp"))
-        .is_some_and(|v| !v.is_null())
+    meta(obj).and_then(|m| m.get("deletionTimestamp")).is_some_and(|v| !v.is_null())
 }
 
 /// Follows a dotted path (`spec.nodeName`) and renders the value as a field selector compares
@@ -104,9 +92,7 @@ pub fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
 pub fn new_uid() -> String {
@@ -124,44 +110,28 @@ pub fn human_duration(seconds: i64) -> String {
     }
     let minutes = s / 60;
     if minutes < 10 {
-        return if s % 60 == 0 {
-            format!("{minutes}m")
-        } else {
-            format!("{minutes}m{}s", s % 60)
-        };
+        return if s % 60 == 0 { format!("{minutes}m") } else { format!("{minutes}m{}s", s % 60) };
     }
     if minutes < 180 {
         return format!("{minutes}m");
     }
     let hours = s / 3600;
     if hours < 8 {
-        return if minutes % 60 == 0 {
-            format!("{hours}h")
-        } else {
-            format!("{hours}h{}m", minutes % 60)
-        };
+        return if minutes % 60 == 0 { format!("{hours}h") } else { format!("{hours}h{}m", minutes % 60) };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     let days = hours / 24;
     if hours < 24 * 8 {
-        return if hours % 24 == 0 {
-            format!("{days}d")
-        } else {
-            format!("{days}d{}h", hours % 24)
-        };
+        return if hours % 24 == 0 { format!("{days}d") } else { format!("{days}d{}h", hours % 24) };
     }
     if hours < 24 * 365 * 2 {
         return format!("{days}d");
     }
     let years = days / 365;
     if hours < 24 * 365 * 8 {
-        return if days % 365 == 0 {
-            format!("{years}y")
-        } else {
-            format!("{years}y{}d", days % 365)
-        };
+        return if days % 365 == 0 { format!("{years}y") } else { format!("{years}y{}d", days % 365) };
     }
     format!("{years}y")
 }
@@ -212,8 +182,7 @@ mod tests {
 
     #[test]
     fn field_values_render_scalars_as_text() {
-        let pod =
-            json!({"spec": {"nodeName": "n1", "hostNetwork": true}, "status": {"replicas": 3}});
+        let pod = json!({"spec": {"nodeName": "n1", "hostNetwork": true}, "status": {"replicas": 3}});
         assert_eq!(field_value(&pod, "spec.nodeName"), "n1");
         assert_eq!(field_value(&pod, "spec.hostNetwork"), "true");
         assert_eq!(field_value(&pod, "status.replicas"), "3");
@@ -225,10 +194,7 @@ mod tests {
         for _ in 0..100 {
             let s = random_suffix();
             assert_eq!(s.len(), 5);
-            assert!(
-                s.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)),
-                "{s}"
-            );
+            assert!(s.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)), "{s}");
         }
     }
 

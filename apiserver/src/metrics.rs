@@ -41,43 +41,21 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
         let watches = Gauge::default();
-        registry.register(
-            "apiserver_request",
-            "Requests by verb, resource and HTTP code",
-            requests.clone(),
-        );
+        registry.register("apiserver_request", "Requests by verb, resource and HTTP code", requests.clone());
         registry.register(
             "apiserver_request_duration_seconds",
             "Time to answer a request (to the first byte of a watch)",
             latency.clone(),
         );
-        registry.register(
-            "apiserver_longrunning_requests",
-            "Watches open now",
-            watches.clone(),
-        );
-        Metrics {
-            registry,
-            requests,
-            latency,
-            watches,
-        }
+        registry.register("apiserver_longrunning_requests", "Watches open now", watches.clone());
+        Metrics { registry, requests, latency, watches }
     }
 
     pub fn observe(&self, verb: &str, resource: &str, code: u16, seconds: f64) {
         self.requests
-            .get_or_create(&RequestLabels {
-                verb: verb.into(),
-                resource: resource.into(),
-                code: code.to_string(),
-            })
+            .get_or_create(&RequestLabels { verb: verb.into(), resource: resource.into(), code: code.to_string() })
             .inc();
-        self.latency
-            .get_or_create(&VerbLabels {
-                verb: verb.into(),
-                resource: resource.into(),
-            })
-            .observe(seconds);
+        self.latency.get_or_create(&VerbLabels { verb: verb.into(), resource: resource.into() }).observe(seconds);
     }
 
     pub fn encode(&self) -> String {

@@ -20,11 +20,7 @@ pub struct OpenApiV3 {
 }
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
 fn param(name: &str, ty: &str, description: &str) -> Value {
@@ -54,17 +50,12 @@ fn operation(r: &ResourceInfo, action: &str, op_id: &str, params: Vec<Value>, bo
     });
     if body {
         let content_types: &[&str] = if action == "patch" {
-            &[
-                "application/json-patch+json",
-                "application/merge-patch+json",
-            ]
+            &["application/json-patch+json", "application/merge-patch+json"]
         } else {
             &["application/json", "application/yaml"]
         };
-        let content: serde_json::Map<String, Value> = content_types
-            .iter()
-            .map(|ct| (ct.to_string(), json!({"schema": {"type": "object"}})))
-            .collect();
+        let content: serde_json::Map<String, Value> =
+            content_types.iter().map(|ct| (ct.to_string(), json!({"schema": {"type": "object"}}))).collect();
         op["requestBody"] = json!({"required": true, "content": content});
     }
     op
@@ -72,71 +63,23 @@ fn operation(r: &ResourceInfo, action: &str, op_id: &str, params: Vec<Value>, bo
 
 fn write_params() -> Vec<Value> {
     vec![
-        param(
-            "dryRun",
-            "string",
-            "When present, modifications are not persisted. Valid value: All.",
-        ),
-        param(
-            "fieldManager",
-            "string",
-            "A name associated with the actor making these changes.",
-        ),
-        param(
-            "fieldValidation",
-            "string",
-            "How to treat unknown and duplicate fields: Ignore, Warn or Strict.",
-        ),
+        param("dryRun", "string", "When present, modifications are not persisted. Valid value: All."),
+        param("fieldManager", "string", "A name associated with the actor making these changes."),
+        param("fieldValidation", "string", "How to treat unknown and duplicate fields: Ignore, Warn or Strict."),
     ]
 }
 
 fn list_params() -> Vec<Value> {
     vec![
-        param(
-            "allowWatchBookmarks",
-            "boolean",
-            "Request watch BOOKMARK events.",
-        ),
-        param(
-            "continue",
-            "string",
-            "Token from the previous page of a paged list.",
-        ),
-        param(
-            "fieldSelector",
-            "string",
-            "Restrict the returned objects by their fields.",
-        ),
-        param(
-            "labelSelector",
-            "string",
-            "Restrict the returned objects by their labels.",
-        ),
-        param(
-            "limit",
-            "integer",
-            "Maximum number of objects to return in one page.",
-        ),
-        param(
-            "resourceVersion",
-            "string",
-            "Which version of the resource list to serve.",
-        ),
-        param(
-            "resourceVersionMatch",
-            "string",
-            "How resourceVersion applies: Exact or NotOlderThan.",
-        ),
-        param(
-            "sendInitialEvents",
-            "boolean",
-            "Start a watch with synthetic ADDED events for the current state.",
-        ),
-        param(
-            "timeoutSeconds",
-            "integer",
-            "Timeout for list and watch calls.",
-        ),
+        param("allowWatchBookmarks", "boolean", "Request watch BOOKMARK events."),
+        param("continue", "string", "Token from the previous page of a paged list."),
+        param("fieldSelector", "string", "Restrict the returned objects by their fields."),
+        param("labelSelector", "string", "Restrict the returned objects by their labels."),
+        param("limit", "integer", "Maximum number of objects to return in one page."),
+        param("resourceVersion", "string", "Which version of the resource list to serve."),
+        param("resourceVersionMatch", "string", "How resourceVersion applies: Exact or NotOlderThan."),
+        param("sendInitialEvents", "boolean", "Start a watch with synthetic ADDED events for the current state."),
+        param("timeoutSeconds", "integer", "Timeout for list and watch calls."),
         param("watch", "boolean", "Stream changes instead of listing."),
     ]
 }
@@ -152,10 +95,7 @@ fn document(reg: &Registry, group: &str, version: &str) -> Value {
                 format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
             )
         } else {
-            (
-                format!("{base}/{}", r.plural),
-                format!("{base}/{}/{{name}}", r.plural),
-            )
+            (format!("{base}/{}", r.plural), format!("{base}/{}/{{name}}", r.plural))
         };
         let kind = r.kind;
         let mut coll = json!({
@@ -163,21 +103,11 @@ fn document(reg: &Registry, group: &str, version: &str) -> Value {
             "post": operation(r, "post", &format!("create{kind}"), write_params(), true),
         });
         if r.verbs.contains(&"deletecollection") {
-            coll["delete"] = operation(
-                r,
-                "deletecollection",
-                &format!("deleteCollection{kind}"),
-                list_params(),
-                false,
-            );
+            coll["delete"] = operation(r, "deletecollection", &format!("deleteCollection{kind}"), list_params(), false);
         }
         paths.insert(collection, coll);
         let mut patch_params = write_params();
-        patch_params.push(param(
-            "force",
-            "boolean",
-            "Force apply requests (server-side apply).",
-        ));
+        patch_params.push(param("force", "boolean", "Force apply requests (server-side apply)."));
         paths.insert(
             item.clone(),
             json!({
@@ -201,10 +131,7 @@ fn document(reg: &Registry, group: &str, version: &str) -> Value {
                     _ => continue,
                 };
                 let op_id = format!("{action}{kind}{}", capitalize(sub.name));
-                ops.insert(
-                    method.into(),
-                    operation(r, action, &op_id, params, method != "get"),
-                );
+                ops.insert(method.into(), operation(r, action, &op_id, params, method != "get"));
             }
             paths.insert(format!("{item}/{}", sub.name), Value::Object(ops));
         }
@@ -255,12 +182,7 @@ impl OpenApiV3 {
         let paths: serde_json::Map<String, Value> = self
             .docs
             .iter()
-            .map(|(k, (hash, _))| {
-                (
-                    k.clone(),
-                    json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={hash}")}),
-                )
-            })
+            .map(|(k, (hash, _))| (k.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={hash}")})))
             .collect();
         json!({"paths": paths})
     }
@@ -279,30 +201,14 @@ mod tests {
     fn patch_operations_carry_the_kind_and_field_validation() {
         let api = OpenApiV3::build(&Registry::builtin());
         let index = api.index();
-        let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
-            .as_str()
-            .expect("apps/v1 listed");
+        let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().expect("apps/v1 listed");
         assert!(url.starts_with("/openapi/v3/apis/apps/v1?hash="));
         let doc = api.document("apis/apps/v1").expect("doc");
-        let patch =
-            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
-        assert_eq!(
-            patch["x-kubernetes-group-version-kind"]["kind"],
-            "Deployment"
-        );
-        assert!(
-            patch["parameters"]
-                .as_array()
-                .expect("params")
-                .iter()
-                .any(|p| p["name"] == "fieldValidation")
-        );
+        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+        assert!(patch["parameters"].as_array().expect("params").iter().any(|p| p["name"] == "fieldValidation"));
         let core = api.document("api/v1").expect("core");
-        assert!(
-            core["paths"]
-                .get("/api/v1/namespaces/{name}/finalize")
-                .is_some()
-        );
+        assert!(core["paths"].get("/api/v1/namespaces/{name}/finalize").is_some());
         assert!(core["paths"].get("/api/v1/nodes/{name}").is_some());
     }
 }

@@ -12,19 +12,10 @@ use crate::certs::TlsSource;
 use crate::storage::etcd::EtcdOptions;
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "apiserver",
-    about = "The Kubernetes API server, backed by etcd",
-    version
-)]
+#[command(name = "apiserver", about = "The Kubernetes API server, backed by etcd", version)]
 pub struct Options {
     /// etcd endpoints, comma separated.
-    #[arg(
-        long,
-        env = "APISERVER_ETCD_SERVERS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
+    #[arg(long, env = "APISERVER_ETCD_SERVERS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     pub etcd_servers: Vec<String>,
 
     /// `etcd3` (durable) or `memory` (nothing survives a restart; for tests and simulations).
@@ -45,26 +36,14 @@ pub struct Options {
     pub advertise_address: Option<IpAddr>,
 
     /// Directory for the generated CA, serving certificate and admin token.
-    #[arg(
-        long,
-        env = "APISERVER_CERT_DIR",
-        default_value = "/var/run/kubernetes"
-    )]
+    #[arg(long, env = "APISERVER_CERT_DIR", default_value = "/var/run/kubernetes")]
     pub cert_dir: PathBuf,
 
     /// Serving certificate (PEM). With --tls-private-key-file, replaces the generated one.
-    #[arg(
-        long,
-        env = "APISERVER_TLS_CERT_FILE",
-        requires = "tls_private_key_file"
-    )]
+    #[arg(long, env = "APISERVER_TLS_CERT_FILE", requires = "tls_private_key_file")]
     pub tls_cert_file: Option<PathBuf>,
 
-    #[arg(
-        long,
-        env = "APISERVER_TLS_PRIVATE_KEY_FILE",
-        requires = "tls_cert_file"
-    )]
+    #[arg(long, env = "APISERVER_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
     pub tls_private_key_file: Option<PathBuf>,
 
     /// Extra names or IPs for the generated serving certificate (repeatable).
@@ -81,11 +60,7 @@ pub struct Options {
     pub admin_kubeconfig: Option<PathBuf>,
 
     /// ClusterIP range for Services; its first address is the `kubernetes` Service.
-    #[arg(
-        long,
-        env = "APISERVER_SERVICE_CLUSTER_IP_RANGE",
-        default_value = "10.96.0.0/12"
-    )]
+    #[arg(long, env = "APISERVER_SERVICE_CLUSTER_IP_RANGE", default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: String,
 
     /// Watches without timeoutSeconds end after this many seconds times a random factor in
@@ -123,10 +98,7 @@ pub struct Config {
 fn primary_address() -> Option<IpAddr> {
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     sock.connect("192.0.2.1:9").ok()?;
-    sock.local_addr()
-        .ok()
-        .map(|a| a.ip())
-        .filter(|ip| !ip.is_unspecified())
+    sock.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
 }
 
 impl Options {
@@ -136,24 +108,15 @@ impl Options {
                 if self.etcd_servers.iter().all(|s| s.trim().is_empty()) {
                     return Err("--etcd-servers must name at least one endpoint".into());
                 }
-                StorageConfig::Etcd(EtcdOptions::new(
-                    self.etcd_servers
-                        .iter()
-                        .map(|s| s.trim().to_string())
-                        .collect(),
-                ))
+                StorageConfig::Etcd(EtcdOptions::new(self.etcd_servers.iter().map(|s| s.trim().to_string()).collect()))
             }
             "memory" => StorageConfig::Memory,
             other => {
-                return Err(format!(
-                    "--storage-backend: unknown backend {other:?} (etcd3 or memory)"
-                ));
+                return Err(format!("--storage-backend: unknown backend {other:?} (etcd3 or memory)"));
             }
         };
-        let service_range: Cidr = self
-            .service_cluster_ip_range
-            .parse()
-            .map_err(|e| format!("--service-cluster-ip-range: {e}"))?;
+        let service_range: Cidr =
+            self.service_cluster_ip_range.parse().map_err(|e| format!("--service-cluster-ip-range: {e}"))?;
         let advertise_address = match self.advertise_address {
             Some(a) => a,
             None if !self.bind_address.is_unspecified() => self.bind_address,
@@ -181,18 +144,10 @@ impl Options {
                         sans.push(host.to_string());
                     }
                 }
-                sans.extend(
-                    self.tls_sans
-                        .iter()
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty()),
-                );
+                sans.extend(self.tls_sans.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
                 let mut seen = std::collections::BTreeSet::new();
                 sans.retain(|s| seen.insert(s.clone()));
-                TlsSource::Generated {
-                    cert_dir: self.cert_dir.clone(),
-                    sans,
-                }
+                TlsSource::Generated { cert_dir: self.cert_dir.clone(), sans }
             }
         };
         if let Some(f) = &self.token_auth_file

@@ -75,38 +75,19 @@ impl std::fmt::Debug for ResourceInfo {
     }
 }
 
-pub const ALL_VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-const NAMESPACE_VERBS: &[&str] = &[
-    "create", "delete", "get", "list", "patch", "update", "watch",
-];
+pub const ALL_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const NAMESPACE_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
 pub const SUBRESOURCE_VERBS: &[&str] = &["get", "patch", "update"];
 
 impl ResourceInfo {
     /// `apps/v1`, or `v1` for the core group.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
     }
 
     /// `deployments.apps`, or `pods` for the core group, as upstream names resources in messages.
     pub fn qualified_resource(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_string()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
     }
 
     /// The etcd key prefix holding every object of this resource: `/registry/<resource>/`.
@@ -149,10 +130,7 @@ impl ResourceInfo {
                 verbs: SUBRESOURCE_VERBS,
             });
         }
-        self.extra_subresources
-            .iter()
-            .find(|s| s.name == name)
-            .copied()
+        self.extra_subresources.iter().find(|s| s.name == name).copied()
     }
 
     pub fn subresources(&self) -> Vec<Subresource> {
@@ -169,11 +147,7 @@ impl ResourceInfo {
         match label {
             "metadata.name" => Some("metadata.name"),
             "metadata.namespace" if self.namespaced => Some("metadata.namespace"),
-            _ => self
-                .field_labels
-                .iter()
-                .find(|(l, _)| *l == label)
-                .map(|(_, p)| *p),
+            _ => self.field_labels.iter().find(|(l, _)| *l == label).map(|(_, p)| *p),
         }
     }
 }
@@ -208,11 +182,7 @@ impl Strategy for PlainStrategy {}
 fn normalize_as<K: DeserializeOwned + Serialize>(obj: Value) -> Result<Value, String> {
     let typed: K = serde_path_to_error::deserialize(obj).map_err(|e| {
         let path = e.path().to_string();
-        if path == "." {
-            e.inner().to_string()
-        } else {
-            format!("{path}: {}", e.inner())
-        }
+        if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
     })?;
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
@@ -225,8 +195,8 @@ where
     K: k8s_openapi::Resource + k8s_openapi::ListableResource + DeserializeOwned + Serialize,
     <K as k8s_openapi::Resource>::Scope: 'static,
 {
-    let namespaced = std::any::TypeId::of::<K::Scope>()
-        == std::any::TypeId::of::<k8s_openapi::NamespaceResourceScope>();
+    let namespaced =
+        std::any::TypeId::of::<K::Scope>() == std::any::TypeId::of::<k8s_openapi::NamespaceResourceScope>();
     Entry(ResourceInfo {
         group: K::GROUP,
         version: K::VERSION,
@@ -315,10 +285,7 @@ const EVENT_FIELDS: &[(&str, &str)] = &[
     ("involvedObject.name", "involvedObject.name"),
     ("involvedObject.uid", "involvedObject.uid"),
     ("involvedObject.apiVersion", "involvedObject.apiVersion"),
-    (
-        "involvedObject.resourceVersion",
-        "involvedObject.resourceVersion",
-    ),
+    ("involvedObject.resourceVersion", "involvedObject.resourceVersion"),
     ("involvedObject.fieldPath", "involvedObject.fieldPath"),
     ("reason", "reason"),
     ("reportingComponent", "reportingComponent"),
@@ -326,13 +293,8 @@ const EVENT_FIELDS: &[(&str, &str)] = &[
     ("type", "type"),
 ];
 
-const NAMESPACE_FINALIZE: &[Subresource] = &[Subresource {
-    name: "finalize",
-    group: "",
-    version: "v1",
-    kind: "Namespace",
-    verbs: &["update"],
-}];
+const NAMESPACE_FINALIZE: &[Subresource] =
+    &[Subresource { name: "finalize", group: "", version: "v1", kind: "Namespace", verbs: &["update"] }];
 
 /// Every served resource, looked up by group and plural, by kind and by short name.
 pub struct Registry {
@@ -364,21 +326,11 @@ impl Registry {
                 .categories(ALL)
                 .status()
                 .names(Label)
-                .fields(&[
-                    ("spec.clusterIP", "spec.clusterIP"),
-                    ("spec.type", "spec.type"),
-                ])
+                .fields(&[("spec.clusterIP", "spec.clusterIP"), ("spec.type", "spec.type")])
                 .strategy(&kinds::ServiceStrategy),
-            entry::<core::v1::Endpoints>()
-                .short(&["ep"])
-                .create_on_update()
-                .strategy(&kinds::EndpointsStrategy),
-            entry::<core::v1::ConfigMap>()
-                .short(&["cm"])
-                .strategy(&kinds::ConfigMapStrategy),
-            entry::<core::v1::Secret>()
-                .fields(&[("type", "type")])
-                .strategy(&kinds::SecretStrategy),
+            entry::<core::v1::Endpoints>().short(&["ep"]).create_on_update().strategy(&kinds::EndpointsStrategy),
+            entry::<core::v1::ConfigMap>().short(&["cm"]).strategy(&kinds::ConfigMapStrategy),
+            entry::<core::v1::Secret>().fields(&[("type", "type")]).strategy(&kinds::SecretStrategy),
             entry::<core::v1::Node>()
                 .short(&["no"])
                 .status()
@@ -431,27 +383,17 @@ impl Registry {
                 .status()
                 .generation()
                 .strategy(&kinds::CronJobStrategy),
-            entry::<coordination::v1::Lease>()
-                .names(PathSegment)
-                .create_on_update()
-                .strategy(&kinds::LeaseStrategy),
+            entry::<coordination::v1::Lease>().names(PathSegment).create_on_update().strategy(&kinds::LeaseStrategy),
             entry::<discovery::v1::EndpointSlice>().strategy(&kinds::EndpointSliceStrategy),
-            entry::<networking::v1::Ingress>()
-                .short(&["ing"])
-                .status()
-                .generation()
-                .strategy(&kinds::IngressStrategy),
+            entry::<networking::v1::Ingress>().short(&["ing"]).status().generation().strategy(&kinds::IngressStrategy),
         ];
         Registry::new(entries.into_iter().map(|e| e.0).collect())
     }
 
     pub fn new(entries: Vec<ResourceInfo>) -> Registry {
         let entries: Vec<Arc<ResourceInfo>> = entries.into_iter().map(Arc::new).collect();
-        let by_plural = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| ((e.group.to_string(), e.plural.to_string()), i))
-            .collect();
+        let by_plural =
+            entries.iter().enumerate().map(|(i, e)| ((e.group.to_string(), e.plural.to_string()), i)).collect();
         Registry { entries, by_plural }
     }
 
@@ -460,15 +402,12 @@ impl Registry {
     }
 
     pub fn by_plural(&self, group: &str, plural: &str) -> Option<&Arc<ResourceInfo>> {
-        self.by_plural
-            .get(&(group.to_string(), plural.to_string()))
-            .map(|&i| &self.entries[i])
+        self.by_plural.get(&(group.to_string(), plural.to_string())).map(|&i| &self.entries[i])
     }
 
     /// The resource served at `/api/v1` or `/apis/<group>/<version>` under `plural`.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceInfo>> {
-        self.by_plural(group, plural)
-            .filter(|r| r.version == version)
+        self.by_plural(group, plural).filter(|r| r.version == version)
     }
 
     /// Group names in discovery order (core first, then as registered).
@@ -498,9 +437,7 @@ impl Registry {
         group: &'a str,
         version: &'a str,
     ) -> impl Iterator<Item = &'a Arc<ResourceInfo>> {
-        self.entries
-            .iter()
-            .filter(move |e| e.group == group && e.version == version)
+        self.entries.iter().filter(move |e| e.group == group && e.version == version)
     }
 }
 
@@ -531,10 +468,7 @@ mod tests {
             ("discovery.k8s.io", "endpointslices"),
             ("networking.k8s.io", "ingresses"),
         ] {
-            assert!(
-                reg.by_plural(group, plural).is_some(),
-                "{group}/{plural} missing"
-            );
+            assert!(reg.by_plural(group, plural).is_some(), "{group}/{plural} missing");
         }
     }
 
@@ -544,20 +478,12 @@ mod tests {
         let pods = reg.by_plural("", "pods").expect("pods");
         assert_eq!(pods.key("default", "web"), "/registry/pods/default/web");
         assert_eq!(pods.list_prefix(""), "/registry/pods/");
-        assert_eq!(
-            pods.list_prefix("kube-system"),
-            "/registry/pods/kube-system/"
-        );
+        assert_eq!(pods.list_prefix("kube-system"), "/registry/pods/kube-system/");
         let nodes = reg.by_plural("", "nodes").expect("nodes");
         assert!(!nodes.namespaced);
         assert_eq!(nodes.key("ignored", "n1"), "/registry/nodes/n1");
-        let slices = reg
-            .by_plural("discovery.k8s.io", "endpointslices")
-            .expect("slices");
-        assert_eq!(
-            slices.key("default", "s"),
-            "/registry/endpointslices/default/s"
-        );
+        let slices = reg.by_plural("discovery.k8s.io", "endpointslices").expect("slices");
+        assert_eq!(slices.key("default", "s"), "/registry/endpointslices/default/s");
     }
 
     #[test]
@@ -573,17 +499,8 @@ mod tests {
     fn scope_comes_from_the_type() {
         let reg = Registry::builtin();
         assert!(!reg.by_plural("", "namespaces").expect("ns").namespaced);
-        assert!(
-            reg.by_plural("apps", "deployments")
-                .expect("deploy")
-                .namespaced
-        );
-        assert_eq!(
-            reg.by_plural("apps", "deployments")
-                .expect("deploy")
-                .singular,
-            "deployment"
-        );
+        assert!(reg.by_plural("apps", "deployments").expect("deploy").namespaced);
+        assert_eq!(reg.by_plural("apps", "deployments").expect("deploy").singular, "deployment");
     }
 
     #[test]
@@ -591,16 +508,11 @@ mod tests {
         let reg = Registry::builtin();
         let cm = reg.by_plural("", "configmaps").expect("cm");
         let out = cm
-            .normalize(
-                serde_json::json!({"metadata": {"name": "a"}, "data": {"k": "v"}, "bogus": 1}),
-            )
+            .normalize(serde_json::json!({"metadata": {"name": "a"}, "data": {"k": "v"}, "bogus": 1}))
             .expect("normalizes");
         assert_eq!(out["kind"], "ConfigMap");
         assert_eq!(out["apiVersion"], "v1");
         assert!(out.get("bogus").is_none());
-        assert!(
-            cm.normalize(serde_json::json!({"metadata": {"name": "a"}, "data": "nope"}))
-                .is_err()
-        );
+        assert!(cm.normalize(serde_json::json!({"metadata": {"name": "a"}, "data": "nope"})).is_err());
     }
 }

@@ -34,9 +34,7 @@ pub struct Requirement {
 
 impl Requirement {
     fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
-        let value = labels
-            .and_then(|l| l.get(&self.key))
-            .and_then(Value::as_str);
+        let value = labels.and_then(|l| l.get(&self.key)).and_then(Value::as_str);
         match (&self.op, value) {
             (LabelOp::Exists, v) => v.is_some(),
             (LabelOp::DoesNotExist, v) => v.is_none(),
@@ -61,21 +59,15 @@ pub struct LabelSelector {
 
 impl LabelSelector {
     pub fn parse(input: &str) -> Result<LabelSelector, ApiError> {
-        let mut p = Lexer {
-            s: input.as_bytes(),
-            i: 0,
-        };
+        let mut p = Lexer { s: input.as_bytes(), i: 0 };
         let mut requirements = Vec::new();
         p.skip_ws();
         if p.eof() {
             return Ok(LabelSelector::default());
         }
         loop {
-            requirements.push(
-                p.requirement().map_err(|e| {
-                    ApiError::BadRequest(format!("unable to parse requirement: {e}"))
-                })?,
-            );
+            requirements
+                .push(p.requirement().map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?);
             p.skip_ws();
             if p.eof() {
                 break;
@@ -157,10 +149,7 @@ impl Lexer<'_> {
         if self.eat("!") {
             self.skip_ws();
             let key = self.key()?;
-            return Ok(Requirement {
-                key,
-                op: LabelOp::DoesNotExist,
-            });
+            return Ok(Requirement { key, op: LabelOp::DoesNotExist });
         }
         let key = self.key()?;
         self.skip_ws();
@@ -179,48 +168,35 @@ impl Lexer<'_> {
         } else if self.keyword("in") {
             LabelOp::In(self.set()?)
         } else {
-            return Err(format!(
-                "found '{}', expected: in, notin, =, ==, !=, gt, lt",
-                self.rest_token()
-            ));
+            return Err(format!("found '{}', expected: in, notin, =, ==, !=, gt, lt", self.rest_token()));
         };
         Ok(Requirement { key, op })
     }
 
     fn rest_token(&self) -> String {
-        String::from_utf8_lossy(&self.s[self.i..])
-            .split([' ', ','])
-            .next()
-            .unwrap_or("")
-            .to_string()
+        String::from_utf8_lossy(&self.s[self.i..]).split([' ', ',']).next().unwrap_or("").to_string()
     }
 
     fn key(&mut self) -> Result<String, String> {
         let key = self.word();
         if key.is_empty() {
-            return Err(format!(
-                "found '{}', expected: identifier",
-                self.rest_token()
-            ));
+            return Err(format!("found '{}', expected: identifier", self.rest_token()));
         }
-        validation::qualified_name(&key)
-            .map_err(|e| format!("key: Invalid value: \"{key}\": {e}"))?;
+        validation::qualified_name(&key).map_err(|e| format!("key: Invalid value: \"{key}\": {e}"))?;
         Ok(key)
     }
 
     fn value(&mut self) -> Result<String, String> {
         self.skip_ws();
         let v = self.word();
-        validation::label_value(&v)
-            .map_err(|e| format!("values[0]: Invalid value: \"{v}\": {e}"))?;
+        validation::label_value(&v).map_err(|e| format!("values[0]: Invalid value: \"{v}\": {e}"))?;
         Ok(v)
     }
 
     fn integer(&mut self) -> Result<i64, String> {
         self.skip_ws();
         let v = self.word();
-        v.parse::<i64>()
-            .map_err(|_| format!("for 'Gt', 'Lt' operators, the value must be an integer: \"{v}\""))
+        v.parse::<i64>().map_err(|_| format!("for 'Gt', 'Lt' operators, the value must be an integer: \"{v}\""))
     }
 
     fn set(&mut self) -> Result<BTreeSet<String>, String> {
@@ -235,8 +211,7 @@ impl Lexer<'_> {
                 break;
             }
             let v = self.word();
-            validation::label_value(&v)
-                .map_err(|e| format!("values: Invalid value: \"{v}\": {e}"))?;
+            validation::label_value(&v).map_err(|e| format!("values: Invalid value: \"{v}\": {e}"))?;
             values.insert(v);
             self.skip_ws();
             if self.eat(",") {
@@ -282,19 +257,13 @@ impl FieldSelector {
             } else if let Some((l, v)) = split_once_unescaped(&term, "=") {
                 (l, v, false)
             } else {
-                return Err(ApiError::BadRequest(format!(
-                    "invalid selector: '{input}'; can't understand '{term}'"
-                )));
+                return Err(ApiError::BadRequest(format!("invalid selector: '{input}'; can't understand '{term}'")));
             };
             let label = label.trim();
-            let path = info.field_path(label).ok_or_else(|| {
-                ApiError::BadRequest(format!("field label not supported: {label}"))
-            })?;
-            requirements.push(FieldRequirement {
-                path,
-                value: unescape(&value),
-                negated,
-            });
+            let path = info
+                .field_path(label)
+                .ok_or_else(|| ApiError::BadRequest(format!("field label not supported: {label}")))?;
+            requirements.push(FieldRequirement { path, value: unescape(&value), negated });
         }
         Ok(FieldSelector { requirements })
     }
@@ -304,17 +273,12 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.requirements
-            .iter()
-            .all(|r| (meta::field_value(obj, r.path) == r.value) != r.negated)
+        self.requirements.iter().all(|r| (meta::field_value(obj, r.path) == r.value) != r.negated)
     }
 
     /// The name this selector pins (`metadata.name=x`), which lets a list read one key.
     pub fn exact_name(&self) -> Option<&str> {
-        self.requirements
-            .iter()
-            .find(|r| r.path == "metadata.name" && !r.negated)
-            .map(|r| r.value.as_str())
+        self.requirements.iter().find(|r| r.path == "metadata.name" && !r.negated).map(|r| r.value.as_str())
     }
 }
 
@@ -429,15 +393,7 @@ mod tests {
 
     #[test]
     fn malformed_label_selectors_are_bad_requests() {
-        for s in [
-            "app=",
-            "=web",
-            "app in ()",
-            "app in (a",
-            "app ~ x",
-            "app=a b",
-            "-bad=x",
-        ] {
+        for s in ["app=", "=web", "app in ()", "app in (a", "app ~ x", "app=a b", "-bad=x"] {
             if s == "app=" {
                 // An empty value is a valid label value.
                 assert!(LabelSelector::parse(s).is_ok());
@@ -453,8 +409,7 @@ mod tests {
         let reg = Registry::builtin();
         let pods = reg.by_plural("", "pods").expect("pods");
         let p = pod(json!({}));
-        let s =
-            FieldSelector::parse("spec.nodeName=n1,status.phase!=Pending", pods).expect("parses");
+        let s = FieldSelector::parse("spec.nodeName=n1,status.phase!=Pending", pods).expect("parses");
         assert!(s.matches(&p));
         let s = FieldSelector::parse("metadata.name==q", pods).expect("parses");
         assert!(!s.matches(&p));

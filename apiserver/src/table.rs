@@ -20,31 +20,13 @@ pub struct Col {
 }
 
 const fn col(name: &'static str, description: &'static str) -> Col {
-    Col {
-        name,
-        ty: "string",
-        format: "",
-        description,
-        priority: 0,
-    }
+    Col { name, ty: "string", format: "", description, priority: 0 }
 }
 const fn int(name: &'static str, description: &'static str) -> Col {
-    Col {
-        name,
-        ty: "integer",
-        format: "",
-        description,
-        priority: 0,
-    }
+    Col { name, ty: "integer", format: "", description, priority: 0 }
 }
 const fn wide(name: &'static str, description: &'static str) -> Col {
-    Col {
-        name,
-        ty: "string",
-        format: "",
-        description,
-        priority: 1,
-    }
+    Col { name, ty: "string", format: "", description, priority: 1 }
 }
 const NAME: Col = Col {
     name: "Name",
@@ -61,10 +43,7 @@ pub struct TableDef {
     pub row: fn(&Value, Timestamp) -> Vec<Value>,
 }
 
-pub const DEFAULT: TableDef = TableDef {
-    columns: &[NAME, AGE],
-    row: |o, now| vec![name(o), meta::age(o, now).into()],
-};
+pub const DEFAULT: TableDef = TableDef { columns: &[NAME, AGE], row: |o, now| vec![name(o), meta::age(o, now).into()] };
 
 /// What each row's `object` holds (`?includeObject=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +59,7 @@ impl IncludeObject {
             None | Some("") | Some("Metadata") => Ok(IncludeObject::Metadata),
             Some("None") => Ok(IncludeObject::None),
             Some("Object") => Ok(IncludeObject::Object),
-            Some(o) => Err(crate::error::ApiError::BadRequest(format!(
-                "includeObject value {o} is not supported"
-            ))),
+            Some(o) => Err(crate::error::ApiError::BadRequest(format!("includeObject value {o} is not supported"))),
         }
     }
 }
@@ -167,11 +144,7 @@ fn arr<'a>(v: &'a Value, path: &str) -> &'a [Value] {
 }
 
 fn or_none(s: String) -> Value {
-    if s.is_empty() {
-        "<none>".into()
-    } else {
-        s.into()
-    }
+    if s.is_empty() { "<none>".into() } else { s.into() }
 }
 
 /// `a=b,c=d` from a string map, sorted by key; `<none>` when empty.
@@ -179,20 +152,14 @@ fn map_selector(m: Option<&Value>) -> String {
     let Some(m) = m.and_then(Value::as_object) else {
         return String::new();
     };
-    m.iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect::<Vec<_>>()
-        .join(",")
+    m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
 }
 
 /// A LabelSelector (matchLabels and matchExpressions) in selector syntax.
 fn label_selector(sel: &Value) -> String {
     let mut parts: Vec<String> = Vec::new();
     if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
-        parts.extend(
-            ml.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))),
-        );
+        parts.extend(ml.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))));
     }
     for e in arr(sel, "matchExpressions") {
         let key = s(e, "key");
@@ -216,10 +183,7 @@ fn containers_and_images(pod_spec: &Value) -> (Value, Value) {
 }
 
 fn template_spec(o: &Value) -> &Value {
-    o.get("spec")
-        .and_then(|s| s.get("template"))
-        .and_then(|t| t.get("spec"))
-        .unwrap_or(&Value::Null)
+    o.get("spec").and_then(|s| s.get("template")).and_then(|t| t.get("spec")).unwrap_or(&Value::Null)
 }
 
 // ---- per-kind printers ----
@@ -227,14 +191,8 @@ fn template_spec(o: &Value) -> &Value {
 pub const POD: TableDef = TableDef {
     columns: &[
         NAME,
-        col(
-            "Ready",
-            "The aggregate readiness state of this pod for accepting traffic.",
-        ),
-        col(
-            "Status",
-            "The aggregate status of the containers in this pod.",
-        ),
+        col("Ready", "The aggregate readiness state of this pod for accepting traffic."),
+        col("Status", "The aggregate status of the containers in this pod."),
         col(
             "Restarts",
             "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
@@ -242,14 +200,8 @@ pub const POD: TableDef = TableDef {
         AGE,
         wide("IP", "IP address allocated to the pod."),
         wide("Node", "Name of the Node this pod is assigned to."),
-        wide(
-            "Nominated Node",
-            "Name of the node where the pod would run if preemption succeeds.",
-        ),
-        wide(
-            "Readiness Gates",
-            "Pod readiness gates, and how many of them are true.",
-        ),
+        wide("Nominated Node", "Name of the node where the pod would run if preemption succeeds."),
+        wide("Readiness Gates", "Pod readiness gates, and how many of them are true."),
     ],
     row: pod_row,
 };
@@ -258,10 +210,7 @@ fn pod_row(o: &Value, now: Timestamp) -> Vec<Value> {
     let spec = o.get("spec").unwrap_or(&Value::Null);
     let status = o.get("status").unwrap_or(&Value::Null);
     let total = arr(spec, "containers").len()
-        + arr(spec, "initContainers")
-            .iter()
-            .filter(|c| s(c, "restartPolicy") == "Always")
-            .count();
+        + arr(spec, "initContainers").iter().filter(|c| s(c, "restartPolicy") == "Always").count();
     let statuses = arr(status, "containerStatuses");
     let init_statuses = arr(status, "initContainerStatuses");
     let mut restarts = 0;
@@ -273,11 +222,8 @@ fn pod_row(o: &Value, now: Timestamp) -> Vec<Value> {
             last_restart = Some(last_restart.map_or(t, |l: Timestamp| l.max(t)));
         }
     };
-    let mut reason = if s(status, "reason").is_empty() {
-        s(status, "phase").to_string()
-    } else {
-        s(status, "reason").to_string()
-    };
+    let mut reason =
+        if s(status, "reason").is_empty() { s(status, "phase").to_string() } else { s(status, "reason").to_string() };
 
     // Init containers run in order; the first one not yet done decides the status.
     let init_count = arr(spec, "initContainers").len();
@@ -306,9 +252,7 @@ fn pod_row(o: &Value, now: Timestamp) -> Vec<Value> {
             } else {
                 format!("Init:ExitCode:{}", n(t, "exitCode"))
             };
-        } else if let Some(w) =
-            waiting.filter(|w| !s(w, "reason").is_empty() && s(w, "reason") != "PodInitializing")
-        {
+        } else if let Some(w) = waiting.filter(|w| !s(w, "reason").is_empty() && s(w, "reason") != "PodInitializing") {
             reason = format!("Init:{}", s(w, "reason"));
         } else {
             reason = format!("Init:{i}/{init_count}");
@@ -331,22 +275,15 @@ fn pod_row(o: &Value, now: Timestamp) -> Vec<Value> {
                 } else {
                     format!("ExitCode:{}", n(t, "exitCode"))
                 };
-            } else if state.get("running").is_some()
-                && cs.get("ready").and_then(Value::as_bool) == Some(true)
-            {
+            } else if state.get("running").is_some() && cs.get("ready").and_then(Value::as_bool) == Some(true) {
                 has_running = true;
                 ready += 1;
             }
         }
         if reason == "Completed" && has_running {
-            let pod_ready = arr(status, "conditions")
-                .iter()
-                .any(|c| s(c, "type") == "Ready" && s(c, "status") == "True");
-            reason = if pod_ready {
-                "Running".into()
-            } else {
-                "NotReady".into()
-            };
+            let pod_ready =
+                arr(status, "conditions").iter().any(|c| s(c, "type") == "Ready" && s(c, "status") == "True");
+            reason = if pod_ready { "Running".into() } else { "NotReady".into() };
         }
     } else {
         for cs in statuses {
@@ -354,17 +291,12 @@ fn pod_row(o: &Value, now: Timestamp) -> Vec<Value> {
         }
     }
     if meta::is_deleting(o) {
-        reason = if s(status, "reason") == "NodeLost" {
-            "Unknown".into()
-        } else {
-            "Terminating".into()
-        };
+        reason = if s(status, "reason") == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
     }
     let restarts_cell = match last_restart {
-        Some(t) if restarts > 0 => format!(
-            "{restarts} ({} ago)",
-            meta::human_duration(now.as_second() - t.as_second())
-        ),
+        Some(t) if restarts > 0 => {
+            format!("{restarts} ({} ago)", meta::human_duration(now.as_second() - t.as_second()))
+        }
         _ => restarts.to_string(),
     };
     let gates = arr(spec, "readinessGates");
@@ -395,10 +327,7 @@ fn pod_row(o: &Value, now: Timestamp) -> Vec<Value> {
 }
 
 const CONTAINERS: Col = wide("Containers", "Names of each container in the template.");
-const IMAGES: Col = wide(
-    "Images",
-    "Images referenced by each container in the template.",
-);
+const IMAGES: Col = wide("Images", "Images referenced by each container in the template.");
 const SELECTOR: Col = wide("Selector", "Label selector for pods.");
 
 pub const DEPLOYMENT: TableDef = TableDef {
@@ -428,12 +357,7 @@ pub const DEPLOYMENT: TableDef = TableDef {
             meta::age(o, now).into(),
             c,
             i,
-            label_selector(
-                o.get("spec")
-                    .and_then(|s| s.get("selector"))
-                    .unwrap_or(&Value::Null),
-            )
-            .into(),
+            label_selector(o.get("spec").and_then(|s| s.get("selector")).unwrap_or(&Value::Null)).into(),
         ]
     },
 };
@@ -459,24 +383,13 @@ pub const REPLICA_SET: TableDef = TableDef {
             meta::age(o, now).into(),
             c,
             i,
-            label_selector(
-                o.get("spec")
-                    .and_then(|s| s.get("selector"))
-                    .unwrap_or(&Value::Null),
-            )
-            .into(),
+            label_selector(o.get("spec").and_then(|s| s.get("selector")).unwrap_or(&Value::Null)).into(),
         ]
     },
 };
 
 pub const STATEFUL_SET: TableDef = TableDef {
-    columns: &[
-        NAME,
-        col("Ready", "Number of the pod with ready state"),
-        AGE,
-        CONTAINERS,
-        IMAGES,
-    ],
+    columns: &[NAME, col("Ready", "Number of the pod with ready state"), AGE, CONTAINERS, IMAGES],
     row: |o, now| {
         let (c, i) = containers_and_images(template_spec(o));
         vec![
@@ -492,30 +405,18 @@ pub const STATEFUL_SET: TableDef = TableDef {
 pub const DAEMON_SET: TableDef = TableDef {
     columns: &[
         NAME,
-        int(
-            "Desired",
-            "The total number of nodes that should be running the daemon pod.",
-        ),
-        int(
-            "Current",
-            "The number of nodes running at least one daemon pod and are supposed to.",
-        ),
+        int("Desired", "The total number of nodes that should be running the daemon pod."),
+        int("Current", "The number of nodes running at least one daemon pod and are supposed to."),
         int(
             "Ready",
             "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
         ),
-        int(
-            "Up-to-date",
-            "The total number of nodes that are running updated daemon pod.",
-        ),
+        int("Up-to-date", "The total number of nodes that are running updated daemon pod."),
         int(
             "Available",
             "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available.",
         ),
-        col(
-            "Node Selector",
-            "NodeSelector is a selector which must be true for the pod to fit on a node.",
-        ),
+        col("Node Selector", "NodeSelector is a selector which must be true for the pod to fit on a node."),
         AGE,
         CONTAINERS,
         IMAGES,
@@ -535,12 +436,7 @@ pub const DAEMON_SET: TableDef = TableDef {
             meta::age(o, now).into(),
             c,
             i,
-            label_selector(
-                o.get("spec")
-                    .and_then(|s| s.get("selector"))
-                    .unwrap_or(&Value::Null),
-            )
-            .into(),
+            label_selector(o.get("spec").and_then(|s| s.get("selector")).unwrap_or(&Value::Null)).into(),
         ]
     },
 };
@@ -549,59 +445,32 @@ pub const SERVICE: TableDef = TableDef {
     columns: &[
         NAME,
         col("Type", "How the service is exposed."),
-        col(
-            "Cluster-IP",
-            "The IP address of the service inside the cluster.",
-        ),
+        col("Cluster-IP", "The IP address of the service inside the cluster."),
         col("External-IP", "External addresses of the service."),
         col("Port(s)", "The ports the service exposes."),
         AGE,
-        wide(
-            "Selector",
-            "Route service traffic to pods with label keys and values matching this selector.",
-        ),
+        wide("Selector", "Route service traffic to pods with label keys and values matching this selector."),
     ],
     row: |o, now| {
         let spec = o.get("spec").unwrap_or(&Value::Null);
-        let ty = if s(spec, "type").is_empty() {
-            "ClusterIP"
-        } else {
-            s(spec, "type")
-        };
-        let external_ips: Vec<&str> = arr(spec, "externalIPs")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let ty = if s(spec, "type").is_empty() { "ClusterIP" } else { s(spec, "type") };
+        let external_ips: Vec<&str> = arr(spec, "externalIPs").iter().filter_map(Value::as_str).collect();
         let external = match ty {
             "ExternalName" => s(spec, "externalName").to_string(),
             "LoadBalancer" => {
                 let mut ips: Vec<String> = arr(o, "status.loadBalancer.ingress")
                     .iter()
-                    .map(|i| {
-                        if s(i, "ip").is_empty() {
-                            s(i, "hostname").to_string()
-                        } else {
-                            s(i, "ip").to_string()
-                        }
-                    })
+                    .map(|i| if s(i, "ip").is_empty() { s(i, "hostname").to_string() } else { s(i, "ip").to_string() })
                     .collect();
                 ips.extend(external_ips.iter().map(|s| s.to_string()));
-                if ips.is_empty() {
-                    "<pending>".into()
-                } else {
-                    ips.join(",")
-                }
+                if ips.is_empty() { "<pending>".into() } else { ips.join(",") }
             }
             _ => external_ips.join(","),
         };
         let ports: Vec<String> = arr(spec, "ports")
             .iter()
             .map(|p| {
-                let proto = if s(p, "protocol").is_empty() {
-                    "TCP"
-                } else {
-                    s(p, "protocol")
-                };
+                let proto = if s(p, "protocol").is_empty() { "TCP" } else { s(p, "protocol") };
                 if n(p, "nodePort") > 0 {
                     format!("{}:{}/{proto}", n(p, "port"), n(p, "nodePort"))
                 } else {
@@ -626,17 +495,8 @@ fn format_endpoints(endpoints: &[String]) -> String {
     if endpoints.is_empty() {
         return "<none>".into();
     }
-    let shown = endpoints
-        .iter()
-        .take(3)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(",");
-    if endpoints.len() > 3 {
-        format!("{shown} + {} more...", endpoints.len() - 3)
-    } else {
-        shown
-    }
+    let shown = endpoints.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+    if endpoints.len() > 3 { format!("{shown} + {} more...", endpoints.len() - 3) } else { shown }
 }
 
 pub const ENDPOINTS: TableDef = TableDef {
@@ -654,52 +514,29 @@ pub const ENDPOINTS: TableDef = TableDef {
                 }
             }
         }
-        vec![
-            name(o),
-            format_endpoints(&eps).into(),
-            meta::age(o, now).into(),
-        ]
+        vec![name(o), format_endpoints(&eps).into(), meta::age(o, now).into()]
     },
 };
 
 pub const ENDPOINT_SLICE: TableDef = TableDef {
     columns: &[
         NAME,
-        col(
-            "AddressType",
-            "The type of address carried by this EndpointSlice.",
-        ),
+        col("AddressType", "The type of address carried by this EndpointSlice."),
         col("Ports", "Ports of the endpoints."),
         col("Endpoints", "Addresses of the endpoints."),
         AGE,
     ],
     row: |o, now| {
-        let ports: Vec<String> = arr(o, "ports")
-            .iter()
-            .map(|p| n(p, "port").to_string())
-            .collect();
+        let ports: Vec<String> = arr(o, "ports").iter().map(|p| n(p, "port").to_string()).collect();
         let addrs: Vec<String> = arr(o, "endpoints")
             .iter()
-            .flat_map(|e| {
-                arr(e, "addresses")
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-            })
+            .flat_map(|e| arr(e, "addresses").iter().filter_map(Value::as_str).map(str::to_string))
             .collect();
         vec![
             name(o),
             s(o, "addressType").into(),
-            if ports.is_empty() {
-                "<unset>".into()
-            } else {
-                ports.join(",").into()
-            },
-            if addrs.is_empty() {
-                "<unset>".into()
-            } else {
-                format_endpoints(&addrs).into()
-            },
+            if ports.is_empty() { "<unset>".into() } else { ports.join(",").into() },
+            if addrs.is_empty() { "<unset>".into() } else { format_endpoints(&addrs).into() },
             meta::age(o, now).into(),
         ]
     },
@@ -714,14 +551,8 @@ pub const NODE: TableDef = TableDef {
         col("Version", "Kubelet Version reported by the node."),
         wide("Internal-IP", "List of internal IPs for the node."),
         wide("External-IP", "List of external IPs for the node."),
-        wide(
-            "OS-Image",
-            "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 12 (bookworm)).",
-        ),
-        wide(
-            "Kernel-Version",
-            "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
-        ),
+        wide("OS-Image", "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 12 (bookworm))."),
+        wide("Kernel-Version", "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64)."),
         wide(
             "Container-Runtime",
             "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
@@ -729,20 +560,13 @@ pub const NODE: TableDef = TableDef {
     ],
     row: |o, now| {
         let status = o.get("status").unwrap_or(&Value::Null);
-        let mut state = match arr(status, "conditions")
-            .iter()
-            .find(|c| s(c, "type") == "Ready")
-            .map(|c| s(c, "status"))
+        let mut state = match arr(status, "conditions").iter().find(|c| s(c, "type") == "Ready").map(|c| s(c, "status"))
         {
             Some("True") => "Ready".to_string(),
             Some("False") => "NotReady".to_string(),
             _ => "Unknown".to_string(),
         };
-        if o.get("spec")
-            .and_then(|s| s.get("unschedulable"))
-            .and_then(Value::as_bool)
-            == Some(true)
-        {
+        if o.get("spec").and_then(|s| s.get("unschedulable")).and_then(Value::as_bool) == Some(true) {
             state.push_str(",SchedulingDisabled");
         }
         let mut roles: Vec<String> = meta::labels(o)
@@ -788,21 +612,11 @@ pub const NODE: TableDef = TableDef {
 
 pub const NAMESPACE: TableDef = TableDef {
     columns: &[NAME, col("Status", "The status of the namespace"), AGE],
-    row: |o, now| {
-        vec![
-            name(o),
-            s(o, "status.phase").into(),
-            meta::age(o, now).into(),
-        ]
-    },
+    row: |o, now| vec![name(o), s(o, "status.phase").into(), meta::age(o, now).into()],
 };
 
 fn data_count(o: &Value) -> i64 {
-    let count = |k: &str| {
-        o.get(k)
-            .and_then(Value::as_object)
-            .map_or(0, |m| m.len() as i64)
-    };
+    let count = |k: &str| o.get(k).and_then(Value::as_object).map_or(0, |m| m.len() as i64);
     count("data") + count("binaryData") + count("stringData")
 }
 
@@ -812,20 +626,8 @@ pub const CONFIG_MAP: TableDef = TableDef {
 };
 
 pub const SECRET: TableDef = TableDef {
-    columns: &[
-        NAME,
-        col("Type", "The type of the secret"),
-        int("Data", "The number of data items in the secret"),
-        AGE,
-    ],
-    row: |o, now| {
-        vec![
-            name(o),
-            s(o, "type").into(),
-            data_count(o).into(),
-            meta::age(o, now).into(),
-        ]
-    },
+    columns: &[NAME, col("Type", "The type of the secret"), int("Data", "The number of data items in the secret"), AGE],
+    row: |o, now| vec![name(o), s(o, "type").into(), data_count(o).into(), meta::age(o, now).into()],
 };
 
 pub const SERVICE_ACCOUNT: TableDef = TableDef {
@@ -837,23 +639,14 @@ pub const SERVICE_ACCOUNT: TableDef = TableDef {
         ),
         AGE,
     ],
-    row: |o, now| {
-        vec![
-            name(o),
-            (arr(o, "secrets").len() as i64).into(),
-            meta::age(o, now).into(),
-        ]
-    },
+    row: |o, now| vec![name(o), (arr(o, "secrets").len() as i64).into(), meta::age(o, now).into()],
 };
 
 pub const JOB: TableDef = TableDef {
     columns: &[
         NAME,
         col("Status", "Status of the job."),
-        col(
-            "Completions",
-            "The desired number of successfully finished pods the job should be run with.",
-        ),
+        col("Completions", "The desired number of successfully finished pods the job should be run with."),
         col("Duration", "Time required to complete the job."),
         AGE,
         CONTAINERS,
@@ -874,11 +667,7 @@ pub const JOB: TableDef = TableDef {
                 }
             }
         };
-        let cond = |t: &str| {
-            arr(status, "conditions")
-                .iter()
-                .any(|c| s(c, "type") == t && s(c, "status") == "True")
-        };
+        let cond = |t: &str| arr(status, "conditions").iter().any(|c| s(c, "type") == t && s(c, "status") == "True");
         let state = if cond("Complete") {
             "Complete"
         } else if cond("Failed") {
@@ -894,10 +683,7 @@ pub const JOB: TableDef = TableDef {
         } else {
             "Running"
         };
-        let duration = match (
-            meta::parse_time(s(status, "startTime")),
-            meta::parse_time(s(status, "completionTime")),
-        ) {
+        let duration = match (meta::parse_time(s(status, "startTime")), meta::parse_time(s(status, "completionTime"))) {
             (Some(start), Some(end)) => meta::human_duration(end.as_second() - start.as_second()),
             (Some(start), None) => meta::human_duration(now.as_second() - start.as_second()),
             _ => String::new(),
@@ -923,10 +709,7 @@ pub const CRON_JOB: TableDef = TableDef {
         col("Timezone", "The time zone name for the given schedule."),
         col("Suspend", "Whether later executions are suspended."),
         int("Active", "Number of currently running jobs."),
-        col(
-            "Last Schedule",
-            "When the job was last successfully scheduled.",
-        ),
+        col("Last Schedule", "When the job was last successfully scheduled."),
         AGE,
         CONTAINERS,
         IMAGES,
@@ -934,31 +717,17 @@ pub const CRON_JOB: TableDef = TableDef {
     ],
     row: |o, now| {
         let spec = o.get("spec").unwrap_or(&Value::Null);
-        let job_spec = spec
-            .get("jobTemplate")
-            .and_then(|t| t.get("spec"))
-            .unwrap_or(&Value::Null);
-        let pod_spec = job_spec
-            .get("template")
-            .and_then(|t| t.get("spec"))
-            .unwrap_or(&Value::Null);
+        let job_spec = spec.get("jobTemplate").and_then(|t| t.get("spec")).unwrap_or(&Value::Null);
+        let pod_spec = job_spec.get("template").and_then(|t| t.get("spec")).unwrap_or(&Value::Null);
         let (c, i) = containers_and_images(pod_spec);
         let last = s(o, "status.lastScheduleTime");
         vec![
             name(o),
             s(spec, "schedule").into(),
             or_none(s(spec, "timeZone").into()),
-            spec.get("suspend")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-                .to_string()
-                .into(),
+            spec.get("suspend").and_then(Value::as_bool).unwrap_or(false).to_string().into(),
             (arr(o, "status.active").len() as i64).into(),
-            if last.is_empty() {
-                "<none>".into()
-            } else {
-                meta::translate_timestamp(last, now).into()
-            },
+            if last.is_empty() { "<none>".into() } else { meta::translate_timestamp(last, now).into() },
             meta::age(o, now).into(),
             c,
             i,
@@ -971,10 +740,7 @@ pub const EVENT: TableDef = TableDef {
     columns: &[
         col("Last Seen", "The last time this event was seen."),
         col("Type", "Type of this event (Normal, Warning)."),
-        col(
-            "Reason",
-            "Short, machine understandable reason for this event.",
-        ),
+        col("Reason", "Short, machine understandable reason for this event."),
         col("Object", "The object this event is about."),
         wide("Subobject", "The part of the object this event is about."),
         wide("Source", "The component reporting this event."),
@@ -997,11 +763,7 @@ pub const EVENT: TableDef = TableDef {
     ],
     row: |o, now| {
         let involved = o.get("involvedObject").unwrap_or(&Value::Null);
-        let first = if s(o, "firstTimestamp").is_empty() {
-            s(o, "eventTime")
-        } else {
-            s(o, "firstTimestamp")
-        };
+        let first = if s(o, "firstTimestamp").is_empty() { s(o, "eventTime") } else { s(o, "firstTimestamp") };
         let last = if !s(o, "lastTimestamp").is_empty() {
             s(o, "lastTimestamp")
         } else if !s(o, "series.lastObservedTime").is_empty() {
@@ -1019,21 +781,12 @@ pub const EVENT: TableDef = TableDef {
         } else {
             s(o, "reportingComponent").to_string()
         };
-        let count = if n(o, "series.count") > 0 {
-            n(o, "series.count")
-        } else {
-            n(o, "count").max(1)
-        };
+        let count = if n(o, "series.count") > 0 { n(o, "series.count") } else { n(o, "count").max(1) };
         vec![
             meta::translate_timestamp(last, now).into(),
             s(o, "type").into(),
             s(o, "reason").into(),
-            format!(
-                "{}/{}",
-                s(involved, "kind").to_ascii_lowercase(),
-                s(involved, "name")
-            )
-            .into(),
+            format!("{}/{}", s(involved, "kind").to_ascii_lowercase(), s(involved, "name")).into(),
             s(involved, "fieldPath").into(),
             source.into(),
             s(o, "message").trim().into(),
@@ -1046,60 +799,30 @@ pub const EVENT: TableDef = TableDef {
 
 pub const LEASE: TableDef = TableDef {
     columns: &[NAME, col("Holder", "The holder of the lease."), AGE],
-    row: |o, now| {
-        vec![
-            name(o),
-            s(o, "spec.holderIdentity").into(),
-            meta::age(o, now).into(),
-        ]
-    },
+    row: |o, now| vec![name(o), s(o, "spec.holderIdentity").into(), meta::age(o, now).into()],
 };
 
 pub const INGRESS: TableDef = TableDef {
     columns: &[
         NAME,
         col("Class", "The name of the IngressClass resource."),
-        col(
-            "Hosts",
-            "Hosts that incoming requests are matched against before the ingress rule",
-        ),
-        col(
-            "Address",
-            "Address is a list containing ingress points for the load-balancer",
-        ),
+        col("Hosts", "Hosts that incoming requests are matched against before the ingress rule"),
+        col("Address", "Address is a list containing ingress points for the load-balancer"),
         col("Ports", "Ports of TLS configurations that open"),
         AGE,
     ],
     row: |o, now| {
         let spec = o.get("spec").unwrap_or(&Value::Null);
-        let hosts: Vec<&str> = arr(spec, "rules")
-            .iter()
-            .map(|r| s(r, "host"))
-            .filter(|h| !h.is_empty())
-            .collect();
+        let hosts: Vec<&str> = arr(spec, "rules").iter().map(|r| s(r, "host")).filter(|h| !h.is_empty()).collect();
         let addrs: Vec<String> = arr(o, "status.loadBalancer.ingress")
             .iter()
-            .map(|i| {
-                if s(i, "ip").is_empty() {
-                    s(i, "hostname").to_string()
-                } else {
-                    s(i, "ip").to_string()
-                }
-            })
+            .map(|i| if s(i, "ip").is_empty() { s(i, "hostname").to_string() } else { s(i, "ip").to_string() })
             .collect();
-        let ports = if arr(spec, "tls").is_empty() {
-            "80"
-        } else {
-            "80, 443"
-        };
+        let ports = if arr(spec, "tls").is_empty() { "80" } else { "80, 443" };
         vec![
             name(o),
             or_none(s(spec, "ingressClassName").into()),
-            if hosts.is_empty() {
-                "*".into()
-            } else {
-                hosts.join(",").into()
-            },
+            if hosts.is_empty() { "*".into() } else { hosts.join(",").into() },
             addrs.join(",").into(),
             ports.into(),
             meta::age(o, now).into(),
@@ -1145,7 +868,8 @@ mod tests {
 
     #[test]
     fn pending_and_terminating_pods() {
-        let pending = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending"}});
+        let pending =
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending"}});
         let cells = (POD.row)(&pending, now());
         assert_eq!(cells[1], "0/1");
         assert_eq!(cells[2], "Pending");
@@ -1166,12 +890,7 @@ mod tests {
         let cells = (SERVICE.row)(&svc, now());
         assert_eq!(
             cells[1..5],
-            [
-                json!("NodePort"),
-                json!("10.96.0.20"),
-                json!("<none>"),
-                json!("80:30080/TCP,53/UDP")
-            ]
+            [json!("NodePort"), json!("10.96.0.20"), json!("<none>"), json!("80:30080/TCP,53/UDP")]
         );
         assert_eq!(cells[6], "app=web");
         let lb = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "ports": []}});
@@ -1209,10 +928,7 @@ mod tests {
     #[test]
     fn endpoints_show_at_most_three() {
         let ep = json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "1.1.1.1"}, {"ip": "1.1.1.2"}, {"ip": "1.1.1.3"}, {"ip": "1.1.1.4"}], "ports": [{"port": 80}]}]});
-        assert_eq!(
-            (ENDPOINTS.row)(&ep, now())[1],
-            "1.1.1.1:80,1.1.1.2:80,1.1.1.3:80 + 1 more..."
-        );
+        assert_eq!((ENDPOINTS.row)(&ep, now())[1], "1.1.1.1:80,1.1.1.2:80,1.1.1.3:80 + 1 more...");
     }
 
     #[test]

@@ -26,9 +26,8 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
     if b.is_empty() || b.len() > DNS1123_LABEL_MAX {
         return Err(format!("must be 1 to {DNS1123_LABEL_MAX} characters"));
     }
-    let ok = is_lower_alnum(b[0])
-        && is_lower_alnum(b[b.len() - 1])
-        && b.iter().all(|&c| is_lower_alnum(c) || c == b'-');
+    let ok =
+        is_lower_alnum(b[0]) && is_lower_alnum(b[b.len() - 1]) && b.iter().all(|&c| is_lower_alnum(c) || c == b'-');
     if ok {
         Ok(())
     } else {
@@ -78,8 +77,7 @@ fn is_name_part(s: &str) -> bool {
         && b.len() <= QUALIFIED_NAME_MAX
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// Label and annotation keys: an optional DNS subdomain prefix and `/`, then a name of at most
@@ -120,9 +118,7 @@ pub fn config_map_key(s: &str) -> Result<(), String> {
     if s == "." || s == ".." || s.starts_with("..") {
         return Err("must not be '.' or '..' or start with '..'".into());
     }
-    if s.bytes()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-    {
+    if s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')) {
         Ok(())
     } else {
         Err("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name', or 'KEY_NAME', or 'key-name')".into())
@@ -163,11 +159,7 @@ pub fn object_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
                         causes.push(Cause::invalid(format!("metadata.labels.{k}"), v, e));
                     }
                 }
-                None => causes.push(Cause::invalid(
-                    format!("metadata.labels.{k}"),
-                    v,
-                    "must be a string",
-                )),
+                None => causes.push(Cause::invalid(format!("metadata.labels.{k}"), v, "must be a string")),
             }
         }
     }
@@ -199,13 +191,8 @@ pub fn object_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
         let mut controllers = 0;
         for (i, o) in owners.iter().enumerate() {
             for field in ["apiVersion", "kind", "name", "uid"] {
-                if o.get(field)
-                    .and_then(Value::as_str)
-                    .is_none_or(str::is_empty)
-                {
-                    causes.push(Cause::required(format!(
-                        "metadata.ownerReferences[{i}].{field}"
-                    )));
+                if o.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
+                    causes.push(Cause::required(format!("metadata.ownerReferences[{i}].{field}")));
                 }
             }
             if o.get("controller").and_then(Value::as_bool) == Some(true) {

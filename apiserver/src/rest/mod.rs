@@ -48,10 +48,7 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions {
-            field_validation: FieldValidation::Strict,
-            dry_run: false,
-        }
+        WriteOptions { field_validation: FieldValidation::Strict, dry_run: false }
     }
 }
 
@@ -161,25 +158,21 @@ pub fn storage_error(info: &ResourceInfo, name: &str, e: StorageError) -> ApiErr
         StorageError::NotFound => ApiError::not_found(info, name),
         StorageError::AlreadyExists => ApiError::already_exists(info, name),
         StorageError::Conflict { .. } => ApiError::stale(info, name),
-        StorageError::Compacted {
-            requested,
-            compacted,
-        } => ApiError::expired(format!(
-            "too old resource version: {requested} ({compacted})"
-        )),
-        StorageError::FutureRevision { requested } => ApiError::Timeout(format!(
-            "Too large resource version: {requested}, current: older"
-        )),
+        StorageError::Compacted { requested, compacted } => {
+            ApiError::expired(format!("too old resource version: {requested} ({compacted})"))
+        }
+        StorageError::FutureRevision { requested } => {
+            ApiError::Timeout(format!("Too large resource version: {requested}, current: older"))
+        }
         StorageError::Unavailable(detail) => {
             warn!(resource = %info.plural, %detail, "Storage unavailable");
             ApiError::ServiceUnavailable(
-                "the server is currently unable to handle the request: storage is unavailable"
-                    .into(),
+                "the server is currently unable to handle the request: storage is unavailable".into(),
             )
         }
-        StorageError::Timeout => ApiError::Timeout(
-            "the storage request timed out; the request may or may not have taken effect".into(),
-        ),
+        StorageError::Timeout => {
+            ApiError::Timeout("the storage request timed out; the request may or may not have taken effect".into())
+        }
         StorageError::Internal(detail) => {
             error!(resource = %info.plural, %detail, "Storage failed");
             ApiError::Internal("Internal error occurred: storage request failed".into())
@@ -217,19 +210,12 @@ fn pending_finalizers(info: &ResourceInfo, obj: &Value) -> bool {
     }
     info.group.is_empty()
         && info.plural == "namespaces"
-        && obj
-            .pointer("/spec/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty())
+        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
 }
 
 impl Store {
     pub fn new(storage: Arc<dyn Storage>, registry: Arc<Registry>) -> Self {
-        Store {
-            storage,
-            registry,
-            bookmark_interval: Duration::from_secs(60),
-        }
+        Store { storage, registry, bookmark_interval: Duration::from_secs(60) }
     }
 
     /// Namespaced objects may only be created in a namespace that exists and is not terminating.
@@ -240,18 +226,12 @@ impl Store {
         let Some(ns_info) = self.registry.by_plural("", "namespaces") else {
             return Ok(());
         };
-        let kv = self
-            .storage
-            .get(&ns_info.key("", ns))
-            .await
-            .map_err(|e| storage_error(ns_info, ns, e))?;
+        let kv = self.storage.get(&ns_info.key("", ns)).await.map_err(|e| storage_error(ns_info, ns, e))?;
         let Some(kv) = kv else {
             return Err(ApiError::not_found(ns_info, ns));
         };
         let obj = codec::decode_stored(&kv.value, kv.mod_revision)?;
-        if meta::is_deleting(&obj)
-            || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
-        {
+        if meta::is_deleting(&obj) || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
             return Err(ApiError::Forbidden(format!(
                 "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                 info.plural,
@@ -269,10 +249,7 @@ impl Store {
         body: Decoded,
         fv: FieldValidation,
     ) -> ApiResult<(Value, Vec<String>)> {
-        let Decoded {
-            mut value,
-            duplicates,
-        } = body;
+        let Decoded { mut value, duplicates } = body;
         let Some(map) = value.as_object_mut() else {
             return Err(ApiError::BadRequest(format!(
                 "{} in version \"{}\" cannot be handled as a {}: the body must be a JSON object",
@@ -310,16 +287,12 @@ impl Store {
                 info.kind, info.version, info.kind
             ))
         })?;
-        let problems =
-            codec::field_problems(&codec::unknown_fields(&input, &normalized), &duplicates);
+        let problems = codec::field_problems(&codec::unknown_fields(&input, &normalized), &duplicates);
         let mut warnings = Vec::new();
         if !problems.is_empty() {
             match fv {
                 FieldValidation::Strict => {
-                    return Err(ApiError::BadRequest(format!(
-                        "strict decoding error: {}",
-                        problems.join(", ")
-                    )));
+                    return Err(ApiError::BadRequest(format!("strict decoding error: {}", problems.join(", "))));
                 }
                 FieldValidation::Warn => warnings = problems,
                 FieldValidation::Ignore => {}
@@ -331,11 +304,7 @@ impl Store {
     // ---- reads ----
 
     pub async fn get(&self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<KeyValue> {
-        let kv = self
-            .storage
-            .get(&info.key(ns, name))
-            .await
-            .map_err(|e| storage_error(info, name, e))?;
+        let kv = self.storage.get(&info.key(ns, name)).await.map_err(|e| storage_error(info, name, e))?;
         kv.ok_or_else(|| ApiError::not_found(info, name))
     }
 
@@ -344,17 +313,10 @@ impl Store {
         codec::decode_stored(&kv.value, kv.mod_revision)
     }
 
-    pub async fn list(
-        &self,
-        info: &ResourceInfo,
-        ns: &str,
-        opts: &ListOptions,
-    ) -> ApiResult<ListResult> {
+    pub async fn list(&self, info: &ResourceInfo, ns: &str, opts: &ListOptions) -> ApiResult<ListResult> {
         let prefix = info.list_prefix(ns);
-        let parse_rv = |s: &str| {
-            s.parse::<i64>()
-                .map_err(|_| ApiError::BadRequest(format!("invalid resource version \"{s}\"")))
-        };
+        let parse_rv =
+            |s: &str| s.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version \"{s}\"")));
         let rv = opts.resource_version.as_deref().filter(|s| !s.is_empty());
         let (mut after, mut revision, mut not_older_than) = (None::<String>, 0i64, 0i64);
         if let Some(token) = &opts.continue_token {
@@ -367,24 +329,17 @@ impl Store {
             revision = rev;
             after = Some(format!("{prefix}{start}"));
         } else {
-            match (
-                opts.resource_version_match
-                    .as_deref()
-                    .filter(|s| !s.is_empty()),
-                rv,
-            ) {
+            match (opts.resource_version_match.as_deref().filter(|s| !s.is_empty()), rv) {
                 (Some(_), None) => {
                     return Err(ApiError::BadRequest(
-                        "resourceVersionMatch is forbidden unless resourceVersion is provided"
-                            .into(),
+                        "resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
                     ));
                 }
                 (Some("Exact"), Some(r)) => {
                     revision = parse_rv(r)?;
                     if revision == 0 {
                         return Err(ApiError::BadRequest(
-                            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\""
-                                .into(),
+                            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"".into(),
                         ));
                     }
                 }
@@ -408,24 +363,14 @@ impl Store {
         }
         // A selector pinning metadata.name only needs keys with that name as prefix.
         let prefix = match opts.selectors.fields.exact_name() {
-            Some(name) if after.is_none() && (!info.namespaced || !ns.is_empty()) => {
-                info.key(ns, name)
-            }
+            Some(name) if after.is_none() && (!info.namespaced || !ns.is_empty()) => info.key(ns, name),
             _ => prefix,
         };
         let mut items = Vec::new();
         let mut more = false;
         loop {
-            let want = if opts.limit > 0 {
-                opts.limit - items.len()
-            } else {
-                0
-            };
-            let chunk = if opts.limit > 0 && !opts.selectors.is_empty() {
-                want.max(256)
-            } else {
-                want
-            };
+            let want = if opts.limit > 0 { opts.limit - items.len() } else { 0 };
+            let chunk = if opts.limit > 0 && !opts.selectors.is_empty() { want.max(256) } else { want };
             let page = self
                 .storage
                 .list(&prefix, after.as_deref(), chunk, revision)
@@ -450,8 +395,7 @@ impl Store {
                 let keep = if opts.selectors.is_empty() {
                     true
                 } else {
-                    opts.selectors
-                        .matches(&codec::decode_stored(&kv.value, kv.mod_revision)?)
+                    opts.selectors.matches(&codec::decode_stored(&kv.value, kv.mod_revision)?)
                 };
                 if keep {
                     items.push(ListItem { kv: kv.clone() });
@@ -477,18 +421,11 @@ impl Store {
         let continue_token = if more {
             let last = after.unwrap_or_default();
             let base = info.list_prefix(ns);
-            Some(encode_continue(
-                revision,
-                last.strip_prefix(&base).unwrap_or(&last),
-            ))
+            Some(encode_continue(revision, last.strip_prefix(&base).unwrap_or(&last)))
         } else {
             None
         };
-        Ok(ListResult {
-            items,
-            revision,
-            continue_token,
-        })
+        Ok(ListResult { items, revision, continue_token })
     }
 
     // ---- create ----
@@ -513,18 +450,13 @@ impl Store {
             meta::meta_mut(&mut obj).remove("namespace");
         }
         self.check_namespace(info, ns).await?;
-        let generate =
-            meta::name(&obj).is_empty() && !meta::meta_str(&obj, "generateName").is_empty();
+        let generate = meta::name(&obj).is_empty() && !meta::meta_str(&obj, "generateName").is_empty();
         let attempts = if generate { GENERATE_NAME_ATTEMPTS } else { 1 };
         let mut last_err = None;
         for _ in 0..attempts {
             let mut candidate = obj.clone();
             if generate {
-                let name = format!(
-                    "{}{}",
-                    meta::meta_str(&obj, "generateName"),
-                    meta::random_suffix()
-                );
+                let name = format!("{}{}", meta::meta_str(&obj, "generateName"), meta::random_suffix());
                 meta::meta_mut(&mut candidate).insert("name".into(), json!(name));
             }
             self.prepare_create(info, &mut candidate);
@@ -535,25 +467,13 @@ impl Store {
                 return Err(ApiError::invalid(info, &name, causes));
             }
             if opts.dry_run {
-                return Ok(Written {
-                    object: candidate,
-                    created: true,
-                    warnings,
-                });
+                return Ok(Written { object: candidate, created: true, warnings });
             }
             let key = info.key(ns, &name);
-            match self
-                .storage
-                .create(&key, codec::encode_for_storage(&candidate))
-                .await
-            {
+            match self.storage.create(&key, codec::encode_for_storage(&candidate)).await {
                 Ok(rev) => {
                     set_rv(&mut candidate, rev);
-                    return Ok(Written {
-                        object: candidate,
-                        created: true,
-                        warnings,
-                    });
+                    return Ok(Written { object: candidate, created: true, warnings });
                 }
                 Err(StorageError::AlreadyExists) if generate => {
                     last_err = Some(ApiError::already_exists(info, &name));
@@ -569,12 +489,7 @@ impl Store {
         let m = meta::meta_mut(obj);
         m.insert("uid".into(), json!(meta::new_uid()));
         m.insert("creationTimestamp".into(), json!(meta::now()));
-        for f in [
-            "resourceVersion",
-            "selfLink",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-        ] {
+        for f in ["resourceVersion", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds"] {
             m.remove(f);
         }
         if info.tracks_generation {
@@ -618,36 +533,16 @@ impl Store {
         }
         if info.create_on_update
             && subresource.is_none()
-            && self
-                .storage
-                .get(&info.key(ns, name))
-                .await
-                .map_err(|e| storage_error(info, name, e))?
-                .is_none()
+            && self.storage.get(&info.key(ns, name)).await.map_err(|e| storage_error(info, name, e))?.is_none()
         {
             let mut body = body;
             meta::meta_mut(&mut body).insert("name".into(), json!(name));
-            let decoded = Decoded {
-                value: body,
-                duplicates: Vec::new(),
-            };
+            let decoded = Decoded { value: body, duplicates: Vec::new() };
             return self
-                .create(
-                    info,
-                    ns,
-                    decoded,
-                    &WriteOptions {
-                        field_validation: FieldValidation::Ignore,
-                        ..opts.clone()
-                    },
-                )
+                .create(info, ns, decoded, &WriteOptions { field_validation: FieldValidation::Ignore, ..opts.clone() })
                 .await;
         }
-        let mut written = self
-            .update_with(info, ns, name, subresource, opts.dry_run, |_old| {
-                Ok(body.clone())
-            })
-            .await?;
+        let mut written = self.update_with(info, ns, name, subresource, opts.dry_run, |_old| Ok(body.clone())).await?;
         written.warnings = warnings;
         Ok(written)
     }
@@ -662,21 +557,15 @@ impl Store {
         patch: &[u8],
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
-        let patch_value: Value = serde_json::from_slice(patch)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
+        let patch_value: Value =
+            serde_json::from_slice(patch).map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
         let json_patch = match kind {
-            PatchKind::Json => Some(
-                serde_json::from_value::<json_patch::Patch>(patch_value.clone()).map_err(|e| {
-                    ApiError::BadRequest(format!(
-                        "the server rejected our request due to an error in our request: {e}"
-                    ))
-                })?,
-            ),
+            PatchKind::Json => Some(serde_json::from_value::<json_patch::Patch>(patch_value.clone()).map_err(|e| {
+                ApiError::BadRequest(format!("the server rejected our request due to an error in our request: {e}"))
+            })?),
             PatchKind::Merge => {
                 if !patch_value.is_object() {
-                    return Err(ApiError::BadRequest(
-                        "a merge patch must be a JSON object".into(),
-                    ));
+                    return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
                 }
                 None
             }
@@ -688,30 +577,18 @@ impl Store {
                 let mut doc = old.clone();
                 match &json_patch {
                     Some(p) => json_patch::patch(&mut doc, p).map_err(|e| ApiError::Invalid {
-                        message: format!(
-                            "the server rejected our request due to an error in our request: {e}"
-                        ),
+                        message: format!("the server rejected our request due to an error in our request: {e}"),
                         details: Details::default(),
                         causes: vec![],
                     })?,
                     None => json_patch::merge(&mut doc, &patch_value),
                 }
-                let (normalized, w) = self.decode_object(
-                    info,
-                    Decoded {
-                        value: doc,
-                        duplicates: Vec::new(),
-                    },
-                    fv,
-                )?;
+                let (normalized, w) = self.decode_object(info, Decoded { value: doc, duplicates: Vec::new() }, fv)?;
                 warnings = w;
                 Ok(normalized)
             })
             .await?;
-        Ok(Written {
-            warnings,
-            ..written
-        })
+        Ok(Written { warnings, ..written })
     }
 
     /// The optimistic update loop shared by PUT and PATCH: `make` turns the current object into
@@ -728,11 +605,7 @@ impl Store {
     ) -> ApiResult<Written> {
         let key = info.key(ns, name);
         for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let cur = self
-                .storage
-                .get(&key)
-                .await
-                .map_err(|e| storage_error(info, name, e))?;
+            let cur = self.storage.get(&key).await.map_err(|e| storage_error(info, name, e))?;
             let Some(cur) = cur else {
                 return Err(ApiError::not_found(info, name));
             };
@@ -757,10 +630,7 @@ impl Store {
                     }
                 }
                 Some("finalize") => {
-                    let fins = new
-                        .pointer("/spec/finalizers")
-                        .cloned()
-                        .unwrap_or_else(|| json!([]));
+                    let fins = new.pointer("/spec/finalizers").cloned().unwrap_or_else(|| json!([]));
                     new = old.clone();
                     new["spec"]["finalizers"] = fins;
                 }
@@ -779,47 +649,27 @@ impl Store {
                 return Err(ApiError::invalid(info, name, causes));
             }
             if strip_rv(&new) == strip_rv(&old) {
-                return Ok(Written {
-                    object: old,
-                    created: false,
-                    warnings: Vec::new(),
-                });
+                return Ok(Written { object: old, created: false, warnings: Vec::new() });
             }
             if dry_run {
                 set_rv(&mut new, cur.mod_revision);
-                return Ok(Written {
-                    object: new,
-                    created: false,
-                    warnings: Vec::new(),
-                });
+                return Ok(Written { object: new, created: false, warnings: Vec::new() });
             }
             // The last finalizer of an object being deleted is gone: finish the deletion.
             if meta::is_deleting(&new) && !pending_finalizers(info, &new) {
                 match self.storage.delete(&key, cur.mod_revision).await {
                     Ok(rev) => {
                         set_rv(&mut new, rev);
-                        return Ok(Written {
-                            object: new,
-                            created: false,
-                            warnings: Vec::new(),
-                        });
+                        return Ok(Written { object: new, created: false, warnings: Vec::new() });
                     }
                     Err(StorageError::Conflict { .. }) => continue,
                     Err(e) => return Err(storage_error(info, name, e)),
                 }
             }
-            match self
-                .storage
-                .update(&key, codec::encode_for_storage(&new), cur.mod_revision)
-                .await
-            {
+            match self.storage.update(&key, codec::encode_for_storage(&new), cur.mod_revision).await {
                 Ok(rev) => {
                     set_rv(&mut new, rev);
-                    return Ok(Written {
-                        object: new,
-                        created: false,
-                        warnings: Vec::new(),
-                    });
+                    return Ok(Written { object: new, created: false, warnings: Vec::new() });
                 }
                 Err(StorageError::Conflict { .. }) => continue,
                 Err(e) => return Err(storage_error(info, name, e)),
@@ -833,10 +683,7 @@ impl Store {
         let old_meta = meta::meta(old).cloned().unwrap_or_default();
         let m = meta::meta_mut(new);
         for f in ["uid", "creationTimestamp"] {
-            let given = m
-                .get(f)
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty());
+            let given = m.get(f).and_then(Value::as_str).is_some_and(|s| !s.is_empty());
             if !given && let Some(v) = old_meta.get(f) {
                 m.insert(f.into(), v.clone());
             }
@@ -864,15 +711,8 @@ impl Store {
         info.strategy.prepare_for_update(new, old);
         let m = meta::meta_mut(new);
         if info.tracks_generation {
-            let old_gen = old_meta
-                .get("generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
-            let generation = if spec_part(new) != spec_part(old) {
-                old_gen + 1
-            } else {
-                old_gen
-            };
+            let old_gen = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+            let generation = if spec_part(new) != spec_part(old) { old_gen + 1 } else { old_gen };
             meta::meta_mut(new).insert("generation".into(), json!(generation));
         } else {
             match old_meta.get("generation") {
@@ -884,20 +724,10 @@ impl Store {
 
     // ---- delete ----
 
-    pub async fn delete(
-        &self,
-        info: &ResourceInfo,
-        ns: &str,
-        name: &str,
-        opts: &DeleteOptions,
-    ) -> ApiResult<Deleted> {
+    pub async fn delete(&self, info: &ResourceInfo, ns: &str, name: &str, opts: &DeleteOptions) -> ApiResult<Deleted> {
         let key = info.key(ns, name);
         for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let cur = self
-                .storage
-                .get(&key)
-                .await
-                .map_err(|e| storage_error(info, name, e))?;
+            let cur = self.storage.get(&key).await.map_err(|e| storage_error(info, name, e))?;
             let Some(cur) = cur else {
                 return Err(ApiError::not_found(info, name));
             };
@@ -940,11 +770,7 @@ impl Store {
                 if opts.dry_run {
                     return Ok(Deleted::Pending(marked));
                 }
-                match self
-                    .storage
-                    .update(&key, codec::encode_for_storage(&marked), cur.mod_revision)
-                    .await
-                {
+                match self.storage.update(&key, codec::encode_for_storage(&marked), cur.mod_revision).await {
                     Ok(rev) => {
                         set_rv(&mut marked, rev);
                         return Ok(Deleted::Pending(marked));
@@ -977,10 +803,7 @@ impl Store {
         let mut deleted = Vec::new();
         for item in listed.items {
             let obj = item.value()?;
-            match self
-                .delete(info, meta::namespace(&obj), meta::name(&obj), opts)
-                .await
-            {
+            match self.delete(info, meta::namespace(&obj), meta::name(&obj), opts).await {
                 Ok(Deleted::Gone(o) | Deleted::Pending(o)) => deleted.push(o),
                 Err(ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
@@ -1021,38 +844,23 @@ impl Store {
         };
         let (tx, rx) = mpsc::channel(64);
         let mut start = match rv {
-            Some(r) if r != "0" => r
-                .parse::<i64>()
-                .map_err(|_| ApiError::BadRequest(format!("invalid resource version \"{r}\"")))?,
+            Some(r) if r != "0" => {
+                r.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version \"{r}\"")))?
+            }
             _ => 0,
         };
         let mut initial_items = Vec::new();
         if initial {
-            let listed = self
-                .list(
-                    &info,
-                    ns,
-                    &ListOptions {
-                        selectors: opts.selectors.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let listed =
+                self.list(&info, ns, &ListOptions { selectors: opts.selectors.clone(), ..Default::default() }).await?;
             start = listed.revision;
             initial_items = listed.items;
         } else if start == 0 {
-            start = self
-                .storage
-                .current_revision()
-                .await
-                .map_err(|e| storage_error(&info, "", e))?;
+            start = self.storage.current_revision().await.map_err(|e| storage_error(&info, "", e))?;
         }
         let watch = match self.storage.watch(&prefix, start).await {
             Ok(w) => Some(w),
-            Err(StorageError::Compacted {
-                requested,
-                compacted,
-            }) => {
+            Err(StorageError::Compacted { requested, compacted }) => {
                 let _ = tx.try_send(WatchItem::Error(ApiError::expired(format!(
                     "too old resource version: {requested} ({compacted})"
                 ))));
@@ -1063,9 +871,7 @@ impl Store {
         let Some(watch) = watch else { return Ok(rx) };
         let store = self.clone();
         tokio::spawn(async move {
-            let _ = store
-                .run_watch(info, opts, start, initial, initial_items, watch, tx)
-                .await;
+            let _ = store.run_watch(info, opts, start, initial, initial_items, watch, tx).await;
         });
         Ok(rx)
     }
@@ -1091,11 +897,7 @@ impl Store {
             }
         }
         if initial && opts.allow_bookmarks && opts.send_initial_events == Some(true) {
-            send(WatchItem::Bookmark {
-                revision: start,
-                initial_events_end: true,
-            })
-            .await?;
+            send(WatchItem::Bookmark { revision: start, initial_events_end: true }).await?;
         }
         let deadline = tokio::time::sleep(opts.timeout);
         tokio::pin!(deadline);
@@ -1135,10 +937,7 @@ impl Store {
         let result = (|| -> ApiResult<Option<WatchItem>> {
             Ok(match ev {
                 WatchEvent::Progress { revision } => {
-                    opts.allow_bookmarks.then_some(WatchItem::Bookmark {
-                        revision,
-                        initial_events_end: false,
-                    })
+                    opts.allow_bookmarks.then_some(WatchItem::Bookmark { revision, initial_events_end: false })
                 }
                 WatchEvent::Put { kv, prev } => {
                     let new = decode(&kv, kv.mod_revision)?;
@@ -1162,8 +961,7 @@ impl Store {
                 WatchEvent::Delete { revision, prev, .. } => match prev {
                     Some(p) => {
                         let old = decode(&p, revision)?;
-                        sel.matches(&old)
-                            .then_some(WatchItem::Event(EventType::Deleted, old))
+                        sel.matches(&old).then_some(WatchItem::Event(EventType::Deleted, old))
                     }
                     None => None,
                 },
@@ -1183,17 +981,11 @@ fn encode_continue(revision: i64, start: &str) -> String {
 
 fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     use base64::Engine;
-    let bad =
-        || ApiError::BadRequest("continue key is not valid: the token could not be decoded".into());
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token.trim_end_matches('='))
-        .map_err(|_| bad())?;
+    let bad = || ApiError::BadRequest("continue key is not valid: the token could not be decoded".into());
+    let raw =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let rev = v
-        .get("rv")
-        .and_then(Value::as_i64)
-        .filter(|r| *r > 0)
-        .ok_or_else(bad)?;
+    let rev = v.get("rv").and_then(Value::as_i64).filter(|r| *r > 0).ok_or_else(bad)?;
     let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
     if start.contains("..") || start.starts_with('/') {
         return Err(bad());
@@ -1207,26 +999,11 @@ pub fn list_json(info: &ResourceInfo, result: &ListResult) -> ApiResult<Vec<u8>>
     if let Some(c) = &result.continue_token {
         meta["continue"] = json!(c);
     }
-    let mut out = Vec::with_capacity(
-        result
-            .items
-            .iter()
-            .map(|i| i.kv.value.len() + 32)
-            .sum::<usize>()
-            + 128,
-    );
+    let mut out = Vec::with_capacity(result.items.iter().map(|i| i.kv.value.len() + 32).sum::<usize>() + 128);
     out.extend_from_slice(b"{\"kind\":");
-    out.extend_from_slice(
-        serde_json::to_string(info.list_kind)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    out.extend_from_slice(serde_json::to_string(info.list_kind).unwrap_or_default().as_bytes());
     out.extend_from_slice(b",\"apiVersion\":");
-    out.extend_from_slice(
-        serde_json::to_string(&info.api_version())
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    out.extend_from_slice(serde_json::to_string(&info.api_version()).unwrap_or_default().as_bytes());
     out.extend_from_slice(b",\"metadata\":");
     out.extend_from_slice(meta.to_string().as_bytes());
     out.extend_from_slice(b",\"items\":[");

@@ -13,9 +13,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -55,9 +53,7 @@ impl EtcdStorage {
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
-        let client = Client::connect(&opts.endpoints, Some(connect))
-            .await
-            .map_err(map_err)?;
+        let client = Client::connect(&opts.endpoints, Some(connect)).await.map_err(map_err)?;
         // A LIST of many objects exceeds tonic's default 4 MiB message limit.
         let kv = client.kv_client().max_decoding_message_size(usize::MAX);
         Ok(EtcdStorage { client, kv, opts })
@@ -74,16 +70,8 @@ impl EtcdStorage {
     }
 
     /// Runs a compare-and-swap transaction whose failure branch reads the key back.
-    async fn cas(
-        &self,
-        key: &str,
-        compare: Compare,
-        op: TxnOp,
-    ) -> Result<Result<i64, Option<KeyValue>>, StorageError> {
-        let txn = Txn::new()
-            .when([compare])
-            .and_then([op])
-            .or_else([TxnOp::get(key, None)]);
+    async fn cas(&self, key: &str, compare: Compare, op: TxnOp) -> Result<Result<i64, Option<KeyValue>>, StorageError> {
+        let txn = Txn::new().when([compare]).and_then([op]).or_else([TxnOp::get(key, None)]);
         let mut kv = self.kv.clone();
         let resp = self.deadline(kv.txn(txn)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -118,10 +106,9 @@ fn map_err(e: etcd_client::Error) -> StorageError {
         E::GRpcStatus(status) => {
             let msg = status.message().to_string();
             match status.code() {
-                tonic::Code::OutOfRange if msg.contains("compacted") => StorageError::Compacted {
-                    requested: 0,
-                    compacted: 0,
-                },
+                tonic::Code::OutOfRange if msg.contains("compacted") => {
+                    StorageError::Compacted { requested: 0, compacted: 0 }
+                }
                 tonic::Code::OutOfRange if msg.contains("future revision") => {
                     StorageError::FutureRevision { requested: 0 }
                 }
@@ -168,19 +155,11 @@ impl Storage for EtcdStorage {
             opts = opts.with_revision(revision);
         }
         let mut kv = self.kv.clone();
-        let resp = self
-            .deadline(kv.get(start, Some(opts)))
-            .await
-            .map_err(|e| match e {
-                StorageError::Compacted { .. } => StorageError::Compacted {
-                    requested: revision,
-                    compacted: 0,
-                },
-                StorageError::FutureRevision { .. } => StorageError::FutureRevision {
-                    requested: revision,
-                },
-                other => other,
-            })?;
+        let resp = self.deadline(kv.get(start, Some(opts))).await.map_err(|e| match e {
+            StorageError::Compacted { .. } => StorageError::Compacted { requested: revision, compacted: 0 },
+            StorageError::FutureRevision { .. } => StorageError::FutureRevision { requested: revision },
+            other => other,
+        })?;
         let current = resp.header().map_or(0, |h| h.revision());
         Ok(ListPage {
             items: resp.kvs().iter().map(to_kv).collect(),
@@ -190,14 +169,7 @@ impl Storage for EtcdStorage {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64, StorageError> {
-        match self
-            .cas(
-                key,
-                Compare::create_revision(key, CompareOp::Equal, 0),
-                TxnOp::put(key, value, None),
-            )
-            .await?
-        {
+        match self.cas(key, Compare::create_revision(key, CompareOp::Equal, 0), TxnOp::put(key, value, None)).await? {
             Ok(rev) => Ok(rev),
             Err(_) => Err(StorageError::AlreadyExists),
         }
@@ -205,11 +177,7 @@ impl Storage for EtcdStorage {
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<i64, StorageError> {
         match self
-            .cas(
-                key,
-                Compare::mod_revision(key, CompareOp::Equal, expected),
-                TxnOp::put(key, value, None),
-            )
+            .cas(key, Compare::mod_revision(key, CompareOp::Equal, expected), TxnOp::put(key, value, None))
             .await?
         {
             Ok(rev) => Ok(rev),
@@ -219,14 +187,7 @@ impl Storage for EtcdStorage {
     }
 
     async fn delete(&self, key: &str, expected: i64) -> Result<i64, StorageError> {
-        match self
-            .cas(
-                key,
-                Compare::mod_revision(key, CompareOp::Equal, expected),
-                TxnOp::delete(key, None),
-            )
-            .await?
-        {
+        match self.cas(key, Compare::mod_revision(key, CompareOp::Equal, expected), TxnOp::delete(key, None)).await? {
             Ok(rev) => Ok(rev),
             Err(None) => Err(StorageError::NotFound),
             Err(current) => Err(StorageError::Conflict { current }),
@@ -249,17 +210,12 @@ impl Storage for EtcdStorage {
             opts: self.opts.clone(),
         };
         tokio::spawn(pump.run(stream));
-        Ok(Watch {
-            events: tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
-            progress: progress_tx,
-        })
+        Ok(Watch { events: tokio_stream::wrappers::ReceiverStream::new(rx).boxed(), progress: progress_tx })
     }
 
     async fn current_revision(&self) -> Result<i64, StorageError> {
         let mut kv = self.kv.clone();
-        let resp = self
-            .deadline(kv.get("/", Some(GetOptions::new().with_count_only())))
-            .await?;
+        let resp = self.deadline(kv.get("/", Some(GetOptions::new().with_count_only()))).await?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
@@ -276,16 +232,8 @@ struct OpenWatch {
     responses: etcd_client::WatchResponseStream,
 }
 
-async fn open_watch(
-    client: &Client,
-    prefix: &str,
-    after: i64,
-    timeout: Duration,
-) -> Result<OpenWatch, StorageError> {
-    let opts = WatchOptions::new()
-        .with_range(prefix_end(prefix))
-        .with_prev_key()
-        .with_start_revision(after + 1);
+async fn open_watch(client: &Client, prefix: &str, after: i64, timeout: Duration) -> Result<OpenWatch, StorageError> {
+    let opts = WatchOptions::new().with_range(prefix_end(prefix)).with_prev_key().with_start_revision(after + 1);
     let mut wc = client.watch_client();
     let open = async {
         let stream = wc.watch(prefix, Some(opts)).await.map_err(map_err)?;
@@ -294,15 +242,9 @@ async fn open_watch(
         match responses.message().await.map_err(map_err)? {
             Some(r) if r.canceled() => {
                 if r.compact_revision() > 0 {
-                    Err(StorageError::Compacted {
-                        requested: after,
-                        compacted: r.compact_revision(),
-                    })
+                    Err(StorageError::Compacted { requested: after, compacted: r.compact_revision() })
                 } else {
-                    Err(StorageError::Unavailable(format!(
-                        "watch canceled: {}",
-                        r.cancel_reason()
-                    )))
+                    Err(StorageError::Unavailable(format!("watch canceled: {}", r.cancel_reason())))
                 }
             }
             Some(_) => Ok(OpenWatch { sender, responses }),
@@ -367,12 +309,7 @@ impl WatchPump {
         let deadline = tokio::time::Instant::now() + self.opts.watch_resume_window;
         let mut backoff = Duration::from_millis(100);
         loop {
-            let attempt = open_watch(
-                &self.client,
-                &self.prefix,
-                self.last,
-                self.opts.request_timeout,
-            );
+            let attempt = open_watch(&self.client, &self.prefix, self.last, self.opts.request_timeout);
             let result = tokio::select! {
                 r = attempt => r,
                 _ = self.tx.closed() => return None,

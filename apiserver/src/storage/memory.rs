@@ -41,14 +41,8 @@ impl MemoryStorage {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(4096);
         // etcd starts at revision 1 for an empty store.
-        let state = State {
-            revision: 1,
-            ..Default::default()
-        };
-        MemoryStorage {
-            state: Arc::new(Mutex::new(state)),
-            events,
-        }
+        let state = State { revision: 1, ..Default::default() };
+        MemoryStorage { state: Arc::new(Mutex::new(state)), events }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -68,10 +62,7 @@ impl MemoryStorage {
             WatchEvent::Delete { key, .. } => (key.clone(), None),
             WatchEvent::Progress { .. } => return,
         };
-        st.versions
-            .entry(key)
-            .or_default()
-            .push((event.revision(), value));
+        st.versions.entry(key).or_default().push((event.revision(), value));
         st.history.push(event.clone());
         let _ = self.events.send(event);
     }
@@ -81,11 +72,7 @@ impl MemoryStorage {
 impl Storage for MemoryStorage {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StorageError> {
         let st = self.lock();
-        Ok(st.data.get(key).map(|(v, r)| KeyValue {
-            key: key.to_string(),
-            value: v.clone(),
-            mod_revision: *r,
-        }))
+        Ok(st.data.get(key).map(|(v, r)| KeyValue { key: key.to_string(), value: v.clone(), mod_revision: *r }))
     }
 
     async fn list(
@@ -97,15 +84,10 @@ impl Storage for MemoryStorage {
     ) -> Result<ListPage, StorageError> {
         let st = self.lock();
         if revision > 0 && revision <= st.compacted {
-            return Err(StorageError::Compacted {
-                requested: revision,
-                compacted: st.compacted,
-            });
+            return Err(StorageError::Compacted { requested: revision, compacted: st.compacted });
         }
         if revision > st.revision {
-            return Err(StorageError::FutureRevision {
-                requested: revision,
-            });
+            return Err(StorageError::FutureRevision { requested: revision });
         }
         let at = if revision > 0 { revision } else { st.revision };
         let mut items = Vec::new();
@@ -124,17 +106,9 @@ impl Storage for MemoryStorage {
                 more = true;
                 break;
             }
-            items.push(KeyValue {
-                key: key.clone(),
-                value: value.clone(),
-                mod_revision: *rev,
-            });
+            items.push(KeyValue { key: key.clone(), value: value.clone(), mod_revision: *rev });
         }
-        Ok(ListPage {
-            items,
-            revision: at,
-            more,
-        })
+        Ok(ListPage { items, revision: at, more })
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64, StorageError> {
@@ -148,14 +122,7 @@ impl Storage for MemoryStorage {
         st.data.insert(key.to_string(), (value.clone(), rev));
         self.record(
             &mut st,
-            WatchEvent::Put {
-                kv: KeyValue {
-                    key: key.to_string(),
-                    value,
-                    mod_revision: rev,
-                },
-                prev: None,
-            },
+            WatchEvent::Put { kv: KeyValue { key: key.to_string(), value, mod_revision: rev }, prev: None },
         );
         Ok(rev)
     }
@@ -167,33 +134,15 @@ impl Storage for MemoryStorage {
         };
         if old_rev != expected {
             return Err(StorageError::Conflict {
-                current: Some(KeyValue {
-                    key: key.into(),
-                    value: old,
-                    mod_revision: old_rev,
-                }),
+                current: Some(KeyValue { key: key.into(), value: old, mod_revision: old_rev }),
             });
         }
         st.revision += 1;
         let rev = st.revision;
         let value = Bytes::from(value);
         st.data.insert(key.to_string(), (value.clone(), rev));
-        let prev = Some(KeyValue {
-            key: key.into(),
-            value: old,
-            mod_revision: old_rev,
-        });
-        self.record(
-            &mut st,
-            WatchEvent::Put {
-                kv: KeyValue {
-                    key: key.to_string(),
-                    value,
-                    mod_revision: rev,
-                },
-                prev,
-            },
-        );
+        let prev = Some(KeyValue { key: key.into(), value: old, mod_revision: old_rev });
+        self.record(&mut st, WatchEvent::Put { kv: KeyValue { key: key.to_string(), value, mod_revision: rev }, prev });
         Ok(rev)
     }
 
@@ -204,29 +153,14 @@ impl Storage for MemoryStorage {
         };
         if old_rev != expected {
             return Err(StorageError::Conflict {
-                current: Some(KeyValue {
-                    key: key.into(),
-                    value: old,
-                    mod_revision: old_rev,
-                }),
+                current: Some(KeyValue { key: key.into(), value: old, mod_revision: old_rev }),
             });
         }
         st.revision += 1;
         let rev = st.revision;
         st.data.remove(key);
-        let prev = Some(KeyValue {
-            key: key.into(),
-            value: old,
-            mod_revision: old_rev,
-        });
-        self.record(
-            &mut st,
-            WatchEvent::Delete {
-                key: key.to_string(),
-                revision: rev,
-                prev,
-            },
-        );
+        let prev = Some(KeyValue { key: key.into(), value: old, mod_revision: old_rev });
+        self.record(&mut st, WatchEvent::Delete { key: key.to_string(), revision: rev, prev });
         Ok(rev)
     }
 
@@ -234,19 +168,11 @@ impl Storage for MemoryStorage {
         let (backlog, mut live) = {
             let st = self.lock();
             if after < st.compacted {
-                return Err(StorageError::Compacted {
-                    requested: after,
-                    compacted: st.compacted,
-                });
+                return Err(StorageError::Compacted { requested: after, compacted: st.compacted });
             }
             // Subscribe under the lock: nothing can be recorded between the backlog and the feed.
             let live = self.events.subscribe();
-            let backlog: Vec<WatchEvent> = st
-                .history
-                .iter()
-                .filter(|e| e.revision() > after)
-                .cloned()
-                .collect();
+            let backlog: Vec<WatchEvent> = st.history.iter().filter(|e| e.revision() > after).cloned().collect();
             (backlog, live)
         };
         let prefix = prefix.to_string();
@@ -306,10 +232,7 @@ impl Storage for MemoryStorage {
                 }
             }
         });
-        Ok(Watch {
-            events: tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
-            progress: progress_tx,
-        })
+        Ok(Watch { events: tokio_stream::wrappers::ReceiverStream::new(rx).boxed(), progress: progress_tx })
     }
 
     async fn current_revision(&self) -> Result<i64, StorageError> {
@@ -329,26 +252,14 @@ mod tests {
     async fn compare_and_swap_rejects_stale_revisions() {
         let s = MemoryStorage::new();
         let r1 = s.create("/a", b"1".to_vec()).await.expect("create");
-        assert_eq!(
-            s.create("/a", b"x".to_vec()).await,
-            Err(StorageError::AlreadyExists)
-        );
+        assert_eq!(s.create("/a", b"x".to_vec()).await, Err(StorageError::AlreadyExists));
         let r2 = s.update("/a", b"2".to_vec(), r1).await.expect("update");
         assert!(r2 > r1);
-        assert!(matches!(
-            s.update("/a", b"3".to_vec(), r1).await,
-            Err(StorageError::Conflict { current: Some(_) })
-        ));
-        assert!(matches!(
-            s.delete("/a", r1).await,
-            Err(StorageError::Conflict { .. })
-        ));
+        assert!(matches!(s.update("/a", b"3".to_vec(), r1).await, Err(StorageError::Conflict { current: Some(_) })));
+        assert!(matches!(s.delete("/a", r1).await, Err(StorageError::Conflict { .. })));
         s.delete("/a", r2).await.expect("delete");
         assert_eq!(s.get("/a").await.expect("get"), None);
-        assert_eq!(
-            s.update("/a", b"4".to_vec(), r2).await,
-            Err(StorageError::NotFound)
-        );
+        assert_eq!(s.update("/a", b"4".to_vec(), r2).await, Err(StorageError::NotFound));
     }
 
     #[tokio::test]
@@ -358,24 +269,12 @@ mod tests {
             s.create(k, k.as_bytes().to_vec()).await.expect("create");
         }
         let page = s.list("/p/", None, 2, 0).await.expect("list");
-        assert_eq!(
-            page.items
-                .iter()
-                .map(|k| k.key.as_str())
-                .collect::<Vec<_>>(),
-            ["/p/a", "/p/b"]
-        );
+        assert_eq!(page.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), ["/p/a", "/p/b"]);
         assert!(page.more);
         s.create("/p/bb", b"late".to_vec()).await.expect("create");
-        let next = s
-            .list("/p/", Some("/p/b"), 2, page.revision)
-            .await
-            .expect("list");
+        let next = s.list("/p/", Some("/p/b"), 2, page.revision).await.expect("list");
         assert_eq!(
-            next.items
-                .iter()
-                .map(|k| k.key.as_str())
-                .collect::<Vec<_>>(),
+            next.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
             ["/p/c"],
             "snapshot excludes later writes"
         );
@@ -397,9 +296,6 @@ mod tests {
         let p = w.events.next().await.expect("event").expect("ok");
         assert!(matches!(p, WatchEvent::Progress { revision } if revision >= second.revision()));
         s.compact(second.revision());
-        assert!(matches!(
-            s.watch("/p/", r1).await.err(),
-            Some(StorageError::Compacted { .. })
-        ));
+        assert!(matches!(s.watch("/p/", r1).await.err(), Some(StorageError::Compacted { .. })));
     }
 }

@@ -38,16 +38,9 @@ pub struct ListPage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     /// A create (no `prev`) or an update.
-    Put {
-        kv: KeyValue,
-        prev: Option<KeyValue>,
-    },
+    Put { kv: KeyValue, prev: Option<KeyValue> },
     /// `revision` is the deletion's own revision; `prev` the last state before it.
-    Delete {
-        key: String,
-        revision: i64,
-        prev: Option<KeyValue>,
-    },
+    Delete { key: String, revision: i64, prev: Option<KeyValue> },
     /// Everything up to `revision` has been delivered (answer to a progress request).
     Progress { revision: i64 },
 }
