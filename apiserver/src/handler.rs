@@ -131,7 +131,7 @@ fn resource_route(reg: &Registry, group: &str, version: &str, rest: &[&str]) -> 
     })
 }
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -445,7 +445,7 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
                 }
             };
             let body = read_body(req).await?;
-            let written = store.patch(&info, ns, &name, sub, kind, &body, &wo).await?;
+            let written = store.patch(&info, ns, &name, sub, rest::Patch { kind, body: &body }, &wo).await?;
             let mut resp = render_object(&info, output, &written.object, 200);
             h::add_warnings(&mut resp, &written.warnings);
             Ok(resp)

@@ -156,10 +156,10 @@ pub fn negotiate(accept: Option<&str>, transforms: bool, include: IncludeObject)
                     return Ok(Output::Table(include));
                 }
             }
-            ("application/json", Some("PartialObjectMetadata" | "PartialObjectMetadataList")) => {
-                if transforms && g.as_deref() == Some("meta.k8s.io") {
-                    return Ok(Output::PartialMetadata);
-                }
+            ("application/json", Some("PartialObjectMetadata" | "PartialObjectMetadataList"))
+                if transforms && g.as_deref() == Some("meta.k8s.io") =>
+            {
+                return Ok(Output::PartialMetadata);
             }
             ("application/json", Some(_)) => {}
             ("application/json" | "*/*" | "application/*", None) => return Ok(Output::Json),
@@ -246,7 +246,7 @@ mod tests {
     fn queries_decode_percent_and_plus() {
         let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch&limit=500"));
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
-        assert_eq!(q.flag("watch").expect("flag"), true);
+        assert!(q.flag("watch").expect("flag"));
         assert_eq!(q.number("limit").expect("num"), Some(500));
         assert!(q.number("nope").expect("absent").is_none());
         assert_eq!(percent_decode("a%2", false), "a%2");

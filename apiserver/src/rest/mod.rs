@@ -114,6 +114,13 @@ pub enum PatchKind {
     Json,
 }
 
+/// A PATCH body and how to read it.
+#[derive(Debug, Clone)]
+pub struct Patch<'a> {
+    pub kind: PatchKind,
+    pub body: &'a [u8],
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct WatchOptions {
     pub selectors: Selectors,
@@ -150,6 +157,14 @@ pub enum WatchItem {
         initial_events_end: bool,
     },
     Error(ApiError),
+}
+
+/// What a watch sends before following changes: the state at `revision` (synthetic ADDED
+/// events), then, for `sendInitialEvents`, a bookmark marking the end of it.
+struct Initial {
+    revision: i64,
+    items: Vec<ListItem>,
+    end_bookmark: bool,
 }
 
 /// Storage failures in API terms. Internal details are logged here and not returned.
@@ -518,7 +533,7 @@ impl Store {
         body: Decoded,
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
-        let (body, warnings) = self.decode_object(info, body, opts.field_validation)?;
+        let (mut body, warnings) = self.decode_object(info, body, opts.field_validation)?;
         let body_name = meta::name(&body);
         if !body_name.is_empty() && body_name != name {
             return Err(ApiError::BadRequest(format!(
@@ -531,12 +546,16 @@ impl Store {
                 "the namespace of the provided object does not match the namespace sent on the request".into(),
             ));
         }
+        // Name and namespace come from the path when the body leaves them out.
+        let m = meta::meta_mut(&mut body);
+        m.insert("name".into(), json!(name));
+        if info.namespaced {
+            m.insert("namespace".into(), json!(ns));
+        }
         if info.create_on_update
             && subresource.is_none()
             && self.storage.get(&info.key(ns, name)).await.map_err(|e| storage_error(info, name, e))?.is_none()
         {
-            let mut body = body;
-            meta::meta_mut(&mut body).insert("name".into(), json!(name));
             let decoded = Decoded { value: body, duplicates: Vec::new() };
             return self
                 .create(info, ns, decoded, &WriteOptions { field_validation: FieldValidation::Ignore, ..opts.clone() })
@@ -553,13 +572,12 @@ impl Store {
         ns: &str,
         name: &str,
         subresource: Option<&str>,
-        kind: PatchKind,
-        patch: &[u8],
+        patch: Patch<'_>,
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
-        let patch_value: Value =
-            serde_json::from_slice(patch).map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
-        let json_patch = match kind {
+        let patch_value: Value = serde_json::from_slice(patch.body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
+        let json_patch = match patch.kind {
             PatchKind::Json => Some(serde_json::from_value::<json_patch::Patch>(patch_value.clone()).map_err(|e| {
                 ApiError::BadRequest(format!("the server rejected our request due to an error in our request: {e}"))
             })?),
@@ -871,7 +889,12 @@ impl Store {
         let Some(watch) = watch else { return Ok(rx) };
         let store = self.clone();
         tokio::spawn(async move {
-            let _ = store.run_watch(info, opts, start, initial, initial_items, watch, tx).await;
+            let initial = Initial {
+                revision: start,
+                items: initial_items,
+                end_bookmark: initial && opts.send_initial_events == Some(true),
+            };
+            let _ = store.run_watch(info, opts, initial, watch, tx).await;
         });
         Ok(rx)
     }
@@ -880,9 +903,7 @@ impl Store {
         &self,
         info: Arc<ResourceInfo>,
         opts: WatchOptions,
-        start: i64,
-        initial: bool,
-        initial_items: Vec<ListItem>,
+        initial: Initial,
         mut watch: crate::storage::Watch,
         tx: mpsc::Sender<WatchItem>,
     ) -> Result<(), ()> {
@@ -890,14 +911,14 @@ impl Store {
             let tx = tx.clone();
             async move { tx.send(item).await.map_err(|_| ()) }
         };
-        for item in initial_items {
+        for item in initial.items {
             match item.value() {
                 Ok(v) => send(WatchItem::Event(EventType::Added, v)).await?,
                 Err(e) => return send(WatchItem::Error(e)).await,
             }
         }
-        if initial && opts.allow_bookmarks && opts.send_initial_events == Some(true) {
-            send(WatchItem::Bookmark { revision: start, initial_events_end: true }).await?;
+        if initial.end_bookmark && opts.allow_bookmarks {
+            send(WatchItem::Bookmark { revision: initial.revision, initial_events_end: true }).await?;
         }
         let deadline = tokio::time::sleep(opts.timeout);
         tokio::pin!(deadline);

@@ -1,1 +1,600 @@
+//! The REST verbs against the in-memory storage: the same code path as with etcd, minus the
+//! network. The etcd-backed integration tests in `tests/` repeat the storage-sensitive parts.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::codec::{BodyFormat, decode_body};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::storage::memory::MemoryStorage;
+
+struct Fixture {
+    store: Arc<Store>,
+    mem: MemoryStorage,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let mem = MemoryStorage::new();
+        let mut store = Store::new(Arc::new(mem.clone()), Arc::new(Registry::builtin()));
+        store.bookmark_interval = Duration::from_millis(100);
+        let f = Fixture { store: Arc::new(store), mem };
+        for ns in ["default", "other"] {
+            f.create("namespaces", "", json!({"metadata": {"name": ns}})).await.expect("namespace");
+        }
+        f
+    }
+
+    fn info(&self, plural: &str) -> Arc<ResourceInfo> {
+        let reg = &self.store.registry;
+        reg.all().iter().find(|r| r.plural == plural).cloned().unwrap_or_else(|| panic!("{plural} not served"))
+    }
+
+    async fn create(&self, plural: &str, ns: &str, obj: Value) -> ApiResult<Value> {
+        self.create_with(plural, ns, obj, &WriteOptions::default()).await.map(|w| w.object)
+    }
+
+    async fn create_with(&self, plural: &str, ns: &str, obj: Value, opts: &WriteOptions) -> ApiResult<Written> {
+        let body = decode_body(obj.to_string().as_bytes(), BodyFormat::Json)?;
+        self.store.create(&self.info(plural), ns, body, opts).await
+    }
+
+    async fn update(&self, plural: &str, ns: &str, sub: Option<&str>, obj: Value) -> ApiResult<Value> {
+        let name = meta::name(&obj).to_string();
+        let body = decode_body(obj.to_string().as_bytes(), BodyFormat::Json)?;
+        self.store.update(&self.info(plural), ns, &name, sub, body, &WriteOptions::default()).await.map(|w| w.object)
+    }
+
+    async fn get(&self, plural: &str, ns: &str, name: &str) -> ApiResult<Value> {
+        self.store.get_value(&self.info(plural), ns, name).await
+    }
+
+    async fn patch(&self, plural: &str, ns: &str, name: &str, kind: PatchKind, patch: Value) -> ApiResult<Value> {
+        let body = patch.to_string();
+        let p = Patch { kind, body: body.as_bytes() };
+        self.store.patch(&self.info(plural), ns, name, None, p, &WriteOptions::default()).await.map(|w| w.object)
+    }
+
+    async fn delete(&self, plural: &str, ns: &str, name: &str) -> ApiResult<Deleted> {
+        self.store.delete(&self.info(plural), ns, name, &DeleteOptions::default()).await
+    }
+
+    async fn list(&self, plural: &str, ns: &str, opts: ListOptions) -> ApiResult<(Vec<String>, ListResult)> {
+        let r = self.store.list(&self.info(plural), ns, &opts).await?;
+        let names = r.items.iter().map(|i| meta::name(&i.value().expect("value")).to_string()).collect();
+        Ok((names, r))
+    }
+}
+
+fn rv(obj: &Value) -> i64 {
+    meta::meta_str(obj, "resourceVersion").parse().expect("numeric resourceVersion")
+}
+
+fn cm(name: &str) -> Value {
+    json!({"metadata": {"name": name}, "data": {"k": "v"}})
+}
+
+fn deployment(name: &str, replicas: i64) -> Value {
+    json!({"metadata": {"name": name}, "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}}}})
+}
+
+#[tokio::test]
+async fn create_sets_server_owned_metadata() {
+    let f = Fixture::new().await;
+    let obj = f
+        .create(
+            "configmaps",
+            "default",
+            json!({"metadata": {"name": "a", "uid": "fake", "creationTimestamp": null}, "data": {}}),
+        )
+        .await
+        .expect("created");
+    assert_eq!(obj["kind"], "ConfigMap");
+    assert_eq!(obj["apiVersion"], "v1");
+    assert_eq!(obj["metadata"]["namespace"], "default");
+    assert_ne!(obj["metadata"]["uid"], "fake");
+    assert_eq!(obj["metadata"]["uid"].as_str().map(str::len), Some(36));
+    assert!(obj["metadata"]["creationTimestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(rv(&obj) > 0);
+    assert!(obj["metadata"].get("generation").is_none(), "configmaps do not track generation");
+    let stored = f.get("configmaps", "default", "a").await.expect("get");
+    assert_eq!(stored, obj, "what create returned is what is stored");
+}
+
+#[tokio::test]
+async fn create_conflicts_and_namespace_rules() {
+    let f = Fixture::new().await;
+    f.create("configmaps", "default", cm("a")).await.expect("created");
+    let err = f.create("configmaps", "default", cm("a")).await.expect_err("exists");
+    assert_eq!((err.code(), err.reason()), (409, "AlreadyExists"));
+    let err = f.create("configmaps", "missing", cm("a")).await.expect_err("no namespace");
+    assert_eq!(err.to_string(), "namespaces \"missing\" not found");
+    let err = f
+        .create("configmaps", "default", json!({"metadata": {"name": "a", "namespace": "other"}}))
+        .await
+        .expect_err("ns");
+    assert_eq!(err.code(), 400);
+    let err = f.create("configmaps", "default", json!({"metadata": {"name": "Bad_Name"}})).await.expect_err("invalid");
+    assert_eq!((err.code(), err.reason()), (422, "Invalid"));
+    let err = f.create("configmaps", "default", json!({"metadata": {}})).await.expect_err("no name");
+    assert!(err.to_string().contains("metadata.name: Required value"), "{err}");
+}
+
+#[tokio::test]
+async fn generate_name_appends_five_safe_characters() {
+    let f = Fixture::new().await;
+    let obj = f.create("configmaps", "default", json!({"metadata": {"generateName": "web-"}})).await.expect("created");
+    let name = meta::name(&obj);
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+}
+
+#[tokio::test]
+async fn terminating_namespaces_refuse_new_objects() {
+    let f = Fixture::new().await;
+    match f.delete("namespaces", "", "other").await.expect("delete") {
+        Deleted::Pending(ns) => {
+            assert_eq!(ns["status"]["phase"], "Terminating");
+            assert!(meta::is_deleting(&ns));
+        }
+        Deleted::Gone(_) => panic!("namespace with the kubernetes finalizer must wait"),
+    }
+    let err = f.create("configmaps", "other", cm("a")).await.expect_err("terminating");
+    assert_eq!(err.code(), 403);
+    assert!(err.to_string().contains("because it is being terminated"), "{err}");
+    // The namespace controller empties spec.finalizers through /finalize; then it is gone.
+    let mut ns = f.get("namespaces", "", "other").await.expect("get");
+    ns["spec"]["finalizers"] = json!([]);
+    f.update("namespaces", "", Some("finalize"), ns).await.expect("finalized");
+    assert_eq!(f.get("namespaces", "", "other").await.expect_err("gone").code(), 404);
+}
+
+#[tokio::test]
+async fn stale_resource_version_is_a_conflict() {
+    let f = Fixture::new().await;
+    let created = f.create("configmaps", "default", cm("a")).await.expect("created");
+    let mut first = created.clone();
+    first["data"]["k"] = json!("1");
+    let updated = f.update("configmaps", "default", None, first).await.expect("update");
+    assert!(rv(&updated) > rv(&created));
+    let mut stale = created.clone();
+    stale["data"]["k"] = json!("2");
+    let err = f.update("configmaps", "default", None, stale).await.expect_err("stale");
+    assert_eq!((err.code(), err.reason()), (409, "Conflict"));
+    assert!(err.to_string().contains("the object has been modified"), "{err}");
+    // Without a resourceVersion the update is unconditional.
+    let mut blind = cm("a");
+    blind["data"]["k"] = json!("3");
+    let updated = f.update("configmaps", "default", None, blind).await.expect("unconditional");
+    assert_eq!(updated["data"]["k"], "3");
+    assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"], "uid carried over");
+    assert_eq!(updated["metadata"]["creationTimestamp"], created["metadata"]["creationTimestamp"]);
+}
+
+#[tokio::test]
+async fn unchanged_update_writes_nothing() {
+    let f = Fixture::new().await;
+    let created = f.create("configmaps", "default", cm("a")).await.expect("created");
+    let same = f.update("configmaps", "default", None, created.clone()).await.expect("update");
+    assert_eq!(rv(&same), rv(&created));
+}
+
+#[tokio::test]
+async fn generation_moves_with_spec_only_and_status_has_its_own_door() {
+    let f = Fixture::new().await;
+    let d = f.create("deployments", "default", deployment("web", 1)).await.expect("created");
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert!(d.get("status").is_none(), "status starts empty");
+    // Labels are metadata: no bump.
+    let mut labelled = d.clone();
+    labelled["metadata"]["labels"] = json!({"x": "y"});
+    let labelled = f.update("deployments", "default", None, labelled).await.expect("labels");
+    assert_eq!(labelled["metadata"]["generation"], 1);
+    // Status through the main resource is ignored.
+    let mut sneaky = labelled.clone();
+    sneaky["status"] = json!({"replicas": 9});
+    let ignored = f.update("deployments", "default", None, sneaky).await.expect("no-op");
+    assert!(ignored.get("status").is_none());
+    assert_eq!(rv(&ignored), rv(&labelled), "ignoring status left nothing to write");
+    // Spec change bumps.
+    let mut scaled = ignored.clone();
+    scaled["spec"]["replicas"] = json!(3);
+    let scaled = f.update("deployments", "default", None, scaled).await.expect("scaled");
+    assert_eq!(scaled["metadata"]["generation"], 2);
+    // The status subresource takes status and nothing else.
+    let mut status = scaled.clone();
+    status["status"] = json!({"replicas": 3, "observedGeneration": 2});
+    status["spec"]["replicas"] = json!(7);
+    status["metadata"]["labels"] = json!({"changed": "yes"});
+    let after = f.update("deployments", "default", Some("status"), status).await.expect("status");
+    assert_eq!(after["status"]["observedGeneration"], 2);
+    assert_eq!(after["spec"]["replicas"], 3);
+    assert_eq!(after["metadata"]["labels"], json!({"x": "y"}));
+    assert_eq!(after["metadata"]["generation"], 2);
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_the_last_one_is_removed() {
+    let f = Fixture::new().await;
+    let obj = f
+        .create("configmaps", "default", json!({"metadata": {"name": "a", "finalizers": ["example.com/hold"]}}))
+        .await
+        .expect("created");
+    let Deleted::Pending(marked) = f.delete("configmaps", "default", "a").await.expect("delete") else {
+        panic!("finalizer must hold the object");
+    };
+    assert!(meta::is_deleting(&marked));
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 0);
+    // Deleting again changes nothing.
+    let Deleted::Pending(again) = f.delete("configmaps", "default", "a").await.expect("delete") else { panic!() };
+    assert_eq!(again["metadata"]["deletionTimestamp"], marked["metadata"]["deletionTimestamp"]);
+    // Updates cannot clear the deletion timestamp.
+    let mut undelete = marked.clone();
+    meta::meta_mut(&mut undelete).remove("deletionTimestamp");
+    undelete["data"] = json!({"x": "1"});
+    let still = f.update("configmaps", "default", None, undelete).await.expect("update");
+    assert!(meta::is_deleting(&still));
+    let mut release = still.clone();
+    release["metadata"]["finalizers"] = json!([]);
+    f.update("configmaps", "default", None, release).await.expect("released");
+    assert_eq!(f.get("configmaps", "default", "a").await.expect_err("gone").code(), 404);
+    let _ = obj;
+}
+
+#[tokio::test]
+async fn delete_preconditions_are_checked() {
+    let f = Fixture::new().await;
+    let obj = f.create("configmaps", "default", cm("a")).await.expect("created");
+    let info = f.info("configmaps");
+    let wrong_uid = DeleteOptions { precondition_uid: Some("nope".into()), ..Default::default() };
+    let err = f.store.delete(&info, "default", "a", &wrong_uid).await.expect_err("uid");
+    assert_eq!(err.code(), 409);
+    assert!(err.to_string().contains("Precondition failed: UID in precondition: nope"), "{err}");
+    let wrong_rv = DeleteOptions { precondition_resource_version: Some("1".into()), ..Default::default() };
+    assert_eq!(f.store.delete(&info, "default", "a", &wrong_rv).await.expect_err("rv").code(), 409);
+    let dry = DeleteOptions { dry_run: true, ..Default::default() };
+    f.store.delete(&info, "default", "a", &dry).await.expect("dry run");
+    assert!(f.get("configmaps", "default", "a").await.is_ok(), "dry run deletes nothing");
+    let right = DeleteOptions { precondition_uid: Some(meta::uid(&obj).into()), ..Default::default() };
+    assert!(matches!(f.store.delete(&info, "default", "a", &right).await.expect("deleted"), Deleted::Gone(_)));
+    assert_eq!(f.delete("configmaps", "default", "a").await.expect_err("gone").code(), 404);
+}
+
+#[tokio::test]
+async fn strict_field_validation_rejects_unknown_and_duplicate_fields_and_warn_reports_them() {
+    let f = Fixture::new().await;
+    let body = json!({"metadata": {"name": "a"}, "data": {}, "bogus": 1});
+    let err = f.create("configmaps", "default", body.clone()).await.expect_err("strict");
+    assert_eq!(err.to_string(), "strict decoding error: unknown field \"bogus\"");
+    let warn = WriteOptions { field_validation: FieldValidation::Warn, dry_run: false };
+    let w = f.create_with("configmaps", "default", body, &warn).await.expect("warn");
+    assert_eq!(w.warnings, vec!["unknown field \"bogus\""]);
+    assert!(w.object.get("bogus").is_none(), "unknown fields never reach storage");
+    let dup = decode_body(br#"{"metadata":{"name":"b","name":"c"}}"#, BodyFormat::Json).expect("parses");
+    let err = f.store.create(&f.info("configmaps"), "default", dup, &WriteOptions::default()).await.expect_err("dup");
+    assert_eq!(err.to_string(), "strict decoding error: duplicate field \"metadata.name\"");
+}
+
+#[tokio::test]
+async fn wrong_types_and_kinds_are_bad_requests() {
+    let f = Fixture::new().await;
+    let err =
+        f.create("deployments", "default", json!({"metadata": {"name": "a"}, "spec": {"replicas": "three"}})).await;
+    let err = err.expect_err("type");
+    assert_eq!(err.code(), 400);
+    assert!(err.to_string().contains("spec.replicas"), "{err}");
+    let err = f
+        .create("configmaps", "default", json!({"kind": "Secret", "metadata": {"name": "a"}}))
+        .await
+        .expect_err("kind");
+    assert_eq!(err.to_string(), "the kind in the data (Secret) does not match the expected kind (ConfigMap)");
+    let err = f.create("configmaps", "default", json!({"apiVersion": "v2", "metadata": {"name": "a"}})).await;
+    assert!(err.expect_err("version").to_string().contains("does not match the expected API version (v1)"));
+    let err = f.create("configmaps", "default", json!([1, 2])).await.expect_err("array");
+    assert_eq!(err.code(), 400);
+}
+
+#[tokio::test]
+async fn merge_and_json_patches_apply_to_the_latest_object() {
+    let f = Fixture::new().await;
+    let created =
+        f.create("configmaps", "default", json!({"metadata": {"name": "a"}, "data": {"a": "1", "b": "2"}})).await;
+    let created = created.expect("created");
+    let merged = f
+        .patch(
+            "configmaps",
+            "default",
+            "a",
+            PatchKind::Merge,
+            json!({"metadata": {"labels": {"x": "y"}}, "data": {"a": null, "c": "3"}}),
+        )
+        .await
+        .expect("merge");
+    assert_eq!(merged["data"], json!({"b": "2", "c": "3"}));
+    assert_eq!(merged["metadata"]["labels"]["x"], "y");
+    let patched = f
+        .patch("configmaps", "default", "a", PatchKind::Json, json!([{"op": "test", "path": "/data/b", "value": "2"}, {"op": "replace", "path": "/data/b", "value": "20"}]))
+        .await
+        .expect("json patch");
+    assert_eq!(patched["data"]["b"], "20");
+    let err = f
+        .patch("configmaps", "default", "a", PatchKind::Json, json!([{"op": "test", "path": "/data/b", "value": "2"}]))
+        .await
+        .expect_err("test fails");
+    assert_eq!(err.code(), 422);
+    // kubectl makes a JSON patch conditional by replacing the resourceVersion.
+    let stale = json!([{"op": "replace", "path": "/metadata/resourceVersion", "value": meta::meta_str(&created, "resourceVersion")}, {"op": "replace", "path": "/data/b", "value": "x"}]);
+    let err = f.patch("configmaps", "default", "a", PatchKind::Json, stale).await.expect_err("precondition");
+    assert_eq!(err.code(), 409);
+    assert_eq!(f.get("configmaps", "default", "a").await.expect("get")["data"]["b"], "20", "nothing half-written");
+    let err = f.patch("configmaps", "default", "missing", PatchKind::Merge, json!({})).await.expect_err("404");
+    assert_eq!(err.code(), 404);
+}
+
+#[tokio::test]
+async fn lists_filter_by_labels_and_fields_and_page_with_continue_tokens() {
+    let f = Fixture::new().await;
+    for (i, tier) in ["front", "back", "front", "back", "front"].iter().enumerate() {
+        f.create("configmaps", "default", json!({"metadata": {"name": format!("cm-{i}"), "labels": {"tier": tier}}}))
+            .await
+            .expect("created");
+    }
+    f.create("configmaps", "other", json!({"metadata": {"name": "elsewhere", "labels": {"tier": "front"}}}))
+        .await
+        .expect("c");
+    let info = f.info("configmaps");
+    let sel = |l: &str, fs: &str| Selectors {
+        labels: LabelSelector::parse(l).expect("labels"),
+        fields: FieldSelector::parse(fs, &info).expect("fields"),
+    };
+    let (names, _) = f
+        .list("configmaps", "default", ListOptions { selectors: sel("tier=front", ""), ..Default::default() })
+        .await
+        .expect("l");
+    assert_eq!(names, ["cm-0", "cm-2", "cm-4"]);
+    let (names, _) = f
+        .list("configmaps", "", ListOptions { selectors: sel("tier=front", ""), ..Default::default() })
+        .await
+        .expect("l");
+    assert_eq!(names.len(), 4, "all namespaces");
+    let (names, _) = f
+        .list("configmaps", "", ListOptions { selectors: sel("", "metadata.namespace=other"), ..Default::default() })
+        .await
+        .expect("l");
+    assert_eq!(names, ["elsewhere"]);
+    let (names, _) = f
+        .list("configmaps", "default", ListOptions { selectors: sel("", "metadata.name=cm-3"), ..Default::default() })
+        .await
+        .expect("l");
+    assert_eq!(names, ["cm-3"]);
+
+    // Paging: two at a time, stable across writes made in between.
+    let (page1, r1) =
+        f.list("configmaps", "default", ListOptions { limit: 2, ..Default::default() }).await.expect("p1");
+    assert_eq!(page1, ["cm-0", "cm-1"]);
+    let token = r1.continue_token.clone().expect("more pages");
+    f.create("configmaps", "default", json!({"metadata": {"name": "cm-9"}})).await.expect("late");
+    let (page2, r2) = f
+        .list("configmaps", "default", ListOptions { limit: 2, continue_token: Some(token), ..Default::default() })
+        .await
+        .expect("p2");
+    assert_eq!(page2, ["cm-2", "cm-3"]);
+    assert_eq!(r2.revision, r1.revision, "all pages come from one snapshot");
+    let (page3, r3) = f
+        .list(
+            "configmaps",
+            "default",
+            ListOptions { limit: 2, continue_token: r2.continue_token, ..Default::default() },
+        )
+        .await
+        .expect("p3");
+    assert_eq!(page3, ["cm-4"], "cm-9 was created after the snapshot");
+    assert!(r3.continue_token.is_none());
+    // Paging with a selector fills pages with matches.
+    let (p, r) = f
+        .list("configmaps", "default", ListOptions { limit: 2, selectors: sel("tier=back", ""), ..Default::default() })
+        .await
+        .expect("sel page");
+    assert_eq!(p, ["cm-1", "cm-3"]);
+    let (rest, _) = f
+        .list(
+            "configmaps",
+            "default",
+            ListOptions {
+                limit: 2,
+                selectors: sel("tier=back", ""),
+                continue_token: r.continue_token,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("rest");
+    assert!(rest.is_empty());
+    let err = f
+        .list("configmaps", "default", ListOptions { continue_token: Some("garbage".into()), ..Default::default() })
+        .await;
+    assert_eq!(err.expect_err("bad token").code(), 400);
+}
+
+#[tokio::test]
+async fn list_resource_version_semantics() {
+    let f = Fixture::new().await;
+    let a = f.create("configmaps", "default", cm("a")).await.expect("a");
+    f.create("configmaps", "default", cm("b")).await.expect("b");
+    let exact = ListOptions {
+        resource_version: Some(meta::meta_str(&a, "resourceVersion").into()),
+        resource_version_match: Some("Exact".into()),
+        ..Default::default()
+    };
+    let (names, r) = f.list("configmaps", "default", exact).await.expect("exact");
+    assert_eq!(names, ["a"], "the list as it was at a's revision");
+    assert_eq!(r.revision, rv(&a));
+    let future = ListOptions { resource_version: Some("999999".into()), ..Default::default() };
+    assert_eq!(f.list("configmaps", "default", future).await.expect_err("future").code(), 504);
+    let any = ListOptions { resource_version: Some("0".into()), ..Default::default() };
+    assert_eq!(f.list("configmaps", "default", any).await.expect("any").0.len(), 2);
+    f.mem.compact(rv(&a) + 1);
+    let gone = ListOptions {
+        resource_version: Some(rv(&a).to_string()),
+        resource_version_match: Some("Exact".into()),
+        ..Default::default()
+    };
+    assert_eq!(f.list("configmaps", "default", gone).await.expect_err("compacted").code(), 410);
+    let bad = ListOptions { resource_version_match: Some("Exact".into()), ..Default::default() };
+    assert_eq!(f.list("configmaps", "default", bad).await.expect_err("no rv").code(), 400);
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<WatchItem>) -> WatchItem {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event in time").expect("stream open")
+}
+
+fn event(item: WatchItem) -> (EventType, String, i64) {
+    match item {
+        WatchItem::Event(t, o) => (t, meta::name(&o).to_string(), rv(&o)),
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+fn watch_opts(rv: Option<String>) -> WatchOptions {
+    WatchOptions { resource_version: rv, timeout: Duration::from_secs(30), ..Default::default() }
+}
+
+#[tokio::test]
+async fn watch_from_a_revision_sees_every_later_change_in_order() {
+    let f = Fixture::new().await;
+    let a = f.create("configmaps", "default", cm("a")).await.expect("a");
+    let mut rx = f.store.watch(f.info("configmaps"), "default", watch_opts(Some(rv(&a).to_string()))).await.expect("w");
+    let mut changed = a.clone();
+    changed["data"]["k"] = json!("2");
+    let changed = f.update("configmaps", "default", None, changed).await.expect("update");
+    f.create("configmaps", "other", cm("elsewhere")).await.expect("other ns");
+    f.create("configmaps", "default", cm("b")).await.expect("b");
+    f.delete("configmaps", "default", "a").await.expect("delete");
+    let (t, n, r) = event(next(&mut rx).await);
+    assert_eq!((t, n.as_str(), r), (EventType::Modified, "a", rv(&changed)));
+    assert_eq!(event(next(&mut rx).await).0, EventType::Added);
+    let (t, n, r) = event(next(&mut rx).await);
+    assert_eq!((t, n.as_str()), (EventType::Deleted, "a"));
+    assert!(r > rv(&changed), "DELETED carries the deletion's revision");
+}
+
+#[tokio::test]
+async fn watch_without_revision_starts_with_the_current_state() {
+    let f = Fixture::new().await;
+    f.create("configmaps", "default", cm("a")).await.expect("a");
+    f.create("configmaps", "default", cm("b")).await.expect("b");
+    let mut rx = f.store.watch(f.info("configmaps"), "default", watch_opts(None)).await.expect("w");
+    assert_eq!(event(next(&mut rx).await).1, "a");
+    assert_eq!(event(next(&mut rx).await).1, "b");
+    f.create("configmaps", "default", cm("c")).await.expect("c");
+    let (t, n, _) = event(next(&mut rx).await);
+    assert_eq!((t, n.as_str()), (EventType::Added, "c"));
+}
+
+#[tokio::test]
+async fn watch_with_selector_sees_objects_enter_and_leave_the_selection() {
+    let f = Fixture::new().await;
+    let info = f.info("configmaps");
+    let opts = WatchOptions {
+        selectors: Selectors { labels: LabelSelector::parse("app=web").expect("sel"), ..Default::default() },
+        ..watch_opts(Some("0".into()))
+    };
+    let mut rx = f.store.watch(info, "default", opts).await.expect("w");
+    let plain = f.create("configmaps", "default", cm("a")).await.expect("a");
+    let mut labelled = plain.clone();
+    labelled["metadata"]["labels"] = json!({"app": "web"});
+    let labelled = f.update("configmaps", "default", None, labelled).await.expect("label");
+    let mut unlabelled = labelled.clone();
+    unlabelled["metadata"]["labels"] = json!({"app": "db"});
+    f.update("configmaps", "default", None, unlabelled).await.expect("unlabel");
+    let (t, _, r) = event(next(&mut rx).await);
+    assert_eq!((t, r), (EventType::Added, rv(&labelled)), "entering the selection is an ADDED");
+    let (t, _, r) = event(next(&mut rx).await);
+    assert_eq!(t, EventType::Deleted, "leaving the selection is a DELETED");
+    assert!(r > rv(&labelled));
+}
+
+#[tokio::test]
+async fn send_initial_events_ends_with_a_marked_bookmark_and_idle_watches_get_bookmarks() {
+    let f = Fixture::new().await;
+    f.create("configmaps", "default", cm("a")).await.expect("a");
+    let opts = WatchOptions { allow_bookmarks: true, send_initial_events: Some(true), ..watch_opts(None) };
+    let mut rx = f.store.watch(f.info("configmaps"), "default", opts).await.expect("w");
+    assert_eq!(event(next(&mut rx).await).1, "a");
+    match next(&mut rx).await {
+        WatchItem::Bookmark { initial_events_end: true, .. } => {}
+        other => panic!("expected the initial-events-end bookmark, got {other:?}"),
+    }
+    match next(&mut rx).await {
+        WatchItem::Bookmark { initial_events_end: false, revision } => assert!(revision > 0),
+        other => panic!("expected a periodic bookmark, got {other:?}"),
+    }
+    let no_bookmarks = WatchOptions { send_initial_events: Some(true), ..watch_opts(None) };
+    let err = f.store.watch(f.info("configmaps"), "default", no_bookmarks).await.expect_err("needs bookmarks");
+    assert_eq!(err.code(), 422);
+}
+
+#[tokio::test]
+async fn watch_from_a_compacted_revision_reports_expired() {
+    let f = Fixture::new().await;
+    let a = f.create("configmaps", "default", cm("a")).await.expect("a");
+    f.create("configmaps", "default", cm("b")).await.expect("b");
+    f.mem.compact(rv(&a) + 1);
+    let mut rx = f.store.watch(f.info("configmaps"), "default", watch_opts(Some(rv(&a).to_string()))).await.expect("w");
+    match next(&mut rx).await {
+        WatchItem::Error(e) => assert_eq!((e.code(), e.reason()), (410, "Expired")),
+        other => panic!("expected 410, got {other:?}"),
+    }
+    assert!(rx.recv().await.is_none(), "the stream ends after the error");
+}
+
+#[tokio::test]
+async fn watch_ends_at_its_timeout() {
+    let f = Fixture::new().await;
+    let opts = WatchOptions { timeout: Duration::from_millis(200), ..watch_opts(None) };
+    let mut rx = f.store.watch(f.info("configmaps"), "default", opts).await.expect("w");
+    let ended = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("ends by itself");
+    assert!(ended.is_none());
+}
+
+#[tokio::test]
+async fn concurrent_updates_never_lose_a_write() {
+    let f = Fixture::new().await;
+    f.create("configmaps", "default", json!({"metadata": {"name": "counter"}, "data": {}})).await.expect("c");
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = f.store.clone();
+        let info = f.info("configmaps");
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"data": {format!("k{i}"): "v"}}).to_string();
+            let p = Patch { kind: PatchKind::Merge, body: body.as_bytes() };
+            store.patch(&info, "default", "counter", None, p, &WriteOptions::default()).await.expect("patch");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let obj = f.get("configmaps", "default", "counter").await.expect("get");
+    assert_eq!(obj["data"].as_object().map(|m| m.len()), Some(20));
+}
+
+#[tokio::test]
+async fn create_on_update_kinds_accept_put_for_missing_objects() {
+    let f = Fixture::new().await;
+    let lease = json!({"metadata": {"name": "node-1"}, "spec": {"holderIdentity": "node-1"}});
+    f.update("leases", "default", None, lease).await.expect("PUT creates a lease");
+    let err = f.update("configmaps", "default", None, cm("missing")).await.expect_err("404");
+    assert_eq!(err.code(), 404);
+}
+
+#[tokio::test]
+async fn dry_run_writes_nothing() {
+    let f = Fixture::new().await;
+    let dry = WriteOptions { dry_run: true, ..Default::default() };
+    let w = f.create_with("configmaps", "default", cm("a"), &dry).await.expect("dry");
+    assert_eq!(w.object["metadata"]["namespace"], "default");
+    assert_eq!(f.get("configmaps", "default", "a").await.expect_err("not written").code(), 404);
+}

@@ -1,0 +1,6 @@
+//! One test binary (so the heavy dependencies link once) holding every integration and
+//! end-to-end test. Each test starts its own etcd and apiserver.
+
+mod api;
+mod kubectl;
+mod outage;
