@@ -257,9 +257,15 @@ const META_PREFIX: &[u8] = b"{\"metadata\":{";
 
 /// The object as served: the stored bytes with `metadata.resourceVersion` set to `revision`.
 pub fn render_stored(stored: &[u8], revision: i64) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(stored.len() + 32);
+    render_stored_into(&mut out, stored, revision)?;
+    Ok(out)
+}
+
+/// [`render_stored`] appending to `out`, so a list is built in one buffer.
+pub fn render_stored_into(out: &mut Vec<u8>, stored: &[u8], revision: i64) -> Result<(), ApiError> {
     if stored.starts_with(META_PREFIX) && stored.len() > META_PREFIX.len() + 1 {
         let rest = &stored[META_PREFIX.len()..];
-        let mut out = Vec::with_capacity(stored.len() + 32);
         out.extend_from_slice(META_PREFIX);
         out.extend_from_slice(b"\"resourceVersion\":\"");
         out.extend_from_slice(revision.to_string().as_bytes());
@@ -268,10 +274,11 @@ pub fn render_stored(stored: &[u8], revision: i64) -> Result<Vec<u8>, ApiError> 
             out.push(b',');
         }
         out.extend_from_slice(rest);
-        return Ok(out);
+        return Ok(());
     }
     let value = decode_stored(stored, revision)?;
-    Ok(serde_json::to_vec(&value).unwrap_or_default())
+    write_json(out, &value);
+    Ok(())
 }
 
 /// The object as a value, with `metadata.resourceVersion` set to `revision`.

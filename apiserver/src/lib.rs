@@ -9,6 +9,7 @@ pub mod certs;
 pub mod codec;
 pub mod discovery;
 pub mod error;
+pub mod fuzzing;
 pub mod handler;
 pub mod http;
 pub mod kinds;
@@ -127,6 +128,11 @@ pub async fn start_with_storage(
         secure_port: addr.port(),
     };
     tokio::spawn(boot.run(state.clone(), shutdown.clone()));
+    {
+        let store = state.store.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { store.run_namespace_cache(shutdown).await });
+    }
     let task = tokio::spawn(server::serve(listener, tls, state.clone(), shutdown));
     info!(%addr, "Serving the Kubernetes API");
     Ok(Running { addr, ca_pem: material.ca_pem, admin_token, state, task })

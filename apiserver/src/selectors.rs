@@ -308,7 +308,9 @@ fn split_once_unescaped(s: &str, op: &str) -> Option<(String, String)> {
             i += 2;
             continue;
         }
-        if s[i..].starts_with(op) {
+        // Compare bytes: `i` may sit inside a multi-byte character, where slicing the str
+        // would panic. A match starts with an ASCII byte, so it is always a char boundary.
+        if bytes[i..].starts_with(op.as_bytes()) {
             return Some((s[..i].to_string(), s[i + op.len()..].to_string()));
         }
         i += 1;
@@ -420,6 +422,16 @@ mod tests {
         let cms = reg.by_plural("", "configmaps").expect("cms");
         let err = FieldSelector::parse("spec.nodeName=n1", cms).expect_err("unsupported");
         assert_eq!(err.to_string(), "field label not supported: spec.nodeName");
+    }
+
+    #[test]
+    fn non_ascii_field_selectors_are_matched_not_panicked_on() {
+        let reg = Registry::builtin();
+        let pods = reg.by_plural("", "pods").expect("pods");
+        assert!(FieldSelector::parse("a\u{fffd}V", pods).is_err());
+        let s = FieldSelector::parse("spec.nodeName=n\u{e9}\u{fffd}", pods).expect("parses");
+        assert_eq!(s.requirements[0].value, "n\u{e9}\u{fffd}");
+        assert!(LabelSelector::parse("\u{e9}=x").is_err());
     }
 
     #[test]

@@ -15,7 +15,12 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> Etcd {
-        let dir = TempDir::new("etcd").expect("etcd data dir");
+        Self::start_in(None).await
+    }
+
+    /// With the data directory under `base` (a disk path for benchmarks; tmpfs by default).
+    pub async fn start_in(base: Option<std::path::PathBuf>) -> Etcd {
+        let dir = TempDir::new_in("etcd", base).expect("etcd data dir");
         let mut e = Etcd { child: None, client_port: free_port(), peer_port: free_port(), dir };
         e.spawn().await;
         e

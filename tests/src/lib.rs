@@ -32,8 +32,14 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> std::io::Result<TempDir> {
-        let base =
-            if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        Self::new_in(prefix, None)
+    }
+
+    /// Under `base` when given, else tmpfs or the temp dir.
+    pub fn new_in(prefix: &str, base: Option<PathBuf>) -> std::io::Result<TempDir> {
+        let base = base.unwrap_or_else(|| {
+            if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() }
+        });
         let unique = format!(
             "{prefix}-{}-{}",
             std::process::id(),
@@ -60,12 +66,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// The directory holding the workspace's built binaries (`target/debug` for tests).
+/// The directory holding the workspace's built binaries: `target/<profile>` for tests
+/// (which run from `target/<profile>/deps`) and for the harness's own binaries.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf();
-    dir
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable dir");
+    if dir.ends_with("deps") { dir.parent().expect("profile dir").to_path_buf() } else { dir.to_path_buf() }
 }
 
 /// Path of a workspace binary; panics with how to build it if it is missing.

@@ -11,6 +11,8 @@
 //!              └──DELETE (finalizers)──> deletionTimestamp set ──last finalizer removed──> gone
 //! ```
 
+pub mod namespaces;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +39,9 @@ pub struct Store {
     pub registry: Arc<Registry>,
     /// How often an idle watch with bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// Answers "is this namespace active" without a storage read once its watch runs
+    /// ([`Store::run_namespace_cache`]); without it every check reads storage.
+    pub namespaces: Arc<namespaces::NamespaceCache>,
 }
 
 /// Options every write takes.
@@ -230,12 +235,24 @@ fn pending_finalizers(info: &ResourceInfo, obj: &Value) -> bool {
 
 impl Store {
     pub fn new(storage: Arc<dyn Storage>, registry: Arc<Registry>) -> Self {
-        Store { storage, registry, bookmark_interval: Duration::from_secs(60) }
+        Store {
+            storage,
+            registry,
+            bookmark_interval: Duration::from_secs(60),
+            namespaces: Arc::new(namespaces::NamespaceCache::default()),
+        }
+    }
+
+    /// Keeps the namespace cache current until shutdown.
+    pub async fn run_namespace_cache(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let Some(info) = self.registry.by_plural("", "namespaces").cloned() else { return };
+        self.namespaces.clone().run(self.storage.clone(), info, shutdown).await;
     }
 
     /// Namespaced objects may only be created in a namespace that exists and is not terminating.
-    async fn check_namespace(&self, info: &ResourceInfo, ns: &str) -> ApiResult<()> {
-        if !info.namespaced {
+    /// `name` is the new object's name, for the message.
+    async fn check_namespace(&self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<()> {
+        if !info.namespaced || self.namespaces.is_active(ns) {
             return Ok(());
         }
         let Some(ns_info) = self.registry.by_plural("", "namespaces") else {
@@ -248,9 +265,8 @@ impl Store {
         let obj = codec::decode_stored(&kv.value, kv.mod_revision)?;
         if meta::is_deleting(&obj) || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
             return Err(ApiError::Forbidden(format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                 info.plural,
-                meta::name(&obj)
             )));
         }
         Ok(())
@@ -464,7 +480,7 @@ impl Store {
         } else {
             meta::meta_mut(&mut obj).remove("namespace");
         }
-        self.check_namespace(info, ns).await?;
+        self.check_namespace(info, ns, meta::name(&obj)).await?;
         let generate = meta::name(&obj).is_empty() && !meta::meta_str(&obj, "generateName").is_empty();
         let attempts = if generate { GENERATE_NAME_ATTEMPTS } else { 1 };
         let mut last_err = None;
@@ -1032,7 +1048,7 @@ pub fn list_json(info: &ResourceInfo, result: &ListResult) -> ApiResult<Vec<u8>>
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&item.rendered()?);
+        codec::render_stored_into(&mut out, &item.kv.value, item.kv.mod_revision)?;
     }
     out.extend_from_slice(b"]}");
     Ok(out)

@@ -100,6 +100,17 @@ fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     }
 }
 
+/// Takes the key and value without copying them (LIST moves many megabytes).
+fn into_kv(kv: etcd_client::KeyValue) -> KeyValue {
+    let mod_revision = kv.mod_revision();
+    let (key, value) = kv.into_key_value();
+    KeyValue {
+        key: String::from_utf8(key).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        value: Bytes::from(value),
+        mod_revision,
+    }
+}
+
 fn map_err(e: etcd_client::Error) -> StorageError {
     use etcd_client::Error as E;
     match e {
@@ -155,16 +166,16 @@ impl Storage for EtcdStorage {
             opts = opts.with_revision(revision);
         }
         let mut kv = self.kv.clone();
-        let resp = self.deadline(kv.get(start, Some(opts))).await.map_err(|e| match e {
+        let mut resp = self.deadline(kv.get(start, Some(opts))).await.map_err(|e| match e {
             StorageError::Compacted { .. } => StorageError::Compacted { requested: revision, compacted: 0 },
             StorageError::FutureRevision { .. } => StorageError::FutureRevision { requested: revision },
             other => other,
         })?;
         let current = resp.header().map_or(0, |h| h.revision());
         Ok(ListPage {
-            items: resp.kvs().iter().map(to_kv).collect(),
-            revision: if revision > 0 { revision } else { current },
             more: resp.more(),
+            items: resp.take_kvs().into_iter().map(into_kv).collect(),
+            revision: if revision > 0 { revision } else { current },
         })
     }
 
