@@ -45,6 +45,8 @@ pub struct State {
     /// Watches without `timeoutSeconds` end after this to twice this, like upstream's
     /// `--min-request-timeout`.
     pub min_request_timeout: Duration,
+    /// Objects per storage read when streaming a LIST without a limit.
+    pub list_chunk: usize,
     pub shutdown: CancellationToken,
 }
 
@@ -385,6 +387,9 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
                 resource_version: q.get("resourceVersion").map(str::to_string),
                 resource_version_match: q.get("resourceVersionMatch").map(str::to_string),
             };
+            if output == Output::Json && opts.limit == 0 && opts.continue_token.is_none() {
+                return stream_list(state, info, ns, opts).await;
+            }
             let result = store.list(&info, ns, &opts).await?;
             render_list(&info, output, &result)
         }
@@ -568,6 +573,71 @@ fn render_list(info: &ResourceInfo, output: Output, result: &rest::ListResult) -
     }
 }
 
+/// A JSON LIST without a limit, read from storage in chunks of one snapshot and sent as each
+/// chunk arrives: reading the next chunk overlaps encrypting and sending the last, and memory
+/// stays at a chunk rather than the whole collection. A storage failure after the first chunk
+/// aborts the response rather than ending it early.
+async fn stream_list(
+    state: &Arc<State>,
+    info: Arc<ResourceInfo>,
+    ns: &str,
+    opts: ListOptions,
+) -> ApiResult<Response<Body>> {
+    let store = state.store.clone();
+    let chunk_size = state.list_chunk.max(1);
+    let first = store.list(&info, ns, &ListOptions { limit: chunk_size, ..opts.clone() }).await?;
+    let Some(mut token) = first.continue_token.clone() else {
+        let whole = rest::ListResult { continue_token: None, ..first };
+        return Ok(h::respond(200, h::JSON, rest::list_json(&info, &whole)?));
+    };
+    let mut head = rest::list_header(&info, first.revision, None);
+    rest::render_items(&mut head, &first.items, true)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, h::BoxError>>(2);
+    let ns = ns.to_string();
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(head))).await.is_err() {
+            return;
+        }
+        loop {
+            let page = ListOptions {
+                selectors: opts.selectors.clone(),
+                limit: chunk_size,
+                continue_token: Some(token.clone()),
+                ..Default::default()
+            };
+            let page = match store.list(&info, &ns, &page).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(resource = %info.plural, error = %e, "Streaming list failed after the first chunk");
+                    let _ = tx.send(Err(Box::new(e))).await;
+                    return;
+                }
+            };
+            let mut chunk = Vec::with_capacity(page.items.iter().map(|i| i.kv.value.len() + 32).sum::<usize>() + 2);
+            if let Err(e) = rest::render_items(&mut chunk, &page.items, false) {
+                let _ = tx.send(Err(Box::new(e))).await;
+                return;
+            }
+            match page.continue_token {
+                Some(next) => token = next,
+                None => {
+                    chunk.extend_from_slice(b"]}");
+                    let _ = tx.send(Ok(Bytes::from(chunk))).await;
+                    return;
+                }
+            }
+            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|r| r.map(Frame::data));
+    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(h::JSON));
+    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
+    Ok(resp)
+}
+
 /// One watch event as a line of the stream.
 pub fn encode_watch_item(info: &ResourceInfo, output: Output, item: WatchItem) -> Bytes {
     let event = match item {
@@ -626,7 +696,7 @@ fn watch_response(
         .take_until(async move { shutdown.cancelled().await })
         .map(move |item| {
             let _ = &guard;
-            Ok::<_, std::convert::Infallible>(Frame::data(encode_watch_item(&info, output, item)))
+            Ok::<_, h::BoxError>(Frame::data(encode_watch_item(&info, output, item)))
         });
     let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
     resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(output.content_type()));

@@ -11,10 +11,13 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::table::IncludeObject;
 
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// A body error aborts the response (HTTP/2 stream reset, HTTP/1 connection closed), so a
+/// stream that fails halfway is never mistaken for a complete answer.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed_unsync()
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
 pub const JSON: &str = "application/json";

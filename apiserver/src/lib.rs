@@ -110,6 +110,7 @@ pub async fn start_with_storage(
         server_address: format!("{}:{}", config.advertise_address, addr.port()),
         bootstrapped: AtomicBool::new(false),
         min_request_timeout: config.min_request_timeout,
+        list_chunk: config.list_chunk,
         shutdown: shutdown.clone(),
     });
     let running_url = {

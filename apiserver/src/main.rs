@@ -1,10 +1,10 @@
-//! `apiserver`: flags in, [`apiserver::run`] until SIGTERM or SIGINT; a second signal exits at once.
+//! `apiserver`: flags in, [`apiserver::run`] on a runtime of `--worker-threads` threads until SIGTERM
+//! or SIGINT; a second signal exits at once.
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let opts = apiserver::Options::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| match opts.verbosity {
         0 => "info".into(),
@@ -12,6 +12,7 @@ async fn main() -> std::process::ExitCode {
         _ => "debug,apiserver=trace".into(),
     });
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let threads = opts.runtime_threads();
     let config = match opts.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -19,9 +20,16 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(64);
         }
     };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("apiserver: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
-    match apiserver::run(config, shutdown).await {
+    runtime.spawn(signals(shutdown.clone()));
+    match runtime.block_on(apiserver::run(config, shutdown)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("apiserver: {e:#}");
@@ -41,3 +49,6 @@ async fn signals(shutdown: CancellationToken) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     std::process::exit(1);
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

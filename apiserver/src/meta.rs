@@ -95,8 +95,9 @@ pub fn random_suffix() -> String {
     (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
+/// A random (v4) UUID from the thread-local generator: no system call per object.
 pub fn new_uid() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string()
 }
 
 /// `kubectl get`'s AGE: the same coarsening as upstream's human-readable durations.
@@ -196,6 +197,14 @@ mod tests {
             assert_eq!(s.len(), 5);
             assert!(s.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)), "{s}");
         }
+    }
+
+    #[test]
+    fn uids_are_distinct_version_4_uuids() {
+        let a = new_uid();
+        assert_ne!(a, new_uid());
+        let parsed = uuid::Uuid::parse_str(&a).expect("uuid");
+        assert_eq!(parsed.get_version_num(), 4);
     }
 
     #[test]

@@ -141,6 +141,22 @@ impl Client {
         Resp { status, headers, body }
     }
 
+    /// Like [`Self::request`], but a body that fails to arrive completely is an `Err` with the
+    /// reason instead of a panic.
+    pub async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Resp, String> {
+        let resp = self.send(method, path, headers, body).await;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Resp { status, headers, body })
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         self.request("GET", path, &[], Vec::new()).await
     }

@@ -1,7 +1,7 @@
 //! A real etcd (Debian's `etcd-server`, 3.4) on free loopback ports with its own data directory.
 //! It can be stopped and started again on the same ports and data, for outage tests.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{TempDir, free_port};
@@ -33,7 +33,7 @@ impl Etcd {
     async fn spawn(&mut self) {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
+        let child = crate::child_command("etcd")
             .args([
                 "--name",
                 "test",
@@ -76,6 +76,11 @@ impl Etcd {
             assert!(Instant::now() < deadline, "etcd did not become ready on {}", self.endpoint());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// PID of the running etcd, for reading its CPU and memory use.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills etcd (data stays).

@@ -74,6 +74,20 @@ pub fn bin_dir() -> PathBuf {
     if dir.ends_with("deps") { dir.parent().expect("profile dir").to_path_buf() } else { dir.to_path_buf() }
 }
 
+/// A command for a child process that dies with its parent, even when the parent is killed and
+/// no destructor runs (a test timed out, the benchmark was interrupted): `setpriv --pdeathsig`,
+/// from util-linux. The signal follows the spawning thread, so spawn from a thread that lives as
+/// long as the child should (the test's or main thread).
+pub fn child_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    if std::path::Path::new("/usr/bin/setpriv").exists() {
+        let mut c = std::process::Command::new("/usr/bin/setpriv");
+        c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
 /// Path of a workspace binary; panics with how to build it if it is missing.
 pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);

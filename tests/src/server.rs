@@ -58,6 +58,15 @@ impl InProcess {
     }
 
     pub async fn start_with(etcd_endpoint: &str, tweak: impl FnOnce(&mut Config)) -> InProcess {
+        Self::start_on(etcd_endpoint, None, tweak).await
+    }
+
+    /// With a storage the test made (a fault-injecting wrapper, say) instead of one from the config.
+    pub async fn start_on(
+        etcd_endpoint: &str,
+        storage: Option<std::sync::Arc<dyn apiserver::storage::Storage>>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> InProcess {
         let dir = TempDir::new("apiserver").expect("dir");
         let cert_dir = dir.path().join("pki");
         let kubeconfig = dir.path().join("admin.kubeconfig");
@@ -79,10 +88,15 @@ impl InProcess {
             service_range: "10.96.0.0/12".parse().expect("cidr"),
             min_request_timeout: Duration::from_secs(1800),
             bookmark_interval: Duration::from_secs(1),
+            list_chunk: 1000,
         };
         tweak(&mut config);
         let shutdown = CancellationToken::new();
-        let running = apiserver::start(config, shutdown.clone()).await.expect("apiserver starts");
+        let running = match storage {
+            Some(s) => apiserver::start_with_storage(config, s, shutdown.clone()).await,
+            None => apiserver::start(config, shutdown.clone()).await,
+        }
+        .expect("apiserver starts");
         let endpoint = Endpoint {
             url: running.url(),
             ca_pem: running.ca_pem.clone(),
@@ -118,7 +132,7 @@ impl Process {
         let cert_dir = dir.path().join("pki");
         let kubeconfig = dir.path().join("admin.kubeconfig");
         let log = std::fs::File::create(dir.path().join("apiserver.log")).expect("log file");
-        let child = Command::new(crate::binary("apiserver"))
+        let child = crate::child_command(crate::binary("apiserver"))
             .args(["--etcd-servers", etcd_endpoint, "--secure-port", &port.to_string(), "--bind-address", "127.0.0.1"])
             .arg("--cert-dir")
             .arg(&cert_dir)

@@ -1030,13 +1030,13 @@ fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     Ok((rev, start.to_string()))
 }
 
-/// Bytes of a List answer built from already-rendered items, without parsing them again.
-pub fn list_json(info: &ResourceInfo, result: &ListResult) -> ApiResult<Vec<u8>> {
-    let mut meta = json!({"resourceVersion": result.revision.to_string()});
-    if let Some(c) = &result.continue_token {
+/// The opening of a List answer, up to and including `"items":[`.
+pub fn list_header(info: &ResourceInfo, revision: i64, continue_token: Option<&str>) -> Vec<u8> {
+    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if let Some(c) = continue_token {
         meta["continue"] = json!(c);
     }
-    let mut out = Vec::with_capacity(result.items.iter().map(|i| i.kv.value.len() + 32).sum::<usize>() + 128);
+    let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"kind\":");
     out.extend_from_slice(serde_json::to_string(info.list_kind).unwrap_or_default().as_bytes());
     out.extend_from_slice(b",\"apiVersion\":");
@@ -1044,12 +1044,25 @@ pub fn list_json(info: &ResourceInfo, result: &ListResult) -> ApiResult<Vec<u8>>
     out.extend_from_slice(b",\"metadata\":");
     out.extend_from_slice(meta.to_string().as_bytes());
     out.extend_from_slice(b",\"items\":[");
-    for (i, item) in result.items.iter().enumerate() {
-        if i > 0 {
+    out
+}
+
+/// Appends the items, comma-separated; `first` says whether nothing precedes them in the array.
+pub fn render_items(out: &mut Vec<u8>, items: &[ListItem], first: bool) -> ApiResult<()> {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 || !first {
             out.push(b',');
         }
-        codec::render_stored_into(&mut out, &item.kv.value, item.kv.mod_revision)?;
+        codec::render_stored_into(out, &item.kv.value, item.kv.mod_revision)?;
     }
+    Ok(())
+}
+
+/// Bytes of a List answer built from already-rendered items, without parsing them again.
+pub fn list_json(info: &ResourceInfo, result: &ListResult) -> ApiResult<Vec<u8>> {
+    let mut out = list_header(info, result.revision, result.continue_token.as_deref());
+    out.reserve(result.items.iter().map(|i| i.kv.value.len() + 32).sum::<usize>() + 2);
+    render_items(&mut out, &result.items, true)?;
     out.extend_from_slice(b"]}");
     Ok(out)
 }

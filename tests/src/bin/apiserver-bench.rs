@@ -8,7 +8,9 @@
 //!
 //! Run it with a release build (see the README): `cargo run --release -p e2e --bin apiserver-bench`.
 //! Flags: `--ops N` (creates per concurrency level, default 2000), `--pods N` (default 10000),
-//! `--tmpfs` (etcd data on /dev/shm instead of disk).
+//! `--tmpfs` (etcd data on /dev/shm instead of disk), `--hold SECS` (keep etcd and the apiserver up
+//! that long after the pods phase, printing how to reach them, for profiling by hand),
+//! `--only-creates C` (only the apiserver creates, at concurrency C, for profiling).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,16 +28,21 @@ struct Args {
     ops: usize,
     pods: usize,
     tmpfs: bool,
+    hold: u64,
+    /// Run only the apiserver creates at this concurrency (for profiling).
+    only: Option<usize>,
 }
 
 fn args() -> Args {
-    let mut a = Args { ops: 2000, pods: 10_000, tmpfs: false };
+    let mut a = Args { ops: 2000, pods: 10_000, tmpfs: false, hold: 0, only: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--ops" => a.ops = it.next().and_then(|v| v.parse().ok()).expect("--ops N"),
             "--pods" => a.pods = it.next().and_then(|v| v.parse().ok()).expect("--pods N"),
             "--tmpfs" => a.tmpfs = true,
+            "--only-creates" => a.only = it.next().and_then(|v| v.parse().ok()),
+            "--hold" => a.hold = it.next().and_then(|v| v.parse().ok()).expect("--hold SECS"),
             other => {
                 eprintln!("apiserver-bench: unknown argument {other}");
                 std::process::exit(64);
@@ -158,6 +165,18 @@ fn pod(i: usize) -> serde_json::Value {
     })
 }
 
+/// User+system CPU time a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    ticks as f64 / 100.0
+}
+
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -188,12 +207,44 @@ async fn main() {
         if a.tmpfs { "tmpfs" } else { "disk (/var/tmp)" }
     );
     println!();
-    println!("| concurrency | raw etcd puts/s | p50 ms | p99 ms | apiserver creates/s | p50 ms | p99 ms | ratio |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let etcd_pid = etcd.pid().expect("etcd running");
+    if let Some(concurrency) = a.only {
+        let (code, _) =
+            h2.send("POST", "/api/v1/namespaces", Bytes::from(json!({"metadata": {"name": "only"}}).to_string())).await;
+        assert_eq!(code, 201);
+        let h = h2.clone();
+        let data = String::from_utf8(value.to_vec()).expect("ascii");
+        let api_cpu0 = cpu_seconds(api.pid());
+        let (lat, wall) = drive(concurrency, a.ops, move |i| {
+            let h = h.clone();
+            let body =
+                Bytes::from(json!({"metadata": {"name": format!("cm-{i}")}, "data": {"payload": data}}).to_string());
+            async move {
+                let (code, _) = h.send("POST", "/api/v1/namespaces/only/configmaps", body).await;
+                assert_eq!(code, 201);
+            }
+        })
+        .await;
+        let st = stats(lat, wall);
+        let us = (cpu_seconds(api.pid()) - api_cpu0) * 1e6 / a.ops as f64;
+        println!(
+            "only creates at concurrency {concurrency}: {:.0}/s p50 {:.2} ms p99 {:.2} ms, apiserver CPU {us:.0} µs/create (pid {})",
+            st.per_sec,
+            st.p50_ms,
+            st.p99_ms,
+            api.pid()
+        );
+        return;
+    }
+    println!(
+        "| concurrency | raw etcd puts/s | p50 ms | p99 ms | apiserver creates/s | p50 ms | p99 ms | ratio | raw create-if-absent txn/s | apiserver CPU µs/create | etcd CPU µs/op (put / txn / via apiserver) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for concurrency in [1usize, 16, 64] {
         let client = etcd_client.clone();
         let v = value.clone();
+        let etcd_cpu0 = cpu_seconds(etcd_pid);
         let (lat, wall) = drive(concurrency, a.ops, move |i| {
             let mut client = client.clone();
             let v = v.clone();
@@ -203,12 +254,33 @@ async fn main() {
         })
         .await;
         let raw = stats(lat, wall);
+        let etcd_raw_us = (cpu_seconds(etcd_pid) - etcd_cpu0) * 1e6 / a.ops as f64;
+        // The same write as the apiserver makes it: a transaction that creates only if absent.
+        let client = etcd_client.clone();
+        let v = value.clone();
+        let etcd_cpu0 = cpu_seconds(etcd_pid);
+        let (lat, wall) = drive(concurrency, a.ops, move |i| {
+            let mut client = client.clone();
+            let v = v.clone();
+            async move {
+                let key = format!("/bench/txn/c{concurrency}/{i}");
+                let txn = etcd_client::Txn::new()
+                    .when([etcd_client::Compare::create_revision(key.clone(), etcd_client::CompareOp::Equal, 0)])
+                    .and_then([etcd_client::TxnOp::put(key.clone(), v.to_vec(), None)])
+                    .or_else([etcd_client::TxnOp::get(key, None)]);
+                assert!(client.txn(txn).await.expect("txn").succeeded());
+            }
+        })
+        .await;
+        let txn = stats(lat, wall);
+        let etcd_txn_us = (cpu_seconds(etcd_pid) - etcd_cpu0) * 1e6 / a.ops as f64;
         let ns = format!("bench-c{concurrency}");
         let (code, _) =
             h2.send("POST", "/api/v1/namespaces", Bytes::from(json!({"metadata": {"name": ns}}).to_string())).await;
         assert_eq!(code, 201);
         let h = h2.clone();
         let data = String::from_utf8(value.to_vec()).expect("ascii");
+        let (api_cpu0, etcd_cpu0) = (cpu_seconds(api.pid()), cpu_seconds(etcd_pid));
         let (lat, wall) = drive(concurrency, a.ops, move |i| {
             let h = h.clone();
             let body =
@@ -221,11 +293,13 @@ async fn main() {
         })
         .await;
         let api_stats = stats(lat, wall);
+        let api_us = (cpu_seconds(api.pid()) - api_cpu0) * 1e6 / a.ops as f64;
+        let etcd_api_us = (cpu_seconds(etcd_pid) - etcd_cpu0) * 1e6 / a.ops as f64;
         let ratio = api_stats.per_sec / raw.per_sec;
         ratios.push((concurrency, ratio));
         println!(
-            "| {concurrency} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {ratio:.2} |",
-            raw.per_sec, raw.p50_ms, raw.p99_ms, api_stats.per_sec, api_stats.p50_ms, api_stats.p99_ms
+            "| {concurrency} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {ratio:.2} | {:.0} | {api_us:.0} | {etcd_raw_us:.0} / {etcd_txn_us:.0} / {etcd_api_us:.0} |",
+            raw.per_sec, raw.p50_ms, raw.p99_ms, api_stats.per_sec, api_stats.p50_ms, api_stats.p99_ms, txn.per_sec
         );
     }
 
@@ -251,6 +325,18 @@ async fn main() {
         a.pods as f64 / wall.as_secs_f64()
     );
 
+    if a.hold > 0 {
+        println!(
+            "holding for {}s: apiserver {} (pid {}), token {}, kubeconfig {}, etcd {}",
+            a.hold,
+            api.endpoint.url,
+            api.pid(),
+            api.endpoint.token,
+            api.endpoint.kubeconfig.display(),
+            etcd.endpoint()
+        );
+        tokio::time::sleep(Duration::from_secs(a.hold)).await;
+    }
     let mut api_times = Vec::new();
     let mut etcd_times = Vec::new();
     let mut api_bytes = 0;

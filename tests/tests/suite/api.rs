@@ -484,3 +484,128 @@ async fn the_kube_rs_client_lists_creates_and_watches() {
     assert!(saw_later);
     created.await.expect("task");
 }
+
+#[tokio::test]
+async fn the_namespace_cache_follows_etcd_so_creates_skip_the_namespace_read() {
+    let (_etcd, api) = cluster().await;
+    let cache = api.running.state.store.namespaces.clone();
+    e2e::eventually(Duration::from_secs(10), "default in the namespace cache", || {
+        let cache = cache.clone();
+        async move { cache.is_active("default").then_some(()) }
+    })
+    .await;
+    let c = api.client();
+    c.post("/api/v1/namespaces", &json!({"metadata": {"name": "fresh"}})).await;
+    e2e::eventually(Duration::from_secs(10), "a new namespace in the cache", || {
+        let cache = cache.clone();
+        async move { cache.is_active("fresh").then_some(()) }
+    })
+    .await;
+    c.delete("/api/v1/namespaces/fresh").await;
+    e2e::eventually(Duration::from_secs(10), "a terminating namespace to leave the active set", || {
+        let cache = cache.clone();
+        async move { (!cache.is_active("fresh")).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_lists_stream_in_chunks_from_one_snapshot() {
+    let etcd = Etcd::start().await;
+    let api = InProcess::start_with(&etcd.endpoint(), |c| c.list_chunk = 4).await;
+    let c = api.client();
+    for i in 0..19 {
+        let mut obj = cm(&format!("cm-{i:02}"));
+        if i % 3 == 0 {
+            obj["metadata"]["labels"] = json!({"every": "third"});
+        }
+        assert_eq!(c.post("/api/v1/namespaces/default/configmaps", &obj).await.status, 201);
+    }
+    let list = c.get("/api/v1/namespaces/default/configmaps").await;
+    assert_eq!(list.status, 200);
+    let list = list.json();
+    let names: Vec<&str> =
+        list["items"].as_array().expect("items").iter().filter_map(|i| i["metadata"]["name"].as_str()).collect();
+    assert_eq!(names, (0..19).map(|i| format!("cm-{i:02}")).collect::<Vec<_>>());
+    assert!(list["metadata"].get("continue").is_none(), "an unlimited list has no continue token");
+    let every_third = c.get("/api/v1/namespaces/default/configmaps?labelSelector=every%3Dthird").await.json();
+    assert_eq!(every_third["items"].as_array().map(Vec::len), Some(7));
+    // All items come from the revision the list reports.
+    let rv: i64 = list["metadata"]["resourceVersion"].as_str().and_then(|r| r.parse().ok()).expect("rv");
+    for item in list["items"].as_array().expect("items") {
+        let item_rv: i64 = item["metadata"]["resourceVersion"].as_str().and_then(|r| r.parse().ok()).expect("item rv");
+        assert!(item_rv <= rv);
+    }
+}
+
+/// Storage whose LISTs start failing after a number of successful ones.
+struct FailingLists {
+    inner: apiserver::storage::etcd::EtcdStorage,
+    lists_left: std::sync::atomic::AtomicI64,
+}
+
+#[async_trait::async_trait]
+impl apiserver::storage::Storage for FailingLists {
+    async fn get(&self, key: &str) -> Result<Option<apiserver::storage::KeyValue>, apiserver::storage::StorageError> {
+        self.inner.get(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        revision: i64,
+    ) -> Result<apiserver::storage::ListPage, apiserver::storage::StorageError> {
+        if prefix.contains("configmaps") && self.lists_left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 0 {
+            return Err(apiserver::storage::StorageError::Unavailable("injected".into()));
+        }
+        self.inner.list(prefix, after, limit, revision).await
+    }
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64, apiserver::storage::StorageError> {
+        self.inner.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<i64, apiserver::storage::StorageError> {
+        self.inner.update(key, value, expected).await
+    }
+    async fn delete(&self, key: &str, expected: i64) -> Result<i64, apiserver::storage::StorageError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: i64,
+    ) -> Result<apiserver::storage::Watch, apiserver::storage::StorageError> {
+        self.inner.watch(prefix, after).await
+    }
+    async fn current_revision(&self) -> Result<i64, apiserver::storage::StorageError> {
+        self.inner.current_revision().await
+    }
+    async fn check_health(&self) -> Result<(), apiserver::storage::StorageError> {
+        self.inner.check_health().await
+    }
+}
+
+#[tokio::test]
+async fn a_list_that_fails_halfway_is_aborted_not_truncated() {
+    let etcd = Etcd::start().await;
+    let inner = apiserver::storage::etcd::EtcdStorage::connect(apiserver::storage::etcd::EtcdOptions::new(vec![
+        etcd.endpoint(),
+    ]))
+    .await
+    .expect("etcd");
+    let failing = std::sync::Arc::new(FailingLists { inner, lists_left: std::sync::atomic::AtomicI64::new(i64::MAX) });
+    let api = InProcess::start_on(&etcd.endpoint(), Some(failing.clone()), |c| c.list_chunk = 3).await;
+    let c = api.client();
+    for i in 0..10 {
+        c.post("/api/v1/namespaces/default/configmaps", &cm(&format!("cm-{i}"))).await;
+    }
+    // The first chunk succeeds (headers are sent with 200), the second fails.
+    failing.lists_left.store(1, std::sync::atomic::Ordering::SeqCst);
+    let outcome = c.try_request("GET", "/api/v1/namespaces/default/configmaps", &[], Vec::new()).await;
+    match outcome {
+        Err(e) => assert!(!e.is_empty()),
+        Ok(r) => panic!("a failed list must not complete: {} {}", r.status, r.text()),
+    }
+    failing.lists_left.store(i64::MAX, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(c.get("/api/v1/namespaces/default/configmaps").await.json()["items"].as_array().map(Vec::len), Some(10));
+}
