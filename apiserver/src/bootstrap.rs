@@ -1,7 +1,11 @@
 //! What exists from the first start: the namespaces `default`, `kube-system`, `kube-public` and
 //! `kube-node-lease`, and the `kubernetes` Service (the first address of the service range) with
-//! Endpoints pointing at this apiserver. Retried until storage answers, so the apiserver can start
+//! Endpoints and an EndpointSlice pointing at this apiserver, rewritten when its address or port
+//! changed since the last start. Retried until storage answers, so the apiserver can start
 //! before etcd; `/readyz` reports not ready until it is done.
+//!
+//! One apiserver owns the endpoints; several apiservers sharing an etcd would overwrite each
+//! other's address (upstream reconciles them through leases; not built yet).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -58,6 +62,42 @@ fn created_or_exists(r: ApiResult<crate::rest::Written>) -> ApiResult<()> {
     }
 }
 
+/// Creates `obj`, or rewrites the existing object's `fields` when they differ from `obj`'s.
+async fn ensure(
+    state: &State,
+    plural: &str,
+    group: &str,
+    ns: &str,
+    obj: serde_json::Value,
+    fields: &[&str],
+) -> ApiResult<()> {
+    let info =
+        state.registry.by_plural(group, plural).ok_or_else(|| ApiError::Internal(format!("{plural} not served")))?;
+    let opts = WriteOptions { field_validation: FieldValidation::Strict, dry_run: false };
+    let decoded = |v| Decoded { value: v, duplicates: Vec::new() };
+    match state.store.create(info, ns, decoded(obj.clone()), &opts).await {
+        Ok(_) => return Ok(()),
+        Err(ApiError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let name = crate::meta::name(&obj).to_string();
+    let mut current = state.store.get_value(info, ns, &name).await?;
+    if fields.iter().all(|f| current.get(*f) == obj.get(*f)) {
+        return Ok(());
+    }
+    for f in fields {
+        match obj.get(*f) {
+            Some(v) => current[*f] = v.clone(),
+            None => {
+                if let Some(m) = current.as_object_mut() {
+                    m.remove(*f);
+                }
+            }
+        }
+    }
+    state.store.update(info, ns, &name, None, decoded(current), &opts).await.map(|_| ())
+}
+
 impl Bootstrap {
     async fn once(&self, state: &State) -> ApiResult<()> {
         let reg = &state.registry;
@@ -81,15 +121,23 @@ impl Bootstrap {
             },
         });
         created_or_exists(store.create(svc, "default", body(service), &opts).await)?;
-        let ep = reg.by_plural("", "endpoints").ok_or_else(|| ApiError::Internal("endpoints not served".into()))?;
+        let address = self.advertise_address.to_string();
         let endpoints = json!({
             "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
             "subsets": [{
-                "addresses": [{"ip": self.advertise_address.to_string()}],
+                "addresses": [{"ip": address}],
                 "ports": [{"name": "https", "port": self.secure_port, "protocol": "TCP"}],
             }],
         });
-        created_or_exists(store.create(ep, "default", body(endpoints), &opts).await)?;
+        ensure(state, "endpoints", "", "default", endpoints, &["subsets"]).await?;
+        let address_type = if self.advertise_address.is_ipv6() { "IPv6" } else { "IPv4" };
+        let slice = json!({
+            "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": address_type,
+            "endpoints": [{"addresses": [address], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": self.secure_port, "protocol": "TCP"}],
+        });
+        ensure(state, "endpointslices", "discovery.k8s.io", "default", slice, &["endpoints", "ports"]).await?;
         Ok(())
     }
 

@@ -116,6 +116,10 @@ pub enum ApiError {
     RequestEntityTooLarge(String),
     #[error("{0}")]
     Gone(String),
+    /// A continue token outlived its snapshot; `continue_token` resumes from the same key at
+    /// the latest revision, for clients that accept an inconsistent list.
+    #[error("{message}")]
+    ExpiredContinue { message: String, continue_token: String },
     #[error("{0}")]
     Timeout(String),
     #[error("{0}")]
@@ -193,7 +197,7 @@ impl ApiError {
             ApiError::NotAcceptable(_) => 406,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::RequestEntityTooLarge(_) => 413,
-            ApiError::Gone(_) => 410,
+            ApiError::Gone(_) | ApiError::ExpiredContinue { .. } => 410,
             ApiError::Timeout(_) => 504,
             ApiError::ServiceUnavailable(_) => 503,
             ApiError::Internal(_) => 500,
@@ -213,7 +217,7 @@ impl ApiError {
             ApiError::NotAcceptable(_) => "NotAcceptable",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::RequestEntityTooLarge(_) => "RequestEntityTooLarge",
-            ApiError::Gone(_) => "Expired",
+            ApiError::Gone(_) | ApiError::ExpiredContinue { .. } => "Expired",
             ApiError::Timeout(_) => "Timeout",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
@@ -249,6 +253,9 @@ impl ApiError {
         };
         if let Some(d) = details {
             status["details"] = d;
+        }
+        if let ApiError::ExpiredContinue { continue_token, .. } = self {
+            status["metadata"] = json!({"continue": continue_token});
         }
         status
     }

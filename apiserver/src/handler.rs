@@ -553,6 +553,9 @@ fn render_list(info: &ResourceInfo, output: Output, result: &rest::ListResult) -
     if let Some(c) = &result.continue_token {
         list_meta["continue"] = json!(c);
     }
+    if let Some(r) = result.remaining_item_count {
+        list_meta["remainingItemCount"] = json!(r);
+    }
     match output {
         Output::Json => Ok(h::respond(200, h::JSON, rest::list_json(info, result)?)),
         Output::Table(include) => {
@@ -587,10 +590,10 @@ async fn stream_list(
     let chunk_size = state.list_chunk.max(1);
     let first = store.list(&info, ns, &ListOptions { limit: chunk_size, ..opts.clone() }).await?;
     let Some(mut token) = first.continue_token.clone() else {
-        let whole = rest::ListResult { continue_token: None, ..first };
+        let whole = rest::ListResult { continue_token: None, remaining_item_count: None, ..first };
         return Ok(h::respond(200, h::JSON, rest::list_json(&info, &whole)?));
     };
-    let mut head = rest::list_header(&info, first.revision, None);
+    let mut head = rest::list_header(&info, first.revision, None, None);
     rest::render_items(&mut head, &first.items, true)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, h::BoxError>>(2);
     let ns = ns.to_string();

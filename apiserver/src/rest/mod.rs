@@ -111,6 +111,8 @@ pub struct ListResult {
     pub items: Vec<ListItem>,
     pub revision: i64,
     pub continue_token: Option<String>,
+    /// Objects after this page, when known (no selectors: a count of keys, as upstream gives).
+    pub remaining_item_count: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -357,7 +359,7 @@ impl Store {
                 ));
             }
             let (rev, start) = decode_continue(token)?;
-            revision = rev;
+            revision = rev.max(0);
             after = Some(format!("{prefix}{start}"));
         } else {
             match (opts.resource_version_match.as_deref().filter(|s| !s.is_empty()), rv) {
@@ -399,6 +401,7 @@ impl Store {
         };
         let mut items = Vec::new();
         let mut more = false;
+        let mut remaining_item_count = None;
         loop {
             let want = if opts.limit > 0 { opts.limit - items.len() } else { 0 };
             let chunk = if opts.limit > 0 && !opts.selectors.is_empty() { want.max(256) } else { want };
@@ -407,9 +410,14 @@ impl Store {
                 .list(&prefix, after.as_deref(), chunk, revision)
                 .await
                 .map_err(|e| match e {
-                    StorageError::Compacted { .. } if opts.continue_token.is_some() => ApiError::expired(
-                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                    ),
+                    StorageError::Compacted { .. } if opts.continue_token.is_some() => {
+                        let start = after.as_deref().unwrap_or_default();
+                        let base = info.list_prefix(ns);
+                        ApiError::ExpiredContinue {
+                            message: "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.".into(),
+                            continue_token: encode_continue(-1, start.strip_prefix(&base).unwrap_or(start)),
+                        }
+                    }
                     StorageError::Compacted { requested, .. } => {
                         ApiError::expired(format!("too old resource version: {requested}"))
                     }
@@ -438,6 +446,9 @@ impl Store {
             let page_more = page.more || consumed < page.items.len();
             if opts.limit > 0 && items.len() == opts.limit {
                 more = page_more;
+                if more && opts.selectors.is_empty() {
+                    remaining_item_count = Some(page.count - consumed as i64);
+                }
                 break;
             }
             if !page.more {
@@ -456,7 +467,7 @@ impl Store {
         } else {
             None
         };
-        Ok(ListResult { items, revision, continue_token })
+        Ok(ListResult { items, revision, continue_token, remaining_item_count })
     }
 
     // ---- create ----
@@ -1022,7 +1033,8 @@ fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     let raw =
         base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let rev = v.get("rv").and_then(Value::as_i64).filter(|r| *r > 0).ok_or_else(bad)?;
+    // -1 marks a token handed out after compaction: continue at the latest revision.
+    let rev = v.get("rv").and_then(Value::as_i64).filter(|r| *r > 0 || *r == -1).ok_or_else(bad)?;
     let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
     if start.contains("..") || start.starts_with('/') {
         return Err(bad());
@@ -1031,10 +1043,18 @@ fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
 }
 
 /// The opening of a List answer, up to and including `"items":[`.
-pub fn list_header(info: &ResourceInfo, revision: i64, continue_token: Option<&str>) -> Vec<u8> {
+pub fn list_header(
+    info: &ResourceInfo,
+    revision: i64,
+    continue_token: Option<&str>,
+    remaining: Option<i64>,
+) -> Vec<u8> {
     let mut meta = json!({"resourceVersion": revision.to_string()});
     if let Some(c) = continue_token {
         meta["continue"] = json!(c);
+    }
+    if let Some(r) = remaining {
+        meta["remainingItemCount"] = json!(r);
     }
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"kind\":");
@@ -1060,7 +1080,7 @@ pub fn render_items(out: &mut Vec<u8>, items: &[ListItem], first: bool) -> ApiRe
 
 /// Bytes of a List answer built from already-rendered items, without parsing them again.
 pub fn list_json(info: &ResourceInfo, result: &ListResult) -> ApiResult<Vec<u8>> {
-    let mut out = list_header(info, result.revision, result.continue_token.as_deref());
+    let mut out = list_header(info, result.revision, result.continue_token.as_deref(), result.remaining_item_count);
     out.reserve(result.items.iter().map(|i| i.kv.value.len() + 32).sum::<usize>() + 2);
     render_items(&mut out, &result.items, true)?;
     out.extend_from_slice(b"]}");

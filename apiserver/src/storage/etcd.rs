@@ -174,6 +174,7 @@ impl Storage for EtcdStorage {
         let current = resp.header().map_or(0, |h| h.revision());
         Ok(ListPage {
             more: resp.more(),
+            count: resp.count(),
             items: resp.take_kvs().into_iter().map(into_kv).collect(),
             revision: if revision > 0 { revision } else { current },
         })

@@ -92,6 +92,7 @@ impl Storage for MemoryStorage {
         let at = if revision > 0 { revision } else { st.revision };
         let mut items = Vec::new();
         let mut more = false;
+        let mut count = 0;
         for (key, versions) in st.versions.range(prefix.to_string()..) {
             if !key.starts_with(prefix) {
                 break;
@@ -102,13 +103,14 @@ impl Storage for MemoryStorage {
             let Some((rev, Some(value))) = versions.iter().rev().find(|(r, _)| *r <= at) else {
                 continue;
             };
+            count += 1;
             if limit > 0 && items.len() == limit {
                 more = true;
-                break;
+                continue;
             }
             items.push(KeyValue { key: key.clone(), value: value.clone(), mod_revision: *rev });
         }
-        Ok(ListPage { items, revision: at, more })
+        Ok(ListPage { items, revision: at, more, count })
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64, StorageError> {
@@ -271,6 +273,7 @@ mod tests {
         let page = s.list("/p/", None, 2, 0).await.expect("list");
         assert_eq!(page.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), ["/p/a", "/p/b"]);
         assert!(page.more);
+        assert_eq!(page.count, 3, "the count covers the whole range, not the page");
         s.create("/p/bb", b"late".to_vec()).await.expect("create");
         let next = s.list("/p/", Some("/p/b"), 2, page.revision).await.expect("list");
         assert_eq!(

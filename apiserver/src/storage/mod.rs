@@ -33,6 +33,8 @@ pub struct ListPage {
     pub revision: i64,
     /// More keys follow the last one returned.
     pub more: bool,
+    /// Keys in the whole range read (from its start, ignoring the limit).
+    pub count: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,5 +2,6 @@
 //! end-to-end test. Each test starts its own etcd and apiserver.
 
 mod api;
+mod conformance;
 mod kubectl;
 mod outage;
