@@ -255,6 +255,26 @@ fn write_json(out: &mut Vec<u8>, v: &Value) {
 
 const META_PREFIX: &[u8] = b"{\"metadata\":{";
 
+/// Appends `n` in decimal without allocating (this runs once per object of a LIST).
+fn push_decimal(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let negative = n < 0;
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if negative {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// The object as served: the stored bytes with `metadata.resourceVersion` set to `revision`.
 pub fn render_stored(stored: &[u8], revision: i64) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity(stored.len() + 32);
@@ -268,7 +288,7 @@ pub fn render_stored_into(out: &mut Vec<u8>, stored: &[u8], revision: i64) -> Re
         let rest = &stored[META_PREFIX.len()..];
         out.extend_from_slice(META_PREFIX);
         out.extend_from_slice(b"\"resourceVersion\":\"");
-        out.extend_from_slice(revision.to_string().as_bytes());
+        push_decimal(out, revision);
         out.push(b'"');
         if rest[0] != b'}' {
             out.push(b',');
@@ -305,6 +325,15 @@ mod tests {
         assert_eq!(served["metadata"]["resourceVersion"], "42");
         assert_eq!(served["data"]["a"], "b");
         assert_eq!(served["kind"], "ConfigMap");
+    }
+
+    #[test]
+    fn decimals_are_written_like_to_string() {
+        for n in [0i64, 7, 10, 1234567890, i64::MAX, -1, i64::MIN] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).expect("utf8"), n.to_string());
+        }
     }
 
     #[test]

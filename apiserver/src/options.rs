@@ -74,6 +74,10 @@ pub struct Options {
     #[arg(long, env = "APISERVER_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
+    /// Objects per etcd read when streaming a LIST without a limit (not an upstream flag).
+    #[arg(long, env = "APISERVER_LIST_CHUNK_SIZE", default_value_t = 2500, hide = true)]
+    pub list_chunk_size: usize,
+
     /// Log verbosity: 0 info, 1-3 debug, 4+ trace. RUST_LOG overrides.
     #[arg(short = 'v', long = "v", env = "APISERVER_V", default_value_t = 0)]
     pub verbosity: u8,
@@ -184,7 +188,7 @@ impl Options {
             service_range,
             min_request_timeout: Duration::from_secs(self.min_request_timeout.max(1)),
             bookmark_interval: Duration::from_secs(60),
-            list_chunk: 1000,
+            list_chunk: self.list_chunk_size.max(1),
         })
     }
 }

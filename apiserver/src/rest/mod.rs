@@ -427,23 +427,30 @@ impl Store {
                     other => storage_error(info, "", other),
                 })?;
             revision = page.revision;
+            let page_len = page.items.len();
+            let storage_more = page.more;
             let mut consumed = 0;
-            for kv in page.items.iter() {
+            // The last key looked at when it was skipped; when it was kept, it is `items.last()`.
+            let mut skipped_last: Option<String> = None;
+            for kv in page.items {
                 consumed += 1;
-                after = Some(kv.key.clone());
-                let keep = if opts.selectors.is_empty() {
-                    true
-                } else {
-                    opts.selectors.matches(&codec::decode_stored(&kv.value, kv.mod_revision)?)
-                };
-                if keep {
-                    items.push(ListItem { kv: kv.clone() });
-                    if opts.limit > 0 && items.len() == opts.limit {
-                        break;
-                    }
+                let keep = opts.selectors.is_empty()
+                    || opts.selectors.matches(&codec::decode_stored(&kv.value, kv.mod_revision)?);
+                if !keep {
+                    skipped_last = Some(kv.key);
+                    continue;
+                }
+                skipped_last = None;
+                items.push(ListItem { kv });
+                if opts.limit > 0 && items.len() == opts.limit {
+                    break;
                 }
             }
-            let page_more = page.more || consumed < page.items.len();
+            // The next read (or page) starts after the last key looked at.
+            if consumed > 0 {
+                after = skipped_last.or_else(|| items.last().map(|i| i.kv.key.clone()));
+            }
+            let page_more = storage_more || consumed < page_len;
             if opts.limit > 0 && items.len() == opts.limit {
                 more = page_more;
                 if more && opts.selectors.is_empty() {
@@ -451,7 +458,7 @@ impl Store {
                 }
                 break;
             }
-            if !page.more {
+            if !storage_more {
                 break;
             }
         }

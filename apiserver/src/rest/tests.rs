@@ -598,3 +598,37 @@ async fn dry_run_writes_nothing() {
     assert_eq!(w.object["metadata"]["namespace"], "default");
     assert_eq!(f.get("configmaps", "default", "a").await.expect_err("not written").code(), 404);
 }
+
+#[tokio::test]
+async fn selector_pages_resume_after_the_last_key_examined_whether_kept_or_skipped() {
+    let f = Fixture::new().await;
+    // Alternate matching and non-matching objects so pages end on both kinds.
+    // More objects than one storage read fetches, so a page spans several reads.
+    for i in 0..600 {
+        let labels = if i % 3 == 0 { json!({"pick": "no"}) } else { json!({"pick": "yes"}) };
+        f.create("configmaps", "default", json!({"metadata": {"name": format!("cm-{i:03}"), "labels": labels}}))
+            .await
+            .expect("c");
+    }
+    for limit in [1, 2, 7, 300, 399] {
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let opts = ListOptions {
+                limit,
+                continue_token: token.take(),
+                selectors: Selectors { labels: LabelSelector::parse("pick=yes").expect("sel"), ..Default::default() },
+                ..Default::default()
+            };
+            let (names, r) = f.list("configmaps", "default", opts).await.expect("page");
+            assert!(names.len() <= limit);
+            seen.extend(names);
+            match r.continue_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..600).filter(|i| i % 3 != 0).map(|i| format!("cm-{i:03}")).collect();
+        assert_eq!(seen, want, "limit {limit}");
+    }
+}

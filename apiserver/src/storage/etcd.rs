@@ -163,7 +163,9 @@ impl Storage for EtcdStorage {
             opts = opts.with_limit(limit as i64);
         }
         if revision > 0 {
-            opts = opts.with_revision(revision);
+            // A read at a fixed revision sees the same data on any member that has it; no need
+            // for a quorum round trip (each chunk of a streamed LIST is one).
+            opts = opts.with_revision(revision).with_serializable();
         }
         let mut kv = self.kv.clone();
         let mut resp = self.deadline(kv.get(start, Some(opts))).await.map_err(|e| match e {

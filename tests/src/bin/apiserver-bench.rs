@@ -10,7 +10,8 @@
 //! Flags: `--ops N` (creates per concurrency level, default 2000), `--pods N` (default 10000),
 //! `--tmpfs` (etcd data on /dev/shm instead of disk), `--hold SECS` (keep etcd and the apiserver up
 //! that long after the pods phase, printing how to reach them, for profiling by hand),
-//! `--only-creates C` (only the apiserver creates, at concurrency C, for profiling).
+//! `--only-creates C` (only the apiserver creates, at concurrency C, for profiling),
+//! `--skip-creates` (only the pods and LIST phases), `--list-runs N` (default 15).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,16 +32,22 @@ struct Args {
     hold: u64,
     /// Run only the apiserver creates at this concurrency (for profiling).
     only: Option<usize>,
+    /// LIST repetitions (median reported).
+    list_runs: usize,
+    /// Skip the ConfigMap create phase.
+    skip_creates: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { ops: 2000, pods: 10_000, tmpfs: false, hold: 0, only: None };
+    let mut a = Args { ops: 2000, pods: 10_000, tmpfs: false, hold: 0, only: None, list_runs: 15, skip_creates: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--ops" => a.ops = it.next().and_then(|v| v.parse().ok()).expect("--ops N"),
             "--pods" => a.pods = it.next().and_then(|v| v.parse().ok()).expect("--pods N"),
             "--tmpfs" => a.tmpfs = true,
+            "--list-runs" => a.list_runs = it.next().and_then(|v| v.parse().ok()).expect("--list-runs N"),
+            "--skip-creates" => a.skip_creates = true,
             "--only-creates" => a.only = it.next().and_then(|v| v.parse().ok()),
             "--hold" => a.hold = it.next().and_then(|v| v.parse().ok()).expect("--hold SECS"),
             other => {
@@ -241,7 +248,8 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
-    for concurrency in [1usize, 16, 64] {
+    let levels: &[usize] = if a.skip_creates { &[] } else { &[1, 16, 64] };
+    for &concurrency in levels {
         let client = etcd_client.clone();
         let v = value.clone();
         let etcd_cpu0 = cpu_seconds(etcd_pid);
@@ -342,7 +350,7 @@ async fn main() {
     let mut api_bytes = 0;
     let mut etcd_bytes = 0;
     let mut kv = etcd_client.kv_client().max_decoding_message_size(usize::MAX);
-    for _ in 0..7 {
+    for _ in 0..a.list_runs {
         let t = Instant::now();
         let resp =
             kv.get("/registry/pods/bench/", Some(etcd_client::GetOptions::new().with_prefix())).await.expect("range");
@@ -357,10 +365,11 @@ async fn main() {
     }
     api_times.sort();
     etcd_times.sort();
-    let (api_med, etcd_med) = (api_times[3].as_secs_f64() * 1000.0, etcd_times[3].as_secs_f64() * 1000.0);
+    let mid = a.list_runs / 2;
+    let (api_med, etcd_med) = (api_times[mid].as_secs_f64() * 1000.0, etcd_times[mid].as_secs_f64() * 1000.0);
     let list_ratio = api_med / etcd_med;
     println!();
-    println!("| LIST {} pods | median ms (7 runs) | bytes |", a.pods);
+    println!("| LIST {} pods | median ms ({} runs, interleaved) | bytes |", a.pods, a.list_runs);
     println!("|---|---|---|");
     println!("| raw etcd range | {etcd_med:.1} | {etcd_bytes} |");
     println!("| apiserver GET (JSON) | {api_med:.1} | {api_bytes} |");

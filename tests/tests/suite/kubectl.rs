@@ -156,10 +156,12 @@ async fn kubectl_get_watch_prints_later_changes() {
 async fn every_installed_kubectl_version_gets_and_creates() {
     let etcd = Etcd::start().await;
     let api = Process::start(&etcd.endpoint(), &[]).await;
-    for minor in ["1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33"] {
-        if !Kubectl::available(minor) {
-            continue;
-        }
+    let installed: Vec<&str> = ["1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33"]
+        .into_iter()
+        .filter(|m| Kubectl::available(m))
+        .collect();
+    assert!(!installed.is_empty(), "no pinned kubectl.1.NN is installed; this test needs at least one");
+    for minor in installed {
         let k = Kubectl::version(minor, &api.endpoint);
         let ns = rows(&k.run(&["get", "namespaces"]).ok().stdout);
         assert_eq!(ns[0], ["NAME", "STATUS", "AGE"], "kubectl {minor}");
