@@ -685,6 +685,22 @@ fn selector_immutable(new: &Value, old: &Value) -> Vec<Cause> {
     Vec::new()
 }
 
+/// `<field>.type` defaults to RollingUpdate, and then `<field>.rollingUpdate` gets `defaults`.
+fn default_rolling_update(spec: &mut Map<String, Value>, field: &str, defaults: &[(&str, Value)]) {
+    let strategy = spec.entry(field).or_insert_with(|| json!({}));
+    let Some(strategy) = strategy.as_object_mut() else { return };
+    set_default(strategy, "type", json!("RollingUpdate"));
+    if strategy.get("type").and_then(Value::as_str) != Some("RollingUpdate") {
+        return;
+    }
+    let rolling = strategy.entry("rollingUpdate").or_insert_with(|| json!({}));
+    if let Some(rolling) = rolling.as_object_mut() {
+        for (k, v) in defaults {
+            set_default(rolling, k, v.clone());
+        }
+    }
+}
+
 fn default_template(obj: &mut Value) {
     if let Some(spec) = obj.get_mut("spec").and_then(|s| s.get_mut("template")).and_then(|t| t.get_mut("spec")) {
         default_pod_spec(spec);
@@ -698,17 +714,7 @@ impl Strategy for DeploymentStrategy {
         set_default(spec, "replicas", json!(1));
         set_default(spec, "revisionHistoryLimit", json!(10));
         set_default(spec, "progressDeadlineSeconds", json!(600));
-        let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
-        if let Some(s) = strategy.as_object_mut() {
-            set_default(s, "type", json!("RollingUpdate"));
-            if s.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
-                let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
-                if let Some(ru) = ru.as_object_mut() {
-                    set_default(ru, "maxUnavailable", json!("25%"));
-                    set_default(ru, "maxSurge", json!("25%"));
-                }
-            }
-        }
+        default_rolling_update(spec, "strategy", &[("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))]);
         default_template(obj);
     }
     /// Updates get the same defaults: kubectl apply may leave defaulted fields out.
@@ -765,17 +771,7 @@ impl Strategy for DaemonSetStrategy {
     fn prepare_for_create(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
         set_default(spec, "revisionHistoryLimit", json!(10));
-        let us = spec.entry("updateStrategy").or_insert_with(|| json!({}));
-        if let Some(us) = us.as_object_mut() {
-            set_default(us, "type", json!("RollingUpdate"));
-            if us.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
-                let ru = us.entry("rollingUpdate").or_insert_with(|| json!({}));
-                if let Some(ru) = ru.as_object_mut() {
-                    set_default(ru, "maxUnavailable", json!(1));
-                    set_default(ru, "maxSurge", json!(0));
-                }
-            }
-        }
+        default_rolling_update(spec, "updateStrategy", &[("maxUnavailable", json!(1)), ("maxSurge", json!(0))]);
         default_template(obj);
     }
     fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
@@ -810,16 +806,7 @@ impl Strategy for StatefulSetStrategy {
             "persistentVolumeClaimRetentionPolicy",
             json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
         );
-        let us = spec.entry("updateStrategy").or_insert_with(|| json!({}));
-        if let Some(us) = us.as_object_mut() {
-            set_default(us, "type", json!("RollingUpdate"));
-            if us.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
-                let ru = us.entry("rollingUpdate").or_insert_with(|| json!({}));
-                if let Some(ru) = ru.as_object_mut() {
-                    set_default(ru, "partition", json!(0));
-                }
-            }
-        }
+        default_rolling_update(spec, "updateStrategy", &[("partition", json!(0))]);
         default_template(obj);
     }
     fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
@@ -1077,6 +1064,23 @@ mod tests {
         let mut moved = d.clone();
         moved["spec"]["selector"]["matchLabels"]["app"] = json!("db");
         assert_eq!(DeploymentStrategy.validate_update(&moved, &d)[0].field, "spec.selector");
+    }
+
+    #[test]
+    fn daemonsets_and_statefulsets_default_their_update_strategies() {
+        let mut ds = json!({"spec": {}});
+        DaemonSetStrategy.prepare_for_create(&mut ds);
+        assert_eq!(
+            ds["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
+        let mut on_delete = json!({"spec": {"updateStrategy": {"type": "OnDelete"}}});
+        DaemonSetStrategy.prepare_for_create(&mut on_delete);
+        assert_eq!(on_delete["spec"]["updateStrategy"], json!({"type": "OnDelete"}), "no rollingUpdate for OnDelete");
+        let mut sts = json!({"spec": {}});
+        StatefulSetStrategy.prepare_for_create(&mut sts);
+        assert_eq!(sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"], 0);
+        assert_eq!(sts["spec"]["podManagementPolicy"], "OrderedReady");
     }
 
     #[test]
