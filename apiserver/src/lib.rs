@@ -54,11 +54,15 @@ pub struct Running {
 }
 
 impl Running {
-    /// `https://127.0.0.1:<port>` for a loopback or wildcard bind, else the bound address.
     pub fn url(&self) -> String {
-        let ip = if self.addr.ip().is_unspecified() { "127.0.0.1".parse().expect("literal") } else { self.addr.ip() };
-        format!("https://{}", SocketAddr::new(ip, self.addr.port()))
+        local_url(self.addr)
     }
+}
+
+/// `https://127.0.0.1:<port>` for a wildcard bind, else the bound address.
+fn local_url(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+    format!("https://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Binds, starts serving and bootstrapping in the background, and returns.
@@ -113,10 +117,7 @@ pub async fn start_with_storage(
         list_chunk: config.list_chunk,
         shutdown: shutdown.clone(),
     });
-    let running_url = {
-        let ip = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("literal") } else { addr.ip() };
-        format!("https://{}", SocketAddr::new(ip, addr.port()))
-    };
+    let running_url = local_url(addr);
     if let Some(path) = &config.admin_kubeconfig {
         let token =
             admin_token.as_deref().context("the token file has no system:masters user for the admin kubeconfig")?;
