@@ -437,9 +437,10 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
             let kind = match codec::media_type(content_type.as_deref()).as_str() {
                 "application/merge-patch+json" => PatchKind::Merge,
                 "application/json-patch+json" => PatchKind::Json,
-                m @ ("application/strategic-merge-patch+json" | "application/apply-patch+yaml") => {
+                "application/strategic-merge-patch+json" => PatchKind::Strategic,
+                m @ "application/apply-patch+yaml" => {
                     return Err(ApiError::UnsupportedMediaType(format!(
-                        "{m} patches are not supported by this server yet; use application/merge-patch+json or application/json-patch+json (kubectl: --type=merge or --type=json)"
+                        "{m} (server-side apply) is not supported by this server yet; use kubectl apply without --server-side, or a merge, JSON or strategic merge patch"
                     )));
                 }
                 other => {

@@ -17,6 +17,7 @@ pub mod meta;
 pub mod metrics;
 pub mod openapi;
 pub mod options;
+pub mod patch;
 pub mod resources;
 pub mod rest;
 pub mod selectors;

@@ -119,6 +119,54 @@ pub struct ListResult {
 pub enum PatchKind {
     Merge,
     Json,
+    Strategic,
+}
+
+/// A PATCH body decoded once, applied to each attempt's current object.
+pub enum ParsedPatch {
+    Merge(Value),
+    Json(json_patch::Patch),
+    Strategic(Value),
+}
+
+impl ParsedPatch {
+    pub fn parse(patch: &Patch<'_>) -> ApiResult<ParsedPatch> {
+        let value: Value = serde_json::from_slice(patch.body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
+        match patch.kind {
+            PatchKind::Json => serde_json::from_value(value).map(ParsedPatch::Json).map_err(|e| {
+                ApiError::BadRequest(format!("the server rejected our request due to an error in our request: {e}"))
+            }),
+            PatchKind::Merge | PatchKind::Strategic if !value.is_object() => {
+                Err(ApiError::BadRequest("a merge patch must be a JSON object".into()))
+            }
+            PatchKind::Merge => Ok(ParsedPatch::Merge(value)),
+            PatchKind::Strategic => Ok(ParsedPatch::Strategic(value)),
+        }
+    }
+
+    /// The patched document; nothing of `doc` changes when the patch does not apply.
+    pub fn apply(&self, doc: &Value, ty: crate::patch::schema::Ty) -> ApiResult<Value> {
+        let invalid = |e: String| ApiError::Invalid {
+            message: format!("the server rejected our request due to an error in our request: {e}"),
+            details: Details::default(),
+            causes: vec![],
+        };
+        match self {
+            ParsedPatch::Merge(p) => {
+                let mut out = doc.clone();
+                json_patch::merge(&mut out, p);
+                Ok(out)
+            }
+            ParsedPatch::Json(p) => {
+                let mut out = doc.clone();
+                json_patch::patch(&mut out, p).map_err(|e| invalid(e.to_string()))?;
+                Ok(out)
+            }
+            ParsedPatch::Strategic(p) => crate::patch::strategic::apply(doc, p, ty)
+                .map_err(|e| ApiError::BadRequest(format!("the strategic merge patch does not apply: {e}"))),
+        }
+    }
 }
 
 /// A PATCH body and how to read it.
@@ -609,32 +657,13 @@ impl Store {
         patch: Patch<'_>,
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
-        let patch_value: Value = serde_json::from_slice(patch.body)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
-        let json_patch = match patch.kind {
-            PatchKind::Json => Some(serde_json::from_value::<json_patch::Patch>(patch_value.clone()).map_err(|e| {
-                ApiError::BadRequest(format!("the server rejected our request due to an error in our request: {e}"))
-            })?),
-            PatchKind::Merge => {
-                if !patch_value.is_object() {
-                    return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
-                }
-                None
-            }
-        };
+        let parsed = ParsedPatch::parse(&patch)?;
+        let ty = crate::patch::schema::root(info.kind);
         let fv = opts.field_validation;
         let mut warnings = Vec::new();
         let written = self
             .update_with(info, ns, name, subresource, opts.dry_run, |old| {
-                let mut doc = old.clone();
-                match &json_patch {
-                    Some(p) => json_patch::patch(&mut doc, p).map_err(|e| ApiError::Invalid {
-                        message: format!("the server rejected our request due to an error in our request: {e}"),
-                        details: Details::default(),
-                        causes: vec![],
-                    })?,
-                    None => json_patch::merge(&mut doc, &patch_value),
-                }
+                let doc = parsed.apply(old, ty)?;
                 let (normalized, w) = self.decode_object(info, Decoded { value: doc, duplicates: Vec::new() }, fv)?;
                 warnings = w;
                 Ok(normalized)

@@ -261,7 +261,10 @@ async fn the_memory_backend_serves_the_api_without_etcd() {
     // No etcd at all: the in-memory storage (for tests and simulations) answers on its own.
     let api = Process::start("http://127.0.0.1:1", &["--storage-backend", "memory"]).await;
     let c = api.endpoint.client();
-    assert_eq!(c.post("/api/v1/namespaces/default/configmaps", &serde_json::json!({"metadata": {"name": "m"}})).await.status, 201);
+    assert_eq!(
+        c.post("/api/v1/namespaces/default/configmaps", &serde_json::json!({"metadata": {"name": "m"}})).await.status,
+        201
+    );
     assert_eq!(c.get("/api/v1/namespaces/default/configmaps/m").await.status, 200);
     let mut w = c.stream("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=0", &[]).await;
     assert_eq!(w.expect_event(10).await["object"]["metadata"]["name"], "m");

@@ -5,3 +5,4 @@ mod api;
 mod conformance;
 mod kubectl;
 mod outage;
+mod patching;

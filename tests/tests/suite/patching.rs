@@ -1,0 +1,212 @@
+//! kubectl's editing commands against the real apiserver binary: client-side apply round trips,
+//! edit, set, rollout restart, label --overwrite, cordon and patch in every type.
+
+use e2e::etcd::Etcd;
+use e2e::kubectl::Kubectl;
+use e2e::server::Process;
+use serde_json::Value;
+
+fn manifest(name: &str) -> String {
+    format!("{}/manifests/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn json(k: &Kubectl, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = k.run(&all).ok().stdout;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn env_of(deploy: &Value) -> Vec<(String, String)> {
+    deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| (e["name"].as_str().unwrap_or("").to_string(), e["value"].as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn cluster() -> (Etcd, Process) {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    (etcd, api)
+}
+
+#[tokio::test]
+async fn kubectl_apply_updates_changed_fields_removes_deleted_ones_and_keeps_other_writers() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    let out = k.run(&["apply", "-f", &manifest("apply/v1.yaml")]).ok().stdout;
+    assert!(out.contains("configmap/app-config created") && out.contains("deployment.apps/app created"), "{out}");
+    // Other writers change fields the manifest does not mention.
+    k.run(&["set", "env", "deployment/app", "C=3"]).ok();
+    k.run(&["annotate", "deployment", "app", "other-writer=kept"]).ok();
+    k.run(&["patch", "configmap", "app-config", "--type", "merge", "-p", r#"{"data":{"other":"x"}}"#]).ok();
+
+    let out = k.run(&["apply", "-f", &manifest("apply/v2.yaml")]).ok().stdout;
+    assert!(out.contains("configmap/app-config configured") && out.contains("deployment.apps/app configured"), "{out}");
+    let cm = json(&k, &["get", "configmap", "app-config"]);
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"mode": "green", "added": "true", "other": "x"}),
+        "removed key gone, other writer's key kept"
+    );
+    let d = json(&k, &["get", "deployment", "app"]);
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "busybox:1.36");
+    // kubectl sends $setElementOrder/env [A]: C, which only the other writer set, keeps its
+    // place ahead of the elements the manifest orders, as upstream orders them.
+    assert_eq!(env_of(&d), [("C".to_string(), "3".to_string()), ("A".to_string(), "10".to_string())]);
+    let ports: Vec<i64> =
+        c["ports"].as_array().expect("ports").iter().filter_map(|p| p["containerPort"].as_i64()).collect();
+    assert_eq!(ports, [8080, 9090]);
+    assert_eq!(d["metadata"]["annotations"]["other-writer"], "kept");
+    assert_eq!(d["metadata"]["generation"], 3, "set env and the re-apply each changed the spec");
+
+    let again = k.run(&["apply", "-f", &manifest("apply/v2.yaml")]).ok().stdout;
+    assert!(again.contains("configmap/app-config unchanged"), "{again}");
+    // With the other writer's env var in the live list, kubectl sends an order-only patch on
+    // every apply (it compares the live list's length with the manifest's), as against upstream;
+    // the object itself does not change.
+    assert!(again.contains("deployment.apps/app configured"), "{again}");
+    let after = json(&k, &["get", "deployment", "app"]);
+    assert_eq!(after["metadata"]["resourceVersion"], d["metadata"]["resourceVersion"], "nothing was written");
+}
+
+#[tokio::test]
+async fn kubectl_apply_takes_directories_and_recurses() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    let dir = e2e::TempDir::new("manifests").expect("dir");
+    std::fs::create_dir_all(dir.path().join("nested")).expect("nested");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: top\ndata:\n  k: v\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("nested/b.yaml"),
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: deep\nstringData:\n  password: s3cret\n",
+    )
+    .expect("write");
+    let flat = k.run(&["apply", "-f", &format!("{}/", dir.path().display())]).ok().stdout;
+    assert!(flat.contains("configmap/top created") && !flat.contains("secret/deep"), "{flat}");
+    let deep = k.run(&["apply", "-R", "-f", &dir.path().display().to_string()]).ok().stdout;
+    assert!(deep.contains("configmap/top unchanged") && deep.contains("secret/deep created"), "{deep}");
+    let secret = json(&k, &["get", "secret", "deep"]);
+    assert_eq!(secret["data"]["password"], "czNjcmV0");
+    assert!(secret.get("stringData").is_none());
+}
+
+#[tokio::test]
+async fn kubectl_edit_set_image_rollout_restart_and_label_overwrite() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    k.run(&["apply", "-f", &manifest("apply/v2.yaml")]).ok();
+    let edited = std::process::Command::new("kubectl")
+        .args(["edit", "deployment", "app"])
+        .env("KUBECONFIG", &api.endpoint.kubeconfig)
+        .env("KUBE_EDITOR", "sed -i s/busybox:1.36/busybox:1.37/")
+        .env("HOME", api.dir.path())
+        .output()
+        .expect("kubectl edit");
+    assert!(edited.status.success(), "{}", String::from_utf8_lossy(&edited.stderr));
+    assert_eq!(
+        json(&k, &["get", "deployment", "app"])["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:1.37"
+    );
+    k.run(&["set", "image", "deployment/app", "main=busybox:1.38"]).ok();
+    assert_eq!(
+        json(&k, &["get", "deployment", "app"])["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:1.38"
+    );
+    assert!(k.run(&["rollout", "restart", "deployment/app"]).ok().stdout.contains("deployment.apps/app restarted"));
+    let d = json(&k, &["get", "deployment", "app"]);
+    assert!(d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string(), "{d}");
+    k.run(&["label", "configmap", "app-config", "tier=a"]).ok();
+    let clash = k.run(&["label", "configmap", "app-config", "tier=b"]);
+    assert_ne!(clash.code, 0, "relabelling needs --overwrite");
+    k.run(&["label", "configmap", "app-config", "tier=b", "--overwrite"]).ok();
+    assert_eq!(json(&k, &["get", "configmap", "app-config"])["metadata"]["labels"]["tier"], "b");
+}
+
+#[tokio::test]
+async fn kubectl_cordon_and_uncordon_a_node() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    k.run_stdin(&["create", "-f", "-"], "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n").ok();
+    assert!(k.run(&["cordon", "n1"]).ok().stdout.contains("node/n1 cordoned"));
+    assert_eq!(json(&k, &["get", "node", "n1"])["spec"]["unschedulable"], true);
+    let table = k.run(&["get", "node", "n1"]).ok().stdout;
+    assert!(table.contains("SchedulingDisabled"), "{table}");
+    assert!(k.run(&["uncordon", "n1"]).ok().stdout.contains("node/n1 uncordoned"));
+    assert!(json(&k, &["get", "node", "n1"])["spec"].get("unschedulable").is_none_or(|u| u == false));
+}
+
+#[tokio::test]
+async fn kubectl_patch_in_every_type() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    k.run(&["apply", "-f", &manifest("apply/v1.yaml")]).ok();
+    // Strategic (the default): env merges by name.
+    k.run(&[
+        "patch",
+        "deployment",
+        "app",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"main","env":[{"name":"B","value":"20"}]}]}}}}"#,
+    ])
+    .ok();
+    assert_eq!(
+        env_of(&json(&k, &["get", "deployment", "app"])),
+        [("A".to_string(), "1".to_string()), ("B".to_string(), "20".to_string())]
+    );
+    // Merge: lists are replaced.
+    k.run(&[
+        "patch",
+        "deployment",
+        "app",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"main","image":"busybox:1.36"}]}}}}"#,
+    ])
+    .ok();
+    let d = json(&k, &["get", "deployment", "app"]);
+    assert!(env_of(&d).is_empty(), "a merge patch replaces the containers list");
+    // JSON patch, with a test that fails: nothing changes.
+    k.run(&[
+        "patch",
+        "configmap",
+        "app-config",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/data/mode","value":"red"}]"#,
+    ])
+    .ok();
+    assert_eq!(json(&k, &["get", "configmap", "app-config"])["data"]["mode"], "red");
+    let failed = k.run(&[
+        "patch",
+        "configmap",
+        "app-config",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"test","path":"/data/mode","value":"blue"},{"op":"remove","path":"/data/mode"}]"#,
+    ]);
+    assert_ne!(failed.code, 0);
+    assert_eq!(json(&k, &["get", "configmap", "app-config"])["data"]["mode"], "red");
+    // A strategic patch that does not apply is refused with the reason.
+    let bad = k.run(&[
+        "patch",
+        "deployment",
+        "app",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"image":"no-name"}]}}}}"#,
+    ]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("merge key"), "{}", bad.stderr);
+}
