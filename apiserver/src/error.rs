@@ -122,6 +122,9 @@ pub enum ApiError {
     ExpiredContinue { message: String, continue_token: String },
     #[error("{0}")]
     Timeout(String),
+    /// Refused for now (an eviction that a disruption budget does not allow).
+    #[error("{message}")]
+    TooManyRequests { message: String, causes: Vec<Cause> },
     #[error("{0}")]
     ServiceUnavailable(String),
     /// The message is safe to return; the cause was logged where it happened.
@@ -199,6 +202,7 @@ impl ApiError {
             ApiError::RequestEntityTooLarge(_) => 413,
             ApiError::Gone(_) | ApiError::ExpiredContinue { .. } => 410,
             ApiError::Timeout(_) => 504,
+            ApiError::TooManyRequests { .. } => 429,
             ApiError::ServiceUnavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
@@ -219,6 +223,7 @@ impl ApiError {
             ApiError::RequestEntityTooLarge(_) => "RequestEntityTooLarge",
             ApiError::Gone(_) | ApiError::ExpiredContinue { .. } => "Expired",
             ApiError::Timeout(_) => "Timeout",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
         }
@@ -249,6 +254,9 @@ impl ApiError {
                 Some(d)
             }
             ApiError::ServiceUnavailable(_) | ApiError::Timeout(_) => Some(json!({"retryAfterSeconds": 1})),
+            ApiError::TooManyRequests { causes, .. } => Some(json!({
+                "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message})).collect::<Vec<_>>(),
+            })),
             _ => None,
         };
         if let Some(d) = details {

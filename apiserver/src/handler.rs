@@ -27,7 +27,11 @@ use crate::meta;
 use crate::metrics::Metrics;
 use crate::openapi::OpenApiV3;
 use crate::resources::{Registry, ResourceInfo};
-use crate::rest::{self, DeleteOptions, Deleted, ListOptions, PatchKind, Store, WatchItem, WatchOptions, WriteOptions};
+use crate::rest::subresources::ScaleChange;
+use crate::rest::{
+    self, DeleteOptions, Deleted, ListOptions, ParsedPatch, PatchKind, Propagation, Store, WatchItem, WatchOptions,
+    WriteOptions,
+};
 use crate::selectors::{FieldSelector, LabelSelector, Selectors};
 use crate::table::{self, IncludeObject};
 
@@ -283,8 +287,9 @@ async fn health(state: &State, endpoint: &str, only: Option<&str>, verbose: bool
 }
 
 /// The verb a method and path mean, as discovery lists them.
-fn verb_of(method: &Method, has_name: bool, watch: bool) -> ApiResult<&'static str> {
+fn verb_of(method: &Method, has_name: bool, has_subresource: bool, watch: bool) -> ApiResult<&'static str> {
     Ok(match (method.as_str(), has_name) {
+        ("POST", true) if has_subresource => "create",
         ("GET" | "HEAD", false) if watch => "watch",
         ("GET" | "HEAD", false) => "list",
         ("GET" | "HEAD", true) => "get",
@@ -342,7 +347,7 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
     let info = rp.info.clone();
     let ns = rp.namespace.as_str();
     let watch = q.flag("watch")?;
-    let verb = verb_of(req.method(), rp.name.is_some(), watch)?;
+    let verb = verb_of(req.method(), rp.name.is_some(), rp.subresource.is_some(), watch)?;
     match &rp.subresource {
         None => {
             if !info.verbs.contains(&verb) {
@@ -368,6 +373,9 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
     let name = rp.name.clone().unwrap_or_default();
     let sub = rp.subresource.as_deref();
     let store = &state.store;
+    if let Some(acting @ ("scale" | "binding" | "eviction")) = sub {
+        return acting_subresource(store, &info, ns, &name, acting, verb, &q, content_type.as_deref(), req).await;
+    }
     match verb {
         "get" => {
             let kv = store.get(&info, ns, &name).await?;
@@ -434,22 +442,7 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
         }
         "patch" => {
             let wo = write_options(&q)?;
-            let kind = match codec::media_type(content_type.as_deref()).as_str() {
-                "application/merge-patch+json" => PatchKind::Merge,
-                "application/json-patch+json" => PatchKind::Json,
-                "application/strategic-merge-patch+json" => PatchKind::Strategic,
-                m @ "application/apply-patch+yaml" => {
-                    return Err(ApiError::UnsupportedMediaType(format!(
-                        "{m} (server-side apply) is not supported by this server yet; use kubectl apply without --server-side, or a merge, JSON or strategic merge patch"
-                    )));
-                }
-                other => {
-                    return Err(codec::unsupported(
-                        other,
-                        &["application/json-patch+json", "application/merge-patch+json"],
-                    ));
-                }
-            };
+            let kind = patch_kind(content_type.as_deref())?;
             let body = read_body(req).await?;
             let written = store.patch(&info, ns, &name, sub, rest::Patch { kind, body: &body }, &wo).await?;
             let mut resp = render_object(&info, output, &written.object, 200);
@@ -458,7 +451,8 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
         }
         "delete" | "deletecollection" => {
             let body = read_body(req).await?;
-            let (opts, warnings) = delete_options(&q, &body)?;
+            let opts = delete_options(&q, &body)?;
+            let warnings: Vec<String> = Vec::new();
             if verb == "delete" {
                 let outcome = store.delete(&info, ns, &name, &opts).await?;
                 let mut resp = match outcome {
@@ -492,13 +486,90 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
     }
 }
 
-/// DeleteOptions from the body (optional) and the query; warnings for what is not acted on yet.
-fn delete_options(q: &Query, body: &[u8]) -> ApiResult<(DeleteOptions, Vec<String>)> {
+fn patch_kind(content_type: Option<&str>) -> ApiResult<PatchKind> {
+    match codec::media_type(content_type).as_str() {
+        "application/merge-patch+json" => Ok(PatchKind::Merge),
+        "application/json-patch+json" => Ok(PatchKind::Json),
+        "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
+        m @ "application/apply-patch+yaml" => Err(ApiError::UnsupportedMediaType(format!(
+            "{m} (server-side apply) is not supported by this server yet; use kubectl apply without --server-side, or a merge, JSON or strategic merge patch"
+        ))),
+        other => Err(codec::unsupported(
+            other,
+            &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"],
+        )),
+    }
+}
+
+/// Subresources that act on their parent instead of storing an object of their own.
+#[allow(clippy::too_many_arguments)]
+async fn acting_subresource(
+    store: &Arc<Store>,
+    info: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    sub: &str,
+    verb: &str,
+    q: &Query,
+    content_type: Option<&str>,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    let dry_run = write_options(q)?.dry_run;
+    let created = |what: &str| {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201, "details": {"name": name, "kind": what}});
+        h::respond_value(201, Output::Json, &status)
+    };
+    match (sub, verb) {
+        ("scale", "get") => Ok(h::respond_value(200, Output::Json, &store.get_scale(info, ns, name).await?)),
+        ("scale", "update") => {
+            let format = codec::object_body_format(content_type)?;
+            let body = codec::decode_body(&read_body(req).await?, format)?.value;
+            let scale = store.update_scale(info, ns, name, ScaleChange::Replace(body), dry_run).await?;
+            Ok(h::respond_value(200, Output::Json, &scale))
+        }
+        ("scale", "patch") => {
+            let kind = patch_kind(content_type)?;
+            let body = read_body(req).await?;
+            let parsed = ParsedPatch::parse(&rest::Patch { kind, body: &body })?;
+            let scale = store.update_scale(info, ns, name, ScaleChange::Patch(parsed), dry_run).await?;
+            Ok(h::respond_value(200, Output::Json, &scale))
+        }
+        ("binding", "create") => {
+            let format = codec::object_body_format(content_type)?;
+            let binding = codec::decode_body(&read_body(req).await?, format)?.value;
+            store.bind(info, ns, name, &binding, dry_run).await?;
+            Ok(created("binding"))
+        }
+        ("eviction", "create") => {
+            let format = codec::object_body_format(content_type)?;
+            let eviction = codec::decode_body(&read_body(req).await?, format)?.value;
+            let given = meta::name(&eviction);
+            if !given.is_empty() && given != name {
+                return Err(ApiError::BadRequest(format!(
+                    "name in URL does not match name in Eviction object: {name} != {given}"
+                )));
+            }
+            let opts = parse_delete_options(eviction.get("deleteOptions").unwrap_or(&json!({})), q)?;
+            store.evict(info, ns, name, &opts, dry_run).await?;
+            Ok(created("eviction"))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+/// DeleteOptions from the body (optional) and the query.
+fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
     let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("decoding DeleteOptions: {e}")))?
     };
+    parse_delete_options(&opts, q)
+}
+
+/// A DeleteOptions object (also the `deleteOptions` of an Eviction), with query parameters
+/// as fallbacks.
+pub fn parse_delete_options(opts: &Value, q: &Query) -> ApiResult<DeleteOptions> {
     let str_at = |p: &str| opts.pointer(p).and_then(Value::as_str).map(str::to_string);
     let mut dry: Vec<String> = opts
         .get("dryRun")
@@ -506,27 +577,43 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<(DeleteOptions, Vec<Strin
         .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
         .unwrap_or_default();
     dry.extend(q.all("dryRun").into_iter().map(String::from));
-    let policy = str_at("/propagationPolicy").or_else(|| q.get("propagationPolicy").map(String::from));
-    let mut warnings = Vec::new();
-    match policy.as_deref() {
-        None | Some("" | "Background") => {}
-        Some(p @ ("Foreground" | "Orphan")) => warnings.push(format!(
-            "propagationPolicy {p} is not implemented yet: the object was deleted as with Background and its dependents were left in place"
-        )),
-        Some(other) => {
+    let policy =
+        str_at("/propagationPolicy").or_else(|| q.get("propagationPolicy").map(String::from)).filter(|p| !p.is_empty());
+    let orphan = match opts.get("orphanDependents").and_then(Value::as_bool) {
+        Some(b) => Some(b),
+        None => q.optional_flag("orphanDependents")?,
+    };
+    let propagation = match (policy.as_deref(), orphan) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "orphanDependents and propagationPolicy cannot both be set; use propagationPolicy".into(),
+            ));
+        }
+        (None, Some(true)) => Propagation::Orphan,
+        (None | Some("Background"), _) => Propagation::Background,
+        (Some("Foreground"), _) => Propagation::Foreground,
+        (Some("Orphan"), _) => Propagation::Orphan,
+        (Some(other), _) => {
             return Err(ApiError::BadRequest(format!(
                 "propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
             )));
         }
+    };
+    let grace = match opts.get("gracePeriodSeconds") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::Null) | None => q.number("gracePeriodSeconds")?,
+        Some(other) => return Err(ApiError::BadRequest(format!("gracePeriodSeconds must be an integer, got {other}"))),
+    };
+    if grace.is_some_and(|g| g < 0) {
+        return Err(ApiError::BadRequest("gracePeriodSeconds must be greater than or equal to 0".into()));
     }
-    Ok((
-        DeleteOptions {
-            precondition_uid: str_at("/preconditions/uid"),
-            precondition_resource_version: str_at("/preconditions/resourceVersion"),
-            dry_run: dry_run(dry.iter().map(String::as_str).collect())?,
-        },
-        warnings,
-    ))
+    Ok(DeleteOptions {
+        precondition_uid: str_at("/preconditions/uid"),
+        precondition_resource_version: str_at("/preconditions/resourceVersion"),
+        dry_run: dry_run(dry.iter().map(String::as_str).collect())?,
+        grace_period_seconds: grace,
+        propagation,
+    })
 }
 
 fn partial_metadata(obj: &Value) -> Value {
@@ -757,21 +844,34 @@ mod tests {
 
     #[test]
     fn verbs_from_method_and_shape() {
-        assert_eq!(verb_of(&Method::GET, false, true).expect("watch"), "watch");
-        assert_eq!(verb_of(&Method::DELETE, false, false).expect("dc"), "deletecollection");
-        assert_eq!(verb_of(&Method::POST, true, false).expect_err("405").code(), 405);
+        assert_eq!(verb_of(&Method::GET, false, false, true).expect("watch"), "watch");
+        assert_eq!(verb_of(&Method::DELETE, false, false, false).expect("dc"), "deletecollection");
+        assert_eq!(verb_of(&Method::POST, true, false, false).expect_err("405").code(), 405);
+        assert_eq!(verb_of(&Method::POST, true, true, false).expect("subresource create"), "create");
     }
 
     #[test]
     fn delete_options_read_body_and_query() {
-        let q = Query::parse(Some("dryRun=All"));
-        let (o, w) =
+        let q = Query::parse(Some("dryRun=All&gracePeriodSeconds=7"));
+        let o =
             delete_options(&q, br#"{"propagationPolicy":"Background","preconditions":{"uid":"u1"}}"#).expect("parses");
         assert!(o.dry_run);
         assert_eq!(o.precondition_uid.as_deref(), Some("u1"));
-        assert!(w.is_empty());
-        let (_, w) = delete_options(&Query::default(), br#"{"propagationPolicy":"Foreground"}"#).expect("parses");
-        assert_eq!(w.len(), 1, "foreground is accepted with a warning until the garbage collector exists");
+        assert_eq!(o.grace_period_seconds, Some(7), "the query fills what the body leaves out");
+        assert_eq!(o.propagation, Propagation::Background);
+        let o = delete_options(&Query::default(), br#"{"propagationPolicy":"Foreground","gracePeriodSeconds":0}"#)
+            .expect("parses");
+        assert_eq!((o.propagation, o.grace_period_seconds), (Propagation::Foreground, Some(0)));
+        assert_eq!(
+            delete_options(&Query::default(), br#"{"orphanDependents":true}"#).expect("legacy").propagation,
+            Propagation::Orphan
+        );
+        let both = br#"{"orphanDependents":true,"propagationPolicy":"Background"}"#;
+        assert_eq!(delete_options(&Query::default(), both).expect_err("both").code(), 400);
+        assert_eq!(
+            delete_options(&Query::default(), br#"{"gracePeriodSeconds":-1}"#).expect_err("negative").code(),
+            400
+        );
         assert_eq!(delete_options(&Query::default(), b"{").expect_err("bad").code(), 400);
         assert_eq!(
             delete_options(&Query::default(), br#"{"propagationPolicy":"Sometimes"}"#).expect_err("bad").code(),

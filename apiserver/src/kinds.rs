@@ -615,6 +615,20 @@ printer_only!(ServiceAccountStrategy, table::SERVICE_ACCOUNT);
 printer_only!(LeaseStrategy, table::LEASE);
 printer_only!(IngressStrategy, table::INGRESS);
 
+pub struct PodDisruptionBudgetStrategy;
+impl Strategy for PodDisruptionBudgetStrategy {
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let spec = obj.get("spec").unwrap_or(&Value::Null);
+        if spec.get("minAvailable").is_some() && spec.get("maxUnavailable").is_some() {
+            return vec![Cause::invalid("spec", "", "minAvailable and maxUnavailable cannot be both set")];
+        }
+        Vec::new()
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::POD_DISRUPTION_BUDGET)
+    }
+}
+
 pub struct EndpointSliceStrategy;
 const ADDRESS_TYPES: &[&str] = &["IPv4", "IPv6", "FQDN"];
 impl Strategy for EndpointSliceStrategy {

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, policy};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -293,6 +293,13 @@ const EVENT_FIELDS: &[(&str, &str)] = &[
     ("type", "type"),
 ];
 
+const SCALE: &[Subresource] =
+    &[Subresource { name: "scale", group: "autoscaling", version: "v1", kind: "Scale", verbs: SUBRESOURCE_VERBS }];
+const POD_SUBRESOURCES: &[Subresource] = &[
+    Subresource { name: "binding", group: "", version: "v1", kind: "Binding", verbs: &["create"] },
+    Subresource { name: "eviction", group: "policy", version: "v1", kind: "Eviction", verbs: &["create"] },
+];
+
 const NAMESPACE_FINALIZE: &[Subresource] =
     &[Subresource { name: "finalize", group: "", version: "v1", kind: "Namespace", verbs: &["update"] }];
 
@@ -320,6 +327,7 @@ impl Registry {
                 .status()
                 .returns_deleted()
                 .fields(POD_FIELDS)
+                .subresources(POD_SUBRESOURCES)
                 .strategy(&kinds::PodStrategy),
             entry::<core::v1::Service>()
                 .short(&["svc"])
@@ -351,6 +359,7 @@ impl Registry {
                 .categories(ALL)
                 .status()
                 .generation()
+                .subresources(SCALE)
                 .strategy(&kinds::DeploymentStrategy),
             entry::<apps::v1::ReplicaSet>()
                 .short(&["rs"])
@@ -358,6 +367,7 @@ impl Registry {
                 .status()
                 .generation()
                 .fields(&[("status.replicas", "status.replicas")])
+                .subresources(SCALE)
                 .strategy(&kinds::ReplicaSetStrategy),
             entry::<apps::v1::DaemonSet>()
                 .short(&["ds"])
@@ -370,6 +380,7 @@ impl Registry {
                 .categories(ALL)
                 .status()
                 .generation()
+                .subresources(SCALE)
                 .strategy(&kinds::StatefulSetStrategy),
             entry::<batch::v1::Job>()
                 .categories(ALL)
@@ -385,6 +396,11 @@ impl Registry {
                 .strategy(&kinds::CronJobStrategy),
             entry::<coordination::v1::Lease>().names(PathSegment).create_on_update().strategy(&kinds::LeaseStrategy),
             entry::<discovery::v1::EndpointSlice>().strategy(&kinds::EndpointSliceStrategy),
+            entry::<policy::v1::PodDisruptionBudget>()
+                .short(&["pdb"])
+                .status()
+                .generation()
+                .strategy(&kinds::PodDisruptionBudgetStrategy),
             entry::<networking::v1::Ingress>().short(&["ing"]).status().generation().strategy(&kinds::IngressStrategy),
         ];
         Registry::new(entries.into_iter().map(|e| e.0).collect())

@@ -802,6 +802,30 @@ pub const LEASE: TableDef = TableDef {
     row: |o, now| vec![name(o), s(o, "spec.holderIdentity").into(), meta::age(o, now).into()],
 };
 
+pub const POD_DISRUPTION_BUDGET: TableDef = TableDef {
+    columns: &[
+        NAME,
+        col("Min Available", "The minimum number of pods that must be available."),
+        col("Max Unavailable", "The maximum number of pods that may be unavailable."),
+        int("Allowed Disruptions", "The number of pod disruptions currently allowed."),
+        AGE,
+    ],
+    row: |o, now| {
+        let text = |path: &str| match o.pointer(path) {
+            Some(Value::String(s)) => s.clone().into(),
+            Some(Value::Number(n)) => n.to_string().into(),
+            _ => Value::from("N/A"),
+        };
+        vec![
+            name(o),
+            text("/spec/minAvailable"),
+            text("/spec/maxUnavailable"),
+            n(o, "status.disruptionsAllowed").into(),
+            meta::age(o, now).into(),
+        ]
+    },
+};
+
 pub const INGRESS: TableDef = TableDef {
     columns: &[
         NAME,

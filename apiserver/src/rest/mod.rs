@@ -12,6 +12,7 @@
 //! ```
 
 pub mod namespaces;
+pub mod subresources;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,11 +76,26 @@ pub enum Deleted {
     Pending(Value),
 }
 
+/// What happens to an object's dependents when it is deleted (`propagationPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete now; the garbage collector removes dependents afterwards.
+    #[default]
+    Background,
+    /// Keep the object (finalizer `foregroundDeletion`) until its blocking dependents are gone.
+    Foreground,
+    /// Keep the object (finalizer `orphan`) until its dependents no longer name it as owner.
+    Orphan,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct DeleteOptions {
     pub precondition_uid: Option<String>,
     pub precondition_resource_version: Option<String>,
     pub dry_run: bool,
+    /// Pods: seconds the kubelet gets to stop the containers (default: the pod's own setting).
+    pub grace_period_seconds: Option<i64>,
+    pub propagation: Propagation,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -281,6 +297,67 @@ fn pending_finalizers(info: &ResourceInfo, obj: &Value) -> bool {
     info.group.is_empty()
         && info.plural == "namespaces"
         && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+}
+
+/// Seconds of grace a deleting object was given (`deletionGracePeriodSeconds`).
+fn deletion_grace(obj: &Value) -> i64 {
+    meta::meta(obj).and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// How long a pod gets to stop, or 0 when it can go at once: not scheduled, already finished,
+/// or forced.
+fn pod_grace(pod: &Value, requested: Option<i64>) -> i64 {
+    let scheduled = pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let finished = matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    if !scheduled || finished {
+        return 0;
+    }
+    requested
+        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .unwrap_or(30)
+        .max(0)
+}
+
+/// The object as DELETE leaves it when it cannot go at once (finalizers, propagation, a pod's
+/// grace period), or `None` to delete it now. A deletion in progress keeps its timestamp unless
+/// a shorter grace period moves it earlier.
+fn mark_for_deletion(info: &ResourceInfo, old: &Value, opts: &DeleteOptions) -> Option<Value> {
+    let propagation_finalizer = match opts.propagation {
+        Propagation::Background => None,
+        Propagation::Foreground => Some("foregroundDeletion"),
+        Propagation::Orphan => Some("orphan"),
+    };
+    let is_pod = info.group.is_empty() && info.plural == "pods";
+    let grace = if is_pod { pod_grace(old, opts.grace_period_seconds) } else { 0 };
+    let mut marked = old.clone();
+    if let Some(f) = propagation_finalizer {
+        let m = meta::meta_mut(&mut marked);
+        let fins = m.entry("finalizers").or_insert_with(|| json!([]));
+        if let Some(list) = fins.as_array_mut()
+            && !list.iter().any(|v| v == f)
+        {
+            list.push(json!(f));
+        }
+    }
+    if !pending_finalizers(info, &marked) && grace == 0 && !meta::is_deleting(old) {
+        return None;
+    }
+    let now = jiff::Timestamp::now();
+    let deadline = now + jiff::SignedDuration::from_secs(grace);
+    let existing = meta::meta_str(old, "deletionTimestamp");
+    let earlier = match meta::parse_time(existing) {
+        Some(t) => deadline < t,
+        None => true,
+    };
+    let m = meta::meta_mut(&mut marked);
+    if earlier {
+        m.insert("deletionTimestamp".into(), json!(meta::format_time(deadline)));
+        m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+    }
+    if info.group.is_empty() && info.plural == "namespaces" {
+        marked["status"] = json!({"phase": "Terminating"});
+    }
+    Some(marked)
 }
 
 impl Store {
@@ -710,6 +787,7 @@ impl Store {
                         }
                     }
                 }
+                Some("binding") => {}
                 Some("finalize") => {
                     let fins = new.pointer("/spec/finalizers").cloned().unwrap_or_else(|| json!([]));
                     new = old.clone();
@@ -725,7 +803,10 @@ impl Store {
             let mut causes = validation::object_meta(info, &new);
             causes.extend(validation::object_meta_update(&new, &old));
             causes.extend(info.strategy.validate(&new));
-            causes.extend(info.strategy.validate_update(&new, &old));
+            // A binding is the one sanctioned change to an otherwise immutable pod spec.
+            if subresource != Some("binding") {
+                causes.extend(info.strategy.validate_update(&new, &old));
+            }
             if !causes.is_empty() {
                 return Err(ApiError::invalid(info, name, causes));
             }
@@ -736,8 +817,9 @@ impl Store {
                 set_rv(&mut new, cur.mod_revision);
                 return Ok(Written { object: new, created: false, warnings: Vec::new() });
             }
-            // The last finalizer of an object being deleted is gone: finish the deletion.
-            if meta::is_deleting(&new) && !pending_finalizers(info, &new) {
+            // The last finalizer of an object being deleted is gone and no grace period runs:
+            // finish the deletion (a terminating pod goes when its kubelet deletes it with 0).
+            if meta::is_deleting(&new) && !pending_finalizers(info, &new) && deletion_grace(&new) == 0 {
                 match self.storage.delete(&key, cur.mod_revision).await {
                     Ok(rev) => {
                         set_rv(&mut new, rev);
@@ -837,19 +919,20 @@ impl Store {
                     ),
                 ));
             }
-            if pending_finalizers(info, &old) {
-                if meta::is_deleting(&old) {
+            if let Some(mut marked) = mark_for_deletion(info, &old, opts) {
+                if marked == old {
                     return Ok(Deleted::Pending(old));
-                }
-                let mut marked = old.clone();
-                let m = meta::meta_mut(&mut marked);
-                m.insert("deletionTimestamp".into(), json!(meta::now()));
-                m.insert("deletionGracePeriodSeconds".into(), json!(0));
-                if info.group.is_empty() && info.plural == "namespaces" {
-                    marked["status"] = json!({"phase": "Terminating"});
                 }
                 if opts.dry_run {
                     return Ok(Deleted::Pending(marked));
+                }
+                // Forcing (grace 0) a pod nothing else holds back ends it now.
+                if !pending_finalizers(info, &marked) && deletion_grace(&marked) == 0 && meta::is_deleting(&old) {
+                    match self.storage.delete(&key, cur.mod_revision).await {
+                        Ok(_) => return Ok(Deleted::Gone(old)),
+                        Err(StorageError::Conflict { .. }) => continue,
+                        Err(e) => return Err(storage_error(info, name, e)),
+                    }
                 }
                 match self.storage.update(&key, codec::encode_for_storage(&marked), cur.mod_revision).await {
                     Ok(rev) => {

@@ -632,3 +632,225 @@ async fn selector_pages_resume_after_the_last_key_examined_whether_kept_or_skipp
         assert_eq!(seen, want, "limit {limit}");
     }
 }
+
+fn scheduled_pod(name: &str, grace: Option<i64>) -> Value {
+    let mut spec = json!({"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]});
+    if let Some(g) = grace {
+        spec["terminationGracePeriodSeconds"] = json!(g);
+    }
+    json!({"metadata": {"name": name, "labels": {"app": "web"}}, "spec": spec})
+}
+
+async fn delete_with(f: &Fixture, plural: &str, name: &str, opts: DeleteOptions) -> ApiResult<Deleted> {
+    f.store.delete(&f.info(plural), "default", name, &opts).await
+}
+
+#[tokio::test]
+async fn scheduled_pods_terminate_gracefully_and_force_deletion_ends_them() {
+    let f = Fixture::new().await;
+    f.create("pods", "default", scheduled_pod("p", Some(40))).await.expect("pod");
+    let Deleted::Pending(p) = f.delete("pods", "default", "p").await.expect("delete") else {
+        panic!("must wait for the kubelet")
+    };
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 40);
+    let deadline = meta::parse_time(meta::meta_str(&p, "deletionTimestamp")).expect("timestamp");
+    let left = deadline.as_second() - jiff::Timestamp::now().as_second();
+    assert!((35..=41).contains(&left), "deadline {left}s away");
+    // A shorter grace period moves the deadline earlier; a longer one does not move it back.
+    let Deleted::Pending(shorter) =
+        delete_with(&f, "pods", "p", DeleteOptions { grace_period_seconds: Some(5), ..Default::default() })
+            .await
+            .expect("d")
+    else {
+        panic!()
+    };
+    assert_eq!(shorter["metadata"]["deletionGracePeriodSeconds"], 5);
+    let Deleted::Pending(longer) =
+        delete_with(&f, "pods", "p", DeleteOptions { grace_period_seconds: Some(60), ..Default::default() })
+            .await
+            .expect("d")
+    else {
+        panic!()
+    };
+    assert_eq!(longer["metadata"]["deletionTimestamp"], shorter["metadata"]["deletionTimestamp"]);
+    // The kubelet (or --force --grace-period=0) finishes it.
+    let gone = delete_with(&f, "pods", "p", DeleteOptions { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .expect("d");
+    assert!(matches!(gone, Deleted::Gone(_)));
+    assert_eq!(f.get("pods", "default", "p").await.expect_err("gone").code(), 404);
+}
+
+#[tokio::test]
+async fn unscheduled_and_finished_pods_go_at_once() {
+    let f = Fixture::new().await;
+    f.create(
+        "pods",
+        "default",
+        json!({"metadata": {"name": "u"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+    )
+    .await
+    .expect("pod");
+    assert!(matches!(f.delete("pods", "default", "u").await.expect("d"), Deleted::Gone(_)));
+    let done = f.create("pods", "default", scheduled_pod("done", None)).await.expect("pod");
+    let mut status = done.clone();
+    status["status"]["phase"] = json!("Succeeded");
+    f.update("pods", "default", Some("status"), status).await.expect("status");
+    assert!(matches!(f.delete("pods", "default", "done").await.expect("d"), Deleted::Gone(_)));
+}
+
+#[tokio::test]
+async fn foreground_and_orphan_deletion_leave_a_finalizer_for_the_garbage_collector() {
+    let f = Fixture::new().await;
+    for name in ["fg", "orph", "bg"] {
+        f.create("configmaps", "default", cm(name)).await.expect("c");
+    }
+    let Deleted::Pending(fg) = delete_with(
+        &f,
+        "configmaps",
+        "fg",
+        DeleteOptions { propagation: Propagation::Foreground, ..Default::default() },
+    )
+    .await
+    .expect("d") else {
+        panic!()
+    };
+    assert_eq!(fg["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    assert!(meta::is_deleting(&fg));
+    let Deleted::Pending(orph) =
+        delete_with(&f, "configmaps", "orph", DeleteOptions { propagation: Propagation::Orphan, ..Default::default() })
+            .await
+            .expect("d")
+    else {
+        panic!()
+    };
+    assert_eq!(orph["metadata"]["finalizers"], json!(["orphan"]));
+    assert!(matches!(f.delete("configmaps", "default", "bg").await.expect("d"), Deleted::Gone(_)));
+    // The collector removes its finalizer; the object then goes.
+    let mut done = orph.clone();
+    done["metadata"]["finalizers"] = json!([]);
+    f.update("configmaps", "default", None, done).await.expect("finalized");
+    assert_eq!(f.get("configmaps", "default", "orph").await.expect_err("gone").code(), 404);
+}
+
+#[tokio::test]
+async fn scale_reads_and_writes_replicas_with_preconditions() {
+    let f = Fixture::new().await;
+    f.create("deployments", "default", deployment("web", 2)).await.expect("d");
+    let info = f.info("deployments");
+    let scale = f.store.get_scale(&info, "default", "web").await.expect("scale");
+    assert_eq!((scale["spec"]["replicas"].as_i64(), scale["status"]["selector"].as_str()), (Some(2), Some("app=web")));
+    let patch =
+        ParsedPatch::parse(&Patch { kind: PatchKind::Merge, body: br#"{"spec":{"replicas":5}}"# }).expect("parse");
+    let after = f
+        .store
+        .update_scale(&info, "default", "web", subresources::ScaleChange::Patch(patch), false)
+        .await
+        .expect("patched");
+    assert_eq!(after["spec"]["replicas"], 5);
+    let d = f.get("deployments", "default", "web").await.expect("get");
+    assert_eq!((d["spec"]["replicas"].as_i64(), d["metadata"]["generation"].as_i64()), (Some(5), Some(2)));
+    let mut stale = scale.clone();
+    stale["spec"]["replicas"] = json!(1);
+    let err = f
+        .store
+        .update_scale(&info, "default", "web", subresources::ScaleChange::Replace(stale), false)
+        .await
+        .expect_err("stale");
+    assert_eq!(err.code(), 409);
+    let mut negative = after.clone();
+    negative["spec"]["replicas"] = json!(-1);
+    let err = f
+        .store
+        .update_scale(&info, "default", "web", subresources::ScaleChange::Replace(negative), false)
+        .await
+        .expect_err("negative");
+    assert_eq!(err.code(), 422);
+}
+
+#[tokio::test]
+async fn binding_assigns_a_node_once_and_marks_the_pod_scheduled() {
+    let f = Fixture::new().await;
+    f.create(
+        "pods",
+        "default",
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+    )
+    .await
+    .expect("pod");
+    let pods = f.info("pods");
+    let binding = json!({"metadata": {"name": "p", "annotations": {"scheduler/reason": "fit"}}, "target": {"kind": "Node", "name": "n1"}});
+    f.store.bind(&pods, "default", "p", &binding, false).await.expect("bound");
+    let pod = f.get("pods", "default", "p").await.expect("pod");
+    assert_eq!(pod["spec"]["nodeName"], "n1");
+    assert_eq!(pod["metadata"]["annotations"]["scheduler/reason"], "fit");
+    assert_eq!(pod["status"]["conditions"][0]["type"], "PodScheduled");
+    assert_eq!(pod["status"]["conditions"][0]["status"], "True");
+    let again = f
+        .store
+        .bind(&pods, "default", "p", &json!({"target": {"name": "n2"}}), false)
+        .await
+        .expect_err("bound already");
+    assert_eq!(again.code(), 409);
+    assert!(again.to_string().contains("already assigned to node \"n1\""), "{again}");
+    let err = f.store.bind(&pods, "default", "p", &json!({"target": {}}), false).await.expect_err("no target");
+    assert_eq!(err.code(), 422);
+}
+
+async fn pdb(f: &Fixture, allowed: i64, observed: bool) {
+    let created = f
+        .create("poddisruptionbudgets", "default", json!({"metadata": {"name": "budget"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}))
+        .await
+        .expect("pdb");
+    let mut status = created.clone();
+    status["status"] = json!({"disruptionsAllowed": allowed, "currentHealthy": 2, "desiredHealthy": 1, "expectedPods": 2, "observedGeneration": if observed { 1 } else { 0 }});
+    f.update("poddisruptionbudgets", "default", Some("status"), status).await.expect("status");
+}
+
+async fn running(f: &Fixture, name: &str) {
+    let pod = f.create("pods", "default", scheduled_pod(name, Some(0))).await.expect("pod");
+    let mut status = pod.clone();
+    status["status"]["phase"] = json!("Running");
+    f.update("pods", "default", Some("status"), status).await.expect("running");
+}
+
+#[tokio::test]
+async fn eviction_respects_the_disruption_budget() {
+    let f = Fixture::new().await;
+    let pods = f.info("pods");
+    running(&f, "a").await;
+    running(&f, "b").await;
+    pdb(&f, 1, true).await;
+    f.store.evict(&pods, "default", "a", &DeleteOptions::default(), false).await.expect("one disruption is allowed");
+    assert_eq!(f.get("pods", "default", "a").await.expect_err("evicted").code(), 404);
+    let budget = f.get("poddisruptionbudgets", "default", "budget").await.expect("pdb");
+    assert_eq!(budget["status"]["disruptionsAllowed"], 0);
+    assert!(budget["status"]["disruptedPods"]["a"].is_string());
+    let err =
+        f.store.evict(&pods, "default", "b", &DeleteOptions::default(), false).await.expect_err("budget exhausted");
+    assert_eq!((err.code(), err.reason()), (429, "TooManyRequests"));
+    assert!(f.get("pods", "default", "b").await.is_ok(), "the pod stays");
+}
+
+#[tokio::test]
+async fn eviction_waits_for_an_unobserved_budget_and_ignores_budgets_for_pending_pods() {
+    let f = Fixture::new().await;
+    let pods = f.info("pods");
+    running(&f, "a").await;
+    pdb(&f, 5, false).await;
+    let err =
+        f.store.evict(&pods, "default", "a", &DeleteOptions::default(), false).await.expect_err("not processed yet");
+    assert_eq!(err.code(), 429);
+    assert!(
+        err.to_status()["details"]["causes"][0]["message"].as_str().unwrap_or("").contains("still being processed")
+    );
+    f.create("pods", "default", json!({"metadata": {"name": "pending", "labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}))
+        .await
+        .expect("pod");
+    f.store
+        .evict(&pods, "default", "pending", &DeleteOptions::default(), false)
+        .await
+        .expect("pending pods need no budget");
+    let dry = f.store.evict(&pods, "default", "a", &DeleteOptions::default(), true).await;
+    assert_eq!(dry.expect_err("still refused in a dry run").code(), 429);
+}

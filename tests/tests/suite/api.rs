@@ -609,3 +609,57 @@ async fn a_list_that_fails_halfway_is_aborted_not_truncated() {
     failing.lists_left.store(i64::MAX, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(c.get("/api/v1/namespaces/default/configmaps").await.json()["items"].as_array().map(Vec::len), Some(10));
 }
+
+#[tokio::test]
+async fn binding_and_eviction_subresources_over_http() {
+    let (_etcd, api) = cluster().await;
+    let c = api.client();
+    let pod = json!({"metadata": {"name": "p", "labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+    c.post("/api/v1/namespaces/default/pods", &pod).await;
+    let bind = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}});
+    let r = c.post("/api/v1/namespaces/default/pods/p/binding", &bind).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["status"], "Success");
+    assert_eq!(c.get("/api/v1/namespaces/default/pods/p").await.json()["spec"]["nodeName"], "n1");
+    assert_eq!(c.post("/api/v1/namespaces/default/pods/p/binding", &bind).await.status, 409);
+    // Mark it running, give it a budget that allows nothing, and try to evict it.
+    let mut running = c.get("/api/v1/namespaces/default/pods/p").await.json();
+    running["status"]["phase"] = json!("Running");
+    assert_eq!(c.put("/api/v1/namespaces/default/pods/p/status", &running).await.status, 200);
+    let pdb = json!({"metadata": {"name": "budget"}, "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "web"}}}});
+    let created = c.post("/apis/policy/v1/namespaces/default/poddisruptionbudgets", &pdb).await.json();
+    let mut status = created.clone();
+    status["status"] = json!({"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1, "observedGeneration": 1});
+    assert_eq!(
+        c.put("/apis/policy/v1/namespaces/default/poddisruptionbudgets/budget/status", &status).await.status,
+        200
+    );
+    let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p"}});
+    let refused = c.post("/api/v1/namespaces/default/pods/p/eviction", &eviction).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["reason"], "TooManyRequests");
+    c.delete("/apis/policy/v1/namespaces/default/poddisruptionbudgets/budget").await;
+    let evicted = c
+        .post(
+            "/api/v1/namespaces/default/pods/p/eviction",
+            &json!({"metadata": {"name": "p"}, "deleteOptions": {"gracePeriodSeconds": 0}}),
+        )
+        .await;
+    assert_eq!(evicted.status, 201, "{}", evicted.text());
+    assert_eq!(c.get("/api/v1/namespaces/default/pods/p").await.status, 404);
+    let core = c.get("/api/v1").await.json();
+    let names: Vec<&str> = core["resources"].as_array().expect("r").iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(names.contains(&"pods/binding") && names.contains(&"pods/eviction"), "{names:?}");
+    let apps = c.get("/apis/apps/v1").await.json();
+    let scale = apps["resources"]
+        .as_array()
+        .expect("r")
+        .iter()
+        .find(|r| r["name"] == "deployments/scale")
+        .cloned()
+        .expect("scale listed");
+    assert_eq!(
+        (scale["group"].as_str(), scale["version"].as_str(), scale["kind"].as_str()),
+        (Some("autoscaling"), Some("v1"), Some("Scale"))
+    );
+}

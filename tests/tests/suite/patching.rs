@@ -210,3 +210,80 @@ async fn kubectl_patch_in_every_type() {
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("merge key"), "{}", bad.stderr);
 }
+
+#[tokio::test]
+async fn kubectl_scale_uses_the_scale_subresource() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    k.run(&["apply", "-f", &manifest("apply/v1.yaml")]).ok();
+    assert!(k.run(&["scale", "deployment", "app", "--replicas=3"]).ok().stdout.contains("deployment.apps/app scaled"));
+    assert_eq!(json(&k, &["get", "deployment", "app"])["spec"]["replicas"], 3);
+    // --current-replicas is a precondition: a wrong guess changes nothing.
+    let wrong = k.run(&["scale", "deployment", "app", "--current-replicas=2", "--replicas=5"]);
+    assert_ne!(wrong.code, 0);
+    assert_eq!(json(&k, &["get", "deployment", "app"])["spec"]["replicas"], 3);
+    k.run(&["scale", "deployment", "app", "--current-replicas=3", "--replicas=5"]).ok();
+    assert_eq!(json(&k, &["get", "deployment", "app"])["spec"]["replicas"], 5);
+    let scale: Value = serde_json::from_str(
+        &k.run(&["get", "--raw", "/apis/apps/v1/namespaces/default/deployments/app/scale"]).ok().stdout,
+    )
+    .expect("scale");
+    assert_eq!((scale["kind"].as_str(), scale["spec"]["replicas"].as_i64()), (Some("Scale"), Some(5)));
+    assert_eq!(scale["status"]["selector"], "app=app");
+}
+
+#[tokio::test]
+async fn kubectl_dry_run_server_validates_without_writing() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    let out = k.run(&["apply", "-f", &manifest("apply/v1.yaml"), "--dry-run=server"]).ok().stdout;
+    assert!(out.contains("configmap/app-config created (server dry run)"), "{out}");
+    assert_ne!(k.run(&["get", "configmap", "app-config"]).code, 0, "nothing was created");
+    k.run(&["apply", "-f", &manifest("apply/v1.yaml")]).ok();
+    k.run(&["scale", "deployment", "app", "--replicas=4", "--dry-run=server"]).ok();
+    k.run(&["label", "configmap", "app-config", "dry=run", "--dry-run=server"]).ok();
+    k.run(&["delete", "configmap", "app-config", "--dry-run=server"]).ok();
+    let cm = json(&k, &["get", "configmap", "app-config"]);
+    assert!(cm["metadata"]["labels"].get("dry").is_none());
+    assert_eq!(json(&k, &["get", "deployment", "app"])["spec"]["replicas"], 1);
+    let invalid = k.run_stdin(
+        &["apply", "--dry-run=server", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n",
+    );
+    assert_ne!(invalid.code, 0, "server dry run still validates");
+}
+
+#[tokio::test]
+async fn kubectl_delete_cascade_orphan_and_foreground_leave_finalizers_for_the_collector() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    k.run(&["apply", "-f", &manifest("apply/v1.yaml")]).ok();
+    k.run(&["delete", "deployment", "app", "--cascade=orphan", "--wait=false"]).ok();
+    let d = json(&k, &["get", "deployment", "app"]);
+    assert_eq!(d["metadata"]["finalizers"], serde_json::json!(["orphan"]));
+    assert!(d["metadata"]["deletionTimestamp"].is_string());
+    k.run(&["delete", "configmap", "app-config", "--cascade=foreground", "--wait=false"]).ok();
+    assert_eq!(
+        json(&k, &["get", "configmap", "app-config"])["metadata"]["finalizers"],
+        serde_json::json!(["foregroundDeletion"])
+    );
+    // Until the garbage collector (controller-manager) runs, removing the finalizer completes it.
+    k.run(&["patch", "configmap", "app-config", "--type", "merge", "-p", r#"{"metadata":{"finalizers":null}}"#]).ok();
+    assert_ne!(k.run(&["get", "configmap", "app-config"]).code, 0, "gone once its finalizer is removed");
+}
+
+#[tokio::test]
+async fn kubectl_force_deletes_a_terminating_pod() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: busybox\n";
+    k.run_stdin(&["create", "-f", "-"], pod).ok();
+    k.run(&["delete", "pod", "p", "--wait=false"]).ok();
+    let table = k.run(&["get", "pod", "p"]).ok().stdout;
+    assert!(table.contains("Terminating"), "a scheduled pod waits for its kubelet: {table}");
+    let p = json(&k, &["get", "pod", "p"]);
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 30);
+    let forced = k.run(&["delete", "pod", "p", "--grace-period=0", "--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert_ne!(k.run(&["get", "pod", "p"]).code, 0);
+}
