@@ -7,7 +7,7 @@
 //! One apiserver owns the endpoints; several apiservers sharing an etcd would overwrite each
 //! other's address (upstream reconciles them through leases; not built yet).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,31 +23,7 @@ use crate::rest::WriteOptions;
 
 pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// An IPv4 CIDR such as `10.96.0.0/12`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub network: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (expected a.b.c.d/n)"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address"))?;
-        let prefix: u8 =
-            prefix.parse().ok().filter(|p| *p <= 30).ok_or_else(|| format!("{s:?}: prefix must be 0..=30"))?;
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
-        Ok(Cidr { network: Ipv4Addr::from(u32::from(ip) & mask), prefix })
-    }
-}
-
-impl Cidr {
-    /// The first usable address: the `kubernetes` Service's ClusterIP.
-    pub fn first_host(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + 1)
-    }
-}
+pub use crate::rest::allocator::Cidr;
 
 pub struct Bootstrap {
     pub service_range: Cidr,
@@ -159,21 +135,5 @@ impl Bootstrap {
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidrs_parse_and_give_the_first_host() {
-        let c: Cidr = "10.96.0.0/12".parse().expect("cidr");
-        assert_eq!(c.first_host(), Ipv4Addr::new(10, 96, 0, 1));
-        let c: Cidr = "10.100.7.9/16".parse().expect("cidr");
-        assert_eq!(c.network, Ipv4Addr::new(10, 100, 0, 0));
-        assert!("10.96.0.0".parse::<Cidr>().is_err());
-        assert!("10.96.0.0/33".parse::<Cidr>().is_err());
-        assert!("nope/12".parse::<Cidr>().is_err());
     }
 }

@@ -335,12 +335,23 @@ impl Strategy for ServiceStrategy {
         obj["status"] = json!({"loadBalancer": {}});
     }
     fn prepare_for_update(&self, new: &mut Value, old: &Value) {
-        // Allocated values the client left out stay as they were.
+        // Allocated values the client left out stay as they were, unless the new type has no use
+        // for them (an ExternalName Service has no ClusterIP, a ClusterIP one no node ports).
+        let ty = str_at(new, "spec.type").to_string();
         let spec = obj_mut(new, "spec");
-        for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "healthCheckNodePort"] {
+        set_default(spec, "type", json!("ClusterIP"));
+        let fields: &[&str] = if ty == "ExternalName" {
+            &[]
+        } else {
+            &["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "healthCheckNodePort"]
+        };
+        for f in fields {
             if let Some(v) = get(old, &format!("spec.{f}")) {
                 set_default(spec, f, v.clone());
             }
+        }
+        if !matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+            return;
         }
         if let (Some(Value::Array(ports)), Some(old_ports)) =
             (spec.get_mut("ports"), get(old, "spec.ports").and_then(Value::as_array))
@@ -393,6 +404,18 @@ impl Strategy for ServiceStrategy {
                     causes.push(Cause::duplicate(format!("spec.ports[{i}].name"), name));
                 }
             }
+        }
+        for (i, p) in ports.iter().enumerate() {
+            if p.get("nodePort").is_some_and(|n| !n.is_null()) && !matches!(ty, "NodePort" | "LoadBalancer") {
+                let shown = if ty.is_empty() { "ClusterIP" } else { ty };
+                causes.push(Cause::forbidden(
+                    format!("spec.ports[{i}].nodePort"),
+                    format!("may not be used when `type` is '{shown}'"),
+                ));
+            }
+        }
+        if ty == "ExternalName" && !str_at(spec, "clusterIP").is_empty() {
+            causes.push(Cause::forbidden("spec.clusterIP", "may not be set when `type` is 'ExternalName'"));
         }
         let session = str_at(spec, "sessionAffinity");
         if !session.is_empty() && !["None", "ClientIP"].contains(&session) {

@@ -106,6 +106,7 @@ pub async fn start_with_storage(
     let registry = Arc::new(resources::Registry::builtin());
     let mut store = rest::Store::new(storage, registry.clone());
     store.bookmark_interval = config.bookmark_interval;
+    store.ranges = rest::allocator::Ranges { service_ips: config.service_range, node_ports: config.node_port_range };
     let state = Arc::new(State {
         store: Arc::new(store),
         openapi: openapi::OpenApiV3::build(&registry),
@@ -136,9 +137,25 @@ pub async fn start_with_storage(
         let shutdown = shutdown.clone();
         tokio::spawn(async move { store.run_namespace_cache(shutdown).await });
     }
+    tokio::spawn(repair_allocations_periodically(state.store.clone(), shutdown.clone()));
     let task = tokio::spawn(server::serve(listener, tls, state.clone(), shutdown));
     info!(%addr, "Serving the Kubernetes API");
     Ok(Running { addr, ca_pem: material.ca_pem, admin_token, state, task })
+}
+
+/// Reconciles Service IP and port allocations with the Services, at start and every 5 minutes.
+async fn repair_allocations_periodically(store: Arc<rest::Store>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = store.repair_allocations().await {
+                    tracing::debug!(error = %e, "Allocation repair failed, will retry");
+                }
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Serves until `shutdown` is cancelled.

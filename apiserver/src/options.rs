@@ -63,6 +63,10 @@ pub struct Options {
     #[arg(long, env = "APISERVER_SERVICE_CLUSTER_IP_RANGE", default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: String,
 
+    /// NodePorts are allocated from this inclusive range.
+    #[arg(long, env = "APISERVER_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub service_node_port_range: String,
+
     /// Watches without timeoutSeconds end after this many seconds times a random factor in
     /// [1, 2), spreading reconnects.
     #[arg(long, env = "APISERVER_MIN_REQUEST_TIMEOUT", default_value_t = 1800)]
@@ -99,6 +103,7 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     pub admin_kubeconfig: Option<PathBuf>,
     pub service_range: Cidr,
+    pub node_port_range: (u16, u16),
     pub min_request_timeout: Duration,
     pub bookmark_interval: Duration,
     /// Objects per storage read when streaming a LIST without a limit.
@@ -138,6 +143,14 @@ impl Options {
         };
         let service_range: Cidr =
             self.service_cluster_ip_range.parse().map_err(|e| format!("--service-cluster-ip-range: {e}"))?;
+        let node_port_range = self
+            .service_node_port_range
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+            .filter(|(a, b)| a <= b)
+            .ok_or_else(|| {
+                format!("--service-node-port-range: {:?} is not a range like 30000-32767", self.service_node_port_range)
+            })?;
         let advertise_address = match self.advertise_address {
             Some(a) => a,
             None if !self.bind_address.is_unspecified() => self.bind_address,
@@ -186,6 +199,7 @@ impl Options {
             token_auth_file: self.token_auth_file,
             admin_kubeconfig: self.admin_kubeconfig,
             service_range,
+            node_port_range,
             min_request_timeout: Duration::from_secs(self.min_request_timeout.max(1)),
             bookmark_interval: Duration::from_secs(60),
             list_chunk: self.list_chunk_size.max(1),

@@ -86,6 +86,7 @@ impl InProcess {
             token_auth_file: None,
             admin_kubeconfig: Some(kubeconfig.clone()),
             service_range: "10.96.0.0/12".parse().expect("cidr"),
+            node_port_range: (30000, 32767),
             min_request_timeout: Duration::from_secs(1800),
             bookmark_interval: Duration::from_secs(1),
             list_chunk: 1000,

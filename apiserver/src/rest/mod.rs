@@ -11,6 +11,7 @@
 //!              └──DELETE (finalizers)──> deletionTimestamp set ──last finalizer removed──> gone
 //! ```
 
+pub mod allocator;
 pub mod namespaces;
 pub mod subresources;
 
@@ -43,6 +44,8 @@ pub struct Store {
     /// Answers "is this namespace active" without a storage read once its watch runs
     /// ([`Store::run_namespace_cache`]); without it every check reads storage.
     pub namespaces: Arc<namespaces::NamespaceCache>,
+    /// Where Service ClusterIPs and NodePorts come from.
+    pub ranges: allocator::Ranges,
 }
 
 /// Options every write takes.
@@ -299,6 +302,10 @@ fn pending_finalizers(info: &ResourceInfo, obj: &Value) -> bool {
         && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
 }
 
+fn is_service(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.plural == "services"
+}
+
 /// Seconds of grace a deleting object was given (`deletionGracePeriodSeconds`).
 fn deletion_grace(obj: &Value) -> i64 {
     meta::meta(obj).and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(Value::as_i64).unwrap_or(0)
@@ -367,6 +374,7 @@ impl Store {
             registry,
             bookmark_interval: Duration::from_secs(60),
             namespaces: Arc::new(namespaces::NamespaceCache::default()),
+            ranges: allocator::Ranges::default(),
         }
     }
 
@@ -644,15 +652,24 @@ impl Store {
                 return Ok(Written { object: candidate, created: true, warnings });
             }
             let key = info.key(ns, &name);
+            let allocated = if is_service(info) {
+                self.allocate_service(info, &mut candidate, None).await?
+            } else {
+                Default::default()
+            };
             match self.storage.create(&key, codec::encode_for_storage(&candidate)).await {
                 Ok(rev) => {
                     set_rv(&mut candidate, rev);
                     return Ok(Written { object: candidate, created: true, warnings });
                 }
                 Err(StorageError::AlreadyExists) if generate => {
+                    self.rollback(allocated).await;
                     last_err = Some(ApiError::already_exists(info, &name));
                 }
-                Err(e) => return Err(storage_error(info, &name, e)),
+                Err(e) => {
+                    self.rollback(allocated).await;
+                    return Err(storage_error(info, &name, e));
+                }
             }
         }
         Err(last_err.unwrap_or_else(|| ApiError::Internal("create failed".into())))
@@ -822,6 +839,9 @@ impl Store {
             if meta::is_deleting(&new) && !pending_finalizers(info, &new) && deletion_grace(&new) == 0 {
                 match self.storage.delete(&key, cur.mod_revision).await {
                     Ok(rev) => {
+                        if is_service(info) {
+                            self.release_service(&old, None).await;
+                        }
                         set_rv(&mut new, rev);
                         return Ok(Written { object: new, created: false, warnings: Vec::new() });
                     }
@@ -829,13 +849,27 @@ impl Store {
                     Err(e) => return Err(storage_error(info, name, e)),
                 }
             }
+            let allocated = if is_service(info) && subresource.is_none() {
+                self.allocate_service(info, &mut new, Some(&old)).await?
+            } else {
+                Default::default()
+            };
             match self.storage.update(&key, codec::encode_for_storage(&new), cur.mod_revision).await {
                 Ok(rev) => {
+                    if is_service(info) {
+                        self.release_service(&old, Some(&new)).await;
+                    }
                     set_rv(&mut new, rev);
                     return Ok(Written { object: new, created: false, warnings: Vec::new() });
                 }
-                Err(StorageError::Conflict { .. }) => continue,
-                Err(e) => return Err(storage_error(info, name, e)),
+                Err(StorageError::Conflict { .. }) => {
+                    self.rollback(allocated).await;
+                    continue;
+                }
+                Err(e) => {
+                    self.rollback(allocated).await;
+                    return Err(storage_error(info, name, e));
+                }
             }
         }
         Err(ApiError::stale(info, name))
@@ -947,7 +981,12 @@ impl Store {
                 return Ok(Deleted::Gone(old));
             }
             match self.storage.delete(&key, cur.mod_revision).await {
-                Ok(_) => return Ok(Deleted::Gone(old)),
+                Ok(_) => {
+                    if is_service(info) {
+                        self.release_service(&old, None).await;
+                    }
+                    return Ok(Deleted::Gone(old));
+                }
                 Err(StorageError::Conflict { .. }) => continue,
                 Err(e) => return Err(storage_error(info, name, e)),
             }

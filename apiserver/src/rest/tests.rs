@@ -854,3 +854,173 @@ async fn eviction_waits_for_an_unobserved_budget_and_ignores_budgets_for_pending
     let dry = f.store.evict(&pods, "default", "a", &DeleteOptions::default(), true).await;
     assert_eq!(dry.expect_err("still refused in a dry run").code(), 429);
 }
+
+fn svc(name: &str, ty: &str, extra: Value) -> Value {
+    let mut s = json!({"metadata": {"name": name}, "spec": {"type": ty, "selector": {"app": name}, "ports": [{"name": "http", "port": 80}]}});
+    if let (Some(spec), Some(extra)) = (s["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    s
+}
+
+async fn allocation_keys(f: &Fixture, prefix: &str) -> Vec<String> {
+    f.mem
+        .list(prefix, None, 0, 0)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|kv| kv.key.trim_start_matches(prefix).to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn services_get_a_cluster_ip_from_the_range_and_node_ports_when_they_need_them() {
+    let f = Fixture::new().await;
+    let s = f.create("services", "default", svc("web", "ClusterIP", json!({}))).await.expect("svc");
+    let ip: std::net::Ipv4Addr = s["spec"]["clusterIP"].as_str().expect("ip").parse().expect("an IP");
+    assert!(
+        f.store.ranges.service_ips.to_string() == "10.96.0.0/12"
+            && (u32::from(ip) >> 20) == (u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) >> 20),
+        "{ip}"
+    );
+    assert_eq!(s["spec"]["clusterIPs"], json!([ip.to_string()]));
+    assert_eq!(
+        (s["spec"]["ipFamilies"].clone(), s["spec"]["ipFamilyPolicy"].clone()),
+        (json!(["IPv4"]), json!("SingleStack"))
+    );
+    assert!(s["spec"]["ports"][0].get("nodePort").is_none());
+    assert_eq!(allocation_keys(&f, "/registry/ranges/serviceips/").await, [ip.to_string()]);
+    let np = f.create("services", "default", svc("np", "NodePort", json!({}))).await.expect("svc");
+    let port = np["spec"]["ports"][0]["nodePort"].as_i64().expect("node port");
+    assert!((30000..=32767).contains(&port));
+    let headless =
+        f.create("services", "default", svc("hl", "ClusterIP", json!({"clusterIP": "None"}))).await.expect("svc");
+    assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+    let ext = f
+        .create(
+            "services",
+            "default",
+            json!({"metadata": {"name": "ext"}, "spec": {"type": "ExternalName", "externalName": "example.com"}}),
+        )
+        .await
+        .expect("svc");
+    assert!(ext["spec"].get("clusterIP").is_none());
+    assert_eq!(
+        allocation_keys(&f, "/registry/ranges/serviceips/").await.len(),
+        2,
+        "headless and ExternalName take no address"
+    );
+}
+
+#[tokio::test]
+async fn requested_addresses_and_ports_must_be_free_and_in_range() {
+    let f = Fixture::new().await;
+    f.create(
+        "services",
+        "default",
+        svc("a", "NodePort", json!({"clusterIP": "10.96.7.7", "ports": [{"port": 80, "nodePort": 30080}]})),
+    )
+    .await
+    .expect("a");
+    let taken = f
+        .create("services", "default", svc("b", "ClusterIP", json!({"clusterIP": "10.96.7.7"})))
+        .await
+        .expect_err("taken");
+    assert_eq!(taken.code(), 422);
+    assert!(taken.to_string().contains("provided IP is already allocated"), "{taken}");
+    let outside = f
+        .create("services", "default", svc("c", "ClusterIP", json!({"clusterIP": "192.168.1.1"})))
+        .await
+        .expect_err("outside");
+    assert!(outside.to_string().contains("is not in the valid range"), "{outside}");
+    let port = f
+        .create("services", "default", svc("d", "NodePort", json!({"ports": [{"port": 80, "nodePort": 30080}]})))
+        .await
+        .expect_err("port");
+    assert!(port.to_string().contains("provided port is already allocated"), "{port}");
+    let low = f
+        .create("services", "default", svc("e", "NodePort", json!({"ports": [{"port": 80, "nodePort": 80}]})))
+        .await
+        .expect_err("range");
+    assert!(low.to_string().contains("30000-32767"), "{low}");
+    // Failed creates leave nothing behind.
+    assert_eq!(allocation_keys(&f, "/registry/ranges/serviceips/").await, ["10.96.7.7"]);
+    assert_eq!(allocation_keys(&f, "/registry/ranges/servicenodeports/").await, ["30080"]);
+    // Deleting frees them for the next Service.
+    f.delete("services", "default", "a").await.expect("delete");
+    assert!(allocation_keys(&f, "/registry/ranges/serviceips/").await.is_empty());
+    f.create(
+        "services",
+        "default",
+        svc("b", "NodePort", json!({"clusterIP": "10.96.7.7", "ports": [{"port": 80, "nodePort": 30080}]})),
+    )
+    .await
+    .expect("reused");
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_share_an_address_or_port() {
+    let f = Fixture::new().await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = f.store.clone();
+        let info = f.info("services");
+        tasks.push(tokio::spawn(async move {
+            let body = svc(&format!("s{i}"), "NodePort", json!({}));
+            let decoded = decode_body(body.to_string().as_bytes(), BodyFormat::Json).expect("json");
+            store.create(&info, "default", decoded, &WriteOptions::default()).await.expect("create").object
+        }));
+    }
+    let mut ips = std::collections::BTreeSet::new();
+    let mut ports = std::collections::BTreeSet::new();
+    for t in tasks {
+        let s = t.await.expect("task");
+        assert!(ips.insert(s["spec"]["clusterIP"].as_str().expect("ip").to_string()));
+        assert!(ports.insert(s["spec"]["ports"][0]["nodePort"].as_i64().expect("port")));
+    }
+    assert_eq!((ips.len(), ports.len()), (40, 40));
+}
+
+#[tokio::test]
+async fn type_changes_allocate_and_release() {
+    let f = Fixture::new().await;
+    let np = f.create("services", "default", svc("s", "NodePort", json!({}))).await.expect("svc");
+    let ip = np["spec"]["clusterIP"].clone();
+    // As kubectl apply sends it: no clusterIP, no nodePort; the address is kept, the port freed.
+    let as_cluster_ip =
+        f.update("services", "default", None, svc("s", "ClusterIP", json!({}))).await.expect("to ClusterIP");
+    assert_eq!(as_cluster_ip["spec"]["clusterIP"], ip);
+    assert!(as_cluster_ip["spec"]["ports"][0].get("nodePort").is_none());
+    assert!(allocation_keys(&f, "/registry/ranges/servicenodeports/").await.is_empty());
+    let back = f.update("services", "default", None, svc("s", "NodePort", json!({}))).await.expect("to NodePort");
+    assert!(back["spec"]["ports"][0]["nodePort"].as_i64().is_some());
+    let ext = json!({"metadata": {"name": "s"}, "spec": {"type": "ExternalName", "externalName": "example.com"}});
+    let ext = f.update("services", "default", None, ext).await.expect("to ExternalName");
+    assert!(ext["spec"].get("clusterIP").is_none_or(|ip| ip == ""));
+    assert!(allocation_keys(&f, "/registry/ranges/serviceips/").await.is_empty());
+    assert!(allocation_keys(&f, "/registry/ranges/servicenodeports/").await.is_empty());
+    // A ClusterIP Service may not carry a node port.
+    let mut bad = svc("t", "ClusterIP", json!({}));
+    bad["spec"]["ports"][0]["nodePort"] = json!(30001);
+    assert_eq!(f.create("services", "default", bad).await.expect_err("nodePort on ClusterIP").code(), 422);
+}
+
+#[tokio::test]
+async fn repair_restores_missing_keys_and_frees_abandoned_ones() {
+    let f = Fixture::new().await;
+    let s = f.create("services", "default", svc("s", "NodePort", json!({}))).await.expect("svc");
+    let ip = s["spec"]["clusterIP"].as_str().expect("ip").to_string();
+    let key = format!("/registry/ranges/serviceips/{ip}");
+    let kv = f.mem.get(&key).await.expect("get").expect("key");
+    f.mem.delete(&key, kv.mod_revision).await.expect("lose the key");
+    let old = json!({"service": "default/gone", "allocatedAt": "2020-01-01T00:00:00Z"}).to_string();
+    f.mem.create("/registry/ranges/serviceips/10.100.0.9", old.into_bytes()).await.expect("stale");
+    let fresh = json!({"service": "default/in-flight", "allocatedAt": meta::now()}).to_string();
+    f.mem.create("/registry/ranges/serviceips/10.100.0.10", fresh.into_bytes()).await.expect("fresh");
+    f.store.repair_allocations().await.expect("repair");
+    let keys = allocation_keys(&f, "/registry/ranges/serviceips/").await;
+    assert!(keys.contains(&ip), "the Service's address is claimed again");
+    assert!(!keys.contains(&"10.100.0.9".to_string()), "an old abandoned key is freed");
+    assert!(keys.contains(&"10.100.0.10".to_string()), "a young key may belong to a create in flight");
+}

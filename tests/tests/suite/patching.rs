@@ -287,3 +287,33 @@ async fn kubectl_force_deletes_a_terminating_pod() {
     assert_eq!(forced.code, 0, "{}", forced.stderr);
     assert_ne!(k.run(&["get", "pod", "p"]).code, 0);
 }
+
+#[tokio::test]
+async fn services_applied_by_kubectl_get_unique_cluster_ips_and_node_ports() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    let mut docs = String::new();
+    for i in 0..12 {
+        let ty = if i % 2 == 0 { "NodePort" } else { "ClusterIP" };
+        docs.push_str(&format!("---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\nspec:\n  type: {ty}\n  selector:\n    app: s{i}\n  ports:\n  - port: 80\n"));
+    }
+    k.run_stdin(&["apply", "-f", "-"], &docs).ok();
+    let list = json(&k, &["get", "services"]);
+    let mut ips = std::collections::BTreeSet::new();
+    let mut ports = std::collections::BTreeSet::new();
+    for s in list["items"].as_array().expect("items") {
+        assert!(ips.insert(s["spec"]["clusterIP"].as_str().expect("ip").to_string()), "duplicate ClusterIP");
+        if s["spec"]["type"] == "NodePort" {
+            assert!(ports.insert(s["spec"]["ports"][0]["nodePort"].as_i64().expect("node port")));
+        }
+    }
+    assert_eq!((ips.len(), ports.len()), (13, 6), "12 Services and kubernetes; 6 NodePorts");
+    assert!(ips.contains("10.96.0.1"), "the kubernetes Service keeps the first address");
+    // Re-applying keeps every allocation.
+    k.run_stdin(&["apply", "-f", "-"], &docs).ok();
+    let again = json(&k, &["get", "services"]);
+    assert_eq!(again["items"], list["items"], "re-apply changes nothing");
+    let taken = k.run_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Service\nmetadata:\n  name: clash\nspec:\n  clusterIP: 10.96.0.1\n  ports:\n  - port: 80\n");
+    assert_ne!(taken.code, 0);
+    assert!(taken.stderr.contains("provided IP is already allocated"), "{}", taken.stderr);
+}
