@@ -40,6 +40,8 @@ pub struct State {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub openapi: OpenApiV3,
+    /// `/openapi/v2` in JSON and protobuf, built once.
+    pub openapi_v2: (Bytes, Bytes),
     pub auth: TokenAuthenticator,
     pub metrics: Metrics,
     /// What `/api` advertises in `serverAddressByClientCIDRs`.
@@ -66,11 +68,17 @@ pub struct ResourcePath {
 #[derive(Debug)]
 pub enum Route {
     Version,
-    Health { endpoint: &'static str, check: Option<String> },
+    Health {
+        endpoint: &'static str,
+        check: Option<String>,
+    },
     Metrics,
     OpenApiV3Index,
     OpenApiV3(String),
-    OpenApiV2,
+    /// `protobuf`: the legacy path that only ever served protobuf.
+    OpenApiV2 {
+        protobuf: bool,
+    },
     Api,
     Apis,
     Group(String),
@@ -96,7 +104,8 @@ pub fn route(reg: &Registry, path: &str) -> Route {
         ["metrics"] => Route::Metrics,
         ["openapi", "v3"] => Route::OpenApiV3Index,
         ["openapi", "v3", rest @ ..] => Route::OpenApiV3(rest.join("/")),
-        ["openapi", "v2"] => Route::OpenApiV2,
+        ["openapi", "v2"] => Route::OpenApiV2 { protobuf: false },
+        ["swagger-2.0.0.pb-v1"] => Route::OpenApiV2 { protobuf: true },
         ["api"] => Route::Api,
         ["apis"] => Route::Apis,
         ["apis", g] => Route::Group(g.to_string()),
@@ -207,7 +216,16 @@ async fn dispatch(state: &Arc<State>, route: Route, req: Request<Incoming>) -> A
             resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("public, immutable"));
             Ok(resp)
         }
-        Route::OpenApiV2 => Err(ApiError::path_not_found()),
+        Route::OpenApiV2 { protobuf } => {
+            get_only(req.method())?;
+            let wants_pb =
+                protobuf || accept.as_deref().is_some_and(|a| a.contains("com.github.proto-openapi.spec.v2"));
+            Ok(if wants_pb {
+                h::respond(200, crate::openapi_v2::PROTOBUF, state.openapi_v2.1.clone())
+            } else {
+                h::respond(200, h::JSON, state.openapi_v2.0.clone())
+            })
+        }
         Route::Api => {
             get_only(req.method())?;
             Ok(discovery_response(state, true, accept.as_deref()))

@@ -16,6 +16,7 @@ pub mod kinds;
 pub mod meta;
 pub mod metrics;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod options;
 pub mod patch;
 pub mod resources;
@@ -110,6 +111,10 @@ pub async fn start_with_storage(
     let state = Arc::new(State {
         store: Arc::new(store),
         openapi: openapi::OpenApiV3::build(&registry),
+        openapi_v2: {
+            let doc = openapi_v2::document(&registry);
+            (bytes::Bytes::from(doc.to_string()), bytes::Bytes::from(openapi_v2::protobuf(&doc)))
+        },
         registry,
         auth,
         metrics: metrics::Metrics::new(),

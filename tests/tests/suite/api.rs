@@ -419,7 +419,14 @@ async fn openapi_v3_documents_let_kubectl_validate_on_the_server() {
     let doc = c.get(&url).await.json();
     let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"];
     assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "ConfigMap");
-    assert_eq!(c.get("/openapi/v2").await.status, 404, "v2 is not served yet");
+    let v2 = c.get("/openapi/v2").await;
+    assert_eq!(v2.header("content-type"), Some("application/json"));
+    assert_eq!(v2.json()["swagger"], "2.0");
+    let pb = c
+        .get_accept("/openapi/v2", "application/com.github.proto-openapi.spec.v2@v1.0+protobuf, application/json")
+        .await;
+    assert_eq!(pb.header("content-type"), Some("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"));
+    assert_eq!(&pb.body[..5], b"\x0a\x032.0", "field 1 (swagger) first");
 }
 
 #[tokio::test]

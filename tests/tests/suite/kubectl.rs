@@ -170,22 +170,27 @@ async fn every_installed_kubectl_version_gets_and_creates() {
         assert!(ns.iter().any(|r| r[..2] == ["kube-system", "Active"]), "kubectl {minor}: {ns:?}");
         let name = format!("cm-{}", minor.replace('.', "-"));
         let doc = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: \"{minor}\"\n");
-        // kubectl 1.27 and 1.28 validate against a protobuf /openapi/v2, which is not served yet.
-        let args: &[&str] = if matches!(minor, "1.27" | "1.28") {
-            &["create", "--validate=false", "-f", "-"]
-        } else {
-            &["create", "-f", "-"]
-        };
-        let out = k.run_stdin(args, &doc).ok().stdout;
+        // kubectl 1.27 and 1.28 learn from the protobuf /openapi/v2 that the server validates;
+        // 1.29+ from /openapi/v3. Both then send fieldValidation=Strict.
+        let out = k.run_stdin(&["create", "-f", "-"], &doc).ok().stdout;
         assert!(out.contains(&format!("configmap/{name} created")), "kubectl {minor}: {out}");
         let got: Value = serde_json::from_str(&k.run(&["get", "cm", &name, "-o", "json"]).ok().stdout).expect("json");
         assert_eq!(got["data"]["v"], minor);
         let bad =
             k.run_stdin(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\nbogus: 1\n");
-        if !matches!(minor, "1.27" | "1.28") {
-            assert_ne!(bad.code, 0, "kubectl {minor} must reject an unknown field");
-            assert!(bad.stderr.contains("unknown field \"bogus\""), "kubectl {minor}: {}", bad.stderr);
-        }
+        assert_ne!(bad.code, 0, "kubectl {minor} must reject an unknown field");
+        assert!(bad.stderr.contains("unknown field \"bogus\""), "kubectl {minor}: {}", bad.stderr);
+        let applied = k.run_stdin(&["apply", "-f", "-"], &doc.replace(&name, &format!("{name}-applied"))).ok().stdout;
+        assert!(applied.contains("created"), "kubectl {minor} apply with default validation: {applied}");
+        let changed = doc
+            .replace(&name, &format!("{name}-applied"))
+            .replace(&format!("v: \"{minor}\""), "v: changed\n  extra: \"1\"");
+        let reapplied = k.run_stdin(&["apply", "-f", "-"], &changed).ok().stdout;
+        assert!(reapplied.contains("configured"), "kubectl {minor} re-apply: {reapplied}");
+        let got: Value =
+            serde_json::from_str(&k.run(&["get", "cm", &format!("{name}-applied"), "-o", "json"]).ok().stdout)
+                .expect("json");
+        assert_eq!(got["data"], serde_json::json!({"v": "changed", "extra": "1"}), "kubectl {minor}");
     }
 }
 
