@@ -24,6 +24,8 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub enum BodyFormat {
     Json,
     Yaml,
+    /// `application/vnd.kubernetes.protobuf`: see [`crate::protobuf`].
+    Protobuf,
 }
 
 /// The media type of a request body, without parameters, lowercased.
@@ -36,10 +38,10 @@ pub fn object_body_format(content_type: Option<&str>) -> Result<BodyFormat, ApiE
     match media_type(content_type).as_str() {
         "" | "application/json" | "*/*" => Ok(BodyFormat::Json),
         "application/yaml" | "application/x-yaml" | "text/yaml" => Ok(BodyFormat::Yaml),
-        "application/vnd.kubernetes.protobuf" => Err(ApiError::UnsupportedMediaType(
-            "the body of the request was in protobuf (application/vnd.kubernetes.protobuf), which this server does not decode yet; send JSON or YAML (kubectl: use `kubectl create -f` or `kubectl apply -f`)".into(),
-        )),
-        other => Err(unsupported(other, &["application/json", "application/yaml"])),
+        "application/vnd.kubernetes.protobuf" => Ok(BodyFormat::Protobuf),
+        other => {
+            Err(unsupported(other, &["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"]))
+        }
     }
 }
 
@@ -89,6 +91,7 @@ pub fn decode_body(bytes: &[u8], format: BodyFormat) -> Result<Decoded, ApiError
                 .map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}")))?;
             Ok(Decoded { value, duplicates })
         }
+        BodyFormat::Protobuf => Ok(Decoded { value: crate::protobuf::decode(bytes)?, duplicates: Vec::new() }),
         BodyFormat::Yaml => {
             let text =
                 std::str::from_utf8(bytes).map_err(|_| ApiError::BadRequest("yaml: invalid UTF-8 in body".into()))?;
@@ -389,6 +392,6 @@ mod tests {
         assert_eq!(object_body_format(Some("application/json; charset=utf-8")).expect("json"), BodyFormat::Json);
         assert_eq!(object_body_format(Some("application/yaml")).expect("yaml"), BodyFormat::Yaml);
         assert_eq!(object_body_format(Some("text/plain")).expect_err("415").code(), 415);
-        assert_eq!(object_body_format(Some("application/vnd.kubernetes.protobuf")).expect_err("415").code(), 415);
+        assert_eq!(object_body_format(Some("application/vnd.kubernetes.protobuf")).expect("pb"), BodyFormat::Protobuf);
     }
 }

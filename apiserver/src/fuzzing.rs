@@ -8,7 +8,7 @@ use crate::resources::Registry;
 use crate::selectors::{FieldSelector, LabelSelector};
 
 pub fn decode_path(registry: &Registry, data: &[u8]) {
-    for format in [BodyFormat::Json, BodyFormat::Yaml] {
+    for format in [BodyFormat::Json, BodyFormat::Yaml, BodyFormat::Protobuf] {
         if let Ok(decoded) = codec::decode_body(data, format) {
             for info in registry.all() {
                 if let Ok(normalized) = info.normalize(decoded.value.clone()) {
@@ -44,6 +44,36 @@ pub fn decode_path(registry: &Registry, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
+
+    fn protobuf_deployment() -> Vec<u8> {
+        use k8s_pb::api::apps::v1 as apps;
+        use k8s_pb::api::core::v1 as core;
+        use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+        let labels: std::collections::BTreeMap<String, String> = [("a".into(), "b".into())].into();
+        let d = apps::Deployment {
+            metadata: Some(meta::ObjectMeta { name: Some("web".into()), labels: labels.clone(), ..Default::default() }),
+            spec: Some(apps::DeploymentSpec {
+                replicas: Some(2),
+                selector: Some(meta::LabelSelector { match_labels: labels.clone(), ..Default::default() }),
+                template: Some(core::PodTemplateSpec {
+                    metadata: Some(meta::ObjectMeta { labels, ..Default::default() }),
+                    spec: Some(core::PodSpec {
+                        containers: vec![core::Container {
+                            name: Some("c".into()),
+                            image: Some("x".into()),
+                            ports: vec![core::ContainerPort { container_port: Some(80), ..Default::default() }],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        crate::protobuf::envelope("apps/v1", "Deployment", d.encode_to_vec())
+    }
 
     /// Inputs built from valid objects by byte-level mutation, plus plain noise: a cheap,
     /// deterministic stand-in for the fuzzer that runs on every CI build.
@@ -57,6 +87,7 @@ mod tests {
             br#"{"metadata":{"name":"a","finalizers":["x/y"],"ownerReferences":[{"apiVersion":"v1","kind":"K","name":"n","uid":"u","controller":true}]},"data":{"k":"v"},"stringData":{"s":"t"},"type":"Opaque"}"#.to_vec(),
             b"app in (a, b), !c, d!=e, f>3".to_vec(),
             b"{\"metadata\":{\"resourceVersion\":\"1\"}}".to_vec(),
+            protobuf_deployment(),
         ];
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut rand = move || {

@@ -312,9 +312,21 @@ pub struct ServiceStrategy;
 const SERVICE_TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
 const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
 
+/// A node port of 0 means "not chosen" (Go clients, protobuf in particular, always send the field).
+fn drop_unset_node_ports(spec: &mut Map<String, Value>) {
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            if p.get("nodePort").is_some_and(|n| n.is_null() || n.as_i64() == Some(0)) {
+                p.remove("nodePort");
+            }
+        }
+    }
+}
+
 impl Strategy for ServiceStrategy {
     fn prepare_for_create(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
+        drop_unset_node_ports(spec);
         set_default(spec, "type", json!("ClusterIP"));
         set_default(spec, "sessionAffinity", json!("None"));
         let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
@@ -339,6 +351,7 @@ impl Strategy for ServiceStrategy {
         // for them (an ExternalName Service has no ClusterIP, a ClusterIP one no node ports).
         let ty = str_at(new, "spec.type").to_string();
         let spec = obj_mut(new, "spec");
+        drop_unset_node_ports(spec);
         set_default(spec, "type", json!("ClusterIP"));
         let fields: &[&str] = if ty == "ExternalName" {
             &[]

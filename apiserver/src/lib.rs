@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod openapi_v2;
 pub mod options;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod rest;
 pub mod selectors;

@@ -317,3 +317,51 @@ async fn services_applied_by_kubectl_get_unique_cluster_ips_and_node_ports() {
     assert_ne!(taken.code, 0);
     assert!(taken.stderr.contains("provided IP is already allocated"), "{}", taken.stderr);
 }
+
+#[tokio::test]
+async fn kubectl_create_generators_send_protobuf_and_are_understood() {
+    let (_etcd, api) = cluster().await;
+    for minor in ["1.32", "1.33"] {
+        if !Kubectl::available(minor) {
+            continue;
+        }
+        let k = Kubectl::version(minor, &api.endpoint);
+        let ns = format!("team-{}", minor.replace('.', "-"));
+        assert!(k.run(&["create", "namespace", &ns]).ok().stdout.contains(&format!("namespace/{ns} created")));
+        let n = json(&k, &["get", "namespace", &ns]);
+        assert_eq!(
+            (n["status"]["phase"].as_str(), n["spec"]["finalizers"][0].as_str()),
+            (Some("Active"), Some("kubernetes"))
+        );
+        k.run(&["create", "configmap", "cfg", "-n", &ns, "--from-literal=a=b", "--from-literal=c=d"]).ok();
+        assert_eq!(json(&k, &["get", "configmap", "cfg", "-n", &ns])["data"], serde_json::json!({"a": "b", "c": "d"}));
+        k.run(&["create", "secret", "generic", "sec", "-n", &ns, "--from-literal=password=s3cret"]).ok();
+        let s = json(&k, &["get", "secret", "sec", "-n", &ns]);
+        assert_eq!((s["data"]["password"].as_str(), s["type"].as_str()), (Some("czNjcmV0"), Some("Opaque")));
+        k.run(&["create", "deployment", "web", "-n", &ns, "--image=busybox:1.36", "--replicas=2", "--port=8080"]).ok();
+        let d = json(&k, &["get", "deployment", "web", "-n", &ns]);
+        assert_eq!(d["spec"]["replicas"], 2);
+        assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!((c["name"].as_str(), c["image"].as_str()), (Some("busybox"), Some("busybox:1.36")));
+        assert_eq!(c["ports"][0]["containerPort"], 8080);
+        k.run(&["create", "service", "clusterip", "web", "-n", &ns, "--tcp=80:8080"]).ok();
+        let svc = json(&k, &["get", "service", "web", "-n", &ns]);
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+        assert!(svc["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.starts_with("10.")));
+        // Protobuf always carries nodePort, as 0 when the user chose none: that means "allocate one".
+        let out = k.run(&["create", "service", "nodeport", "edge", "-n", &ns, "--tcp=80:8080", "-v=8"]).ok();
+        assert!(out.stderr.contains("application/vnd.kubernetes.protobuf"), "kubectl sent no protobuf: {}", out.stderr);
+        let np = json(&k, &["get", "service", "edge", "-n", &ns])["spec"]["ports"][0]["nodePort"].as_i64();
+        assert!(np.is_some_and(|p| (30000..=32767).contains(&p)), "nodePort {np:?}");
+        k.run(&["create", "job", "once", "-n", &ns, "--image=busybox", "--", "echo", "hi"]).ok();
+        let j = json(&k, &["get", "job", "once", "-n", &ns]);
+        assert_eq!(j["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["echo", "hi"]));
+        assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], "Never");
+        k.run(&["create", "serviceaccount", "robot", "-n", &ns]).ok();
+        json(&k, &["get", "serviceaccount", "robot", "-n", &ns]);
+        k.run(&["create", "cronjob", "nightly", "-n", &ns, "--image=busybox", "--schedule=0 3 * * *", "--", "date"])
+            .ok();
+        assert_eq!(json(&k, &["get", "cronjob", "nightly", "-n", &ns])["spec"]["schedule"], "0 3 * * *");
+    }
+}
