@@ -49,7 +49,11 @@ async fn ensure(
 ) -> ApiResult<()> {
     let info =
         state.registry.by_plural(group, plural).ok_or_else(|| ApiError::Internal(format!("{plural} not served")))?;
-    let opts = WriteOptions { field_validation: FieldValidation::Strict, dry_run: false };
+    let opts = WriteOptions {
+        field_validation: FieldValidation::Strict,
+        field_manager: Some("kube-apiserver".into()),
+        ..Default::default()
+    };
     let decoded = |v| Decoded { value: v, duplicates: Vec::new() };
     match state.store.create(info, ns, decoded(obj.clone()), &opts).await {
         Ok(_) => return Ok(()),
@@ -78,7 +82,11 @@ impl Bootstrap {
     async fn once(&self, state: &State) -> ApiResult<()> {
         let reg = &state.registry;
         let store = &state.store;
-        let opts = WriteOptions { field_validation: FieldValidation::Strict, dry_run: false };
+        let opts = WriteOptions {
+            field_validation: FieldValidation::Strict,
+            field_manager: Some("kube-apiserver".into()),
+            ..Default::default()
+        };
         let body = |v| Decoded { value: v, duplicates: Vec::new() };
         let ns = reg.by_plural("", "namespaces").ok_or_else(|| ApiError::Internal("namespaces not served".into()))?;
         for name in SYSTEM_NAMESPACES {

@@ -21,7 +21,7 @@ use tracing::{Instrument, debug, info_span};
 use crate::auth::{self, TokenAuthenticator};
 use crate::codec::{self, FieldValidation, MAX_BODY_BYTES};
 use crate::discovery;
-use crate::error::{ApiError, ApiResult, Details, success_status};
+use crate::error::{ApiError, ApiResult, Cause, Details, success_status};
 use crate::http::{self as h, Body, Output, Query};
 use crate::meta;
 use crate::metrics::Metrics;
@@ -320,11 +320,66 @@ fn verb_of(method: &Method, has_name: bool, has_subresource: bool, watch: bool) 
     })
 }
 
-fn write_options(q: &Query) -> ApiResult<WriteOptions> {
+/// Longest `fieldManager` upstream accepts.
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// The options of a write; `kind` names them in errors (`CreateOptions`, `PatchOptions`, ...).
+fn write_options(q: &Query, user_agent: Option<&str>, kind: &str) -> ApiResult<WriteOptions> {
+    let invalid = |field: &str, reason: &'static str, detail: String| ApiError::Invalid {
+        message: format!("{kind}.meta.k8s.io \"\" is invalid: {field}: {detail}"),
+        details: Details { group: "meta.k8s.io".into(), kind: kind.into(), ..Default::default() },
+        causes: vec![Cause { reason, message: detail, field: field.into() }],
+    };
+    let given = q.get("fieldManager").filter(|m| !m.is_empty());
+    if let Some(m) = given {
+        if m.len() > MAX_FIELD_MANAGER {
+            return Err(invalid(
+                "fieldManager",
+                "FieldValueTooLong",
+                format!("Too long: may not be more than {MAX_FIELD_MANAGER} bytes"),
+            ));
+        }
+        if m.chars().any(char::is_control) {
+            return Err(invalid(
+                "fieldManager",
+                "FieldValueInvalid",
+                "Invalid value: must only contain printable characters".into(),
+            ));
+        }
+    }
+    // Without a fieldManager, the product part of the user agent names the writer, as upstream.
+    let manager = given.map(str::to_string).unwrap_or_else(|| {
+        let product = user_agent.unwrap_or_default().split('/').next().unwrap_or_default();
+        let product: String = product.chars().filter(|c| !c.is_control()).take(MAX_FIELD_MANAGER).collect();
+        if product.is_empty() { "unknown".to_string() } else { product }
+    });
+    let force = q.optional_flag("force")?;
     Ok(WriteOptions {
         field_validation: FieldValidation::parse(q.get("fieldValidation"))?,
         dry_run: dry_run(q.all("dryRun"))?,
+        field_manager: Some(manager),
+        force: force.unwrap_or(false),
     })
+}
+
+/// Server-side apply needs a named manager; `force` means nothing to other patches.
+fn check_patch_options(q: &Query, kind: &PatchKind, opts: &WriteOptions) -> ApiResult<()> {
+    let invalid = |field: &str, reason: &'static str, detail: &str| ApiError::Invalid {
+        message: format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {detail}"),
+        details: Details { group: "meta.k8s.io".into(), kind: "PatchOptions".into(), ..Default::default() },
+        causes: vec![Cause { reason, message: detail.into(), field: field.into() }],
+    };
+    let named = q.get("fieldManager").is_some_and(|m| !m.is_empty());
+    match kind {
+        PatchKind::Apply if !named => {
+            Err(invalid("fieldManager", "FieldValueRequired", "Required value: is required for apply patch"))
+        }
+        PatchKind::Apply => Ok(()),
+        _ if q.get("force").is_some() && opts.force => {
+            Err(invalid("force", "FieldValueForbidden", "Forbidden: may not be specified for non-apply patch"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn dry_run(values: Vec<&str>) -> ApiResult<bool> {
@@ -388,6 +443,7 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
     let reads = matches!(verb, "get" | "list" | "watch");
     let output = h::negotiate(header_str(&req, header::ACCEPT), reads, include)?;
     let content_type = header_str(&req, header::CONTENT_TYPE).map(str::to_string);
+    let user_agent = header_str(&req, header::USER_AGENT).map(str::to_string);
     let name = rp.name.clone().unwrap_or_default();
     let sub = rp.subresource.as_deref();
     let store = &state.store;
@@ -439,7 +495,7 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
             Ok(watch_response(state, info, output, rx))
         }
         "create" => {
-            let wo = write_options(&q)?;
+            let wo = write_options(&q, user_agent.as_deref(), "CreateOptions")?;
             let format = codec::object_body_format(content_type.as_deref())?;
             let body = read_body(req).await?;
             let decoded = codec::decode_body(&body, format)?;
@@ -449,7 +505,7 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
             Ok(resp)
         }
         "update" => {
-            let wo = write_options(&q)?;
+            let wo = write_options(&q, user_agent.as_deref(), "UpdateOptions")?;
             let format = codec::object_body_format(content_type.as_deref())?;
             let body = read_body(req).await?;
             let decoded = codec::decode_body(&body, format)?;
@@ -459,11 +515,12 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
             Ok(resp)
         }
         "patch" => {
-            let wo = write_options(&q)?;
+            let wo = write_options(&q, user_agent.as_deref(), "PatchOptions")?;
             let kind = patch_kind(content_type.as_deref())?;
+            check_patch_options(&q, &kind, &wo)?;
             let body = read_body(req).await?;
             let written = store.patch(&info, ns, &name, sub, rest::Patch { kind, body: &body }, &wo).await?;
-            let mut resp = render_object(&info, output, &written.object, 200);
+            let mut resp = render_object(&info, output, &written.object, if written.created { 201 } else { 200 });
             h::add_warnings(&mut resp, &written.warnings);
             Ok(resp)
         }
@@ -509,12 +566,15 @@ fn patch_kind(content_type: Option<&str>) -> ApiResult<PatchKind> {
         "application/merge-patch+json" => Ok(PatchKind::Merge),
         "application/json-patch+json" => Ok(PatchKind::Json),
         "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
-        m @ "application/apply-patch+yaml" => Err(ApiError::UnsupportedMediaType(format!(
-            "{m} (server-side apply) is not supported by this server yet; use kubectl apply without --server-side, or a merge, JSON or strategic merge patch"
-        ))),
+        "application/apply-patch+yaml" => Ok(PatchKind::Apply),
         other => Err(codec::unsupported(
             other,
-            &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"],
+            &[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+                "application/apply-patch+yaml",
+            ],
         )),
     }
 }
@@ -532,7 +592,9 @@ async fn acting_subresource(
     content_type: Option<&str>,
     req: Request<Incoming>,
 ) -> ApiResult<Response<Body>> {
-    let dry_run = write_options(q)?.dry_run;
+    let user_agent = header_str(&req, header::USER_AGENT).map(str::to_string);
+    let opts = write_options(q, user_agent.as_deref(), if verb == "patch" { "PatchOptions" } else { "UpdateOptions" })?;
+    let dry_run = opts.dry_run;
     let created = |what: &str| {
         let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201, "details": {"name": name, "kind": what}});
         h::respond_value(201, Output::Json, &status)
@@ -542,14 +604,15 @@ async fn acting_subresource(
         ("scale", "update") => {
             let format = codec::object_body_format(content_type)?;
             let body = codec::decode_body(&read_body(req).await?, format)?.value;
-            let scale = store.update_scale(info, ns, name, ScaleChange::Replace(body), dry_run).await?;
+            let scale = store.update_scale(info, ns, name, ScaleChange::Replace(body), &opts).await?;
             Ok(h::respond_value(200, Output::Json, &scale))
         }
         ("scale", "patch") => {
             let kind = patch_kind(content_type)?;
+            check_patch_options(q, &kind, &opts)?;
             let body = read_body(req).await?;
             let parsed = ParsedPatch::parse(&rest::Patch { kind, body: &body })?;
-            let scale = store.update_scale(info, ns, name, ScaleChange::Patch(parsed), dry_run).await?;
+            let scale = store.update_scale(info, ns, name, ScaleChange::Patch(parsed), &opts).await?;
             Ok(h::respond_value(200, Output::Json, &scale))
         }
         ("binding", "create") => {

@@ -26,6 +26,8 @@ pub enum Ty {
     /// The spec of a workload that holds a pod `template`.
     TemplateSpec,
     CronJobSpec,
+    /// A list item that server-side apply owns and replaces whole (an owner reference).
+    AtomicItem,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +81,7 @@ pub fn field(ty: Ty, name: &str) -> Field {
         ) => Field::Object(ConditionsStatus),
 
         (ObjectMeta, "finalizers") => Field::List(List::Set),
-        (ObjectMeta, "ownerReferences") => map("uid", &["uid"], Object),
+        (ObjectMeta, "ownerReferences") => map("uid", &["uid"], AtomicItem),
 
         (TemplateSpec, "template") => Field::Object(PodTemplateSpec),
         (JobTemplateSpec, "spec") => Field::Object(TemplateSpec),
@@ -88,9 +90,8 @@ pub fn field(ty: Ty, name: &str) -> Field {
         (PodTemplateSpec, "spec") => Field::Object(PodSpec),
 
         (PodSpec, "containers" | "initContainers" | "ephemeralContainers") => map("name", &["name"], Container),
-        (PodSpec, "volumes" | "imagePullSecrets" | "resourceClaims" | "schedulingGates") => {
-            map("name", &["name"], Object)
-        }
+        (PodSpec, "volumes" | "resourceClaims" | "schedulingGates") => map("name", &["name"], Object),
+        (PodSpec, "imagePullSecrets") => map("name", &["name"], AtomicItem),
         (PodSpec, "hostAliases") => map("ip", &["ip"], Object),
         (PodSpec, "topologySpreadConstraints") => map("topologyKey", &["topologyKey", "whenUnsatisfiable"], Object),
 
@@ -107,6 +108,57 @@ pub fn field(ty: Ty, name: &str) -> Field {
 
         _ => Field::Object(Object),
     }
+}
+
+/// How server-side apply sees a field's value: owned and replaced whole, or merged below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A primitive, or an atomic struct, map or list.
+    Leaf,
+    /// A map merged key by key.
+    Struct(Ty),
+    /// A set of primitives.
+    Set,
+    /// A list of objects identified by `keys`.
+    Assoc { keys: &'static [&'static str], item: Ty },
+}
+
+/// Fields whose types the API marks atomic wherever they appear: label selectors
+/// (`structType=atomic`), a Service's selector map, and references to a single object or key.
+fn atomic_field(name: &str) -> bool {
+    matches!(
+        name,
+        "selector"
+            | "labelSelector"
+            | "namespaceSelector"
+            | "podSelector"
+            | "configMapKeyRef"
+            | "secretKeyRef"
+            | "fieldRef"
+            | "resourceFieldRef"
+            | "configMapRef"
+            | "secretRef"
+            | "requiredDuringSchedulingIgnoredDuringExecution"
+    )
+}
+
+/// The shape of `value`, found in field `name` of a value of type `ty`.
+pub fn shape(ty: Ty, name: &str, value: &serde_json::Value) -> Shape {
+    use serde_json::Value;
+    if atomic_field(name) {
+        return Shape::Leaf;
+    }
+    match (value, field(ty, name)) {
+        (Value::Object(_), Field::Object(t)) => Shape::Struct(t),
+        (Value::Array(_), Field::List(List::Set)) => Shape::Set,
+        (Value::Array(_), Field::List(List::Map { keys, item, .. })) => Shape::Assoc { keys, item },
+        _ => Shape::Leaf,
+    }
+}
+
+/// A key field's value when an item leaves it out (upstream's defaults for list-map keys).
+pub fn key_default(name: &str) -> Option<serde_json::Value> {
+    (name == "protocol").then(|| serde_json::Value::String("TCP".into()))
 }
 
 /// The list strategy of field `name` in `ty`, for a value that is a list.

@@ -26,6 +26,7 @@ use tracing::{error, warn};
 use crate::codec::{self, Decoded, FieldValidation};
 use crate::error::{ApiError, ApiResult, Cause, Details};
 use crate::meta;
+use crate::patch::apply::{self, Manager};
 use crate::resources::{Registry, ResourceInfo};
 use crate::selectors::Selectors;
 use crate::storage::{KeyValue, Storage, StorageError, WatchEvent};
@@ -53,12 +54,53 @@ pub struct Store {
 pub struct WriteOptions {
     pub field_validation: FieldValidation,
     pub dry_run: bool,
+    /// Who makes the change, for managedFields: `fieldManager`, else the client's user agent.
+    /// `None` records nothing.
+    pub field_manager: Option<String>,
+    /// Server-side apply takes fields other managers own.
+    pub force: bool,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { field_validation: FieldValidation::Strict, dry_run: false }
+        WriteOptions { field_validation: FieldValidation::Strict, dry_run: false, field_manager: None, force: false }
     }
+}
+
+/// How a write through [`Store::update_with`] is recorded in managedFields.
+#[derive(Debug, Clone, Copy)]
+pub enum Track<'a> {
+    /// Not at all: the server's own bookkeeping (bindings, disruption budget status).
+    No,
+    /// As an update by this manager through this subresource.
+    Update(Manager<'a>),
+    /// The change already carries its record (server-side apply computes it).
+    Done,
+}
+
+/// What an [`Store::update_with`] call does besides computing the new object.
+#[derive(Debug, Clone, Copy)]
+pub struct How<'a> {
+    pub dry_run: bool,
+    pub track: Track<'a>,
+}
+
+impl<'a> How<'a> {
+    /// A write on behalf of a client, through `subresource` (`""`: the object itself).
+    pub fn client(opts: &'a WriteOptions, subresource: &'a str) -> Self {
+        let track = match &opts.field_manager {
+            Some(name) => Track::Update(Manager { name, subresource }),
+            None => Track::No,
+        };
+        How { dry_run: opts.dry_run, track }
+    }
+}
+
+/// The kind, version and part of the object a write through `subresource` is tracked with.
+fn tracked(info: &ResourceInfo, subresource: &str) -> apply::Target {
+    let scope =
+        if subresource == "status" { apply::Scope::Status } else { apply::Scope::Main { has_status: info.has_status } };
+    apply::Target { kind: info.kind, api_version: info.api_version(), scope }
 }
 
 /// The outcome of a write.
@@ -134,11 +176,13 @@ pub struct ListResult {
     pub remaining_item_count: Option<i64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PatchKind {
     Merge,
     Json,
     Strategic,
+    /// Server-side apply (`application/apply-patch+yaml`).
+    Apply,
 }
 
 /// A PATCH body decoded once, applied to each attempt's current object.
@@ -161,6 +205,9 @@ impl ParsedPatch {
             }
             PatchKind::Merge => Ok(ParsedPatch::Merge(value)),
             PatchKind::Strategic => Ok(ParsedPatch::Strategic(value)),
+            PatchKind::Apply => {
+                Err(ApiError::UnsupportedMediaType("server-side apply is not supported for this subresource".into()))
+            }
         }
     }
 
@@ -275,6 +322,24 @@ fn strip_rv(v: &Value) -> Value {
         m.remove("resourceVersion");
     }
     v
+}
+
+/// `normalized` limited to what `given` holds: objects key by key, lists item by item.
+fn only_given(normalized: &Value, given: &Value) -> Value {
+    match (normalized, given) {
+        (Value::Object(n), Value::Object(g)) => Value::Object(
+            n.iter()
+                .filter_map(|(k, nv)| match g.get(k) {
+                    Some(gv) if !gv.is_null() => Some((k.clone(), only_given(nv, gv))),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        (Value::Array(n), Value::Array(g)) if n.len() == g.len() => {
+            Value::Array(n.iter().zip(g).map(|(nv, gv)| only_given(nv, gv)).collect())
+        }
+        _ => normalized.clone(),
+    }
 }
 
 /// Everything but metadata and status: what `generation` tracks.
@@ -643,6 +708,10 @@ impl Store {
             }
             self.prepare_create(info, &mut candidate);
             let name = meta::name(&candidate).to_string();
+            if let Some(manager) = &opts.field_manager {
+                let who = Manager { name: manager, subresource: "" };
+                apply::track_update(None, &mut candidate, &tracked(info, ""), who, &meta::now());
+            }
             let mut causes = validation::object_meta(info, &candidate);
             causes.extend(info.strategy.validate(&candidate));
             if !causes.is_empty() {
@@ -737,7 +806,8 @@ impl Store {
                 .create(info, ns, decoded, &WriteOptions { field_validation: FieldValidation::Ignore, ..opts.clone() })
                 .await;
         }
-        let mut written = self.update_with(info, ns, name, subresource, opts.dry_run, |_old| Ok(body.clone())).await?;
+        let how = How::client(opts, subresource.unwrap_or(""));
+        let mut written = self.update_with(info, ns, name, subresource, how, |_old| Ok(body.clone())).await?;
         written.warnings = warnings;
         Ok(written)
     }
@@ -751,12 +821,16 @@ impl Store {
         patch: Patch<'_>,
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
+        if patch.kind == PatchKind::Apply {
+            return self.apply(info, ns, name, subresource, patch.body, opts).await;
+        }
         let parsed = ParsedPatch::parse(&patch)?;
         let ty = crate::patch::schema::root(info.kind);
         let fv = opts.field_validation;
         let mut warnings = Vec::new();
+        let how = How::client(opts, subresource.unwrap_or(""));
         let written = self
-            .update_with(info, ns, name, subresource, opts.dry_run, |old| {
+            .update_with(info, ns, name, subresource, how, |old| {
                 let doc = parsed.apply(old, ty)?;
                 let (normalized, w) = self.decode_object(info, Decoded { value: doc, duplicates: Vec::new() }, fv)?;
                 warnings = w;
@@ -764,6 +838,80 @@ impl Store {
             })
             .await?;
         Ok(Written { warnings, ..written })
+    }
+
+    /// Server-side apply: merges the configuration in `body` into the object (creating it when
+    /// there is none) for the manager in `opts`, per [`crate::patch::apply`].
+    async fn apply(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+        body: &[u8],
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        let manager = opts.field_manager.as_deref().unwrap_or_default();
+        let format =
+            if body.trim_ascii_start().starts_with(b"{") { codec::BodyFormat::Json } else { codec::BodyFormat::Yaml };
+        let decoded = codec::decode_body(body, format)?;
+        let raw = decoded.value.clone();
+        let Some(m) = raw.as_object() else {
+            return Err(ApiError::BadRequest("the apply configuration must be an object".into()));
+        };
+        for f in ["apiVersion", "kind"] {
+            if m.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+                return Err(ApiError::BadRequest(format!("the apply configuration has no {f}")));
+            }
+        }
+        if raw.pointer("/metadata/managedFields").is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::BadRequest("metadata.managedFields must be nil".into()));
+        }
+        let given = meta::name(&raw);
+        if !given.is_empty() && given != name {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({given}) does not match the name on the URL ({name})"
+            )));
+        }
+        let given_ns = meta::namespace(&raw);
+        if info.namespaced && !given_ns.is_empty() && given_ns != ns {
+            return Err(ApiError::BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request".into(),
+            ));
+        }
+        let (normalized, warnings) = self.decode_object(info, decoded, opts.field_validation)?;
+        // The typed round trip fills in required fields the configuration left out; an apply
+        // configuration says only what it says.
+        let mut config = only_given(&normalized, &raw);
+        let m = meta::meta_mut(&mut config);
+        m.insert("name".into(), json!(name));
+        if info.namespaced {
+            m.insert("namespace".into(), json!(ns));
+        }
+        apply::check_config(&config, info.kind).map_err(ApiError::BadRequest)?;
+        let target = tracked(info, subresource.unwrap_or(""));
+        let who = Manager { name: manager, subresource: subresource.unwrap_or("") };
+        let conflict = |c: apply::Conflicts| ApiError::ApplyConflict { message: c.message(), causes: c.causes() };
+        for _ in 0..2 {
+            let how = How { dry_run: opts.dry_run, track: Track::Done };
+            let updated = self
+                .update_with(info, ns, name, subresource, how, |old| {
+                    apply::apply(Some(old), &config, &target, who, opts.force, &meta::now()).map_err(conflict)
+                })
+                .await;
+            match updated {
+                Err(ApiError::NotFound { .. }) if subresource.is_none() => {}
+                other => return other.map(|w| Written { warnings: warnings.clone(), ..w }),
+            }
+            let obj = apply::apply(None, &config, &target, who, opts.force, &meta::now()).map_err(conflict)?;
+            let create_opts =
+                WriteOptions { field_validation: FieldValidation::Ignore, field_manager: None, ..opts.clone() };
+            match self.create(info, ns, Decoded { value: obj, duplicates: Vec::new() }, &create_opts).await {
+                Err(ApiError::AlreadyExists { .. }) => continue,
+                other => return other.map(|w| Written { warnings: warnings.clone(), ..w }),
+            }
+        }
+        Err(ApiError::stale(info, name))
     }
 
     /// The optimistic update loop shared by PUT and PATCH: `make` turns the current object into
@@ -775,9 +923,10 @@ impl Store {
         ns: &str,
         name: &str,
         subresource: Option<&str>,
-        dry_run: bool,
+        how: How<'_>,
         mut make: impl FnMut(&Value) -> ApiResult<Value>,
     ) -> ApiResult<Written> {
+        let dry_run = how.dry_run;
         let key = info.key(ns, name);
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let cur = self.storage.get(&key).await.map_err(|e| storage_error(info, name, e))?;
@@ -794,7 +943,11 @@ impl Store {
                 None => self.prepare_update(info, &mut new, &old),
                 Some("status") => {
                     let status = new.get("status").cloned();
+                    let applied = new.pointer("/metadata/managedFields").cloned();
                     new = old.clone();
+                    if let (Track::Done, Some(mf)) = (how.track, applied) {
+                        meta::meta_mut(&mut new).insert("managedFields".into(), mf);
+                    }
                     match status {
                         Some(s) => new["status"] = s,
                         None => {
@@ -816,6 +969,9 @@ impl Store {
                         details: None,
                     });
                 }
+            }
+            if let Track::Update(who) = how.track {
+                apply::track_update(Some(&old), &mut new, &tracked(info, who.subresource), who, &meta::now());
             }
             let mut causes = validation::object_meta(info, &new);
             causes.extend(validation::object_meta_update(&new, &old));

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{DeleteOptions, Deleted, ListOptions, ParsedPatch, Store};
+use super::{DeleteOptions, Deleted, How, ListOptions, ParsedPatch, Store, Track, WriteOptions};
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::meta;
 use crate::resources::ResourceInfo;
@@ -78,10 +78,10 @@ impl Store {
         ns: &str,
         name: &str,
         change: ScaleChange,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> ApiResult<Value> {
         let written = self
-            .update_with(info, ns, name, None, dry_run, |old| {
+            .update_with(info, ns, name, None, How::client(opts, "scale"), |old| {
                 let current = scale_of(old);
                 let desired = match &change {
                     ScaleChange::Replace(v) => v.clone(),
@@ -143,7 +143,7 @@ impl Store {
             });
         }
         let annotations = meta::meta(binding).and_then(|m| m.get("annotations")).and_then(Value::as_object).cloned();
-        self.update_with(pods, ns, name, Some("binding"), dry_run, |old| {
+        self.update_with(pods, ns, name, Some("binding"), How { dry_run, track: Track::No }, |old| {
             if meta::is_deleting(old) {
                 return Err(ApiError::conflict(
                     pods,
@@ -239,7 +239,7 @@ impl Store {
             return Err(too_many(format!("The disruption budget {pdb_name} is still being processed by the server.")));
         }
         let written = self
-            .update_with(pdbs, ns, &pdb_name, Some("status"), dry_run, |old| {
+            .update_with(pdbs, ns, &pdb_name, Some("status"), How { dry_run, track: Track::No }, |old| {
                 let allowed = old.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
                 if allowed <= 0 {
                     let expected = old.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0);

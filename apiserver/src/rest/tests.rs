@@ -269,7 +269,7 @@ async fn strict_field_validation_rejects_unknown_and_duplicate_fields_and_warn_r
     let body = json!({"metadata": {"name": "a"}, "data": {}, "bogus": 1});
     let err = f.create("configmaps", "default", body.clone()).await.expect_err("strict");
     assert_eq!(err.to_string(), "strict decoding error: unknown field \"bogus\"");
-    let warn = WriteOptions { field_validation: FieldValidation::Warn, dry_run: false };
+    let warn = WriteOptions { field_validation: FieldValidation::Warn, ..Default::default() };
     let w = f.create_with("configmaps", "default", body, &warn).await.expect("warn");
     assert_eq!(w.warnings, vec!["unknown field \"bogus\""]);
     assert!(w.object.get("bogus").is_none(), "unknown fields never reach storage");
@@ -744,7 +744,7 @@ async fn scale_reads_and_writes_replicas_with_preconditions() {
         ParsedPatch::parse(&Patch { kind: PatchKind::Merge, body: br#"{"spec":{"replicas":5}}"# }).expect("parse");
     let after = f
         .store
-        .update_scale(&info, "default", "web", subresources::ScaleChange::Patch(patch), false)
+        .update_scale(&info, "default", "web", subresources::ScaleChange::Patch(patch), &WriteOptions::default())
         .await
         .expect("patched");
     assert_eq!(after["spec"]["replicas"], 5);
@@ -754,7 +754,7 @@ async fn scale_reads_and_writes_replicas_with_preconditions() {
     stale["spec"]["replicas"] = json!(1);
     let err = f
         .store
-        .update_scale(&info, "default", "web", subresources::ScaleChange::Replace(stale), false)
+        .update_scale(&info, "default", "web", subresources::ScaleChange::Replace(stale), &WriteOptions::default())
         .await
         .expect_err("stale");
     assert_eq!(err.code(), 409);
@@ -762,7 +762,7 @@ async fn scale_reads_and_writes_replicas_with_preconditions() {
     negative["spec"]["replicas"] = json!(-1);
     let err = f
         .store
-        .update_scale(&info, "default", "web", subresources::ScaleChange::Replace(negative), false)
+        .update_scale(&info, "default", "web", subresources::ScaleChange::Replace(negative), &WriteOptions::default())
         .await
         .expect_err("negative");
     assert_eq!(err.code(), 422);
@@ -1023,4 +1023,137 @@ async fn repair_restores_missing_keys_and_frees_abandoned_ones() {
     assert!(keys.contains(&ip), "the Service's address is claimed again");
     assert!(!keys.contains(&"10.100.0.9".to_string()), "an old abandoned key is freed");
     assert!(keys.contains(&"10.100.0.10".to_string()), "a young key may belong to a create in flight");
+}
+
+// ---- managedFields and server-side apply ----
+
+fn by(manager: &str) -> WriteOptions {
+    WriteOptions { field_manager: Some(manager.into()), ..Default::default() }
+}
+
+impl Fixture {
+    async fn apply(
+        &self,
+        plural: &str,
+        name: &str,
+        sub: Option<&str>,
+        config: &str,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        let p = Patch { kind: PatchKind::Apply, body: config.as_bytes() };
+        self.store.patch(&self.info(plural), "default", name, sub, p, opts).await
+    }
+}
+
+fn manager_names(obj: &Value) -> Vec<String> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| format!("{}/{}", e["manager"].as_str().unwrap_or(""), e["operation"].as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_write_records_its_manager_and_the_fields_it_set() {
+    let f = Fixture::new().await;
+    let created = f.create_with("configmaps", "default", cm("c"), &by("creator")).await.expect("create").object;
+    assert_eq!(manager_names(&created), vec!["creator/Update"]);
+    assert_eq!(created["metadata"]["managedFields"][0]["fieldsV1"], json!({"f:data": {".": {}, "f:k": {}}}));
+    let info = f.info("configmaps");
+    let mut changed = created.clone();
+    changed["data"]["k"] = json!("v2");
+    let body = decode_body(changed.to_string().as_bytes(), BodyFormat::Json).expect("body");
+    let updated = f.store.update(&info, "default", "c", None, body, &by("editor")).await.expect("update").object;
+    assert_eq!(manager_names(&updated), vec!["creator/Update", "editor/Update"]);
+    assert_eq!(updated["metadata"]["managedFields"][1]["fieldsV1"], json!({"f:data": {"f:k": {}}}));
+    // A write that changes nothing neither records nor stores anything.
+    let body = decode_body(updated.to_string().as_bytes(), BodyFormat::Json).expect("body");
+    let same = f.store.update(&info, "default", "c", None, body, &by("idle")).await.expect("no-op").object;
+    assert_eq!(rv(&same), rv(&updated));
+}
+
+#[tokio::test]
+async fn apply_creates_updates_and_reports_conflicts_as_upstream() {
+    let f = Fixture::new().await;
+    let cfg = |v: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  k: \"{v}\"\n");
+    let created = f.apply("configmaps", "ssa", None, &cfg("1"), &by("alice")).await.expect("create on apply");
+    assert!(created.created);
+    assert_eq!(manager_names(&created.object), vec!["alice/Apply"]);
+    assert_eq!(created.object["metadata"]["managedFields"][0]["fieldsV1"], json!({"f:data": {"f:k": {}}}));
+    assert_eq!(meta::namespace(&created.object), "default");
+
+    let again = f.apply("configmaps", "ssa", None, &cfg("1"), &by("alice")).await.expect("same again");
+    assert!(!again.created);
+    assert_eq!(rv(&again.object), rv(&created.object), "an apply that changes nothing writes nothing");
+
+    let err = f.apply("configmaps", "ssa", None, &cfg("2"), &by("bob")).await.expect_err("conflict");
+    let status = err.to_status();
+    assert_eq!((status["code"].as_i64(), status["reason"].as_str()), (Some(409), Some("Conflict")));
+    assert_eq!(status["message"], "Apply failed with 1 conflict: conflict with \"alice\": .data.k");
+    assert_eq!(
+        status["details"]["causes"][0],
+        json!({"reason": "FieldManagerConflict", "message": "conflict with \"alice\"", "field": ".data.k"})
+    );
+
+    let forced = WriteOptions { force: true, ..by("bob") };
+    let taken = f.apply("configmaps", "ssa", None, &cfg("2"), &forced).await.expect("forced").object;
+    assert_eq!(taken["data"]["k"], "2");
+    assert_eq!(manager_names(&taken), vec!["bob/Apply"], "alice kept nothing, so her entry is gone");
+}
+
+#[tokio::test]
+async fn apply_refuses_what_upstream_refuses_and_dry_run_stores_nothing() {
+    let f = Fixture::new().await;
+    let bad = [
+        ("kind: ConfigMap\nmetadata:\n  name: x\n", "no apiVersion"),
+        ("{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"y\"}}", "name"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  managedFields: [{}]\n", "managedFields"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\nbogus: 1\n", "unknown field"),
+        ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n", "kind"),
+    ];
+    for (cfg, why) in bad {
+        let err = f.apply("configmaps", "x", None, cfg, &by("m")).await.expect_err(why);
+        assert_eq!(err.code(), 400, "{why}: {err}");
+    }
+    let no_key = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\nspec:\n  template:\n    spec:\n      containers:\n      - image: nginx\n";
+    let err = f.apply("deployments", "x", None, no_key, &by("m")).await.expect_err("no container name");
+    assert!(err.to_string().contains("omits key field \"name\""), "{err}");
+
+    let dry = WriteOptions { dry_run: true, ..by("m") };
+    let cfg = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: b\n";
+    assert!(f.apply("configmaps", "x", None, cfg, &dry).await.expect("dry").created);
+    assert_eq!(f.get("configmaps", "default", "x").await.expect_err("not stored").code(), 404);
+}
+
+#[tokio::test]
+async fn apply_to_status_owns_status_only_and_a_partial_deployment_config_keeps_the_rest() {
+    let f = Fixture::new().await;
+    f.create_with("deployments", "default", deployment("web", 1), &by("kubectl-create")).await.expect("create");
+    let status =
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nstatus:\n  replicas: 1\n  readyReplicas: 1\n";
+    let w = f.apply("deployments", "web", Some("status"), status, &by("ctrl")).await.expect("status apply").object;
+    assert_eq!(w["status"]["readyReplicas"], 1);
+    let entry =
+        w["metadata"]["managedFields"].as_array().expect("entries").iter().find(|e| e["manager"] == "ctrl").cloned();
+    let entry = entry.expect("ctrl entry");
+    assert_eq!((entry["operation"].as_str(), entry["subresource"].as_str()), (Some("Apply"), Some("status")));
+    assert_eq!(entry["fieldsV1"], json!({"f:status": {"f:readyReplicas": {}, "f:replicas": {}}}));
+
+    // An apply naming only the replicas changes only them: no selector or template is made up.
+    let scale = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 3\n";
+    let w =
+        f.apply("deployments", "web", None, scale, &by("autoscaler")).await.expect_err("replicas are kubectl-create's");
+    assert_eq!(w.code(), 409);
+    let w = f
+        .apply("deployments", "web", None, scale, &WriteOptions { force: true, ..by("autoscaler") })
+        .await
+        .expect("forced")
+        .object;
+    assert_eq!(w["spec"]["replicas"], 3);
+    assert_eq!(w["spec"]["selector"], deployment("web", 1)["spec"]["selector"]);
+    assert_eq!(w["spec"]["template"]["spec"]["containers"][0]["name"], "c");
+    assert_eq!(w["metadata"]["generation"], 2);
 }

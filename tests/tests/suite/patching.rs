@@ -365,3 +365,111 @@ async fn kubectl_create_generators_send_protobuf_and_are_understood() {
         assert_eq!(json(&k, &["get", "cronjob", "nightly", "-n", &ns])["spec"]["schedule"], "0 3 * * *");
     }
 }
+
+fn managers(obj: &Value) -> Vec<String> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| format!("{}/{}", e["manager"].as_str().unwrap_or(""), e["operation"].as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn configmap(data: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n{data}")
+}
+
+#[tokio::test]
+async fn kubectl_apply_server_side_creates_removes_conflicts_and_forces() {
+    let (_etcd, api) = cluster().await;
+    for minor in ["1.27", "1.33"] {
+        if !Kubectl::available(minor) {
+            continue;
+        }
+        let k = Kubectl::version(minor, &api.endpoint);
+        let ns = format!("ssa-{}", minor.replace('.', "-"));
+        k.run(&["create", "namespace", &ns]).ok();
+        let apply = |extra: &[&str], manifest: &str| {
+            let mut args = vec!["apply", "--server-side", "-n", &ns, "-f", "-"];
+            args.extend(extra);
+            k.run_stdin(&args, manifest)
+        };
+        let out = apply(&[], &configmap("  a: \"1\"\n  b: \"2\"\n")).ok().stdout;
+        assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
+        let cm = json(&k, &["get", "configmap", "ssa", "-n", &ns, "--show-managed-fields"]);
+        assert_eq!(managers(&cm), ["kubectl/Apply"]);
+        assert_eq!(
+            cm["metadata"]["managedFields"][0]["fieldsV1"],
+            serde_json::json!({"f:data": {"f:a": {}, "f:b": {}}})
+        );
+
+        // Re-applying without b removes it; an unchanged apply leaves the object alone.
+        apply(&[], &configmap("  a: \"1\"\n")).ok();
+        let cm = json(&k, &["get", "configmap", "ssa", "-n", &ns]);
+        assert_eq!(cm["data"], serde_json::json!({"a": "1"}));
+        apply(&[], &configmap("  a: \"1\"\n")).ok();
+        assert_eq!(
+            json(&k, &["get", "configmap", "ssa", "-n", &ns])["metadata"]["resourceVersion"],
+            cm["metadata"]["resourceVersion"]
+        );
+
+        // Another manager setting a different value conflicts, and wins with --force-conflicts.
+        let failed = apply(&["--field-manager=deployer"], &configmap("  a: \"9\"\n"));
+        assert_ne!(failed.code, 0);
+        assert!(
+            failed.stderr.contains("Apply failed with 1 conflict: conflict with \"kubectl\": .data.a"),
+            "{}",
+            failed.stderr
+        );
+        apply(&["--field-manager=deployer", "--force-conflicts"], &configmap("  a: \"9\"\n")).ok();
+        let cm = json(&k, &["get", "configmap", "ssa", "-n", &ns, "--show-managed-fields"]);
+        assert_eq!(cm["data"]["a"], "9");
+        assert_eq!(managers(&cm), ["deployer/Apply"], "kubectl owned only .data.a and lost it");
+
+        // A manager sharing a value owns it too; the field stays while either still applies it.
+        apply(&[], &configmap("  a: \"9\"\n  c: \"3\"\n")).ok();
+        apply(&["--field-manager=deployer"], &configmap("  c: \"3\"\n")).ok();
+        let cm = json(&k, &["get", "configmap", "ssa", "-n", &ns]);
+        assert_eq!(cm["data"], serde_json::json!({"a": "9", "c": "3"}), "kubectl still applies a");
+    }
+}
+
+#[tokio::test]
+async fn kubectl_moves_a_client_side_applied_object_to_server_side_apply() {
+    let (_etcd, api) = cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    k.run(&["apply", "-f", &manifest("apply/v1.yaml")]).ok();
+    let before = json(&k, &["get", "deployment", "app", "--show-managed-fields"]);
+    assert_eq!(managers(&before), ["kubectl-client-side-apply/Update"]);
+    // v2 changes fields kubectl apply set: no conflict, since the live object still matches
+    // the last-applied annotation.
+    let out = k.run(&["apply", "--server-side", "-f", &manifest("apply/v2.yaml")]).ok().stdout;
+    assert!(out.contains("deployment.apps/app serverside-applied"), "{out}");
+    let d = json(&k, &["get", "deployment", "app", "--show-managed-fields"]);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.36");
+    let names = managers(&d);
+    assert!(names.contains(&"kubectl/Apply".to_string()), "{names:?}");
+    assert!(!names.iter().any(|m| m.starts_with("kubectl-client-side-apply")), "kubectl migrated the entry: {names:?}");
+    let last: Value = serde_json::from_str(
+        d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].as_str().expect("annotation"),
+    )
+    .expect("json");
+    assert_eq!(last["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.36", "the annotation follows");
+    // kubectl folded the client-side entry into its own, so what v1 set and v2 dropped (env B)
+    // went on its second apply.
+    assert_eq!(env_of(&d), [("A".to_string(), "10".to_string())]);
+    // And what it drops now goes too.
+    let v3 = std::fs::read_to_string(manifest("apply/v2.yaml")).expect("v2");
+    let v3 = v3.replace("        - containerPort: 9090\n          name: metrics\n", "");
+    k.run_stdin(&["apply", "--server-side", "-f", "-"], &v3).ok();
+    let d = json(&k, &["get", "deployment", "app"]);
+    let ports: Vec<i64> = d["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["containerPort"].as_i64())
+        .collect();
+    assert_eq!(ports, [8080]);
+}
