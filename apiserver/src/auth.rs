@@ -1,17 +1,120 @@
-//! Authentication by bearer token from a static token file (upstream's `--token-auth-file`
-//! format: `token,user,uid[,"group1,group2"]`, one per line).
+//! Authentication by bearer token: static tokens from a token file (upstream's
+//! `--token-auth-file` format: `token,user,uid[,"group1,group2"]`, one per line), and service
+//! account tokens ([`crate::satoken`]) whose service account, and bound pod or secret, still
+//! exist with the uids the token names.
 //!
 //! Anonymous requests may only reach the health and version endpoints, as upstream's default
 //! RBAC (`system:public-info-viewer`) allows; everything else answers 401.
+//!
+//! Authorization: every authenticated user may do everything; RBAC is not built yet. [`allows`]
+//! says so in the answers to access reviews.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::rest::Store;
+use crate::satoken::Signer;
+
+pub const AUTHENTICATED: &str = "system:authenticated";
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct User {
     pub name: String,
     pub uid: String,
     pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl User {
+    /// The user as an authentication.k8s.io UserInfo.
+    pub fn info(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"username": self.name, "groups": self.groups});
+        if !self.uid.is_empty() {
+            v["uid"] = self.uid.clone().into();
+        }
+        if !self.extra.is_empty() {
+            v["extra"] = serde_json::json!(self.extra);
+        }
+        v
+    }
+}
+
+/// Whether `user` may do what an access review asks, and why, while there is no RBAC.
+pub fn allows(user: &User, non_resource_path: Option<&str>) -> (bool, String) {
+    if user.groups.iter().any(|g| g == AUTHENTICATED) {
+        return (true, "no RBAC yet: every authenticated user may do everything".into());
+    }
+    match non_resource_path {
+        Some(p) if is_public_path(p) => (true, "health and version endpoints are public".into()),
+        _ => (false, "only authenticated users may use the API".into()),
+    }
+}
+
+/// Every way a request may authenticate.
+#[derive(Debug, Default)]
+pub struct Authenticator {
+    pub tokens: TokenAuthenticator,
+    pub service_accounts: Option<Arc<Signer>>,
+}
+
+/// The token of an `Authorization: Bearer` header value.
+pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl Authenticator {
+    /// The user behind an `Authorization` header value, if any.
+    pub async fn authenticate(&self, authorization: Option<&str>, store: &Store) -> Option<User> {
+        self.authenticate_token(bearer(authorization)?, None, store).await
+    }
+
+    /// The user a token stands for; service account tokens must be meant for one of
+    /// `audiences` (default: the apiserver's).
+    pub async fn authenticate_token(&self, token: &str, audiences: Option<&[String]>, store: &Store) -> Option<User> {
+        if let Some(mut u) = self.tokens.lookup(token) {
+            if !u.groups.iter().any(|g| g == AUTHENTICATED) {
+                u.groups.push(AUTHENTICATED.into());
+            }
+            return Some(u);
+        }
+        let signer = self.service_accounts.as_ref()?;
+        let claims = signer.verify_for(token, jiff::Timestamp::now().as_second(), audiences)?;
+        let reg = &store.registry;
+        let current = |plural: &'static str, ns: String, name: String, uid: String| async move {
+            let info = reg.by_plural("", plural)?;
+            let obj = store.get_value(info, &ns, &name).await.ok()?;
+            let live = crate::meta::uid(&obj) == uid && !crate::meta::is_deleting(&obj);
+            live.then_some(())
+        };
+        let ns = claims.namespace.clone();
+        current("serviceaccounts", ns.clone(), claims.service_account.clone(), claims.service_account_uid.clone())
+            .await?;
+        let mut extra = BTreeMap::new();
+        extra.insert("authentication.kubernetes.io/credential-id".to_string(), vec![format!("JTI={}", claims.id)]);
+        if let Some((kind, name, uid)) = &claims.bound {
+            match kind.as_str() {
+                "Pod" => {
+                    current("pods", ns.clone(), name.clone(), uid.clone()).await?;
+                    extra.insert("authentication.kubernetes.io/pod-name".into(), vec![name.clone()]);
+                    extra.insert("authentication.kubernetes.io/pod-uid".into(), vec![uid.clone()]);
+                }
+                "Secret" => current("secrets", ns.clone(), name.clone(), uid.clone()).await?,
+                _ => {}
+            }
+        }
+        if let Some((name, uid)) = &claims.node {
+            extra.insert("authentication.kubernetes.io/node-name".into(), vec![name.clone()]);
+            extra.insert("authentication.kubernetes.io/node-uid".into(), vec![uid.clone()]);
+        }
+        Some(User {
+            name: format!("system:serviceaccount:{ns}:{}", claims.service_account),
+            uid: claims.service_account_uid,
+            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), AUTHENTICATED.into()],
+            extra,
+        })
+    }
 }
 
 impl User {
@@ -74,7 +177,7 @@ impl TokenAuthenticator {
                 .get(3)
                 .map(|g| g.split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect())
                 .unwrap_or_default();
-            tokens.insert(f[0].clone(), User { name: f[1].clone(), uid: f[2].clone(), groups });
+            tokens.insert(f[0].clone(), User { name: f[1].clone(), uid: f[2].clone(), groups, ..Default::default() });
         }
         Ok(TokenAuthenticator { tokens })
     }
@@ -87,12 +190,11 @@ impl TokenAuthenticator {
 
     /// The user behind an `Authorization` header value, if it carries a known bearer token.
     pub fn authenticate(&self, authorization: Option<&str>) -> Option<User> {
-        let value = authorization?.trim();
-        let (scheme, token) = value.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        self.tokens.get(token.trim()).cloned()
+        self.lookup(bearer(authorization)?)
+    }
+
+    pub fn lookup(&self, token: &str) -> Option<User> {
+        self.tokens.get(token).cloned()
     }
 
     /// A token of a `system:masters` user, for writing the admin kubeconfig.

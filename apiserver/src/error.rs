@@ -55,7 +55,7 @@ impl Cause {
     }
 
     /// `field: message`, as upstream joins causes into the top-level message.
-    fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         if self.field.is_empty() { self.message.clone() } else { format!("{}: {}", self.field, self.message) }
     }
 }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
-use crate::auth::{self, TokenAuthenticator};
+use crate::auth::{self, Authenticator, User};
 use crate::codec::{self, FieldValidation, MAX_BODY_BYTES};
 use crate::discovery;
 use crate::error::{ApiError, ApiResult, Cause, Details, success_status};
@@ -42,7 +42,7 @@ pub struct State {
     pub openapi: OpenApiV3,
     /// `/openapi/v2` in JSON and protobuf, built once.
     pub openapi_v2: (Bytes, Bytes),
-    pub auth: TokenAuthenticator,
+    pub auth: Authenticator,
     pub metrics: Metrics,
     /// What `/api` advertises in `serverAddressByClientCIDRs`.
     pub server_address: String,
@@ -73,6 +73,10 @@ pub enum Route {
         check: Option<String>,
     },
     Metrics,
+    /// `/.well-known/openid-configuration`: OIDC discovery for the service account issuer.
+    OpenIdConfiguration,
+    /// `/openid/v1/jwks`: the keys that verify service account tokens.
+    Jwks,
     OpenApiV3Index,
     OpenApiV3(String),
     /// `protobuf`: the legacy path that only ever served protobuf.
@@ -102,6 +106,8 @@ pub fn route(reg: &Registry, path: &str) -> Route {
             Route::Health { endpoint, check: rest.first().map(|s| s.to_string()) }
         }
         ["metrics"] => Route::Metrics,
+        [".well-known", "openid-configuration"] => Route::OpenIdConfiguration,
+        ["openid", "v1", "jwks"] => Route::Jwks,
         ["openapi", "v3"] => Route::OpenApiV3Index,
         ["openapi", "v3", rest @ ..] => Route::OpenApiV3(rest.join("/")),
         ["openapi", "v2"] => Route::OpenApiV2 { protobuf: false },
@@ -151,17 +157,23 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
 }
 
 /// Entry point for one request.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let span = info_span!("request", verb = %method, path = %path);
     async move {
         let public = auth::is_public_path(&path);
-        if !public && state.auth.authenticate(header_str(&req, header::AUTHORIZATION)).is_none() {
-            let e = ApiError::Unauthorized("Unauthorized".into());
-            state.metrics.observe(method.as_str(), "", 401, start.elapsed().as_secs_f64());
-            return h::error_response(&e);
+        match state.auth.authenticate(header_str(&req, header::AUTHORIZATION), &state.store).await {
+            Some(user) => {
+                req.extensions_mut().insert(user);
+            }
+            None if public => {}
+            None => {
+                let e = ApiError::Unauthorized("Unauthorized".into());
+                state.metrics.observe(method.as_str(), "", 401, start.elapsed().as_secs_f64());
+                return h::error_response(&e);
+            }
         }
         let route = route(&state.registry, &path);
         let resource = match &route {
@@ -204,6 +216,15 @@ async fn dispatch(state: &Arc<State>, route: Route, req: Request<Incoming>) -> A
         Route::Metrics => {
             get_only(req.method())?;
             Ok(h::respond(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()))
+        }
+        Route::OpenIdConfiguration | Route::Jwks => {
+            get_only(req.method())?;
+            let signer = state.auth.service_accounts.as_ref().ok_or_else(ApiError::path_not_found)?;
+            let (doc, content_type) = match route {
+                Route::Jwks => (signer.jwks(), "application/jwk-set+json"),
+                _ => (signer.openid_configuration(), h::JSON),
+            };
+            Ok(h::respond(200, content_type, doc.to_string()))
         }
         Route::OpenApiV3Index => {
             get_only(req.method())?;
@@ -447,6 +468,22 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
     let name = rp.name.clone().unwrap_or_default();
     let sub = rp.subresource.as_deref();
     let store = &state.store;
+    if info.ephemeral && verb == "create" {
+        let user = req.extensions().get::<User>().cloned().unwrap_or_default();
+        let format = codec::object_body_format(content_type.as_deref())?;
+        let body = read_body(req).await?;
+        let decoded = codec::decode_body(&body, format)?;
+        let obj = store.normalize_request(&info, decoded)?;
+        let answer = crate::reviews::review(state, &info, ns, obj, &user).await?;
+        return Ok(render_object(&info, Output::Json, &answer, 201));
+    }
+    if sub == Some("token") && verb == "create" {
+        let dry_run = write_options(&q, None, "CreateOptions")?.dry_run;
+        let format = codec::object_body_format(content_type.as_deref())?;
+        let request = codec::decode_body(&read_body(req).await?, format)?.value;
+        let answer = crate::reviews::token_request(state, ns, &name, &request, dry_run).await?;
+        return Ok(h::respond_value(201, Output::Json, &answer));
+    }
     if let Some(acting @ ("scale" | "binding" | "eviction")) = sub {
         return acting_subresource(store, &info, ns, &name, acting, verb, &q, content_type.as_deref(), req).await;
     }

@@ -22,6 +22,8 @@ pub mod patch;
 pub mod protobuf;
 pub mod resources;
 pub mod rest;
+pub mod reviews;
+pub mod satoken;
 pub mod selectors;
 pub mod server;
 pub mod storage;
@@ -41,7 +43,7 @@ use tracing::info;
 
 pub use options::{Config, Options, StorageConfig};
 
-use crate::auth::TokenAuthenticator;
+use crate::auth::{Authenticator, TokenAuthenticator};
 use crate::handler::State;
 use crate::storage::Storage;
 
@@ -97,8 +99,16 @@ pub async fn start_with_storage(
             f
         }
     };
-    let auth = TokenAuthenticator::load(&token_file)?;
-    let admin_token = auth.admin_token().map(str::to_string);
+    let tokens = TokenAuthenticator::load(&token_file)?;
+    let admin_token = tokens.admin_token().map(str::to_string);
+    let (key_path, generate) = &config.service_account_key;
+    if *generate {
+        std::fs::create_dir_all(&config.cert_dir).with_context(|| format!("creating {}", config.cert_dir.display()))?;
+    }
+    let signer =
+        satoken::Signer::load(key_path, *generate, config.service_account_issuer.clone(), config.api_audiences.clone())
+            .context("loading the service account signing key")?;
+    let auth = Authenticator { tokens, service_accounts: Some(Arc::new(signer)) };
 
     let listener = TcpListener::bind((config.bind_address, config.secure_port))
         .await

@@ -98,29 +98,44 @@ fn document(reg: &Registry, group: &str, version: &str) -> Value {
             (format!("{base}/{}", r.plural), format!("{base}/{}/{{name}}", r.plural))
         };
         let kind = r.kind;
-        let mut coll = json!({
-            "get": operation(r, "list", &format!("list{kind}"), list_params(), false),
-            "post": operation(r, "post", &format!("create{kind}"), write_params(), true),
-        });
-        if r.verbs.contains(&"deletecollection") {
-            coll["delete"] = operation(r, "deletecollection", &format!("deleteCollection{kind}"), list_params(), false);
+        let has = |verb: &str| r.verbs.contains(&verb);
+        let mut coll = serde_json::Map::new();
+        if has("list") {
+            coll.insert("get".into(), operation(r, "list", &format!("list{kind}"), list_params(), false));
         }
-        paths.insert(collection, coll);
+        if has("create") {
+            coll.insert("post".into(), operation(r, "post", &format!("create{kind}"), write_params(), true));
+        }
+        if has("deletecollection") {
+            coll.insert(
+                "delete".into(),
+                operation(r, "deletecollection", &format!("deleteCollection{kind}"), list_params(), false),
+            );
+        }
+        paths.insert(collection, Value::Object(coll));
         let mut patch_params = write_params();
         patch_params.push(param("force", "boolean", "Force apply requests (server-side apply)."));
-        paths.insert(
-            item.clone(),
-            json!({
-                "get": operation(r, "get", &format!("read{kind}"), vec![], false),
-                "put": operation(r, "put", &format!("replace{kind}"), write_params(), true),
-                "patch": operation(r, "patch", &format!("patch{kind}"), patch_params.clone(), true),
-                "delete": operation(r, "delete", &format!("delete{kind}"), vec![
-                    param("dryRun", "string", "When present, modifications are not persisted."),
-                    param("gracePeriodSeconds", "integer", "Seconds before the object is deleted."),
-                    param("propagationPolicy", "string", "Whether and how garbage collection runs."),
-                ], false),
-            }),
-        );
+        let mut ops = serde_json::Map::new();
+        if has("get") {
+            ops.insert("get".into(), operation(r, "get", &format!("read{kind}"), vec![], false));
+        }
+        if has("update") {
+            ops.insert("put".into(), operation(r, "put", &format!("replace{kind}"), write_params(), true));
+        }
+        if has("patch") {
+            ops.insert("patch".into(), operation(r, "patch", &format!("patch{kind}"), patch_params.clone(), true));
+        }
+        if has("delete") {
+            let params = vec![
+                param("dryRun", "string", "When present, modifications are not persisted."),
+                param("gracePeriodSeconds", "integer", "Seconds before the object is deleted."),
+                param("propagationPolicy", "string", "Whether and how garbage collection runs."),
+            ];
+            ops.insert("delete".into(), operation(r, "delete", &format!("delete{kind}"), params, false));
+        }
+        if !ops.is_empty() {
+            paths.insert(item.clone(), Value::Object(ops));
+        }
         for sub in r.subresources() {
             let mut ops = serde_json::Map::new();
             for verb in sub.verbs {
@@ -128,6 +143,7 @@ fn document(reg: &Registry, group: &str, version: &str) -> Value {
                     "get" => ("get", "get", vec![]),
                     "update" => ("put", "put", write_params()),
                     "patch" => ("patch", "patch", patch_params.clone()),
+                    "create" => ("post", "post", write_params()),
                     _ => continue,
                 };
                 let op_id = format!("{action}{kind}{}", capitalize(sub.name));

@@ -87,10 +87,15 @@ pub fn document(reg: &Registry) -> Value {
             query("resourceVersion", "string", "Which version of the resource to serve."),
             query("watch", "boolean", "Watch for changes instead of listing."),
         ];
+        let has = |verb: &str| r.verbs.contains(&verb);
         let mut coll = Map::new();
-        coll.insert("get".into(), operation(r, "list", format!("list{k}"), list_params.clone(), false));
-        coll.insert("post".into(), operation(r, "post", format!("create{k}"), write_params(), true));
-        if r.verbs.contains(&"deletecollection") {
+        if has("list") {
+            coll.insert("get".into(), operation(r, "list", format!("list{k}"), list_params.clone(), false));
+        }
+        if has("create") {
+            coll.insert("post".into(), operation(r, "post", format!("create{k}"), write_params(), true));
+        }
+        if has("deletecollection") {
             coll.insert(
                 "delete".into(),
                 operation(r, "deletecollection", format!("deleteCollection{k}"), list_params, false),
@@ -107,16 +112,23 @@ pub fn document(reg: &Registry) -> Value {
             query("gracePeriodSeconds", "integer", "Seconds before the object should be deleted."),
             query("propagationPolicy", "string", "Whether and how garbage collection runs."),
         ];
-        paths.insert(
-            item.clone(),
-            json!({
-                "get": operation(r, "get", format!("read{k}"), vec![], false),
-                "put": operation(r, "put", format!("replace{k}"), write_params(), true),
-                "patch": operation(r, "patch", format!("patch{k}"), patch_params.clone(), true),
-                "delete": operation(r, "delete", format!("delete{k}"), delete_params, false),
-                "parameters": item_params,
-            }),
-        );
+        let mut ops = Map::new();
+        if has("get") {
+            ops.insert("get".into(), operation(r, "get", format!("read{k}"), vec![], false));
+        }
+        if has("update") {
+            ops.insert("put".into(), operation(r, "put", format!("replace{k}"), write_params(), true));
+        }
+        if has("patch") {
+            ops.insert("patch".into(), operation(r, "patch", format!("patch{k}"), patch_params.clone(), true));
+        }
+        if has("delete") {
+            ops.insert("delete".into(), operation(r, "delete", format!("delete{k}"), delete_params, false));
+        }
+        if !ops.is_empty() {
+            ops.insert("parameters".into(), json!(item_params));
+            paths.insert(item.clone(), Value::Object(ops));
+        }
         for sub in r.subresources() {
             let mut ops = Map::new();
             for verb in sub.verbs {

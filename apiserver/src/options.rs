@@ -55,6 +55,19 @@ pub struct Options {
     #[arg(long, env = "APISERVER_TOKEN_AUTH_FILE")]
     pub token_auth_file: Option<PathBuf>,
 
+    /// Private key (PKCS#8 PEM, ECDSA P-256) that signs service account tokens. Without it,
+    /// `sa.key` in --cert-dir is used, generated on first start.
+    #[arg(long, env = "APISERVER_SERVICE_ACCOUNT_SIGNING_KEY_FILE")]
+    pub service_account_signing_key_file: Option<PathBuf>,
+
+    /// The `iss` of service account tokens, and the issuer OIDC discovery names.
+    #[arg(long, env = "APISERVER_SERVICE_ACCOUNT_ISSUER", default_value = crate::satoken::DEFAULT_ISSUER)]
+    pub service_account_issuer: String,
+
+    /// Audiences a token must name one of to authenticate (default: the issuer), comma separated.
+    #[arg(long, env = "APISERVER_API_AUDIENCES", value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
+
     /// Write a kubeconfig for a system:masters user here (mode 0600).
     #[arg(long, env = "APISERVER_ADMIN_KUBECONFIG")]
     pub admin_kubeconfig: Option<PathBuf>,
@@ -101,6 +114,10 @@ pub struct Config {
     pub tls: TlsSource,
     pub cert_dir: PathBuf,
     pub token_auth_file: Option<PathBuf>,
+    /// The service account signing key, and whether to generate it when missing.
+    pub service_account_key: (PathBuf, bool),
+    pub service_account_issuer: String,
+    pub api_audiences: Vec<String>,
     pub admin_kubeconfig: Option<PathBuf>,
     pub service_range: Cidr,
     pub node_port_range: (u16, u16),
@@ -189,7 +206,22 @@ impl Options {
         {
             return Err(format!("--token-auth-file: {} does not exist", f.display()));
         }
+        if let Some(f) = &self.service_account_signing_key_file
+            && !f.exists()
+        {
+            return Err(format!("--service-account-signing-key-file: {} does not exist", f.display()));
+        }
+        if self.service_account_issuer.trim().is_empty() {
+            return Err("--service-account-issuer must not be empty".into());
+        }
+        let service_account_key = match self.service_account_signing_key_file {
+            Some(f) => (f, false),
+            None => (self.cert_dir.join("sa.key"), true),
+        };
         Ok(Config {
+            service_account_key,
+            service_account_issuer: self.service_account_issuer.trim().to_string(),
+            api_audiences: self.api_audiences.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect(),
             storage,
             bind_address: self.bind_address,
             secure_port: self.secure_port,

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, policy};
+use k8s_openapi::api::{apps, authentication, authorization, batch, coordination, core, discovery, networking, policy};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -65,6 +65,9 @@ pub struct ResourceInfo {
     /// PUT of a missing object creates it (endpoints, events, leases), as upstream allows.
     pub create_on_update: bool,
     pub verbs: &'static [&'static str],
+    /// Create-only and never stored: the request is answered by computing a status (access and
+    /// token reviews).
+    pub ephemeral: bool,
     pub strategy: &'static dyn Strategy,
     normalize: fn(Value) -> Result<Value, String>,
 }
@@ -215,6 +218,40 @@ where
         extra_subresources: &[],
         create_on_update: false,
         verbs: ALL_VERBS,
+        ephemeral: false,
+        strategy: &PlainStrategy,
+        normalize: normalize_as::<K>,
+    })
+}
+
+/// A create-only kind that is answered, not stored: the reviews of authentication.k8s.io and
+/// authorization.k8s.io.
+pub fn review<K>() -> Entry
+where
+    K: k8s_openapi::Resource + DeserializeOwned + Serialize,
+    <K as k8s_openapi::Resource>::Scope: 'static,
+{
+    let namespaced =
+        std::any::TypeId::of::<K::Scope>() == std::any::TypeId::of::<k8s_openapi::NamespaceResourceScope>();
+    Entry(ResourceInfo {
+        group: K::GROUP,
+        version: K::VERSION,
+        kind: K::KIND,
+        list_kind: "",
+        plural: K::URL_PATH_SEGMENT,
+        singular: K::KIND.to_ascii_lowercase(),
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        has_status: false,
+        tracks_generation: false,
+        delete_returns_object: false,
+        name_rule: NameRule::Subdomain,
+        field_labels: &[],
+        extra_subresources: &[],
+        create_on_update: false,
+        verbs: &["create"],
+        ephemeral: true,
         strategy: &PlainStrategy,
         normalize: normalize_as::<K>,
     })
@@ -300,6 +337,14 @@ const POD_SUBRESOURCES: &[Subresource] = &[
     Subresource { name: "eviction", group: "policy", version: "v1", kind: "Eviction", verbs: &["create"] },
 ];
 
+const SERVICE_ACCOUNT_TOKEN: &[Subresource] = &[Subresource {
+    name: "token",
+    group: "authentication.k8s.io",
+    version: "v1",
+    kind: "TokenRequest",
+    verbs: &["create"],
+}];
+
 const NAMESPACE_FINALIZE: &[Subresource] =
     &[Subresource { name: "finalize", group: "", version: "v1", kind: "Namespace", verbs: &["update"] }];
 
@@ -353,6 +398,7 @@ impl Registry {
             entry::<core::v1::ServiceAccount>()
                 .short(&["sa"])
                 .returns_deleted()
+                .subresources(SERVICE_ACCOUNT_TOKEN)
                 .strategy(&kinds::ServiceAccountStrategy),
             entry::<apps::v1::Deployment>()
                 .short(&["deploy"])
@@ -402,6 +448,12 @@ impl Registry {
                 .generation()
                 .strategy(&kinds::PodDisruptionBudgetStrategy),
             entry::<networking::v1::Ingress>().short(&["ing"]).status().generation().strategy(&kinds::IngressStrategy),
+            review::<authentication::v1::SelfSubjectReview>(),
+            review::<authentication::v1::TokenReview>(),
+            review::<authorization::v1::SelfSubjectAccessReview>(),
+            review::<authorization::v1::SelfSubjectRulesReview>(),
+            review::<authorization::v1::SubjectAccessReview>(),
+            review::<authorization::v1::LocalSubjectAccessReview>(),
         ];
         Registry::new(entries.into_iter().map(|e| e.0).collect())
     }

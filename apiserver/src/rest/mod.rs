@@ -472,6 +472,12 @@ impl Store {
         Ok(())
     }
 
+    /// A request body for a kind that is answered rather than stored, normalized and checked
+    /// for unknown fields (always strictly: nothing is kept that could be lost).
+    pub fn normalize_request(&self, info: &ResourceInfo, body: Decoded) -> ApiResult<Value> {
+        self.decode_object(info, body, FieldValidation::Strict).map(|(v, _)| v)
+    }
+
     /// Body -> typed round trip -> value, with unknown and duplicate fields handled per
     /// `fieldValidation`. Returns the normalized object and the warnings to send.
     fn decode_object(

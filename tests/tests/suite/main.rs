@@ -2,6 +2,7 @@
 //! end-to-end test. Each test starts its own etcd and apiserver.
 
 mod api;
+mod auth;
 mod conformance;
 mod kubectl;
 mod outage;
