@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod clients;
 mod conformance;
 mod kubectl;
 mod outage;
