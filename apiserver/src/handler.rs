@@ -233,7 +233,7 @@ async fn dispatch(state: &Arc<State>, route: Route, req: Request<Incoming>) -> A
         Route::OpenApiV3(p) => {
             get_only(req.method())?;
             let doc = state.openapi.document(&p).ok_or_else(ApiError::path_not_found)?;
-            let mut resp = h::respond_value(200, Output::Json, doc);
+            let mut resp = h::respond(200, h::JSON, doc);
             resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("public, immutable"));
             Ok(resp)
         }

@@ -5,7 +5,9 @@
 //! `--validate=strict`): each PATCH operation names its kind in
 //! `x-kubernetes-group-version-kind` and takes a `fieldValidation` parameter, which tells kubectl
 //! to leave validation to the server; the server then rejects unknown and duplicate fields.
-//! Component schemas are only named here, not spelled out (see the README's limits).
+//! Component schemas come from `k8s-openapi`'s JSON Schemas of the types (descriptions, types,
+//! required fields), each served kind's marked with its `x-kubernetes-group-version-kind`: what
+//! `kubectl explain` reads.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -16,7 +18,8 @@ use crate::resources::{Registry, ResourceInfo};
 
 /// The `api/v1` / `apis/<group>/<version>` keys of the index, with their documents.
 pub struct OpenApiV3 {
-    docs: BTreeMap<String, (String, Value)>,
+    /// Kept serialized: a megabyte of JSON text instead of several of parsed values.
+    docs: BTreeMap<String, (String, bytes::Bytes)>,
 }
 
 fn gv_path(group: &str, version: &str) -> String {
@@ -28,11 +31,7 @@ fn param(name: &str, ty: &str, description: &str) -> Value {
 }
 
 fn schema_name(r: &ResourceInfo) -> String {
-    let group = match r.group {
-        "" => "core".to_string(),
-        g => g.split('.').next().unwrap_or(g).to_string(),
-    };
-    format!("io.k8s.api.{group}.{}.{}", r.version, r.kind)
+    (r.schema_name)().into_owned()
 }
 
 fn gvk(r: &ResourceInfo) -> Value {
@@ -86,8 +85,9 @@ fn list_params() -> Vec<Value> {
 
 fn document(reg: &Registry, group: &str, version: &str) -> Value {
     let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
+    let mut generator = k8s_openapi::schemars::generate::SchemaSettings::openapi3().into_generator();
     for r in reg.in_group_version(group, version) {
+        (r.schema)(&mut generator);
         let base = format!("/{}", gv_path(group, version));
         let (collection, item) = if r.namespaced {
             (
@@ -151,14 +151,24 @@ fn document(reg: &Registry, group: &str, version: &str) -> Value {
             }
             paths.insert(format!("{item}/{}", sub.name), Value::Object(ops));
         }
-        schemas.insert(
-            schema_name(r),
-            json!({
-                "type": "object",
-                "description": format!("{} ({}).", r.kind, r.api_version()),
-                "x-kubernetes-group-version-kind": [gvk(r)],
-            }),
-        );
+    }
+    let mut schemas = generator.take_definitions(true);
+    for r in reg.in_group_version(group, version) {
+        if let Some(Value::Object(s)) = schemas.get_mut(&schema_name(r)) {
+            s.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
+        }
+    }
+    // The Rust types hold `metadata` as a plain struct, so the schemas call it required; in
+    // Kubernetes it is optional on every kind.
+    for s in schemas.values_mut() {
+        if let Some(Value::Array(req)) = s.get_mut("required") {
+            req.retain(|f| f != "metadata");
+            if req.is_empty()
+                && let Some(m) = s.as_object_mut()
+            {
+                m.remove("required");
+            }
+        }
     }
     json!({
         "openapi": "3.0.0",
@@ -176,9 +186,9 @@ fn capitalize(s: &str) -> String {
     }
 }
 
-fn hash_of(v: &Value) -> String {
+fn hash_of(text: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    v.to_string().hash(&mut h);
+    text.hash(&mut h);
     format!("{:016X}", h.finish())
 }
 
@@ -188,7 +198,8 @@ impl OpenApiV3 {
         for g in reg.groups() {
             for v in reg.versions(g) {
                 let doc = document(reg, g, v);
-                docs.insert(gv_path(g, v), (hash_of(&doc), doc));
+                let text = doc.to_string();
+                docs.insert(gv_path(g, v), (hash_of(&text), bytes::Bytes::from(text)));
             }
         }
         OpenApiV3 { docs }
@@ -203,9 +214,9 @@ impl OpenApiV3 {
         json!({"paths": paths})
     }
 
-    /// The document for `api/v1` or `apis/<g>/<v>`.
-    pub fn document(&self, path: &str) -> Option<&Value> {
-        self.docs.get(path.trim_matches('/')).map(|(_, d)| d)
+    /// The document for `api/v1` or `apis/<g>/<v>`, as JSON text.
+    pub fn document(&self, path: &str) -> Option<bytes::Bytes> {
+        self.docs.get(path.trim_matches('/')).map(|(_, d)| d.clone())
     }
 }
 
@@ -219,12 +230,41 @@ mod tests {
         let index = api.index();
         let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().expect("apps/v1 listed");
         assert!(url.starts_with("/openapi/v3/apis/apps/v1?hash="));
-        let doc = api.document("apis/apps/v1").expect("doc");
+        let doc: Value = serde_json::from_slice(&api.document("apis/apps/v1").expect("doc")).expect("json");
         let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         assert!(patch["parameters"].as_array().expect("params").iter().any(|p| p["name"] == "fieldValidation"));
-        let core = api.document("api/v1").expect("core");
+        let core: Value = serde_json::from_slice(&api.document("api/v1").expect("core")).expect("json");
         assert!(core["paths"].get("/api/v1/namespaces/{name}/finalize").is_some());
         assert!(core["paths"].get("/api/v1/nodes/{name}").is_some());
+    }
+
+    #[test]
+    fn schemas_describe_the_types_for_kubectl_explain() {
+        let start = std::time::Instant::now();
+        let api = OpenApiV3::build(&Registry::builtin());
+        let built = start.elapsed();
+        let doc: Value = serde_json::from_slice(&api.document("apis/apps/v1").expect("doc")).expect("json");
+        let schemas = &doc["components"]["schemas"];
+        let d = &schemas["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            d["x-kubernetes-group-version-kind"],
+            json!([{"group": "apps", "version": "v1", "kind": "Deployment"}])
+        );
+        assert!(d["description"].as_str().is_some_and(|s| s.contains("Deployment")), "{d}");
+        assert!(d.get("required").is_none(), "metadata is optional: {d}");
+        let spec_ref = d["properties"]["spec"]["allOf"][0]["$ref"].as_str().expect("spec ref");
+        assert_eq!(spec_ref, "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec");
+        let spec = &schemas["io.k8s.api.apps.v1.DeploymentSpec"];
+        assert_eq!(spec["properties"]["replicas"]["type"], "integer");
+        assert_eq!(spec["required"], json!(["selector", "template"]));
+        // Every reference resolves inside the document.
+        let text = doc.to_string();
+        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            assert!(schemas.get(name).is_some(), "dangling reference {name}");
+        }
+        let total: usize = api.docs.values().map(|(_, d)| d.len()).sum();
+        eprintln!("built in {built:?}, {total} bytes of JSON");
     }
 }

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::{apps, authentication, authorization, batch, coordination, core, discovery, networking, policy};
+use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -70,6 +71,10 @@ pub struct ResourceInfo {
     pub ephemeral: bool,
     pub strategy: &'static dyn Strategy,
     normalize: fn(Value) -> Result<Value, String>,
+    /// The kind's OpenAPI schema, from `k8s-openapi`; definitions go to the generator.
+    pub schema: fn(&mut SchemaGenerator) -> Schema,
+    /// The schema's name, `io.k8s.api.core.v1.Pod`.
+    pub schema_name: fn() -> std::borrow::Cow<'static, str>,
 }
 
 impl std::fmt::Debug for ResourceInfo {
@@ -195,7 +200,7 @@ pub struct Entry(ResourceInfo);
 
 pub fn entry<K>() -> Entry
 where
-    K: k8s_openapi::Resource + k8s_openapi::ListableResource + DeserializeOwned + Serialize,
+    K: k8s_openapi::Resource + k8s_openapi::ListableResource + DeserializeOwned + Serialize + JsonSchema,
     <K as k8s_openapi::Resource>::Scope: 'static,
 {
     let namespaced =
@@ -221,6 +226,8 @@ where
         ephemeral: false,
         strategy: &PlainStrategy,
         normalize: normalize_as::<K>,
+        schema: |g| g.subschema_for::<K>(),
+        schema_name: K::schema_name,
     })
 }
 
@@ -228,7 +235,7 @@ where
 /// authorization.k8s.io.
 pub fn review<K>() -> Entry
 where
-    K: k8s_openapi::Resource + DeserializeOwned + Serialize,
+    K: k8s_openapi::Resource + DeserializeOwned + Serialize + JsonSchema,
     <K as k8s_openapi::Resource>::Scope: 'static,
 {
     let namespaced =
@@ -254,6 +261,8 @@ where
         ephemeral: true,
         strategy: &PlainStrategy,
         normalize: normalize_as::<K>,
+        schema: |g| g.subschema_for::<K>(),
+        schema_name: K::schema_name,
     })
 }
 

@@ -276,3 +276,25 @@ async fn the_memory_backend_serves_the_api_without_etcd() {
     let mut w = c.stream("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=0", &[]).await;
     assert_eq!(w.expect_event(10).await["object"]["metadata"]["name"], "m");
 }
+
+#[tokio::test]
+async fn kubectl_explain_describes_fields_from_the_openapi_schemas() {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    for minor in ["1.27", "1.33"] {
+        if !Kubectl::available(minor) {
+            continue;
+        }
+        let k = Kubectl::version(minor, &api.endpoint);
+        let out = k.run(&["explain", "deployment.spec.replicas"]).ok().stdout;
+        assert!(out.contains("GROUP:") || out.contains("KIND:"), "{out}");
+        assert!(out.contains("replicas") && out.contains("<integer>"), "{out}");
+        assert!(out.to_lowercase().contains("number of desired pods"), "{out}");
+        let pods = k.run(&["explain", "pods.spec.containers"]).ok().stdout;
+        assert!(pods.contains("image") && pods.contains("<string>"), "{pods}");
+        let recursive = k.run(&["explain", "configmap", "--recursive"]).ok().stdout;
+        assert!(recursive.contains("data") && recursive.contains("metadata"), "{recursive}");
+        let missing = k.run(&["explain", "deployment.spec.nope"]);
+        assert_ne!(missing.code, 0);
+    }
+}
