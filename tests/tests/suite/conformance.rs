@@ -1,17 +1,18 @@
 //! Our own tests for the conformance-ledger rows (`../shared/reference/conformance-ledger.tsv`)
 //! that the API server alone must satisfy, for the resources it serves. Each test is named after
-//! its row. Where the upstream test uses a strategic merge patch, these use a JSON merge patch
-//! (strategic merge is issue #3).
+//! its row. The shared lifecycle patches with a strategic merge patch, as the upstream tests do.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e::client::{Client, Resp};
 use e2e::etcd::Etcd;
-use e2e::server::InProcess;
+use e2e::kubectl::Kubectl;
+use e2e::server::{InProcess, Process};
 use serde_json::{Value, json};
 
 const MERGE: &str = "application/merge-patch+json";
+const STRATEGIC: &str = "application/strategic-merge-patch+json";
 
 async fn cluster() -> (Etcd, InProcess) {
     let etcd = Etcd::start().await;
@@ -49,7 +50,7 @@ async fn lifecycle(c: &Client, collection: &str, make: impl Fn(&str, bool) -> Va
     let listed = ok(c.get(&format!("{collection}?labelSelector=e2e%3Dlifecycle")).await, 200);
     assert_eq!(names(&listed), ["one"]);
     let patched = ok(
-        c.patch(&format!("{collection}/one"), MERGE, &json!({"metadata": {"labels": {"patched": "true"}}})).await,
+        c.patch(&format!("{collection}/one"), STRATEGIC, &json!({"metadata": {"labels": {"patched": "true"}}})).await,
         200,
     );
     assert_eq!(patched["metadata"]["labels"]["patched"], "true");
@@ -690,4 +691,143 @@ async fn c332_c400_immutable_configmaps_and_secrets_refuse_data_changes_but_allo
         ok(c.patch(&format!("{path}/imm"), MERGE, &json!({"metadata": {"labels": {"ok": "yes"}}})).await, 200);
         ok(c.delete(&format!("{path}/imm")).await, 200);
     }
+}
+
+// ---- sig-cli rows that need only the API server ----
+// kubectl blocks its test's thread, so these run the apiserver as its own process.
+
+async fn kubectl_cluster() -> (Etcd, Process) {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    (etcd, api)
+}
+
+fn kubectl_json(k: &Kubectl, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = k.run(&all).ok().stdout;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[tokio::test]
+async fn c159_c160_c169_kubectl_api_versions_cluster_info_and_version() {
+    let (_etcd, api) = kubectl_cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    let versions = k.run(&["api-versions"]).ok().stdout;
+    assert!(versions.lines().any(|l| l == "v1"), "{versions}");
+    let info = k.run(&["cluster-info"]).ok().stdout;
+    assert!(info.contains("Kubernetes control plane") && info.contains(&api.endpoint.url), "{info}");
+    let v = kubectl_json(&k, &["version"]);
+    let server = &v["serverVersion"];
+    assert_eq!((server["major"].as_str(), server["minor"].as_str()), (Some("1"), Some("33")));
+    for f in ["gitVersion", "gitCommit", "buildDate", "goVersion", "platform"] {
+        assert!(server[f].as_str().is_some_and(|s| !s.is_empty()), "{f} in {server}");
+    }
+}
+
+#[tokio::test]
+async fn c162_kubectl_diff_reports_an_image_change_through_a_server_side_dry_run() {
+    let (_etcd, api) = kubectl_cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    let deploy = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: httpd-deployment\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: httpd\n  template:\n    metadata:\n      labels:\n        app: httpd\n    spec:\n      containers:\n      - name: httpd\n        image: {image}\n"
+        )
+    };
+    k.run_stdin(&["apply", "-f", "-"], &deploy("httpd:2.4.38-alpine")).ok();
+    let before = kubectl_json(&k, &["get", "deployment", "httpd-deployment"]);
+    let diff = k.run_stdin(&["diff", "-f", "-"], &deploy("busybox:1.36"));
+    assert_eq!(diff.code, 1, "kubectl diff exits 1 when there are differences: {}", diff.stderr);
+    let changed = |sign: char, image: &str| {
+        diff.stdout.lines().any(|l| l.starts_with(sign) && l.trim_end().ends_with(&format!("image: {image}")))
+    };
+    assert!(changed('-', "httpd:2.4.38-alpine") && changed('+', "busybox:1.36"), "{}", diff.stdout);
+    let after = kubectl_json(&k, &["get", "deployment", "httpd-deployment"]);
+    assert_eq!(after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"], "a dry run writes nothing");
+    assert_eq!(k.run_stdin(&["diff", "-f", "-"], &deploy("httpd:2.4.38-alpine")).code, 0, "no difference");
+}
+
+#[tokio::test]
+async fn c164_c166_c167_c168_kubectl_run_label_replace_and_server_side_dry_run_patch() {
+    let (_etcd, api) = kubectl_cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    // C167: run --restart=Never makes one pod with the image.
+    k.run(&["run", "e2e-test-httpd-pod", "--restart=Never", "--image=httpd:2.4.38-alpine"]).ok();
+    let pod = kubectl_json(&k, &["get", "pod", "e2e-test-httpd-pod"]);
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(pod["spec"]["containers"].as_array().map(Vec::len), Some(1));
+    assert_eq!(pod["spec"]["containers"][0]["image"], "httpd:2.4.38-alpine");
+
+    // C164: label, select by it, remove it.
+    k.run(&["label", "pods", "e2e-test-httpd-pod", "testing-label=testing-label-value"]).ok();
+    let sel = k.run(&["get", "pods", "-l", "testing-label=testing-label-value", "-o", "name"]).ok().stdout;
+    assert_eq!(sel.trim(), "pod/e2e-test-httpd-pod");
+    k.run(&["label", "pods", "e2e-test-httpd-pod", "testing-label-"]).ok();
+    assert!(
+        kubectl_json(&k, &["get", "pod", "e2e-test-httpd-pod"])["metadata"]["labels"].get("testing-label").is_none()
+    );
+
+    // C168: a server-side dry-run patch answers the change and stores nothing.
+    let patch = r#"{"spec":{"containers":[{"name":"e2e-test-httpd-pod","image":"busybox:1.36"}]}}"#;
+    let dry = kubectl_json(&k, &["patch", "pod", "e2e-test-httpd-pod", "-p", patch, "--dry-run=server"]);
+    assert_eq!(dry["spec"]["containers"][0]["image"], "busybox:1.36");
+    assert_eq!(
+        kubectl_json(&k, &["get", "pod", "e2e-test-httpd-pod"])["spec"]["containers"][0]["image"],
+        "httpd:2.4.38-alpine"
+    );
+
+    // C166: replace with a new image.
+    let mut pod = kubectl_json(&k, &["get", "pod", "e2e-test-httpd-pod"]);
+    pod["spec"]["containers"][0]["image"] = json!("busybox:1.36");
+    k.run_stdin(&["replace", "-f", "-"], &pod.to_string()).ok();
+    assert_eq!(
+        kubectl_json(&k, &["get", "pod", "e2e-test-httpd-pod"])["spec"]["containers"][0]["image"],
+        "busybox:1.36"
+    );
+}
+
+#[tokio::test]
+async fn c170_c171_kubectl_proxy_on_a_unix_socket_and_on_port_zero() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (_etcd, api) = kubectl_cluster().await;
+    let k = Kubectl::new(&api.endpoint);
+    // Port 0: kubectl picks one and says which.
+    let mut child = k.spawn(&["proxy", "--port=0"]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+    let addr = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
+    assert!(line.starts_with("Starting to serve on 127.0.0.1:"), "{line}");
+    let body = http_get(&addr, "/api");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(body.contains("\"versions\":[\"v1\"]"), "{body}");
+
+    // A unix socket.
+    let dir = e2e::TempDir::new("proxy").expect("dir");
+    let sock = dir.path().join("kubectl.sock");
+    let mut child = k.spawn(&["proxy", &format!("--unix-socket={}", sock.display())]);
+    let mut tries = 0;
+    while !sock.exists() && tries < 100 {
+        std::thread::sleep(Duration::from_millis(100));
+        tries += 1;
+    }
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("socket");
+    s.write_all(b"GET /api HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\"versions\":[\"v1\"]"), "{resp}");
+}
+
+/// A plain HTTP/1.1 GET to `addr` (host:port), the body as text.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    resp
 }
