@@ -26,8 +26,10 @@ pub fn decode_path(registry: &Registry, data: &[u8]) {
                     let mut created = normalized.clone();
                     info.strategy.prepare_for_create(&mut created);
                     let _ = info.strategy.validate_update(&created, &normalized);
+                    apply_path(info, &decoded.value, &normalized);
                 }
             }
+            let _ = crate::patch::fieldset::FieldSet::from_fields_v1(&decoded.value);
         }
     }
     let text = String::from_utf8_lossy(data);
@@ -39,6 +41,31 @@ pub fn decode_path(registry: &Registry, data: &[u8]) {
     let _ = crate::http::percent_decode(&text, true);
     let _ = crate::http::negotiate(Some(&text), true, crate::table::IncludeObject::Metadata);
     let _ = crate::discovery::aggregated_version(&text);
+}
+
+/// Server-side apply of the input onto itself and onto an object with its managed fields.
+fn apply_path(info: &crate::resources::ResourceInfo, raw: &serde_json::Value, normalized: &serde_json::Value) {
+    use crate::patch::apply::{self, Manager, Scope, Target};
+    if apply::check_config(normalized, info.kind).is_err() {
+        return;
+    }
+    let target =
+        Target { kind: info.kind, api_version: info.api_version(), scope: Scope::Main { has_status: info.has_status } };
+    let who = Manager { name: "fuzz", subresource: "" };
+    let now = "2026-01-01T00:00:00Z";
+    let mut tracked = normalized.clone();
+    apply::track_update(None, &mut tracked, &target, who, now);
+    let other = Manager { name: "other", subresource: "" };
+    let _ = apply::apply(Some(&tracked), normalized, &target, other, false, now);
+    if let Ok(applied) = apply::apply(Some(&tracked), normalized, &target, other, true, now) {
+        let _ = apply::apply(Some(&applied), &serde_json::json!({}), &target, other, false, now);
+    }
+    // The raw input as client-sent managedFields.
+    let mut with_fields = normalized.clone();
+    if let Some(m) = with_fields.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
+        m.insert("managedFields".into(), raw.clone());
+    }
+    apply::track_update(Some(normalized), &mut with_fields, &target, who, now);
 }
 
 #[cfg(test)]
