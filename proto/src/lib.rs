@@ -1,6 +1,12 @@
-//! The CRI (Container Runtime Interface) v1 definitions: the seam between the kubelet and a
-//! container runtime.
-//!
-//! Empty until the kubelet is built (issue #4): the RuntimeService and ImageService subset and
-//! their tonic code land together with the first runtime that serves them, so that nothing here
-//! is untested.
+//! The CRI (Container Runtime Interface) v1 subset the kubelet uses, as tonic/prost code: the
+//! seam between the kubelet and a container runtime. The wire format is CRI v1's, so either side
+//! can be swapped for a real CRI implementation. See `proto/cri.proto`.
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod runtime {
+    pub mod v1 {
+        tonic::include_proto!("runtime.v1");
+    }
+}
+
+pub use runtime::v1 as cri;
