@@ -1,0 +1,144 @@
+//! Where the kubelet reads the objects a pod refers to (ConfigMaps, Secrets, Services, tokens):
+//! the apiserver, or maps in tests.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use kube::api::{Api, ListParams, PostParams};
+
+#[async_trait::async_trait]
+pub trait ObjectSource: Send + Sync {
+    /// A ConfigMap's data (binaryData decoded as text), `None` when it does not exist.
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>, String>;
+    /// A ConfigMap's binaryData, for volumes.
+    async fn config_map_binary(&self, _ns: &str, _name: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
+        Ok(BTreeMap::new())
+    }
+    async fn secret(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String>;
+    async fn services(&self, ns: &str) -> Result<Vec<Service>, String>;
+    /// A bound ServiceAccount token for `pod`: (token, expiry as RFC 3339).
+    async fn token(&self, pod: &Pod, audience: Option<&str>, seconds: i64) -> Result<(String, String), String>;
+    async fn service_account(&self, ns: &str, name: &str) -> Result<Option<ServiceAccount>, String>;
+}
+
+pub struct ApiSource {
+    pub client: kube::Client,
+}
+
+fn err(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_404(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+#[async_trait::async_trait]
+impl ObjectSource for ApiSource {
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+        match Api::<ConfigMap>::namespaced(self.client.clone(), ns).get(name).await {
+            Ok(cm) => Ok(Some(cm.data.unwrap_or_default())),
+            Err(e) if is_404(&e) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn config_map_binary(&self, ns: &str, name: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
+        match Api::<ConfigMap>::namespaced(self.client.clone(), ns).get(name).await {
+            Ok(cm) => Ok(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()),
+            Err(e) if is_404(&e) => Ok(BTreeMap::new()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn secret(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+        match Api::<Secret>::namespaced(self.client.clone(), ns).get(name).await {
+            Ok(s) => {
+                let mut data: BTreeMap<String, Vec<u8>> =
+                    s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+                for (k, v) in s.string_data.unwrap_or_default() {
+                    data.insert(k, v.into_bytes());
+                }
+                Ok(Some(data))
+            }
+            Err(e) if is_404(&e) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn services(&self, ns: &str) -> Result<Vec<Service>, String> {
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(err)
+    }
+
+    async fn token(&self, pod: &Pod, audience: Option<&str>, seconds: i64) -> Result<(String, String), String> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let sa = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let req = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: audience.map(|a| vec![a.to_string()]).unwrap_or_default(),
+                expiration_seconds: Some(seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: pod.metadata.name.clone(),
+                    uid: pod.metadata.uid.clone(),
+                }),
+            },
+            ..Default::default()
+        };
+        let api = Api::<ServiceAccount>::namespaced(self.client.clone(), &ns);
+        let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        let resp: TokenRequest =
+            api.create_subresource("token", &sa, &PostParams::default(), &body).await.map_err(err)?;
+        let status = resp.status.ok_or("the TokenRequest came back without a token")?;
+        Ok((status.token, status.expiration_timestamp.0.to_string()))
+    }
+
+    async fn service_account(&self, ns: &str, name: &str) -> Result<Option<ServiceAccount>, String> {
+        match Api::<ServiceAccount>::namespaced(self.client.clone(), ns).get(name).await {
+            Ok(sa) => Ok(Some(sa)),
+            Err(e) if is_404(&e) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+}
+
+/// Objects from maps, for unit tests.
+#[derive(Default)]
+pub struct MapSource {
+    pub config_maps: HashMap<(String, String), BTreeMap<String, String>>,
+    pub secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    pub services: Vec<Service>,
+}
+
+#[async_trait::async_trait]
+impl ObjectSource for MapSource {
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+        Ok(self.config_maps.get(&(ns.to_string(), name.to_string())).cloned())
+    }
+    async fn secret(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+        Ok(self.secrets.get(&(ns.to_string(), name.to_string())).cloned())
+    }
+    async fn services(&self, _ns: &str) -> Result<Vec<Service>, String> {
+        Ok(self.services.clone())
+    }
+    async fn token(&self, pod: &Pod, _audience: Option<&str>, _seconds: i64) -> Result<(String, String), String> {
+        Ok((format!("token-for-{}", pod.metadata.name.clone().unwrap_or_default()), "2030-01-01T00:00:00Z".into()))
+    }
+    async fn service_account(&self, _ns: &str, _name: &str) -> Result<Option<ServiceAccount>, String> {
+        Ok(None)
+    }
+}
