@@ -1,9 +1,11 @@
 //! The kubelet: registers its Node, runs the pods bound to it through CRI, and reports their
 //! status. See ARCHITECTURE.md for the map.
 
+pub mod app;
 pub mod cri;
 pub mod events;
 pub mod logs;
+pub mod node;
 pub mod pod;
 pub mod quantity;
 pub mod runtime;

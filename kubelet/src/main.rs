@@ -1,9 +1,28 @@
-//! `kubelet`: runs the pods bound to its node on Docker through CRI.
-//!
-//! Not built yet (issue #4). Until then the binary refuses to run rather than pretend: it prints
-//! one line and exits non-zero, so scripts and tests that start it fail loudly.
+//! `kubelet`: registers this node and runs the pods bound to it on Docker through CRI.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("kubelet: not implemented yet (tracked in issue #4)");
-    std::process::ExitCode::FAILURE
+use clap::Parser;
+use kubelet::app::{Flags, run, serve_cri};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let flags = Flags::parse();
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    let result = if flags.serve_cri.is_some() { serve_cri(flags, shutdown).await } else { run(flags, shutdown).await };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubelet: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -610,18 +610,6 @@ impl DockerRuntime {
         };
         let opts = CreateContainerOptions { name: Some(name), ..Default::default() };
         let created = self.docker.create_container(Some(opts), body).await.map_err(status_of)?;
-        if let Some(link) = log_path {
-            let info = self.inspect(&created.id).await?;
-            if let Some(target) = info.log_path.filter(|p| !p.is_empty()) {
-                if let Some(dir) = link.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                let _ = std::fs::remove_file(&link);
-                if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
-                    tracing::warn!(link = %link.display(), error = %e, "could not link the container log");
-                }
-            }
-        }
         Ok(created.id)
     }
 
@@ -857,7 +845,23 @@ impl RuntimeService for DockerRuntime {
         &self,
         req: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        self.docker.start_container(&req.into_inner().container_id, None).await.map_err(status_of)?;
+        let id = req.into_inner().container_id;
+        self.docker.start_container(&id, None).await.map_err(status_of)?;
+        // Docker names the log file at start: link it where the kubelet reads logs.
+        let info = self.inspect(&id).await?;
+        let labels = info.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        let link = Path::new(label(&labels, LABEL_LOG_PATH));
+        if let Some(target) = info.log_path.filter(|p| !p.is_empty())
+            && !link.as_os_str().is_empty()
+        {
+            if let Some(dir) = link.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::remove_file(link);
+            if let Err(e) = std::os::unix::fs::symlink(&target, link) {
+                tracing::warn!(link = %link.display(), error = %e, "could not link the container log");
+            }
+        }
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
