@@ -31,3 +31,32 @@ need_command() {
 BUILD_PACKAGES=(protobuf-compiler libprotobuf-dev gcc)
 # Packages for running a cluster on this machine.
 RUN_PACKAGES=(etcd-server)
+
+# Packages for nodes: Docker runs the pods, busybox-static makes the local images, iptables for
+# services.
+NODE_PACKAGES=(docker.io busybox-static iptables)
+
+# start_dockerd: dockerd answers, or is started now (root) and waited for.
+start_dockerd() {
+  docker info >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "dockerd is not running; start it (as root: dockerd &)" >&2
+    exit 1
+  fi
+  echo "==> Starting dockerd (log: /var/log/dockerd.log)"
+  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "dockerd did not start; last log lines:" >&2
+  tail -20 /var/log/dockerd.log >&2
+  exit 1
+}
+
+# pod_network_sink: the service and pod ranges route to an empty bridge, so a packet nobody
+# translated dies here instead of leaving the machine (see DESIGN.md, "Safety rule").
+pod_network_sink() {
+  [ "$(id -u)" -eq 0 ] || return 0
+  ip link show kube-sink >/dev/null 2>&1 || ip link add kube-sink type bridge
+  ip link set kube-sink up
+  ip route replace 10.96.0.0/12 dev kube-sink
+  ip route replace 10.244.0.0/16 dev kube-sink
+}

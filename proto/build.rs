@@ -2,6 +2,9 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/cri.proto");
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_protos(&["proto/cri.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&["proto/cri.proto"], &["proto"])?;
     Ok(())
 }

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . deploy/prereqs.sh
 
 need_command cargo "install Rust with rustup: https://rustup.rs"
-need_packages "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}"
+need_packages "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}" "${NODE_PACKAGES[@]}"
 python3 -m pip --version >/dev/null 2>&1 || need_packages python3-pip
 need_command kubectl "kubectl 1.27 or newer; there is no Debian 12 package: see https://kubernetes.io/docs/tasks/tools/"
 if ! python3 -c 'import kubernetes' 2>/dev/null; then
@@ -16,6 +16,10 @@ if ! python3 -c 'import kubernetes' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check kubernetes==37.0.2 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes==37.0.2
 fi
+
+start_dockerd
+pod_network_sink
+deploy/images.sh
 
 echo "==> Building"
 cargo build --workspace --bins --locked

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod etcd;
 pub mod kubectl;
+pub mod kubelet;
 pub mod server;
 
 use std::path::PathBuf;

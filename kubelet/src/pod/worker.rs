@@ -297,6 +297,7 @@ impl PodWorker {
         } else {
             obs
         };
+        self.collect_termination_messages(&obs);
         self.ensure_probers(&obs, &ip);
         self.remove_dead_instances(&obs).await;
         let status = self.report(&obs, &actions.backoff, actions.pod_failed).await;
@@ -597,12 +598,21 @@ impl PodWorker {
         service_env(&services)
     }
 
-    async fn build_config(&mut self, c: &Container, attempt: u32) -> Result<cri::ContainerConfig, (String, String)> {
+    async fn build_config(
+        &mut self,
+        c: &Container,
+        attempt: u32,
+        pod_ip: &str,
+    ) -> Result<cri::ContainerConfig, (String, String)> {
         let config_err = |m: String| ("CreateContainerConfigError".to_string(), m);
         let services = self.services_env().await;
         let mut pod_for_env = self.pod.clone();
-        if let Some(st) = pod_for_env.status.as_mut() {
-            st.host_ip.get_or_insert(self.ctx.host_ip.clone());
+        // The status may not carry the IPs yet on the pod's first start.
+        let st = pod_for_env.status.get_or_insert_with(Default::default);
+        st.host_ip.get_or_insert(self.ctx.host_ip.clone());
+        if !pod_ip.is_empty() && st.pod_ip.as_deref().is_none_or(str::is_empty) {
+            st.pod_ip = Some(pod_ip.to_string());
+            st.pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP { ip: pod_ip.to_string() }]);
         }
         let env = container_env(&pod_for_env, c, &services, &self.ctx.allocatable, &*self.ctx.source)
             .await
@@ -711,7 +721,7 @@ impl PodWorker {
             self.waiting.insert(c.name.clone(), (reason, msg));
             return false;
         }
-        let config = match self.build_config(c, attempt).await {
+        let config = match self.build_config(c, attempt, ip).await {
             Ok(cfg) => cfg,
             Err((reason, msg)) => {
                 self.ctx.events.warning(&self.pod, "Failed", &format!("Error: {msg}"));

@@ -6,5 +6,6 @@ mod auth;
 mod clients;
 mod conformance;
 mod kubectl;
+mod kubelet;
 mod outage;
 mod patching;

@@ -1,0 +1,686 @@
+//! End to end: etcd + the apiserver + the kubelet binary on the host's dockerd, driven by real
+//! kubectl. Pods are bound by setting `spec.nodeName` (no scheduler yet). Results from inside
+//! containers come back through termination messages, which the kubelet reads from the file the
+//! container wrote.
+
+use std::time::Duration;
+
+use e2e::etcd::Etcd;
+use e2e::eventually;
+use e2e::kubectl::Kubectl;
+use e2e::kubelet::Kubelet;
+use e2e::server::Process;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
+use kube::Api;
+
+struct Cluster {
+    kubelet: Kubelet,
+    k: Kubectl,
+    client: kube::Client,
+    _api: Process,
+    _etcd: Etcd,
+}
+
+async fn cluster(extra: &[&str]) -> Cluster {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let client = api.endpoint.kube_client().await;
+    let kubelet = Kubelet::start(&api.endpoint, extra).await;
+    kubelet.wait_ready(&client).await;
+    let k = Kubectl::new(&api.endpoint);
+    Cluster { kubelet, k, client, _api: api, _etcd: etcd }
+}
+
+impl Cluster {
+    fn apply(&self, yaml: &str) {
+        let yaml = yaml.replace("NODE", &self.kubelet.name);
+        self.k.run_stdin(&["apply", "-f", "-"], &yaml).ok();
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Waits until `check` holds for pod `name`, and returns the pod.
+    async fn wait_pod(&self, name: &str, what: &str, secs: u64, check: impl Fn(&Pod) -> bool) -> Pod {
+        let pods = self.pods();
+        let what = format!("pod {name}: {what}");
+        let result = tokio::time::timeout(Duration::from_secs(secs), async {
+            loop {
+                if let Ok(p) = pods.get(name).await
+                    && check(&p)
+                {
+                    return p;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        match result {
+            Ok(p) => p,
+            Err(_) => {
+                let p = pods.get(name).await.ok();
+                panic!("timed out waiting for {what}; last status: {:#?}", p.and_then(|p| p.status));
+            }
+        }
+    }
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+}
+
+fn statuses(p: &Pod) -> Vec<ContainerStatus> {
+    p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default()
+}
+
+fn status_of(p: &Pod, name: &str) -> ContainerStatus {
+    statuses(p).into_iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no status for {name}"))
+}
+
+fn condition(p: &Pod, t: &str) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == t))
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
+}
+
+/// The termination message of a finished container.
+fn message(p: &Pod, container: &str) -> String {
+    status_of(p, container).state.and_then(|s| s.terminated).and_then(|t| t.message).unwrap_or_default()
+}
+
+fn terminated_code(p: &Pod, container: &str) -> Option<i32> {
+    status_of(p, container).state.and_then(|s| s.terminated).map(|t| t.exit_code)
+}
+
+#[tokio::test]
+async fn kubelet_registers_a_ready_node_with_capacity_labels_taints_and_lease() {
+    let c =
+        cluster(&["--node-labels", "zone=test-a,tier=web", "--register-with-taints", "dedicated=e2e:PreferNoSchedule"])
+            .await;
+    let node: Node = Api::all(c.client.clone()).get(&c.kubelet.name).await.expect("node");
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("zone").map(String::as_str), Some("test-a"));
+    assert_eq!(labels.get("kubernetes.io/hostname"), Some(&c.kubelet.name));
+    assert_eq!(labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+    let spec = node.spec.clone().expect("spec");
+    assert_eq!(spec.pod_cidr.as_deref(), Some(c.kubelet.pod_cidr.as_str()));
+    let taint = &spec.taints.expect("taints")[0];
+    assert_eq!(
+        (taint.key.as_str(), taint.value.as_deref(), taint.effect.as_str()),
+        ("dedicated", Some("e2e"), "PreferNoSchedule")
+    );
+    let status = node.status.expect("status");
+    let cap = status.capacity.expect("capacity");
+    let cpus = std::thread::available_parallelism().expect("cpus").get().to_string();
+    assert_eq!(cap["cpu"].0, cpus);
+    assert_eq!(cap["pods"].0, "110");
+    assert!(cap["memory"].0.ends_with("Ki"));
+    let info = status.node_info.expect("node info");
+    assert_eq!(info.kubelet_version, "v1.33.0");
+    assert!(info.container_runtime_version.starts_with("docker://"), "{}", info.container_runtime_version);
+    let conditions = status.conditions.expect("conditions");
+    for (t, want) in
+        [("Ready", "True"), ("MemoryPressure", "False"), ("DiskPressure", "False"), ("PIDPressure", "False")]
+    {
+        let cond = conditions.iter().find(|x| x.type_ == t).unwrap_or_else(|| panic!("{t}"));
+        assert_eq!(cond.status, want, "{t}: {:?}", cond.message);
+    }
+    assert!(status.addresses.expect("addresses").iter().any(|a| a.type_ == "InternalIP"));
+    let lease: Lease = Api::namespaced(c.client.clone(), "kube-node-lease").get(&c.kubelet.name).await.expect("lease");
+    let lspec = lease.spec.expect("lease spec");
+    assert_eq!(lspec.holder_identity.as_deref(), Some(c.kubelet.name.as_str()));
+    assert_eq!(lspec.lease_duration_seconds, Some(40));
+    let first = lspec.renew_time.expect("renewed").0;
+    // The lease is renewed every 10 s.
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
+    let name = c.kubelet.name.clone();
+    eventually(Duration::from_secs(25), "the lease to be renewed", || {
+        let leases = leases.clone();
+        let name = name.clone();
+        async move { (leases.get(&name).await.ok()?.spec?.renew_time?.0 > first).then_some(()) }
+    })
+    .await;
+    let shown = c.k.run(&["get", "nodes"]).ok().stdout;
+    assert!(shown.contains(&c.kubelet.name) && shown.contains("Ready"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_two_container_pod_talks_over_localhost_and_becomes_ready() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec:
+  nodeName: NODE
+  containers:
+  - name: server
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo hello-from-server > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 2}
+  - name: client
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "until wget -qO /tmp/got http://127.0.0.1:8080/index.html; do sleep 0.2; done; cat /tmp/got > /dev/termination-log; sleep 3600"]
+"#,
+    );
+    let p = c.wait_pod("web", "Ready", 60, |p| condition(p, "Ready") == "True").await;
+    assert_eq!(phase(&p), "Running");
+    let st = p.status.clone().expect("status");
+    let ip: std::net::Ipv4Addr = st.pod_ip.clone().expect("pod IP").parse().expect("IPv4");
+    let prefix = c.kubelet.pod_cidr.trim_end_matches("0/24");
+    assert!(ip.to_string().starts_with(prefix), "pod IP {ip} in {}", c.kubelet.pod_cidr);
+    assert!(st.host_ip.is_some(), "hostIP is reported (C267)");
+    assert!(st.start_time.is_some());
+    for s in statuses(&p) {
+        assert!(s.ready, "{} ready", s.name);
+        assert_eq!(s.restart_count, 0);
+        assert!(s.container_id.as_deref().is_some_and(|id| id.starts_with("docker://")));
+    }
+    for t in ["PodScheduled", "Initialized", "ContainersReady", "PodReadyToStartContainers"] {
+        assert_eq!(condition(&p, t), "True", "{t}");
+    }
+    assert_eq!(st.qos_class.as_deref(), Some("BestEffort"));
+    // The client fetched the page over the pod's loopback; prove it from inside via docker.
+    let client_id = status_of(&p, "client").container_id.expect("id").trim_start_matches("docker://").to_string();
+    let out = std::process::Command::new("docker")
+        .args(["exec", &client_id, "cat", "/tmp/got"])
+        .output()
+        .expect("docker exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello-from-server");
+    let wide = c.k.run(&["get", "pod", "web", "-o", "wide"]).ok().stdout;
+    assert!(wide.contains("2/2") && wide.contains("Running") && wide.contains(&c.kubelet.name), "{wide}");
+    let events = c.k.run(&["get", "events", "--field-selector", "involvedObject.name=web"]).ok().stdout;
+    for reason in ["Pulled", "Created", "Started"] {
+        assert!(events.contains(reason), "{reason} event in\n{events}");
+    }
+}
+
+#[tokio::test]
+async fn c220_c221_c288_c289_c300_c302_c237_c239_c240_c241_env_from_config_maps_secrets_fields_and_expansion() {
+    let c = cluster(&[]).await;
+    c.k.run(&["create", "configmap", "cfg", "--from-literal=greeting=hi", "--from-literal=color=blue"]).ok();
+    c.k.run(&["create", "secret", "generic", "sec", "--from-literal=password=s3cret", "--from-literal=user=admin"])
+        .ok();
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: env, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    resources: {requests: {cpu: 250m, memory: 32Mi}, limits: {cpu: 500m, memory: 64Mi}}
+    command: ["sh", "-c", "echo \"$(GREETING) cmd\" > /dev/termination-log; env | grep -E '^(GREETING|PASS|CM_|SEC_|MSG|POD_|HOST_IP|CPU_|MEM_)' | sort >> /dev/termination-log"]
+    env:
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: cfg, key: greeting}}}
+    - {name: PASS, valueFrom: {secretKeyRef: {name: sec, key: password}}}
+    - {name: MSG, value: "$(GREETING)-$(PASS)-$$(GREETING)-$(UNDEFINED)"}
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: POD_UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: HOST_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
+    - {name: CPU_LIMIT, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}
+    - {name: CPU_REQUEST, valueFrom: {resourceFieldRef: {resource: requests.cpu, divisor: 1m}}}
+    - {name: MEM_LIMIT, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
+    - {name: MEM_REQUEST, valueFrom: {resourceFieldRef: {resource: requests.memory, divisor: 1Mi}}}
+    envFrom:
+    - {configMapRef: {name: cfg}, prefix: CM_}
+    - {secretRef: {name: sec}, prefix: SEC_}
+"#,
+    );
+    let p = c.wait_pod("env", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    let msg = message(&p, "c");
+    let uid = p.metadata.uid.clone().expect("uid");
+    let host_ip = p.status.as_ref().and_then(|s| s.host_ip.clone()).expect("host ip");
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines.first(), Some(&"hi cmd"), "C302: $(VAR) in the command expands\n{msg}");
+    for want in [
+        "GREETING=hi".to_string(),
+        "PASS=s3cret".into(),
+        "CM_greeting=hi".into(),
+        "CM_color=blue".into(),
+        "SEC_user=admin".into(),
+        "SEC_password=s3cret".into(),
+        "MSG=hi-s3cret-$(GREETING)-$(UNDEFINED)".into(),
+        "POD_NAME=env".into(),
+        "POD_NAMESPACE=default".into(),
+        format!("POD_UID={uid}"),
+        format!("HOST_IP={host_ip}"),
+        "CPU_LIMIT=500".into(),
+        "CPU_REQUEST=250".into(),
+        "MEM_LIMIT=64".into(),
+        "MEM_REQUEST=32".into(),
+    ] {
+        assert!(lines.contains(&want.as_str()), "{want} in\n{msg}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("POD_IP=10.244.")), "C241 pod IP\n{msg}");
+}
+
+#[tokio::test]
+async fn c325_c327_c340_c345_c333_volumes_from_config_maps_secrets_downward_api_and_empty_dir() {
+    let c = cluster(&[]).await;
+    c.k.run(&["create", "configmap", "cfg", "--from-literal=data-1=value-1"]).ok();
+    c.k.run(&["create", "secret", "generic", "sec", "--from-literal=password=s3cret"]).ok();
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: vols, namespace: default, labels: {app: vols}}
+spec:
+  nodeName: NODE
+  containers:
+  - name: writer
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo shared > /shared/from-writer; sleep 3600"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  - name: reader
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "sleep 3600"]
+    volumeMounts:
+    - {name: shared, mountPath: /shared}
+    - {name: cfg, mountPath: /etc/cfg}
+    - {name: sec, mountPath: /etc/sec}
+    - {name: pod, mountPath: /etc/pod}
+    - {name: mem, mountPath: /mem}
+  volumes:
+  - {name: shared, emptyDir: {}}
+  - {name: mem, emptyDir: {medium: Memory}}
+  - {name: cfg, configMap: {name: cfg}}
+  - {name: sec, secret: {secretName: sec, defaultMode: 0400}}
+  - name: pod
+    downwardAPI:
+      items:
+      - {path: name, fieldRef: {fieldPath: metadata.name}}
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+"#,
+    );
+    let p = c.wait_pod("vols", "Running", 60, |p| phase(p) == "Running").await;
+    let reader = status_of(&p, "reader").container_id.expect("id").trim_start_matches("docker://").to_string();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["exec", &reader, "sh", "-c", script])
+            .output()
+            .expect("docker exec");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    eventually(Duration::from_secs(10), "C345: the writer's file in the shared emptyDir", || {
+        let got = sh("cat /shared/from-writer 2>/dev/null");
+        async move { (got == "shared").then_some(()) }
+    })
+    .await;
+    assert_eq!(sh("cat /etc/cfg/data-1"), "value-1", "C325");
+    assert_eq!(sh("stat -L -c %a /etc/cfg/data-1"), "644", "C325 default mode");
+    assert_eq!(sh("cat /etc/sec/password"), "s3cret");
+    assert_eq!(sh("stat -L -c %a /etc/sec/password"), "400", "C327 defaultMode");
+    assert_eq!(sh("cat /etc/pod/name"), "vols", "C340");
+    assert_eq!(sh("cat /etc/pod/labels"), "app=\"vols\"");
+    assert!(sh("mount").lines().any(|l| l.contains(" /mem ") && l.contains("tmpfs")), "medium Memory is a tmpfs");
+    assert!(sh("touch /etc/cfg/x 2>&1; echo $?").ends_with('1'), "configMap volumes are read-only");
+    // C333: the file follows the ConfigMap.
+    c.k.run(&["patch", "configmap", "cfg", "-p", r#"{"data":{"data-1":"value-2"}}"#]).ok();
+    eventually(Duration::from_secs(30), "C333: the updated ConfigMap in the volume", || {
+        let got = sh("cat /etc/cfg/data-1");
+        async move { (got == "value-2").then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn c232_c250_restart_policies_crash_loop_backoff_and_exit_reasons() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: always-crash, namespace: default}
+spec:
+  nodeName: NODE
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo dying; exit 3"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: never-fails, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "exit 7"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: onfailure-succeeds, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: OnFailure
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "exit 0"]}]
+"#,
+    );
+    let p = c.wait_pod("never-fails", "Failed", 60, |p| phase(p) == "Failed").await;
+    let term = status_of(&p, "c").state.and_then(|s| s.terminated).expect("terminated");
+    assert_eq!(term.exit_code, 7);
+    assert_eq!(term.reason.as_deref(), Some("Error"), "C250: a non-empty reason");
+    assert_eq!(status_of(&p, "c").restart_count, 0);
+    let p = c.wait_pod("onfailure-succeeds", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    assert_eq!(terminated_code(&p, "c"), Some(0));
+    assert_eq!(condition(&p, "Ready"), "False");
+    let p = c
+        .wait_pod("always-crash", "CrashLoopBackOff after two restarts", 90, |p| {
+            let s = statuses(p);
+            s.first().is_some_and(|s| {
+                s.restart_count >= 2
+                    && s.state.as_ref().and_then(|st| st.waiting.as_ref()).and_then(|w| w.reason.as_deref())
+                        == Some("CrashLoopBackOff")
+            })
+        })
+        .await;
+    assert_eq!(phase(&p), "Running", "a crash-looping Always pod stays Running");
+    let last = status_of(&p, "c").last_state.and_then(|l| l.terminated).expect("last state");
+    assert_eq!(last.exit_code, 3);
+    let events = c.k.run(&["get", "events", "--field-selector", "involvedObject.name=always-crash"]).ok().stdout;
+    assert!(events.contains("BackOff"), "{events}");
+    // C249: a pod that always fails can still be deleted.
+    c.k.run(&["delete", "pod", "always-crash", "--timeout=60s"]).ok();
+}
+
+#[tokio::test]
+async fn c279_c275_liveness_probes_restart_only_unhealthy_containers() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sick, namespace: default}
+spec:
+  nodeName: NODE
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "touch /tmp/health; sleep 3; rm -f /tmp/health; sleep 3600"]
+    livenessProbe: {exec: {command: [cat, /tmp/health]}, initialDelaySeconds: 1, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: healthy, namespace: default}
+spec:
+  nodeName: NODE
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "touch /tmp/health; sleep 3600"]
+    livenessProbe: {exec: {command: [cat, /tmp/health]}, initialDelaySeconds: 1, periodSeconds: 1, failureThreshold: 1}
+"#,
+    );
+    let p = c
+        .wait_pod("sick", "restarted by its liveness probe", 60, |p| {
+            statuses(p).first().is_some_and(|s| s.restart_count >= 1)
+        })
+        .await;
+    let events = c.k.run(&["get", "events", "--field-selector", "involvedObject.name=sick"]).ok().stdout;
+    assert!(events.contains("Unhealthy") && events.contains("Liveness probe failed"), "{events}");
+    assert!(events.contains("Killing"), "{events}");
+    drop(p);
+    let healthy = c.wait_pod("healthy", "Running", 30, |p| phase(p) == "Running").await;
+    assert_eq!(status_of(&healthy, "c").restart_count, 0, "C275: a passing probe restarts nothing");
+}
+
+#[tokio::test]
+async fn c226_graceful_delete_runs_the_pre_stop_hook_then_removes_the_pod() {
+    let c = cluster(&[]).await;
+    let marks = c.kubelet.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).expect("marks dir");
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: graceful, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "trap 'echo term >> /marks/events; exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts: [{name: marks, mountPath: /marks}]
+    lifecycle:
+      preStop: {exec: {command: ["sh", "-c", "echo prestop >> /marks/events"]}}
+  volumes: [{name: marks, hostPath: {path: MARKS, type: Directory}}]
+"#
+    .replace("MARKS", &marks.to_string_lossy());
+    c.apply(&yaml);
+    c.wait_pod("graceful", "Running", 60, |p| phase(p) == "Running").await;
+    c.k.run(&["delete", "pod", "graceful", "--timeout=60s"]).ok();
+    let events = std::fs::read_to_string(marks.join("events")).unwrap_or_default();
+    assert_eq!(events, "prestop\nterm\n", "preStop ran, then SIGTERM");
+    assert!(c.pods().get_opt("graceful").await.expect("get").is_none(), "the kubelet removed the pod object");
+    let name = c.kubelet.name.clone();
+    eventually(Duration::from_secs(20), "the pod's containers to be removed from Docker", || {
+        let gone = !Kubelet::containers_of(&name).iter().any(|(n, _, _)| n.contains("_graceful_"));
+        async move { gone.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_kubelet_restart_keeps_containers_running_and_removes_orphans() {
+    let mut c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: keep, namespace: default}
+spec:
+  nodeName: NODE
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: orphan, namespace: default}
+spec:
+  nodeName: NODE
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"]}]
+"#,
+    );
+    let before = c.wait_pod("keep", "Running", 60, |p| phase(p) == "Running").await;
+    c.wait_pod("orphan", "Running", 60, |p| phase(p) == "Running").await;
+    let id = status_of(&before, "c").container_id.expect("id");
+    c.kubelet.stop();
+    // While the kubelet is down the pod is force-deleted: its containers become orphans.
+    c.k.run(&["delete", "pod", "orphan", "--grace-period=0", "--force"]).ok();
+    assert!(c.kubelet.containers().iter().any(|(n, _, _)| n.contains("_orphan_")), "containers outlive the kubelet");
+    c.kubelet.restart();
+    let name = c.kubelet.name.clone();
+    eventually(Duration::from_secs(60), "the orphan's containers to be removed", || {
+        let gone = !Kubelet::containers_of(&name).iter().any(|(n, _, _)| n.contains("_orphan_"));
+        async move { gone.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = c.pods().get("keep").await.expect("pod");
+    assert_eq!(status_of(&after, "c").container_id.expect("id"), id, "the same container, adopted");
+    assert_eq!(status_of(&after, "c").restart_count, 0);
+    assert_eq!(phase(&after), "Running");
+    let running: Vec<_> = c.kubelet.containers().into_iter().filter(|(n, _, _)| n.contains("_keep_")).collect();
+    assert_eq!(running.len(), 2, "one sandbox and one container, no duplicates: {running:?}");
+}
+
+#[tokio::test]
+async fn c244_c246_init_containers_run_in_order_and_a_failing_one_fails_a_never_pod() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: inits, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  initContainers:
+  - {name: first, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo first >> /work/order"], volumeMounts: [{name: w, mountPath: /work}]}
+  - {name: second, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo second >> /work/order"], volumeMounts: [{name: w, mountPath: /work}]}
+  containers:
+  - {name: app, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo app >> /work/order; cat /work/order > /dev/termination-log"], volumeMounts: [{name: w, mountPath: /work}]}
+  volumes: [{name: w, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: init-fails, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  initContainers:
+  - {name: bad, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "exit 1"]}
+  containers:
+  - {name: app, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"]}
+"#,
+    );
+    let p = c.wait_pod("inits", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    assert_eq!(message(&p, "app"), "first\nsecond\napp\n");
+    assert_eq!(condition(&p, "Initialized"), "True");
+    let inits = p.status.as_ref().and_then(|s| s.init_container_statuses.clone()).expect("init statuses");
+    assert!(
+        inits.iter().all(|s| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0))
+    );
+    let p = c.wait_pod("init-fails", "Failed", 60, |p| phase(p) == "Failed").await;
+    let app = status_of(&p, "app");
+    assert!(app.state.and_then(|s| s.waiting).is_some(), "C246: the app container never started");
+    assert_eq!(condition(&p, "Initialized"), "False");
+}
+
+#[tokio::test]
+async fn c228_c229_c230_c251_c252_c253_termination_messages_read_only_root_and_hosts() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: msg-file, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, terminationMessagePath: /dev/custom-log, command: ["sh", "-c", "echo -n DONE > /dev/custom-log"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: msg-logs-fail, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, terminationMessagePolicy: FallbackToLogsOnError, command: ["sh", "-c", "echo line-one; echo DONE; exit 1"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: msg-logs-ok, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, terminationMessagePolicy: FallbackToLogsOnError, command: ["sh", "-c", "echo DONE"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: rofs, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  hostAliases: [{ip: "123.45.67.89", hostnames: [foo.example, bar.example]}]
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    securityContext: {readOnlyRootFilesystem: true}
+    command: ["sh", "-c", "if echo x > /file 2>/dev/null; then echo writable; else echo readonly; fi > /dev/termination-log; cat /etc/hosts >> /dev/termination-log"]
+"#,
+    );
+    let p = c.wait_pod("msg-file", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    assert_eq!(message(&p, "c"), "DONE", "C229");
+    let p = c.wait_pod("msg-logs-fail", "Failed", 60, |p| phase(p) == "Failed").await;
+    assert_eq!(message(&p, "c"), "line-one\nDONE\n", "C230");
+    let p = c.wait_pod("msg-logs-ok", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    assert_eq!(message(&p, "c"), "", "C228");
+    let p = c.wait_pod("rofs", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    let m = message(&p, "c");
+    assert!(m.starts_with("readonly\n"), "C251\n{m}");
+    assert!(m.contains("# Kubernetes-managed hosts file."), "C253\n{m}");
+    assert!(m.contains("123.45.67.89\tfoo.example\tbar.example"), "C252\n{m}");
+    let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod ip");
+    assert!(m.contains(&format!("{ip}\trofs")), "the pod's own name\n{m}");
+}
+
+#[tokio::test]
+async fn image_pull_policies_report_err_image_never_pull_and_image_pull_backoff() {
+    let c = cluster(&[]).await;
+    // The "registry" is a closed loopback port: nothing leaves the machine.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: never, namespace: default}
+spec:
+  nodeName: NODE
+  containers: [{name: c, image: "local/absent:1", imagePullPolicy: Never}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unpullable, namespace: default}
+spec:
+  nodeName: NODE
+  containers: [{name: c, image: "127.0.0.1:1/absent:1", imagePullPolicy: IfNotPresent}]
+"#,
+    );
+    let reason = |p: &Pod| {
+        statuses(p)
+            .first()
+            .and_then(|s| s.state.clone())
+            .and_then(|s| s.waiting)
+            .and_then(|w| w.reason)
+            .unwrap_or_default()
+    };
+    c.wait_pod("never", "ErrImageNeverPull", 60, |p| reason(p) == "ErrImageNeverPull").await;
+    c.wait_pod("unpullable", "ErrImagePull", 60, |p| reason(p) == "ErrImagePull" || reason(p) == "ImagePullBackOff")
+        .await;
+    c.wait_pod("unpullable", "ImagePullBackOff", 60, |p| reason(p) == "ImagePullBackOff").await;
+    let p = c.pods().get("unpullable").await.expect("pod");
+    assert_eq!(phase(&p), "Pending");
+}
+
+#[tokio::test]
+async fn oom_killed_containers_are_reported_as_oom_killed() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    resources: {limits: {memory: 16Mi}}
+    command: ["sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived"]
+"#,
+    );
+    let p = c.wait_pod("hog", "Failed", 60, |p| phase(p) == "Failed").await;
+    let t = status_of(&p, "c").state.and_then(|s| s.terminated).expect("terminated");
+    assert_eq!(t.reason.as_deref(), Some("OOMKilled"), "{t:?}");
+    assert_eq!(t.exit_code, 137);
+}
