@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Brings the system up on this machine: etcd and the apiserver (the rest of the components join
-# as they are built), writes an admin kubeconfig, applies a demo app and prints how to use
-# kubectl. Installs missing Debian packages when run as root; otherwise says what is missing.
+# Brings the system up on this machine: etcd, the apiserver and a kubelet on the local dockerd
+# (the scheduler, controller-manager and kube-proxy join as they are built), writes an admin
+# kubeconfig, waits for the node to be Ready, runs a demo pod and prints how to use kubectl.
+# Installs missing Debian packages and starts dockerd when run as root; otherwise says what is
+# missing.
 #
 #   deploy/local-up.sh           build (release), start, apply the demo
 #   deploy/local-up.sh --down    stop everything this script started
@@ -16,9 +18,11 @@ PROFILE=${BUILD_PROFILE:-release}
 ETCD_PORT=${ETCD_PORT:-12379}
 API_PORT=${API_PORT:-6443}
 KUBECONFIG_OUT=$CLUSTER_DIR/admin.kubeconfig
+NODE_NAME=${NODE_NAME:-$(hostname | tr '[:upper:]' '[:lower:]')}
+POD_CIDR=${POD_CIDR:-10.244.0.0/24}
 
 stop() {
-  for name in apiserver etcd; do
+  for name in kubelet apiserver etcd; do
     pidfile=$CLUSTER_DIR/$name.pid
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       kill "$(cat "$pidfile")" && echo "Stopped $name"
@@ -30,11 +34,21 @@ stop() {
 
 if [ "${1:-}" = "--down" ]; then
   stop
+  # A stopped kubelet leaves its pods running (as upstream's does); --down removes them too.
+  if docker info >/dev/null 2>&1; then
+    ids=$(docker ps -aq --filter "label=rkube.instance=$NODE_NAME")
+    [ -z "$ids" ] || { docker rm -f -v $ids >/dev/null && echo "Removed the node's containers"; }
+    docker network rm "kpods-$NODE_NAME" >/dev/null 2>&1 || true
+  fi
+  grep -o " $CLUSTER_DIR/kubelet/[^ ]*" /proc/self/mounts 2>/dev/null | while read -r m; do umount "$m" || true; done
   exit 0
 fi
 
 need_command cargo "install Rust with rustup: https://rustup.rs"
-need_packages "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}"
+need_packages "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}" "${NODE_PACKAGES[@]}"
+start_dockerd
+pod_network_sink
+deploy/images.sh
 
 echo "==> Building ($PROFILE)"
 if [ "$PROFILE" = release ]; then cargo build --release --bins --locked; BIN=target/release; else cargo build --bins --locked; BIN=target/debug; fi
@@ -65,14 +79,28 @@ for _ in $(seq 300); do
 done
 KUBECONFIG=$KUBECONFIG_OUT kubectl get --raw /readyz >/dev/null || { echo "The apiserver did not become ready; see $CLUSTER_DIR/logs" >&2; exit 1; }
 
+echo "==> Starting the kubelet (node $NODE_NAME, pods in $POD_CIDR)"
+"$BIN/kubelet" --kubeconfig "$KUBECONFIG_OUT" --hostname-override "$NODE_NAME" --pod-cidr "$POD_CIDR" \
+  --root-dir "$CLUSTER_DIR/kubelet" --pod-logs-dir "$CLUSTER_DIR/pods" \
+  >"$CLUSTER_DIR/logs/kubelet.log" 2>&1 &
+echo $! >"$CLUSTER_DIR/kubelet.pid"
+
 if command -v kubectl >/dev/null 2>&1; then
-  echo "==> Applying the demo app (tests/manifests/demo.yaml)"
-  KUBECONFIG=$KUBECONFIG_OUT kubectl apply -f tests/manifests/demo.yaml 2>&1 \
-    || KUBECONFIG=$KUBECONFIG_OUT kubectl create -f tests/manifests/demo.yaml 2>&1 || true
-  KUBECONFIG=$KUBECONFIG_OUT kubectl get all,configmaps -n demo
+  export KUBECONFIG=$KUBECONFIG_OUT
+  echo "==> Waiting for node $NODE_NAME to be Ready"
+  if ! kubectl wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s; then
+    echo "The node did not become Ready; last kubelet log lines:" >&2; tail -20 "$CLUSTER_DIR/logs/kubelet.log" >&2; exit 1
+  fi
+  echo "==> Applying the demo app (tests/manifests/demo.yaml, demo-pod.yaml)"
+  kubectl apply -f tests/manifests/demo.yaml
+  sed "s/NODE_NAME/$NODE_NAME/" tests/manifests/demo-pod.yaml | kubectl apply -f -
+  kubectl wait --for=condition=Ready pod/hello -n demo --timeout=120s
+  kubectl get nodes -o wide
+  kubectl get pods,deployments,services -n demo -o wide
   echo
-  echo "Note: the Deployment stays at 0 ready pods until the scheduler, controller-manager and"
-  echo "kubelet are built (issues #4-#6); this cluster is the API server on etcd so far."
+  echo "The demo pod runs on Docker: docker ps --filter label=rkube.instance=$NODE_NAME"
+  echo "Note: the Deployment stays at 0 ready pods until the scheduler and controller-manager"
+  echo "are built (issues #5, #6); pods bound with spec.nodeName run now."
 else
   echo "kubectl is not installed; the API is up at https://127.0.0.1:$API_PORT" >&2
 fi

@@ -50,3 +50,6 @@ impl worker::PodApi for ApiPods {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

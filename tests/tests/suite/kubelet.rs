@@ -408,6 +408,7 @@ kind: Pod
 metadata: {name: sick, namespace: default}
 spec:
   nodeName: NODE
+  terminationGracePeriodSeconds: 1
   containers:
   - name: c
     image: busybox
@@ -683,4 +684,18 @@ spec:
     let t = status_of(&p, "c").state.and_then(|s| s.terminated).expect("terminated");
     assert_eq!(t.reason.as_deref(), Some("OOMKilled"), "{t:?}");
     assert_eq!(t.exit_code, 137);
+}
+
+#[tokio::test]
+async fn bad_kubelet_flags_are_one_line_errors() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(e2e::binary("kubelet")).args(args).output().expect("runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+    let (ok, err) = run(&[]);
+    assert!(!ok);
+    assert_eq!(err, "kubelet: --kubeconfig is required (standalone mode without an apiserver is not supported)");
+    let (ok, err) = run(&["--kubeconfig", "/nonexistent/kubeconfig"]);
+    assert!(!ok);
+    assert!(err.starts_with("kubelet: --kubeconfig /nonexistent/kubeconfig:") && err.lines().count() == 1, "{err}");
 }

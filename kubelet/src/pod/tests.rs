@@ -1,0 +1,260 @@
+//! Component tests: a pod worker against the in-memory runtime, with statuses and the final
+//! delete captured in memory; and the CRI seam over a real unix socket.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use proto::cri as pb;
+use tokio::sync::mpsc;
+
+use super::env::NodeAllocatable;
+use super::source::MapSource;
+use super::spec::SpecContext;
+use super::worker::{NodeContext, PodApi, PodWorker, Update};
+use crate::cri::Cri;
+use crate::events::Recorder;
+use crate::runtime::fake::FakeRuntime;
+
+#[derive(Default)]
+struct MemoryApi {
+    statuses: Mutex<Vec<PodStatus>>,
+    deleted: Mutex<bool>,
+}
+
+#[async_trait::async_trait]
+impl PodApi for MemoryApi {
+    async fn update_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), String> {
+        self.statuses.lock().expect("lock").push(status.clone());
+        Ok(())
+    }
+    async fn delete_final(&self, _pod: &Pod) -> Result<(), String> {
+        *self.deleted.lock().expect("lock") = true;
+        Ok(())
+    }
+}
+
+impl MemoryApi {
+    fn last(&self) -> PodStatus {
+        self.statuses.lock().expect("lock").last().cloned().unwrap_or_default()
+    }
+}
+
+struct Harness {
+    runtime: Arc<FakeRuntime>,
+    api: Arc<MemoryApi>,
+    events: Recorder,
+    tx: mpsc::UnboundedSender<Update>,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pod(spec: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p", "namespace": "default", "uid": "uid-1"},
+        "spec": spec,
+        "status": {"phase": "Pending"}
+    }))
+    .expect("pod")
+}
+
+fn start(p: Pod) -> Harness {
+    let dir =
+        std::env::temp_dir().join(format!("kubelet-worker-{}-{}", std::process::id(), crate::runtime::now_nanos()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("resolv.conf"), "nameserver 192.0.2.53\n").expect("resolv");
+    let runtime = Arc::new(FakeRuntime::new());
+    runtime.add_image("busybox");
+    let api = Arc::new(MemoryApi::default());
+    let events = Recorder::new(None, "n1");
+    let ctx = Arc::new(NodeContext {
+        node_name: "n1".into(),
+        host_ip: "192.0.2.2".into(),
+        cri: Cri::new(runtime.clone()),
+        source: Arc::new(MapSource::default()),
+        api: api.clone(),
+        events: events.clone(),
+        spec: SpecContext {
+            cluster_dns: vec!["10.96.0.10".into()],
+            cluster_domain: "cluster.local".into(),
+            pod_logs_dir: dir.join("logs"),
+            root_dir: dir.join("root"),
+            host_resolv: dir.join("resolv.conf"),
+            node_memory_bytes: 1 << 30,
+        },
+        allocatable: NodeAllocatable { cpu_milli: 2000, memory_bytes: 1 << 30, ephemeral_storage_bytes: 1 << 34 },
+        resync: Duration::from_millis(100),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(PodWorker::new(ctx, p).run(rx));
+    Harness { runtime, api, events, tx, _dir: TempDir(dir) }
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn phase(s: &PodStatus) -> String {
+    s.phase.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_pod_runs_restarts_after_a_crash_and_backs_off_on_the_second() {
+    let h = start(pod(
+        serde_json::json!({"containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent"}]}),
+    ));
+    until("Running", || phase(&h.api.last()) == "Running").await;
+    let calls = h.runtime.calls();
+    assert!(calls.iter().any(|c| c.starts_with("RunPodSandbox p")), "{calls:?}");
+    assert!(calls.iter().any(|c| c == "CreateContainer c"), "{calls:?}");
+    let st = h.api.last();
+    assert_eq!(st.pod_ip.as_deref(), Some("10.244.0.2"));
+    assert_eq!(st.host_ip.as_deref(), Some("192.0.2.2"));
+
+    // First crash: restarted at once.
+    let (first, _) = h.runtime.containers_named("c").pop().expect("container");
+    h.runtime.exit(&first, 1, false);
+    until("a second instance", || h.runtime.containers_named("c").len() == 2).await;
+    until("restartCount 1", || {
+        h.api.last().container_statuses.unwrap_or_default().first().is_some_and(|s| s.restart_count == 1)
+    })
+    .await;
+
+    // Second crash: CrashLoopBackOff (10 s) with the crash as lastState.
+    let (second, _) = h.runtime.containers_named("c").pop().expect("container");
+    h.runtime.exit(&second, 2, false);
+    until("CrashLoopBackOff", || {
+        h.api.last().container_statuses.unwrap_or_default().first().is_some_and(|s| {
+            s.state.as_ref().and_then(|st| st.waiting.as_ref()).and_then(|w| w.reason.as_deref())
+                == Some("CrashLoopBackOff")
+                && s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).is_some_and(|t| t.exit_code == 2)
+        })
+    })
+    .await;
+    assert_eq!(h.runtime.containers_named("c").len(), 2, "no third start during backoff");
+    assert!(h.events.recorded().iter().any(|(_, r, _)| r == "BackOff"));
+}
+
+#[tokio::test]
+async fn oom_kills_are_reported_and_never_pods_finish() {
+    let h = start(pod(
+        serde_json::json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "Never"}]}),
+    ));
+    until("Running", || phase(&h.api.last()) == "Running").await;
+    let (id, _) = h.runtime.containers_named("c").pop().expect("container");
+    h.runtime.exit(&id, 137, true);
+    until("Failed", || phase(&h.api.last()) == "Failed").await;
+    let t = h.api.last().container_statuses.unwrap_or_default()[0]
+        .state
+        .clone()
+        .and_then(|s| s.terminated)
+        .expect("terminated");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (137, Some("OOMKilled")));
+    until("the sandbox stopped to free its IP", || h.runtime.calls().iter().any(|c| c.starts_with("StopPodSandbox")))
+        .await;
+}
+
+#[tokio::test]
+async fn a_deleted_pod_is_stopped_and_its_object_removed() {
+    let p = pod(
+        serde_json::json!({"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent"}]}),
+    );
+    let h = start(p.clone());
+    until("Running", || phase(&h.api.last()) == "Running").await;
+    let mut deleting = p;
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    deleting.metadata.deletion_grace_period_seconds = Some(1);
+    h.tx.send(Update::Pod(Box::new(deleting))).expect("send");
+    until("the final delete", || *h.api.deleted.lock().expect("lock")).await;
+    let calls = h.runtime.calls();
+    let stop = calls.iter().position(|c| c.starts_with("StopContainer")).expect("stopped");
+    let remove = calls.iter().position(|c| c.starts_with("RemovePodSandbox")).expect("removed");
+    assert!(stop < remove, "{calls:?}");
+    assert!(h.events.recorded().iter().any(|(_, r, m)| r == "Killing" && m == "Stopping container c"));
+}
+
+#[tokio::test]
+async fn a_missing_config_map_holds_the_container_with_create_container_config_error() {
+    let h = start(pod(
+        serde_json::json!({"containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+        "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]}]}),
+    ));
+    until("CreateContainerConfigError", || {
+        h.api.last().container_statuses.unwrap_or_default().first().is_some_and(|s| {
+            s.state.as_ref().and_then(|st| st.waiting.as_ref()).and_then(|w| w.reason.as_deref())
+                == Some("CreateContainerConfigError")
+        })
+    })
+    .await;
+    assert_eq!(phase(&h.api.last()), "Pending");
+    assert!(h.runtime.containers_named("c").is_empty());
+}
+
+#[tokio::test]
+async fn the_cri_seam_works_over_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("kubelet-cri-{}", std::process::id()));
+    let socket = dir.join("cri.sock");
+    let runtime = Arc::new(FakeRuntime::new());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let socket = socket.clone();
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            crate::cri::serve(runtime, &socket, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    };
+    let mut cri = None;
+    for _ in 0..100 {
+        if let Ok(c) = Cri::connect(&format!("unix://{}", socket.display())).await {
+            cri = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cri = cri.expect("connected");
+    let v = cri.version(pb::VersionRequest::default()).await.expect("version");
+    assert_eq!(v.runtime_name, "fake");
+    let id = cri
+        .run_pod_sandbox(pb::RunPodSandboxRequest {
+            config: Some(pb::PodSandboxConfig {
+                metadata: Some(pb::PodSandboxMetadata {
+                    name: "p".into(),
+                    uid: "u".into(),
+                    namespace: "ns".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("sandbox")
+        .pod_sandbox_id;
+    let listed = cri.list_pod_sandbox(pb::ListPodSandboxRequest { filter: None }).await.expect("list").items;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    let err = cri
+        .container_status(pb::ContainerStatusRequest { container_id: "nope".into(), verbose: false })
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let _ = stop_tx.send(());
+    server.await.expect("join").expect("served");
+    let _ = std::fs::remove_dir_all(&dir);
+}
