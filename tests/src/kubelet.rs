@@ -89,6 +89,10 @@ impl Kubelet {
         self.child = Some(child);
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
     }
