@@ -147,6 +147,32 @@ fn generate(dir: &Path, sans: &[String]) -> Result<ServingMaterial, CertError> {
     Ok(ServingMaterial { ca_pem, ..material })
 }
 
+/// The client certificate the apiserver shows kubelets (`apiserver-kubelet-client.crt/.key` in
+/// the certificate directory, signed by the cluster CA), generated once.
+pub fn ensure_kubelet_client_cert(dir: &Path) -> Result<(PathBuf, PathBuf), CertError> {
+    let (crt, key) = (dir.join("apiserver-kubelet-client.crt"), dir.join("apiserver-kubelet-client.key"));
+    if crt.exists() && key.exists() {
+        return Ok((crt, key));
+    }
+    let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let ca_pem = std::fs::read_to_string(&ca_crt).map_err(io(&ca_crt))?;
+    let ca_key_pem = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key_pem)?)?;
+    let client_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    dn.push(DnType::OrganizationName, "system:masters");
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params, 2);
+    let cert = params.signed_by(&client_key, &issuer)?;
+    write_private(&key, client_key.serialize_pem().as_bytes())?;
+    std::fs::write(&crt, cert.pem()).map_err(io(&crt))?;
+    Ok((crt, key))
+}
+
 pub fn server_config(material: &ServingMaterial) -> Result<Arc<rustls::ServerConfig>, CertError> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?

@@ -53,6 +53,9 @@ pub struct State {
     pub min_request_timeout: Duration,
     /// Objects per storage read when streaming a LIST without a limit.
     pub list_chunk: usize,
+    /// TLS for connections to kubelets (with the apiserver's client certificate), when one is
+    /// configured.
+    pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
     pub shutdown: CancellationToken,
 }
 
@@ -459,6 +462,13 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
                 return Err(method_not_allowed());
             }
         }
+    }
+    if let Some(kind @ ("log" | "exec" | "attach" | "portforward")) = rp.subresource.as_deref()
+        && info.group.is_empty()
+        && info.plural == "pods"
+    {
+        let name = rp.name.clone().unwrap_or_default();
+        return crate::podproxy::pod_stream(state, ns, &name, kind, &q, req).await;
     }
     let include = IncludeObject::parse(q.get("includeObject"))?;
     let reads = matches!(verb, "get" | "list" | "watch");

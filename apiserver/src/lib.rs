@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod openapi_v2;
 pub mod options;
 pub mod patch;
+pub mod podproxy;
 pub mod protobuf;
 pub mod resources;
 pub mod rest;
@@ -110,6 +111,15 @@ pub async fn start_with_storage(
             .context("loading the service account signing key")?;
     let auth = Authenticator { tokens, service_accounts: Some(Arc::new(signer)) };
 
+    let kubelet_tls = match &config.kubelet_client {
+        options::KubeletClientCert::Files { cert, key } => Some(podproxy::kubelet_tls(cert, key)?),
+        options::KubeletClientCert::Generated => {
+            let (cert, key) =
+                certs::ensure_kubelet_client_cert(&config.cert_dir).context("making the kubelet client certificate")?;
+            Some(podproxy::kubelet_tls(&cert, &key)?)
+        }
+        options::KubeletClientCert::None => None,
+    };
     let listener = TcpListener::bind((config.bind_address, config.secure_port))
         .await
         .with_context(|| format!("binding {}:{}", config.bind_address, config.secure_port))?;
@@ -133,6 +143,7 @@ pub async fn start_with_storage(
         bootstrapped: AtomicBool::new(false),
         min_request_timeout: config.min_request_timeout,
         list_chunk: config.list_chunk,
+        kubelet_tls,
         shutdown: shutdown.clone(),
     });
     let running_url = local_url(addr);

@@ -46,6 +46,14 @@ pub struct Options {
     #[arg(long, env = "APISERVER_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
     pub tls_private_key_file: Option<PathBuf>,
 
+    /// Client certificate (PEM) for connections to kubelets (logs, exec, port-forward). Without
+    /// it, one signed by the generated CA is made in --cert-dir.
+    #[arg(long, env = "APISERVER_KUBELET_CLIENT_CERTIFICATE", requires = "kubelet_client_key")]
+    pub kubelet_client_certificate: Option<PathBuf>,
+
+    #[arg(long, env = "APISERVER_KUBELET_CLIENT_KEY", requires = "kubelet_client_certificate")]
+    pub kubelet_client_key: Option<PathBuf>,
+
     /// Extra names or IPs for the generated serving certificate (repeatable).
     #[arg(long = "tls-san", env = "APISERVER_TLS_SANS", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
@@ -125,6 +133,21 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Objects per storage read when streaming a LIST without a limit.
     pub list_chunk: usize,
+    /// Where the kubelet client certificate comes from.
+    pub kubelet_client: KubeletClientCert,
+}
+
+/// The certificate the apiserver shows kubelets.
+#[derive(Clone, Debug)]
+pub enum KubeletClientCert {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Generated in the certificate directory, signed by the generated CA.
+    Generated,
+    /// Serving certificates came from files and no kubelet client certificate was given.
+    None,
 }
 
 /// The address the host would use to reach the outside, found by a route lookup (a UDP
@@ -172,6 +195,11 @@ impl Options {
             Some(a) => a,
             None if !self.bind_address.is_unspecified() => self.bind_address,
             None => primary_address().unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        };
+        let kubelet_client = match (self.kubelet_client_certificate, self.kubelet_client_key, &self.tls_cert_file) {
+            (Some(cert), Some(key), _) => KubeletClientCert::Files { cert, key },
+            (_, _, Some(_)) => KubeletClientCert::None,
+            _ => KubeletClientCert::Generated,
         };
         let tls = match (self.tls_cert_file, self.tls_private_key_file) {
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
@@ -235,6 +263,7 @@ impl Options {
             min_request_timeout: Duration::from_secs(self.min_request_timeout.max(1)),
             bookmark_interval: Duration::from_secs(60),
             list_chunk: self.list_chunk_size.max(1),
+            kubelet_client,
         })
     }
 }

@@ -69,7 +69,13 @@ pub struct Flags {
     pub pod_infra_container_image: String,
     /// The kubelet's HTTPS port (announced in the Node status).
     #[arg(long, env = "KUBELET_PORT", default_value_t = 10250)]
-    pub port: i32,
+    pub port: u16,
+    /// The address the kubelet's HTTPS API listens on.
+    #[arg(long, env = "KUBELET_ADDRESS", default_value = "0.0.0.0")]
+    pub address: String,
+    /// CA whose client certificates may use the kubelet's API (default: the kubeconfig's CA).
+    #[arg(long, env = "KUBELET_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
     /// Seconds between syncs of a pod with nothing happening.
     #[arg(long, env = "KUBELET_SYNC_FREQUENCY", default_value_t = 10)]
     pub sync_frequency: u64,
@@ -114,6 +120,7 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| anyhow::anyhow!("--kubeconfig: {e}"))?;
+    let kube_ca = config.root_cert.clone().unwrap_or_default();
     let client = kube::Client::try_from(config)?;
 
     let cri = match &flags.container_runtime_endpoint {
@@ -138,9 +145,26 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
         taints: node::parse_taints(&flags.register_with_taints)
             .map_err(|e| anyhow::anyhow!("--register-with-taints: {e}"))?,
         pod_cidr: flags.pod_cidr.clone().filter(|c| !c.is_empty()),
-        port: flags.port,
+        port: flags.port as i32,
         root_dir: flags.root_dir.clone(),
     };
+    let client_ca_pem = match &flags.client_ca_file {
+        Some(f) => std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("--client-ca-file {}: {e}", f.display()))?,
+        None => kube_ca.iter().map(|der| pem("CERTIFICATE", der)).collect(),
+    };
+    if client_ca_pem.is_empty() {
+        anyhow::bail!("--client-ca-file is required: the kubeconfig names no certificate authority");
+    }
+    let server_cfg = crate::server::ServerConfig {
+        address: flags.address.clone(),
+        port: flags.port,
+        node_name: name.clone(),
+        node_ip: node_cfg.node_ip.clone(),
+        pki_dir: flags.root_dir.join("pki"),
+        client_ca_pem,
+    };
+    let (listener, tls) = crate::server::bind(&server_cfg).await?;
+    tokio::spawn(crate::server::serve(listener, tls, cri.clone()));
     if let Some(c) = &node_cfg.pod_cidr
         && crate::runtime::docker::parse_cidr(c).is_none()
     {
@@ -201,4 +225,16 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
     PodManager::new(ctx).run(watch_pods(client, &name), shutdown).await;
     tracing::info!("kubelet stopped; containers keep running");
     Ok(())
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

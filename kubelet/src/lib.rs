@@ -9,3 +9,5 @@ pub mod node;
 pub mod pod;
 pub mod quantity;
 pub mod runtime;
+pub mod server;
+pub mod splice;

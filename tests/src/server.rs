@@ -93,6 +93,7 @@ impl InProcess {
             min_request_timeout: Duration::from_secs(1800),
             bookmark_interval: Duration::from_secs(1),
             list_chunk: 1000,
+            kubelet_client: apiserver::options::KubeletClientCert::Generated,
         };
         tweak(&mut config);
         let shutdown = CancellationToken::new();

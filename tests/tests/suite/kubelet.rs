@@ -699,3 +699,60 @@ async fn bad_kubelet_flags_are_one_line_errors() {
     assert!(!ok);
     assert!(err.starts_with("kubelet: --kubeconfig /nonexistent/kubeconfig:") && err.lines().count() == 1, "{err}");
 }
+
+#[tokio::test]
+async fn c248_kubectl_logs_follow_tail_timestamps_previous_and_container_choice() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - {name: a, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo one; echo two >&2; echo three; sleep 3; echo four"]}
+  - {name: b, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo from-b; sleep 3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher, namespace: default}
+spec:
+  nodeName: NODE
+  containers:
+  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo run-at-$(date +%s%N); sleep 1; exit 1"]}
+"#,
+    );
+    c.wait_pod("talker", "Running", 60, |p| phase(p) == "Running").await;
+    // Follow: everything so far, then the rest as it is written, ending when the container does.
+    let followed = c.k.run(&["logs", "-f", "talker", "-c", "a"]).ok().stdout;
+    assert_eq!(followed, "one\ntwo\nthree\nfour\n", "C248: stdout and stderr, in order");
+    assert_eq!(c.k.run(&["logs", "talker", "-c", "a", "--tail=2"]).ok().stdout, "three\nfour\n");
+    assert_eq!(c.k.run(&["logs", "talker", "-c", "a", "--limit-bytes=6"]).ok().stdout, "one\ntw");
+    let stamped = c.k.run(&["logs", "talker", "-c", "b", "--timestamps"]).ok().stdout;
+    let (ts, text) = stamped.trim_end().split_once(' ').expect("timestamp and text");
+    assert!(ts.parse::<jiff::Timestamp>().is_ok(), "{stamped}");
+    assert_eq!(text, "from-b");
+    // kubectl picks the first container itself ("Defaulted container"); the API asks for one.
+    assert!(c.k.run(&["logs", "talker"]).ok().stderr.contains("Defaulted container \"a\""));
+    let ambiguous = c.k.run(&["get", "--raw", "/api/v1/namespaces/default/pods/talker/log"]);
+    assert_ne!(ambiguous.code, 0);
+    assert!(
+        ambiguous.stderr.contains("a container name must be specified for pod talker, choose one of: [a b]"),
+        "{}",
+        ambiguous.stderr
+    );
+    let bad = c.k.run(&["logs", "talker", "-c", "nope"]);
+    assert!(bad.stderr.contains("container nope is not valid for pod talker"), "{}", bad.stderr);
+
+    c.wait_pod("crasher", "restarted once", 60, |p| statuses(p).first().is_some_and(|s| s.restart_count >= 1)).await;
+    let previous = c.k.run(&["logs", "crasher", "--previous"]).ok().stdout;
+    assert!(previous.starts_with("run-at-"), "{previous}");
+    eventually(Duration::from_secs(20), "the current run's log to differ from the previous", || {
+        let current = c.k.run(&["logs", "crasher"]).stdout;
+        let previous = previous.clone();
+        async move { (current.starts_with("run-at-") && current != previous).then_some(()) }
+    })
+    .await;
+}
