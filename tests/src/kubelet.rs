@@ -14,6 +14,8 @@ pub struct Kubelet {
     pub pod_cidr: String,
     pub dir: TempDir,
     kubeconfig: PathBuf,
+    /// The kubelet API's port (10250 is for real nodes; tests run several kubelets at once).
+    pub port: u16,
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -59,6 +61,7 @@ impl Kubelet {
             pod_cidr,
             dir,
             kubeconfig: endpoint.kubeconfig.clone(),
+            port: crate::free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
@@ -76,6 +79,7 @@ impl Kubelet {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--hostname-override", &self.name, "--pod-cidr", &self.pod_cidr, "--sync-frequency", "2"])
+            .args(["--port", &self.port.to_string()])
             .arg("--root-dir")
             .arg(self.dir.path().join("root"))
             .arg("--pod-logs-dir")

@@ -712,7 +712,7 @@ spec:
   nodeName: NODE
   restartPolicy: Never
   containers:
-  - {name: a, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo one; echo two >&2; echo three; sleep 3; echo four"]}
+  - {name: a, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo one; sleep 0.3; echo two >&2; sleep 0.3; echo three; sleep 3; echo four"]}
   - {name: b, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo from-b; sleep 3600"]}
 ---
 apiVersion: v1
