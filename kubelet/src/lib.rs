@@ -11,3 +11,4 @@ pub mod quantity;
 pub mod runtime;
 pub mod server;
 pub mod splice;
+pub mod streaming;

@@ -13,6 +13,7 @@ pub struct Kubectl {
     bin: String,
     kubeconfig: PathBuf,
     home: TempDir,
+    env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -53,7 +54,37 @@ impl Kubectl {
     }
 
     fn with_binary(bin: String, endpoint: &Endpoint) -> Kubectl {
-        Kubectl { bin, kubeconfig: endpoint.kubeconfig.clone(), home: TempDir::new("kubectl-home").expect("home") }
+        Kubectl {
+            bin,
+            kubeconfig: endpoint.kubeconfig.clone(),
+            home: TempDir::new("kubectl-home").expect("home"),
+            env: vec![],
+        }
+    }
+
+    /// The same kubectl with an extra environment variable (e.g. to turn WebSockets off).
+    pub fn with_env(mut self, key: &str, value: &str) -> Kubectl {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// A kubectl binary (`kubectl` or a path) with a given kubeconfig.
+    pub fn with_kubeconfig(bin: &str, kubeconfig: &std::path::Path) -> Kubectl {
+        Kubectl {
+            bin: bin.to_string(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            home: TempDir::new("kubectl-home").expect("home"),
+            env: vec![],
+        }
+    }
+
+    /// The path of a pinned kubectl version, e.g. `"1.27"`.
+    pub fn versioned_binary(minor: &str) -> String {
+        format!("{KUBECTL_DIR}/kubectl.{minor}")
+    }
+
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
     }
 
     pub fn available(minor: &str) -> bool {
@@ -62,6 +93,9 @@ impl Kubectl {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.home.path())

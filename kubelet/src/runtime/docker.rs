@@ -37,6 +37,8 @@ use proto::cri::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use super::{now_nanos, resolv_conf};
+use crate::streaming::{Backend, Process, StreamingServer, Target};
+use std::sync::Arc;
 
 /// Labels this runtime puts on every container it makes.
 pub const LABEL_INSTANCE: &str = "rkube.instance";
@@ -106,6 +108,7 @@ pub fn parse_cidr(cidr: &str) -> Option<(u32, u8)> {
 pub struct DockerRuntime {
     docker: Docker,
     cfg: DockerConfig,
+    streaming: Arc<StreamingServer>,
     network: tokio::sync::RwLock<Option<PodNetwork>>,
     /// Addresses handed to sandboxes that are still starting.
     reserved: Mutex<HashSet<Ipv4Addr>>,
@@ -207,9 +210,14 @@ impl DockerRuntime {
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach dockerd: {e}"))?;
         docker.ping().await.map_err(|e| anyhow::anyhow!("dockerd does not answer: {e}"))?;
+        let streams = DockerStreams { docker: docker.clone(), network: format!("kpods-{}", name_part(&cfg.instance)) };
+        let streaming = StreamingServer::start(Arc::new(streams))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the streaming server: {e}"))?;
         let rt = DockerRuntime {
             docker,
             cfg,
+            streaming,
             network: tokio::sync::RwLock::new(None),
             reserved: Mutex::new(HashSet::new()),
         };
@@ -987,19 +995,47 @@ impl RuntimeService for DockerRuntime {
         Ok(Response::new(self.exec_sync_inner(req.into_inner()).await?))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(Status::unimplemented("streaming exec is not implemented in the Docker runtime yet"))
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        let r = req.into_inner();
+        self.running_container(&r.container_id).await?;
+        if r.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd must not be empty"));
+        }
+        let url = self.streaming.url(Target::Exec {
+            container: r.container_id,
+            cmd: r.cmd,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        });
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(Status::unimplemented("attach is not implemented in the Docker runtime yet"))
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        let r = req.into_inner();
+        self.running_container(&r.container_id).await?;
+        let url = self.streaming.url(Target::Attach {
+            container: r.container_id,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        });
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(Status::unimplemented("port-forward is not implemented in the Docker runtime yet"))
+        let r = req.into_inner();
+        let info = self.inspect(&r.pod_sandbox_id).await?;
+        if !info.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+            return Err(Status::failed_precondition("the pod sandbox is not running"));
+        }
+        let url = self.streaming.url(Target::PortForward { sandbox: info.id.unwrap_or(r.pod_sandbox_id) });
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(
@@ -1063,6 +1099,18 @@ impl RuntimeService for DockerRuntime {
 }
 
 impl DockerRuntime {
+    async fn running_container(&self, id: &str) -> Result<(), Status> {
+        let info = self.inspect(id).await?;
+        let labels = info.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        if label(&labels, LABEL_INSTANCE) != self.cfg.instance {
+            return Err(Status::not_found("no such container"));
+        }
+        if !info.state.and_then(|s| s.running).unwrap_or(false) {
+            return Err(Status::failed_precondition(format!("container {id} is not running")));
+        }
+        Ok(())
+    }
+
     async fn remove_one(&self, id: &str) -> Result<(), Status> {
         match self.docker.inspect_container(id, None).await {
             Ok(info) => {
@@ -1121,6 +1169,115 @@ impl DockerRuntime {
             }),
             writable_layer: None,
         })
+    }
+}
+
+/// Exec, attach and port targets for the streaming server, on Docker.
+struct DockerStreams {
+    docker: Docker,
+    network: String,
+}
+
+fn output_of(
+    s: std::pin::Pin<Box<dyn futures::Stream<Item = Result<LogOutput, DockerError>> + Send>>,
+) -> crate::streaming::Output {
+    Box::pin(s.take_while(|r| futures::future::ready(r.is_ok())).filter_map(|r| async move {
+        match r.ok()? {
+            LogOutput::StdErr { message } => Some((2u8, message)),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => Some((1u8, message)),
+            LogOutput::StdIn { .. } => None,
+        }
+    }))
+}
+
+#[async_trait::async_trait]
+impl Backend for DockerStreams {
+    async fn exec(&self, container: &str, cmd: &[String], tty: bool, stdin: bool) -> Result<Process, String> {
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions::<String> {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdin: Some(stdin),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(tty),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, Some(bollard::exec::StartExecOptions { detach: false, tty, output_capacity: None }))
+            .await
+            .map_err(|e| e.to_string())?;
+        match started {
+            StartExecResults::Attached { output, input } => {
+                Ok(Process { stdin: stdin.then_some(input), output: output_of(output), handle: exec.id })
+            }
+            StartExecResults::Detached => Err("the exec detached".into()),
+        }
+    }
+
+    async fn attach(&self, container: &str, _tty: bool, stdin: bool) -> Result<Process, String> {
+        let opts = bollard::query_parameters::AttachContainerOptions {
+            stream: true,
+            stdin,
+            stdout: true,
+            stderr: true,
+            logs: false,
+            detach_keys: None,
+        };
+        let r = self.docker.attach_container(container, Some(opts)).await.map_err(|e| e.to_string())?;
+        Ok(Process {
+            stdin: stdin.then_some(r.input),
+            output: output_of(r.output),
+            handle: format!("attach:{container}"),
+        })
+    }
+
+    async fn resize(&self, handle: &str, width: u16, height: u16) {
+        if width == 0 || height == 0 {
+            return;
+        }
+        let _ = match handle.strip_prefix("attach:") {
+            Some(c) => {
+                let o = bollard::query_parameters::ResizeContainerTTYOptions { w: width as i32, h: height as i32 };
+                self.docker.resize_container_tty(c, o).await
+            }
+            None => self.docker.resize_exec(handle, bollard::exec::ResizeExecOptions { width, height }).await,
+        };
+    }
+
+    async fn exit_code(&self, handle: &str) -> Result<i32, String> {
+        if let Some(c) = handle.strip_prefix("attach:") {
+            let info = self.docker.inspect_container(c, None).await.map_err(|e| e.to_string())?;
+            let st = info.state.unwrap_or_default();
+            return Ok(if st.running == Some(true) { 0 } else { st.exit_code.unwrap_or(0) as i32 });
+        }
+        for _ in 0..50 {
+            let i = self.docker.inspect_exec(handle).await.map_err(|e| e.to_string())?;
+            if i.running != Some(true) {
+                return Ok(i.exit_code.unwrap_or(0) as i32);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("the command is still running".into())
+    }
+
+    async fn pod_address(&self, sandbox: &str) -> Result<std::net::IpAddr, String> {
+        let info = self.docker.inspect_container(sandbox, None).await.map_err(|e| e.to_string())?;
+        let labels = info.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        if label(&labels, LABEL_HOST_NETWORK) == "true" {
+            return Ok(std::net::IpAddr::from([127, 0, 0, 1]));
+        }
+        info.network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get(&self.network).and_then(|e| e.ip_address.clone()))
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| "the pod has no IP".to_string())
     }
 }
 

@@ -756,3 +756,143 @@ spec:
     })
     .await;
 }
+
+/// Runs `kubectl exec` checks against a running pod `shell` with kubectl `k`.
+fn exec_checks(k: &Kubectl, how: &str) {
+    let out = k.run(&["exec", "shell", "--", "echo", "hello"]).ok();
+    assert_eq!(out.stdout, "hello\n", "{how}");
+    let split = k.run(&["exec", "shell", "--", "sh", "-c", "echo out; sleep 0.2; echo err >&2"]).ok();
+    assert_eq!((split.stdout.as_str(), split.stderr.as_str()), ("out\n", "err\n"), "{how}");
+    let failed = k.run(&["exec", "shell", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(failed.code, 3, "{how}: the command's exit code\n{}", failed.stderr);
+    assert!(failed.stderr.contains("command terminated with exit code 3"), "{how}: {}", failed.stderr);
+    let piped = k.run_stdin(&["exec", "-i", "shell", "--", "sh", "-c", "cat; echo done"], "line one\nline two\n");
+    assert_eq!(piped.code, 0, "{how}: {}", piped.stderr);
+    assert_eq!(piped.stdout, "line one\nline two\ndone\n", "{how}");
+}
+
+#[tokio::test]
+async fn c270_kubectl_exec_over_websocket_and_spdy_with_exit_codes_stdin_and_cp() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shell, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"]}]
+"#,
+    );
+    c.wait_pod("shell", "Running", 60, |p| phase(p) == "Running").await;
+    exec_checks(&c.k, "WebSocket v5 (kubectl 1.33)");
+    let endpoint_kubeconfig = c.k.kubeconfig().to_path_buf();
+    let spdy = Kubectl::with_kubeconfig("kubectl", &endpoint_kubeconfig)
+        .with_env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+    exec_checks(&spdy, "SPDY/3.1 (WebSockets off)");
+    if Kubectl::available("1.27") {
+        exec_checks(
+            &Kubectl::with_kubeconfig(&Kubectl::versioned_binary("1.27"), &endpoint_kubeconfig),
+            "kubectl 1.27 (SPDY only)",
+        );
+    }
+    // kubectl cp is tar over exec, both ways.
+    let dir = e2e::TempDir::new("cp").expect("dir");
+    let src = dir.path().join("payload.txt");
+    let content: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&src, &content).expect("write");
+    c.k.run(&["cp", &src.to_string_lossy(), "shell:/tmp/payload.txt"]).ok();
+    let size = c.k.run(&["exec", "shell", "--", "wc", "-c", "/tmp/payload.txt"]).ok().stdout;
+    assert!(size.starts_with(&content.len().to_string()), "{size}");
+    let back = dir.path().join("back.txt");
+    c.k.run(&["cp", "shell:/tmp/payload.txt", &back.to_string_lossy()]).ok();
+    assert_eq!(std::fs::read_to_string(&back).expect("copied back"), content);
+}
+
+/// Reads an HTTP response from 127.0.0.1:`port` (through kubectl port-forward).
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_reaches_the_pod_over_websocket_and_spdy() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo forwarded-ok > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+"#,
+    );
+    c.wait_pod("web", "Ready", 60, |p| condition(p, "Ready") == "True").await;
+    let kubeconfig = c.k.kubeconfig().to_path_buf();
+    let mut variants = vec![
+        ("SPDY in WebSocket (kubectl 1.33)", Kubectl::with_kubeconfig("kubectl", &kubeconfig)),
+        (
+            "raw SPDY",
+            Kubectl::with_kubeconfig("kubectl", &kubeconfig).with_env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
+        ),
+    ];
+    if Kubectl::available("1.27") {
+        variants.push(("kubectl 1.27", Kubectl::with_kubeconfig(&Kubectl::versioned_binary("1.27"), &kubeconfig)));
+    }
+    for (how, k) in variants {
+        let port = e2e::free_port();
+        let mut child = k.spawn(&["port-forward", "pod/web", &format!("{port}:8080")]);
+        let got =
+            eventually(Duration::from_secs(20), &format!("{how}: a response through port-forward"), || async move {
+                http_get(port, "/index.html").await.filter(|r| r.contains("forwarded-ok"))
+            })
+            .await;
+        assert!(got.starts_with("HTTP/1.0 200") || got.starts_with("HTTP/1.1 200"), "{how}: {got}");
+        // A second connection over the same session.
+        assert!(
+            http_get(port, "/index.html").await.is_some_and(|r| r.contains("forwarded-ok")),
+            "{how}: second connection"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[tokio::test]
+async fn kubectl_attach_streams_a_running_containers_output() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done"]}]
+"#,
+    );
+    c.wait_pod("ticker", "Running", 60, |p| phase(p) == "Running").await;
+    let mut child = c.k.spawn(&["attach", "ticker"]);
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.starts_with("tick-"))
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), line).await.expect("attach output in time").expect("join");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.is_some_and(|l| l.starts_with("tick-")));
+}
