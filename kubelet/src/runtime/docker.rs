@@ -105,13 +105,29 @@ pub fn parse_cidr(cidr: &str) -> Option<(u32, u8)> {
     Some((u32::from(ip) & mask, prefix))
 }
 
+/// Pod IPs in use: what sandboxes hold (learnt from Docker once, then kept up to date) and what
+/// sandboxes being started have reserved.
+#[derive(Default)]
+struct IpState {
+    taken: Option<HashSet<Ipv4Addr>>,
+    reserved: HashSet<Ipv4Addr>,
+}
+
+const LABEL_IP: &str = "rkube.ip";
+
 pub struct DockerRuntime {
     docker: Docker,
     cfg: DockerConfig,
     streaming: Arc<StreamingServer>,
     network: tokio::sync::RwLock<Option<PodNetwork>>,
-    /// Addresses handed to sandboxes that are still starting.
-    reserved: Mutex<HashSet<Ipv4Addr>>,
+    ips: Mutex<IpState>,
+    /// Labels of sandboxes made by this process, so containers are created without an inspect.
+    sandbox_labels: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Where each new container's log link goes, until it starts.
+    log_links: Mutex<HashMap<String, PathBuf>>,
+    /// Docker's data root when it writes json-file logs (the log path is then known without an
+    /// inspect).
+    json_log_root: Option<PathBuf>,
 }
 
 fn status_of(e: DockerError) -> Status {
@@ -210,6 +226,10 @@ impl DockerRuntime {
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach dockerd: {e}"))?;
         docker.ping().await.map_err(|e| anyhow::anyhow!("dockerd does not answer: {e}"))?;
+        let json_log_root = match docker.info().await {
+            Ok(i) if i.logging_driver.as_deref() == Some("json-file") => i.docker_root_dir.map(PathBuf::from),
+            _ => None,
+        };
         let streams = DockerStreams { docker: docker.clone(), network: format!("kpods-{}", name_part(&cfg.instance)) };
         let streaming = StreamingServer::start(Arc::new(streams))
             .await
@@ -219,7 +239,10 @@ impl DockerRuntime {
             cfg,
             streaming,
             network: tokio::sync::RwLock::new(None),
-            reserved: Mutex::new(HashSet::new()),
+            ips: Mutex::new(IpState::default()),
+            sandbox_labels: Mutex::new(HashMap::new()),
+            log_links: Mutex::new(HashMap::new()),
+            json_log_root,
         };
         // A restarted runtime picks up the network it made before.
         if let Ok(net) = rt.docker.inspect_network(&rt.network_name(), None).await {
@@ -307,27 +330,68 @@ impl DockerRuntime {
         Ok(())
     }
 
-    /// Reserves the lowest address nobody holds. `skip` are addresses Docker just refused.
-    async fn reserve_ip(&self, net: &PodNetwork, skip: &HashSet<Ipv4Addr>) -> Result<Ipv4Addr, Status> {
+    /// The addresses containers on the pod network hold, from Docker.
+    async fn ips_in_use(&self, net: &PodNetwork) -> Result<HashSet<Ipv4Addr>, Status> {
         let inspect = self.docker.inspect_network(&net.name, None).await.map_err(status_of)?;
-        let taken: HashSet<Ipv4Addr> = inspect
+        let mut taken: HashSet<Ipv4Addr> = inspect
             .containers
             .unwrap_or_default()
             .values()
             .filter_map(|c| c.ipv4_address.as_deref())
             .filter_map(|a| a.split('/').next()?.parse().ok())
             .collect();
-        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        let ip = net
-            .hosts()
-            .find(|ip| !taken.contains(ip) && !reserved.contains(ip) && !skip.contains(ip))
-            .ok_or_else(|| Status::resource_exhausted(format!("no free pod IP left in {}", net.cidr())))?;
-        reserved.insert(ip);
-        Ok(ip)
+        // Stopped sandboxes keep their address until they are removed.
+        for c in self.list(KIND_SANDBOX, &HashMap::new()).await? {
+            if let Some(ip) = c.labels.as_ref().and_then(|l| l.get(LABEL_IP)).and_then(|ip| ip.parse().ok()) {
+                taken.insert(ip);
+            }
+        }
+        Ok(taken)
     }
 
-    fn release_ip(&self, ip: Ipv4Addr) {
-        self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip);
+    /// Reserves the lowest address nobody holds. `skip` are addresses Docker just refused.
+    async fn reserve_ip(&self, net: &PodNetwork, skip: &HashSet<Ipv4Addr>) -> Result<Ipv4Addr, Status> {
+        let known = self.ips.lock().unwrap_or_else(|e| e.into_inner()).taken.is_some();
+        if !known {
+            let taken = self.ips_in_use(net).await?;
+            self.ips.lock().unwrap_or_else(|e| e.into_inner()).taken.get_or_insert(taken);
+        }
+        for attempt in 0..2 {
+            {
+                let mut st = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+                let IpState { taken, reserved } = &mut *st;
+                let taken = taken.get_or_insert_with(HashSet::new);
+                if let Some(ip) =
+                    net.hosts().find(|ip| !taken.contains(ip) && !reserved.contains(ip) && !skip.contains(ip))
+                {
+                    reserved.insert(ip);
+                    return Ok(ip);
+                }
+            }
+            if attempt == 0 {
+                // Full: look again at what Docker really holds before giving up.
+                let taken = self.ips_in_use(net).await?;
+                self.ips.lock().unwrap_or_else(|e| e.into_inner()).taken = Some(taken);
+            }
+        }
+        Err(Status::resource_exhausted(format!("no free pod IP left in {}", net.cidr())))
+    }
+
+    /// Ends a reservation; `held` when the sandbox now holds the address.
+    fn release_ip(&self, ip: Ipv4Addr, held: bool) {
+        let mut st = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+        st.reserved.remove(&ip);
+        if held && let Some(t) = st.taken.as_mut() {
+            t.insert(ip);
+        }
+    }
+
+    fn forget_ip(&self, ip: Option<Ipv4Addr>) {
+        if let Some(ip) = ip
+            && let Some(t) = self.ips.lock().unwrap_or_else(|e| e.into_inner()).taken.as_mut()
+        {
+            t.remove(&ip);
+        }
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, Status> {
@@ -439,16 +503,12 @@ impl DockerRuntime {
         let mut refused = HashSet::new();
         for _ in 0..8 {
             let ip = self.reserve_ip(&net, &refused).await?;
+            let mut with_ip = labels.clone();
+            with_ip.insert(LABEL_IP.into(), ip.to_string());
             let result = self
-                .create_and_start_sandbox(
-                    &name,
-                    labels.clone(),
-                    host_config.clone(),
-                    Some((&net, ip)),
-                    Some(&config.hostname),
-                )
+                .create_and_start_sandbox(&name, with_ip, host_config.clone(), Some((&net, ip)), Some(&config.hostname))
                 .await;
-            self.release_ip(ip);
+            self.release_ip(ip, result.is_ok());
             match result {
                 Err(e) if e.message().contains("Address already in use") => {
                     tracing::info!(%ip, "Docker refused the pod IP; trying the next");
@@ -486,16 +546,24 @@ impl DockerRuntime {
             ..Default::default()
         };
         let opts = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
+        let labels = body.labels.clone().unwrap_or_default();
         let created = self.docker.create_container(Some(opts), body).await.map_err(status_of)?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = self.docker.remove_container(&created.id, Some(force())).await;
             return Err(status_of(e));
         }
-        if ip.is_some()
-            && let Ok(info) = self.inspect(&created.id).await
-            && let Some(pid) = info.state.and_then(|s| s.pid).filter(|p| *p > 0)
-        {
-            Self::set_hairpin(pid);
+        self.sandbox_labels.lock().unwrap_or_else(|e| e.into_inner()).insert(created.id.clone(), labels);
+        if ip.is_some() {
+            // Off the pod's start path: only Service hairpin traffic needs it.
+            let docker = self.docker.clone();
+            let id = created.id.clone();
+            tokio::spawn(async move {
+                if let Ok(info) = docker.inspect_container(&id, None).await
+                    && let Some(pid) = info.state.and_then(|s| s.pid).filter(|p| *p > 0)
+                {
+                    Self::set_hairpin(pid);
+                }
+            });
         }
         Ok(created.id)
     }
@@ -510,12 +578,18 @@ impl DockerRuntime {
     }
 
     async fn create_in_sandbox(&self, sandbox_id: &str, config: cri::ContainerConfig) -> Result<String, Status> {
-        let sandbox = self.inspect(sandbox_id).await?;
-        let sandbox_labels = sandbox.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        let cached = self.sandbox_labels.lock().unwrap_or_else(|e| e.into_inner()).get(sandbox_id).cloned();
+        let (sandbox_id, sandbox_labels) = match cached {
+            Some(l) => (sandbox_id.to_string(), l),
+            None => {
+                let sandbox = self.inspect(sandbox_id).await?;
+                let labels = sandbox.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+                (sandbox.id.clone().unwrap_or_else(|| sandbox_id.to_string()), labels)
+            }
+        };
         if label(&sandbox_labels, LABEL_KIND) != KIND_SANDBOX {
             return Err(Status::not_found(format!("{sandbox_id} is not a pod sandbox")));
         }
-        let sandbox_id = sandbox.id.clone().unwrap_or_else(|| sandbox_id.to_string());
         let meta = config.metadata.clone().ok_or_else(|| Status::invalid_argument("container metadata is required"))?;
         let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image.is_empty() {
@@ -618,6 +692,9 @@ impl DockerRuntime {
         };
         let opts = CreateContainerOptions { name: Some(name), ..Default::default() };
         let created = self.docker.create_container(Some(opts), body).await.map_err(status_of)?;
+        if let Some(link) = log_path {
+            self.log_links.lock().unwrap_or_else(|e| e.into_inner()).insert(created.id.clone(), link);
+        }
         Ok(created.id)
     }
 
@@ -754,8 +831,11 @@ impl RuntimeService for DockerRuntime {
                 self.remove_one(&cid).await?;
             }
         }
+        self.sandbox_labels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         match self.docker.inspect_container(&id, None).await {
             Ok(info) => {
+                let labels = info.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+                self.forget_ip(labels.get(LABEL_IP).and_then(|ip| ip.parse().ok()));
                 if let Some(name) = info.name {
                     let _ = std::fs::remove_dir_all(self.sandbox_dir(name.trim_start_matches('/')));
                 }
@@ -856,10 +936,20 @@ impl RuntimeService for DockerRuntime {
         let id = req.into_inner().container_id;
         self.docker.start_container(&id, None).await.map_err(status_of)?;
         // Docker names the log file at start: link it where the kubelet reads logs.
-        let info = self.inspect(&id).await?;
-        let labels = info.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
-        let link = Path::new(label(&labels, LABEL_LOG_PATH));
-        if let Some(target) = info.log_path.filter(|p| !p.is_empty())
+        let known = self.log_links.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        let (link, target) = match (known, &self.json_log_root) {
+            (Some(link), Some(root)) if id.len() == 64 => {
+                let target = root.join("containers").join(&id).join(format!("{id}-json.log"));
+                (link, Some(target.to_string_lossy().into_owned()))
+            }
+            _ => {
+                let info = self.inspect(&id).await?;
+                let labels = info.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+                (PathBuf::from(label(&labels, LABEL_LOG_PATH)), info.log_path)
+            }
+        };
+        let link = link.as_path();
+        if let Some(target) = target.filter(|p| !p.is_empty())
             && !link.as_os_str().is_empty()
         {
             if let Some(dir) = link.parent() {
