@@ -463,6 +463,11 @@ async fn resource(state: &Arc<State>, rp: ResourcePath, req: Request<Incoming>) 
             }
         }
     }
+    if info.group == "metrics.k8s.io" {
+        let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?;
+        let v = crate::metrics_api::serve(state, info.plural, ns, rp.name.as_deref(), &labels).await?;
+        return Ok(h::respond_value(200, Output::Json, &v));
+    }
     if let Some(kind @ ("log" | "exec" | "attach" | "portforward")) = rp.subresource.as_deref()
         && info.group.is_empty()
         && info.plural == "pods"

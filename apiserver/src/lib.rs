@@ -15,6 +15,7 @@ pub mod http;
 pub mod kinds;
 pub mod meta;
 pub mod metrics;
+pub mod metrics_api;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod options;

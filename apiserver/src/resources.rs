@@ -231,6 +231,42 @@ where
     })
 }
 
+/// A read-only kind of `metrics.k8s.io/v1beta1`, computed from the kubelets' usage reports
+/// (`metrics_api.rs`), never stored.
+fn metrics(
+    kind: &'static str,
+    list_kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+    schema_name: fn() -> std::borrow::Cow<'static, str>,
+) -> Entry {
+    Entry(ResourceInfo {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        kind,
+        list_kind,
+        plural,
+        singular: singular.into(),
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        has_status: false,
+        tracks_generation: false,
+        delete_returns_object: false,
+        name_rule: NameRule::Subdomain,
+        field_labels: &[],
+        extra_subresources: &[],
+        create_on_update: false,
+        verbs: &["get", "list"],
+        ephemeral: true,
+        strategy: &PlainStrategy,
+        normalize: Ok,
+        schema: |g| g.subschema_for::<serde_json::Value>(),
+        schema_name,
+    })
+}
+
 /// A create-only kind that is answered, not stored: the reviews of authentication.k8s.io and
 /// authorization.k8s.io.
 pub fn review<K>() -> Entry
@@ -473,6 +509,12 @@ impl Registry {
             review::<authorization::v1::SelfSubjectRulesReview>(),
             review::<authorization::v1::SubjectAccessReview>(),
             review::<authorization::v1::LocalSubjectAccessReview>(),
+            metrics("NodeMetrics", "NodeMetricsList", "nodes", "nodemetrics", false, || {
+                "io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics".into()
+            }),
+            metrics("PodMetrics", "PodMetricsList", "pods", "podmetrics", true, || {
+                "io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics".into()
+            }),
         ];
         Registry::new(entries.into_iter().map(|e| e.0).collect())
     }

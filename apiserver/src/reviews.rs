@@ -145,6 +145,9 @@ pub async fn token_request(state: &State, ns: &str, name: &str, request: &Value,
         .service_accounts
         .as_ref()
         .ok_or_else(|| ApiError::ServiceUnavailable("this apiserver has no service account signing key".into()))?;
+    if !request.is_object() {
+        return Err(ApiError::BadRequest("the request body must be a TokenRequest object".into()));
+    }
     for (field, want) in [("apiVersion", "authentication.k8s.io/v1"), ("kind", "TokenRequest")] {
         if let Some(given) = request.get(field).and_then(Value::as_str).filter(|g| !g.is_empty() && *g != want) {
             return Err(ApiError::BadRequest(format!("the {field} of the request ({given}) must be {want}")));

@@ -164,7 +164,8 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
         client_ca_pem,
     };
     let (listener, tls) = crate::server::bind(&server_cfg).await?;
-    tokio::spawn(crate::server::serve(listener, tls, cri.clone()));
+    let stats = Arc::new(crate::stats::Stats::new(cri.clone(), &name));
+    tokio::spawn(crate::server::serve(listener, tls, cri.clone(), stats));
     if let Some(c) = &node_cfg.pod_cidr
         && crate::runtime::docker::parse_cidr(c).is_none()
     {

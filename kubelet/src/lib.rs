@@ -11,4 +11,5 @@ pub mod quantity;
 pub mod runtime;
 pub mod server;
 pub mod splice;
+pub mod stats;
 pub mod streaming;

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::cri::Cri;
 use crate::logs::parse_line;
 use crate::pod::spec::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
+use crate::stats::Stats;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -29,6 +30,13 @@ fn full(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(text.into())).map_err(|e| match e {}).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn prometheus(text: String) -> Response<Body> {
+    let mut r = full(StatusCode::OK, text);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
 }
 
@@ -103,17 +111,19 @@ pub async fn bind(cfg: &ServerConfig) -> anyhow::Result<(tokio::net::TcpListener
 }
 
 /// Serves for ever.
-pub async fn serve(listener: tokio::net::TcpListener, tls: TlsAcceptor, cri: Cri) {
+pub async fn serve(listener: tokio::net::TcpListener, tls: TlsAcceptor, cri: Cri, stats: Arc<Stats>) {
     let cri = Arc::new(cri);
     loop {
         let Ok((tcp, _)) = listener.accept().await else { continue };
         let tls = tls.clone();
         let cri = cri.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let Ok(stream) = tls.accept(tcp).await else { return };
             let svc = hyper::service::service_fn(move |req| {
                 let cri = cri.clone();
-                async move { Ok::<_, Infallible>(route(&cri, req).await) }
+                let stats = stats.clone();
+                async move { Ok::<_, Infallible>(route(&cri, &stats, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -123,12 +133,19 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: TlsAcceptor, cri: Cri
     }
 }
 
-async fn route(cri: &Cri, req: Request<Incoming>) -> Response<Body> {
+async fn route(cri: &Cri, stats: &Stats, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let q: HashMap<String, Vec<String>> = query_map(req.uri().query());
     match (req.method().as_str(), parts.as_slice()) {
         ("GET", ["healthz"]) => full(StatusCode::OK, "ok"),
+        ("GET", ["stats", "summary"]) => {
+            let mut r = full(StatusCode::OK, stats.summary().await.to_string());
+            r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            r
+        }
+        ("GET", ["metrics", "resource"]) => prometheus(stats.resource_metrics().await),
+        ("GET", ["metrics"]) => prometheus(stats.kubelet_metrics().await),
         ("GET", ["containerLogs", ns, pod, container]) => container_logs(cri, ns, pod, container, &q).await,
         (_, [kind @ ("exec" | "attach"), ns, pod, container]) => {
             let (ns, pod, container, kind) = (ns.to_string(), pod.to_string(), container.to_string(), kind.to_string());

@@ -219,9 +219,8 @@ pub fn compute_pod_actions(pod: &Pod, obs: &Observed, ctx: &PlanContext) -> PodA
                 break;
             }
             Some(l) if l.state == ContainerState::ContainerCreated => {
-                // Created but never started (the start failed): replace it.
-                actions.kill.push((l.id.clone(), c.name.clone(), "NotStarted".into()));
-                actions.start.push(Which::Init(i));
+                // Created but never started (the start failed): replace it, after backoff.
+                replace_unstarted(&mut actions, ctx, c, l, Which::Init(i));
                 initialized = false;
                 break;
             }
@@ -244,10 +243,7 @@ pub fn compute_pod_actions(pod: &Pod, obs: &Observed, ctx: &PlanContext) -> PodA
                         actions.kill.push((l.id.clone(), c.name.clone(), "Unhealthy".into()));
                     }
                 }
-                ContainerState::ContainerCreated => {
-                    actions.kill.push((l.id.clone(), c.name.clone(), "NotStarted".into()));
-                    actions.start.push(Which::App(i));
-                }
+                ContainerState::ContainerCreated => replace_unstarted(&mut actions, ctx, c, l, Which::App(i)),
                 ContainerState::ContainerExited | ContainerState::ContainerUnknown => {
                     if should_restart(&policy, l.exit_code) {
                         restart_or_backoff(&mut actions, ctx, c, l, Which::App(i));
@@ -257,6 +253,17 @@ pub fn compute_pod_actions(pod: &Pod, obs: &Observed, ctx: &PlanContext) -> PodA
         }
     }
     actions
+}
+
+/// A container whose start failed: removed and started again once its backoff allows.
+fn replace_unstarted(actions: &mut PodActions, ctx: &PlanContext, c: &Container, l: &ContainerObs, which: Which) {
+    match ctx.backoff.remaining(&c.name, l.created_at, ctx.now) {
+        Some(wait) => actions.backoff.push((c.name.clone(), wait)),
+        None => {
+            actions.kill.push((l.id.clone(), c.name.clone(), "NotStarted".into()));
+            actions.start.push(which);
+        }
+    }
 }
 
 fn restart_or_backoff(actions: &mut PodActions, ctx: &PlanContext, c: &Container, last: &ContainerObs, which: Which) {
@@ -438,6 +445,57 @@ mod tests {
                 want: PodActions {
                     sandbox_id: "sb".into(),
                     kill: vec![("c1".into(), "a".into(), "Unhealthy".into())],
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "a container whose start failed is replaced",
+                spec: two_containers(),
+                obs: Observed {
+                    sandboxes: vec![ready_sandbox()],
+                    containers: vec![
+                        running("c1", "a", "sb"),
+                        ContainerObs {
+                            id: "c2".into(),
+                            name: "b".into(),
+                            sandbox_id: "sb".into(),
+                            state: ContainerState::ContainerCreated,
+                            created_at: 1_000_000_000,
+                            ..Default::default()
+                        },
+                    ],
+                },
+                unhealthy: &[],
+                backoff_on: &[],
+                want: PodActions {
+                    sandbox_id: "sb".into(),
+                    kill: vec![("c2".into(), "b".into(), "NotStarted".into())],
+                    start: vec![Which::App(1)],
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "a failed start is retried only after its backoff",
+                spec: two_containers(),
+                obs: Observed {
+                    sandboxes: vec![ready_sandbox()],
+                    containers: vec![
+                        running("c1", "a", "sb"),
+                        ContainerObs {
+                            id: "c2".into(),
+                            name: "b".into(),
+                            sandbox_id: "sb".into(),
+                            state: ContainerState::ContainerCreated,
+                            created_at: 1_000_000_000,
+                            ..Default::default()
+                        },
+                    ],
+                },
+                unhealthy: &[],
+                backoff_on: &["b"],
+                want: PodActions {
+                    sandbox_id: "sb".into(),
+                    backoff: vec![("b".into(), Duration::from_secs(10))],
                     ..Default::default()
                 },
             },

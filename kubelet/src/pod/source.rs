@@ -100,9 +100,8 @@ impl ObjectSource for ApiSource {
             ..Default::default()
         };
         let api = Api::<ServiceAccount>::namespaced(self.client.clone(), &ns);
-        let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
         let resp: TokenRequest =
-            api.create_subresource("token", &sa, &PostParams::default(), &body).await.map_err(err)?;
+            api.create_subresource("token", &sa, &PostParams::default(), &req).await.map_err(err)?;
         let status = resp.status.ok_or("the TokenRequest came back without a token")?;
         Ok((status.token, status.expiration_timestamp.0.to_string()))
     }

@@ -130,7 +130,9 @@ fn container_status(input: &StatusInput, c: &Container, is_init: bool, default_w
             }
         }
         CriState::ContainerCreated => {
-            status.state = Some(waiting("ContainerCreating", None));
+            // A start that failed leaves a created container: say why it waits.
+            let (reason, message) = recorded.cloned().unwrap_or(("ContainerCreating".to_string(), String::new()));
+            status.state = Some(waiting(&reason, (!message.is_empty()).then_some(message)));
         }
         CriState::ContainerExited | CriState::ContainerUnknown => {
             let last = ContainerState { terminated: Some(terminated(l, input.messages)), ..Default::default() };

@@ -211,6 +211,7 @@ impl PodWorker {
                     self.last_volume_sync = Some(Instant::now());
                 }
                 Err(e) => {
+                    tracing::warn!(pod = %self.key(), error = %e, "volumes not ready");
                     self.ctx.events.warning(&self.pod, "FailedMount", &e);
                     if actions.create_sandbox.is_some() || self.volume_paths.is_empty() && has_volumes(&self.pod) {
                         self.report(&obs, &actions.backoff, actions.pod_failed).await;
@@ -265,18 +266,23 @@ impl PodWorker {
         }
         let ip = if spec::host_network(&self.pod) { self.ctx.host_ip.clone() } else { pod_ip.clone() };
         let spec = self.pod.spec.clone().unwrap_or_default();
-        let mut started_any = false;
+        let mut started = Vec::new();
+        let mut failed_any = false;
         for which in &actions.start {
             let container = match which {
                 Which::Init(i) => spec.init_containers.as_ref().and_then(|c| c.get(*i)).cloned(),
                 Which::App(i) => spec.containers.get(*i).cloned(),
             };
             let Some(container) = container else { continue };
-            let ok = self.start_container(&obs, &sandbox_id, &container, &ip).await;
-            started_any |= ok;
-            // Init containers run one at a time; a failed start stops the sequence.
-            if matches!(which, Which::Init(_)) && !ok {
-                break;
+            match self.start_container(&obs, &sandbox_id, &container, &ip).await {
+                Some(id) => started.push(id),
+                None => {
+                    failed_any = true;
+                    // Init containers run one at a time; a failed start stops the sequence.
+                    if matches!(which, Which::Init(_)) {
+                        break;
+                    }
+                }
             }
         }
         for (name, _) in &actions.backoff {
@@ -292,8 +298,27 @@ impl PodWorker {
             );
         }
 
-        let obs = if started_any || actions.create_sandbox.is_some() || !actions.kill.is_empty() || actions.kill_pod {
+        let obs = if actions.kill_pod || !actions.kill.is_empty() || failed_any {
             self.observe().await?
+        } else if !started.is_empty() || actions.create_sandbox.is_some() {
+            // Only additions: ask about the new containers instead of listing everything again.
+            let mut o = obs;
+            if let Some(attempt) = actions.create_sandbox {
+                o.sandboxes.push(SandboxObs {
+                    id: sandbox_id.clone(),
+                    attempt,
+                    ready: true,
+                    created_at: now_nanos(),
+                    ip: pod_ip.clone(),
+                });
+            }
+            for id in &started {
+                if let Some(c) = self.container_obs(id, &sandbox_id).await {
+                    o.containers.push(c);
+                }
+            }
+            o.sort();
+            o
         } else {
             obs
         };
@@ -713,20 +738,52 @@ impl PodWorker {
         })
     }
 
-    /// Pulls, creates and starts one container, then runs its postStart hook. `false` when it
+    /// One container as the runtime reports it now.
+    async fn container_obs(&self, id: &str, sandbox_id: &str) -> Option<ContainerObs> {
+        let st = self
+            .ctx
+            .cri
+            .container_status(cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false })
+            .await
+            .ok()?
+            .status?;
+        Some(ContainerObs {
+            id: id.to_string(),
+            sandbox_id: sandbox_id.to_string(),
+            name: st
+                .labels
+                .get(LABEL_CONTAINER_NAME)
+                .cloned()
+                .or(st.metadata.as_ref().map(|m| m.name.clone()))
+                .unwrap_or_default(),
+            attempt: st.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+            state: cri::ContainerState::try_from(st.state).unwrap_or(cri::ContainerState::ContainerUnknown),
+            created_at: st.created_at,
+            started_at: st.started_at,
+            finished_at: st.finished_at,
+            exit_code: st.exit_code,
+            reason: st.reason,
+            message: st.message,
+            image: st.image.map(|i| i.image).unwrap_or_default(),
+            image_ref: st.image_ref,
+            log_path: st.log_path,
+        })
+    }
+
+    /// Pulls, creates and starts one container, then runs its postStart hook. `None` when it
     /// did not come up (the reason is kept for the status).
-    async fn start_container(&mut self, obs: &Observed, sandbox_id: &str, c: &Container, ip: &str) -> bool {
+    async fn start_container(&mut self, obs: &Observed, sandbox_id: &str, c: &Container, ip: &str) -> Option<String> {
         let attempt = obs.latest(&c.name).map(|l| l.attempt + 1).unwrap_or(0);
         if let Err((reason, msg)) = self.ensure_image(c).await {
             self.waiting.insert(c.name.clone(), (reason, msg));
-            return false;
+            return None;
         }
         let config = match self.build_config(c, attempt, ip).await {
             Ok(cfg) => cfg,
             Err((reason, msg)) => {
                 self.ctx.events.warning(&self.pod, "Failed", &format!("Error: {msg}"));
                 self.waiting.insert(c.name.clone(), (reason, msg));
-                return false;
+                return None;
             }
         };
         let sandbox_config = spec::sandbox_config(&self.pod, 0, &self.ctx.spec);
@@ -745,7 +802,7 @@ impl PodWorker {
                 let msg = e.message().to_string();
                 self.ctx.events.warning(&self.pod, "Failed", &format!("Error: {msg}"));
                 self.waiting.insert(c.name.clone(), ("CreateContainerError".into(), msg));
-                return false;
+                return None;
             }
         };
         self.ctx.events.normal(&self.pod, "Created", &format!("Created container: {}", c.name));
@@ -754,7 +811,7 @@ impl PodWorker {
             self.ctx.events.warning(&self.pod, "Failed", &format!("Error: {msg}"));
             self.waiting.insert(c.name.clone(), ("RunContainerError".into(), msg));
             self.backoff.started(&c.name);
-            return false;
+            return None;
         }
         self.ctx.events.normal(&self.pod, "Started", &format!("Started container {}", c.name));
         self.waiting.remove(&c.name);
@@ -768,10 +825,10 @@ impl PodWorker {
             if let Err(msg) = run_hook(&hook, &self.ctx.cri, &id, c, ip, timeout).await {
                 self.ctx.events.warning(&self.pod, "FailedPostStartHook", &msg);
                 let _ = self.ctx.cri.stop_container(cri::StopContainerRequest { container_id: id, timeout: 0 }).await;
-                return false;
+                return None;
             }
         }
-        true
+        Some(id)
     }
 
     /// preStop, then SIGTERM with what is left of `grace`, then SIGKILL (the runtime's stop).

@@ -128,6 +128,8 @@ pub struct DockerRuntime {
     /// Docker's data root when it writes json-file logs (the log path is then known without an
     /// inspect).
     json_log_root: Option<PathBuf>,
+    /// Whether this process holds CAP_SYS_RESOURCE (needed for negative oom_score_adj).
+    can_lower_oom_score: bool,
 }
 
 fn status_of(e: DockerError) -> Status {
@@ -243,6 +245,7 @@ impl DockerRuntime {
             sandbox_labels: Mutex::new(HashMap::new()),
             log_links: Mutex::new(HashMap::new()),
             json_log_root,
+            can_lower_oom_score: has_capability(24),
         };
         // A restarted runtime picks up the network it made before.
         if let Ok(net) = rt.docker.inspect_network(&rt.network_name(), None).await {
@@ -568,6 +571,22 @@ impl DockerRuntime {
         Ok(created.id)
     }
 
+    /// Lowering a process's OOM score needs CAP_SYS_RESOURCE (these VMs lack it, so runc fails
+    /// with "can't get final child's PID"): without it negative scores become 0, and the runtime
+    /// says so once.
+    fn oom_score_adj(&self, wanted: i64) -> i64 {
+        if wanted >= 0 || self.can_lower_oom_score {
+            return wanted;
+        }
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::warn!(
+                "no CAP_SYS_RESOURCE: containers that should get a negative oom_score_adj (Guaranteed pods: -997) get 0"
+            )
+        });
+        0
+    }
+
     fn sandbox_ip(&self, info: &ContainerInspectResponse) -> String {
         info.network_settings
             .as_ref()
@@ -663,7 +682,7 @@ impl DockerRuntime {
             memory: (res.memory_limit_in_bytes > 0).then_some(res.memory_limit_in_bytes),
             // Kubernetes has no swap for limited containers: swap limit = memory limit.
             memory_swap: (res.memory_limit_in_bytes > 0).then_some(res.memory_limit_in_bytes),
-            oom_score_adj: (res.oom_score_adj != 0).then_some(res.oom_score_adj),
+            oom_score_adj: Some(self.oom_score_adj(res.oom_score_adj)).filter(|v| *v != 0),
             cpuset_cpus: (!res.cpuset_cpus.is_empty()).then(|| res.cpuset_cpus.clone()),
             cpuset_mems: (!res.cpuset_mems.is_empty()).then(|| res.cpuset_mems.clone()),
             cap_add: (!caps.add_capabilities.is_empty()).then(|| caps.add_capabilities.clone()),
@@ -742,6 +761,18 @@ impl DockerRuntime {
             run.await
         }
     }
+}
+
+/// Whether this process's effective capabilities include `bit` (CAP_SYS_RESOURCE is 24).
+fn has_capability(bit: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("CapEff:"))
+                .and_then(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << bit) != 0)
 }
 
 fn force() -> RemoveContainerOptions {

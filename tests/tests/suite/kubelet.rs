@@ -896,3 +896,152 @@ spec:
     let _ = child.wait();
     assert!(line.is_some_and(|l| l.starts_with("tick-")));
 }
+
+#[tokio::test]
+async fn c292_c295_c296_c297_security_context_users_groups_and_privileges() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: as-nobody, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, securityContext: {runAsUser: 65534}, command: ["sh", "-c", "id -u > /dev/termination-log"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: container-ids, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, securityContext: {runAsUser: 1001, runAsGroup: 2002}, command: ["sh", "-c", "echo $(id -u):$(id -g) > /dev/termination-log"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-ids, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  securityContext: {runAsUser: 1001, runAsGroup: 2002, supplementalGroups: [3003]}
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo $(id -u):$(id -g):$(id -G) > /dev/termination-log"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: caps, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    securityContext: {capabilities: {drop: [ALL], add: [NET_ADMIN]}, allowPrivilegeEscalation: false}
+    command: ["sh", "-c", "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status > /dev/termination-log; ip link add dummy0 type bridge 2>/dev/null && echo created >> /dev/termination-log || echo refused >> /dev/termination-log"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unprivileged, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, securityContext: {privileged: false}, command: ["sh", "-c", "ip link add dummy0 type bridge 2>/dev/null && echo created > /dev/termination-log || echo refused > /dev/termination-log"]}]
+"#,
+    );
+    let done = |name: &'static str| c.wait_pod(name, "Succeeded", 60, |p| phase(p) == "Succeeded");
+    assert_eq!(message(&done("as-nobody").await, "c").trim(), "65534", "C292");
+    assert_eq!(message(&done("container-ids").await, "c").trim(), "1001:2002", "C295");
+    let m = message(&done("pod-ids").await, "c");
+    assert!(m.trim().starts_with("1001:2002:") && m.contains("3003"), "C296 {m}");
+    let m = message(&done("caps").await, "c");
+    // NET_ADMIN only: bit 12.
+    assert!(m.contains("CapEff:\t0000000000001000"), "{m}");
+    assert!(m.contains("NoNewPrivs:\t1"), "C297: no_new_privs\n{m}");
+    assert!(m.trim_end().ends_with("created"), "NET_ADMIN lets it make a link\n{m}");
+    assert_eq!(message(&done("unprivileged").await, "c").trim(), "refused", "C293");
+}
+
+#[tokio::test]
+async fn a_projected_service_account_token_authenticates_as_the_pods_service_account() {
+    let c = cluster(&[]).await;
+    c.k.run(&["create", "serviceaccount", "robot"]).ok();
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: tokened, namespace: default}
+spec:
+  nodeName: NODE
+  serviceAccountName: robot
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "cat /var/run/secrets/kubernetes.io/serviceaccount/token > /dev/termination-log; echo >> /dev/termination-log; cat /var/run/secrets/kubernetes.io/serviceaccount/namespace >> /dev/termination-log"]
+    volumeMounts: [{name: api, mountPath: /var/run/secrets/kubernetes.io/serviceaccount, readOnly: true}]
+  volumes:
+  - name: api
+    projected:
+      sources:
+      - serviceAccountToken: {path: token, expirationSeconds: 3607}
+      - downwardAPI: {items: [{path: namespace, fieldRef: {fieldPath: metadata.namespace}}]}
+"#,
+    );
+    let p = c.wait_pod("tokened", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    let m = message(&p, "c");
+    let mut lines = m.lines();
+    let token = lines.next().expect("token").to_string();
+    assert_eq!(lines.next(), Some("default"));
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let review =
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
+    let out = c.k.run_stdin(&["create", "--validate=false", "-f", "-", "-o", "json"], &review.to_string()).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["status"]["authenticated"], true, "{v}");
+    assert_eq!(v["status"]["user"]["username"], "system:serviceaccount:default:robot");
+    assert_eq!(v["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], "tokened", "{v}");
+}
+
+#[tokio::test]
+async fn kubectl_top_reads_node_and_pod_usage_from_the_kubelets() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: burner, namespace: default, labels: {app: burn}}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    resources: {limits: {cpu: 200m, memory: 64Mi}}
+    command: ["sh", "-c", "x=$(head -c 8000000 /dev/zero | tr '\\0' a); while true; do :; done"]
+"#,
+    );
+    c.wait_pod("burner", "Running", 60, |p| phase(p) == "Running").await;
+    let k = &c.k;
+    // Two scrapes give a CPU rate.
+    let usage = eventually(Duration::from_secs(40), "pod metrics with CPU use", || async move {
+        let out = k.run(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/burner"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        let cpu = v["containers"][0]["usage"]["cpu"].as_str()?.trim_end_matches('n').parse::<u64>().ok()?;
+        (cpu > 50_000_000).then_some(v)
+    })
+    .await;
+    assert_eq!(usage["kind"], "PodMetrics");
+    let cpu: u64 =
+        usage["containers"][0]["usage"]["cpu"].as_str().expect("cpu").trim_end_matches('n').parse().expect("n");
+    assert!(cpu < 300_000_000, "the 200m limit holds: {cpu}n");
+    let mem: u64 =
+        usage["containers"][0]["usage"]["memory"].as_str().expect("memory").trim_end_matches("Ki").parse().expect("Ki");
+    assert!(mem > 4 * 1024, "the 8 MB the shell holds shows: {mem}Ki");
+    let top = c.k.run(&["top", "pod", "-l", "app=burn"]).ok().stdout;
+    assert!(top.contains("burner") && top.contains("CPU(cores)"), "{top}");
+    let nodes = c.k.run(&["top", "node"]).ok().stdout;
+    assert!(nodes.contains(&c.kubelet.name) && nodes.contains("MEMORY"), "{nodes}");
+}
