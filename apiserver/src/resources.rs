@@ -619,7 +619,8 @@ mod tests {
     fn plurals_are_unique_because_keys_do_not_carry_the_group() {
         let reg = Registry::builtin();
         let mut seen = std::collections::BTreeSet::new();
-        for e in reg.all() {
+        // Computed kinds (reviews, metrics.k8s.io) are never stored, so they may share a plural.
+        for e in reg.all().iter().filter(|e| !e.ephemeral) {
             assert!(seen.insert(e.plural), "{} served twice", e.plural);
         }
     }
