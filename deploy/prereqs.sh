@@ -35,6 +35,8 @@ RUN_PACKAGES=(etcd-server)
 # Packages for nodes: Docker runs the pods, busybox-static makes the local images, iptables for
 # services.
 NODE_PACKAGES=(docker.io busybox-static iptables)
+# Packages only the tests use: a private registry with password auth.
+TEST_PACKAGES=(docker-registry apache2-utils)
 
 # start_dockerd: dockerd answers, or is started now (root) and waited for.
 start_dockerd() {

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . deploy/prereqs.sh
 
 need_command cargo "install Rust with rustup: https://rustup.rs"
-need_packages "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}" "${NODE_PACKAGES[@]}"
+need_packages "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}" "${NODE_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 python3 -m pip --version >/dev/null 2>&1 || need_packages python3-pip
 need_command kubectl "kubectl 1.27 or newer; there is no Debian 12 package: see https://kubernetes.io/docs/tasks/tools/"
 if ! python3 -c 'import kubernetes' 2>/dev/null; then

@@ -222,6 +222,7 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
         },
         allocatable: node::allocatable(&m),
         resync: Duration::from_secs(flags.sync_frequency.max(1)),
+        images: Default::default(),
     });
     PodManager::new(ctx).run(watch_pods(client, &name), shutdown).await;
     tracing::info!("kubelet stopped; containers keep running");

@@ -85,7 +85,7 @@ impl Kubelet {
             .arg("--pod-logs-dir")
             .arg(self.dir.path().join("pods"))
             .args(&self.extra)
-            .env("RUST_LOG", "info,kubelet=debug")
+            .env("RUST_LOG", std::env::var("E2E_KUBELET_LOG").unwrap_or_else(|_| "info,kubelet=debug".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1116,14 +1116,16 @@ impl Store {
                 ));
             }
             if let Some(mut marked) = mark_for_deletion(info, &old, opts) {
-                if marked == old {
+                // Forcing (grace 0) a deletion in progress that nothing else holds back ends it
+                // now, even when its grace period has already run out (the kubelet's final delete).
+                let forced = opts.grace_period_seconds == Some(0) || deletion_grace(&marked) == 0;
+                if marked == old && !(forced && meta::is_deleting(&old) && !pending_finalizers(info, &marked)) {
                     return Ok(Deleted::Pending(old));
                 }
                 if opts.dry_run {
                     return Ok(Deleted::Pending(marked));
                 }
-                // Forcing (grace 0) a pod nothing else holds back ends it now.
-                if !pending_finalizers(info, &marked) && deletion_grace(&marked) == 0 && meta::is_deleting(&old) {
+                if !pending_finalizers(info, &marked) && forced && meta::is_deleting(&old) {
                     match self.storage.delete(&key, cur.mod_revision).await {
                         Ok(_) => return Ok(Deleted::Gone(old)),
                         Err(StorageError::Conflict { .. }) => continue,

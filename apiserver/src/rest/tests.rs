@@ -682,6 +682,20 @@ async fn scheduled_pods_terminate_gracefully_and_force_deletion_ends_them() {
 }
 
 #[tokio::test]
+async fn the_final_delete_ends_a_pod_whose_grace_period_already_ran_out() {
+    let f = Fixture::new().await;
+    f.create("pods", "default", scheduled_pod("p", Some(1))).await.expect("pod");
+    assert!(matches!(f.delete("pods", "default", "p").await.expect("delete"), Deleted::Pending(_)));
+    // The kubelet took longer than the 1 s grace period to stop the containers.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let gone = delete_with(&f, "pods", "p", DeleteOptions { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .expect("d");
+    assert!(matches!(gone, Deleted::Gone(_)), "{gone:?}");
+    assert_eq!(f.get("pods", "default", "p").await.expect_err("gone").code(), 404);
+}
+
+#[tokio::test]
 async fn unscheduled_and_finished_pods_go_at_once() {
     let f = Fixture::new().await;
     f.create(

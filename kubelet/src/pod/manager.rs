@@ -51,16 +51,29 @@ pub struct PodManager {
     /// Pods whose worker finished (terminated and removed): later echoes are ignored.
     finished: HashSet<String>,
     synced: bool,
+    /// Pod UIDs the runtime held when the manager started (None until listed).
+    in_runtime: Option<HashSet<String>>,
 }
 
 impl PodManager {
     pub fn new(ctx: Arc<NodeContext>) -> Self {
-        PodManager { ctx, workers: HashMap::new(), known: HashSet::new(), finished: HashSet::new(), synced: false }
+        PodManager {
+            ctx,
+            workers: HashMap::new(),
+            known: HashSet::new(),
+            finished: HashSet::new(),
+            synced: false,
+            in_runtime: None,
+        }
     }
 
     /// Runs until `events` ends or `shutdown` resolves. Workers are left running on shutdown
     /// only as long as the runtime lives: containers are never stopped by a kubelet exit.
     pub async fn run(mut self, events: impl Stream<Item = PodEvent>, shutdown: impl Future<Output = ()>) {
+        // What the runtime holds now: pods not in it, seen later, need no first look.
+        if let Ok(list) = self.ctx.cri.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
+            self.in_runtime = Some(list.items.iter().filter_map(|s| s.labels.get(LABEL_POD_UID).cloned()).collect());
+        }
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
         let mut housekeeping = tokio::time::interval(Duration::from_secs(20));
         tokio::pin!(events);
@@ -110,7 +123,10 @@ impl PodManager {
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = PodWorker::new(self.ctx.clone(), pod);
+        let mut worker = PodWorker::new(self.ctx.clone(), pod);
+        if self.in_runtime.as_ref().is_some_and(|r| !r.contains(&uid)) {
+            worker = worker.fresh();
+        }
         let done = done_tx.clone();
         let u = uid.clone();
         tokio::spawn(async move {

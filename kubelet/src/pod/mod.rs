@@ -45,7 +45,12 @@ impl worker::PodApi for ApiPods {
         };
         match api.delete(&name, &params).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // The UID precondition failed: a new pod of the same name; ours is gone.
+                tracing::info!(pod = %name, message = %s.message, "final delete: conflict");
+                Ok(())
+            }
             Err(e) => Err(e.to_string()),
         }
     }

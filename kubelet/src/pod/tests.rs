@@ -90,6 +90,7 @@ fn start(p: Pod) -> Harness {
         },
         allocatable: NodeAllocatable { cpu_milli: 2000, memory_bytes: 1 << 30, ephemeral_storage_bytes: 1 << 34 },
         resync: Duration::from_millis(100),
+        images: Default::default(),
     });
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(PodWorker::new(ctx, p).run(rx));

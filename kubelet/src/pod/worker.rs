@@ -42,6 +42,8 @@ pub struct NodeContext {
     pub allocatable: NodeAllocatable,
     /// How often a worker syncs with nothing happening.
     pub resync: Duration,
+    /// Images seen present lately (image -> (when, id)): pods of one image do not each ask.
+    pub images: std::sync::Mutex<HashMap<String, (Instant, String)>>,
 }
 
 pub enum Update {
@@ -53,6 +55,9 @@ pub enum Update {
 pub struct PodWorker {
     ctx: Arc<NodeContext>,
     pod: Pod,
+    /// The runtime cannot hold anything for this pod yet (it appeared after the startup listing
+    /// and this worker has not acted): the first sync skips asking.
+    fresh: bool,
     gone: bool,
     backoff: Backoff,
     pull_backoff: Backoff,
@@ -81,6 +86,7 @@ impl PodWorker {
         PodWorker {
             ctx,
             pod,
+            fresh: false,
             gone: false,
             backoff: Backoff::default(),
             pull_backoff: Backoff::default(),
@@ -95,6 +101,12 @@ impl PodWorker {
             volume_paths: HashMap::new(),
             last_volume_sync: None,
         }
+    }
+
+    /// Marks the pod as new to the runtime (see `fresh`).
+    pub fn fresh(mut self) -> Self {
+        self.fresh = true;
+        self
     }
 
     /// Syncs until the pod is gone from the node.
@@ -141,7 +153,7 @@ impl PodWorker {
 
     /// One pass. `Ok(None)` when the pod is finished on this node for good.
     async fn sync(&mut self) -> Result<Option<Duration>, String> {
-        let obs = self.observe().await?;
+        let obs = if std::mem::take(&mut self.fresh) { Observed::default() } else { self.observe().await? };
         if self.gone {
             // Deleted from the API without us (forced, or while we were down): stop at once.
             self.kill_everything(&obs, 0).await;
@@ -152,9 +164,13 @@ impl PodWorker {
             let grace = self.pod.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0);
             self.kill_everything(&obs, grace).await;
             let obs = self.observe().await?;
+            tracing::trace!(pod = %self.key(), "final status");
             self.report(&obs, &[], false).await;
+            tracing::trace!(pod = %self.key(), "final delete");
             self.ctx.api.delete_final(&self.pod).await?;
+            tracing::trace!(pod = %self.key(), "cleanup");
             self.cleanup(&obs).await;
+            tracing::trace!(pod = %self.key(), "done");
             return Ok(None);
         }
         let phase = self.pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
@@ -322,10 +338,13 @@ impl PodWorker {
         } else {
             obs
         };
+        tracing::trace!(pod = %self.key(), "after start");
         self.collect_termination_messages(&obs);
         self.ensure_probers(&obs, &ip);
         self.remove_dead_instances(&obs).await;
+        tracing::trace!(pod = %self.key(), "report");
         let status = self.report(&obs, &actions.backoff, actions.pod_failed).await;
+        tracing::trace!(pod = %self.key(), "reported");
         if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
             for s in obs.sandboxes.iter().filter(|s| s.ready) {
                 let _ =
@@ -348,6 +367,7 @@ impl PodWorker {
     }
 
     async fn observe(&self) -> Result<Observed, String> {
+        tracing::trace!(pod = %self.key(), "observe");
         let selector = HashMap::from([(LABEL_POD_UID.to_string(), uid(&self.pod))]);
         let sandboxes = self
             .ctx
@@ -498,13 +518,29 @@ impl PodWorker {
             }
         });
         let spec_image = cri::ImageSpec { image: image.clone(), ..Default::default() };
-        let present = self
-            .ctx
-            .cri
-            .image_status(cri::ImageStatusRequest { image: Some(spec_image.clone()), verbose: false })
-            .await
-            .map_err(|e| ("ErrImagePull".to_string(), e.message().to_string()))?
-            .image;
+        let cached = (policy != "Always")
+            .then(|| self.ctx.images.lock().unwrap_or_else(|e| e.into_inner()).get(&image).cloned())
+            .flatten();
+        let present = match cached.filter(|(at, _)| at.elapsed() < Duration::from_secs(30)) {
+            Some((_, id)) => Some(cri::Image { id, ..Default::default() }),
+            None => {
+                let found = self
+                    .ctx
+                    .cri
+                    .image_status(cri::ImageStatusRequest { image: Some(spec_image.clone()), verbose: false })
+                    .await
+                    .map_err(|e| ("ErrImagePull".to_string(), e.message().to_string()))?
+                    .image;
+                if let Some(i) = &found {
+                    self.ctx
+                        .images
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(image.clone(), (Instant::now(), i.id.clone()));
+                }
+                found
+            }
+        };
         if policy == "Never" {
             return match present {
                 Some(i) => Ok(i.id),
@@ -802,6 +838,7 @@ impl PodWorker {
                 let msg = e.message().to_string();
                 self.ctx.events.warning(&self.pod, "Failed", &format!("Error: {msg}"));
                 self.waiting.insert(c.name.clone(), ("CreateContainerError".into(), msg));
+                self.ctx.images.lock().unwrap_or_else(|e| e.into_inner()).remove(c.image.as_deref().unwrap_or(""));
                 return None;
             }
         };

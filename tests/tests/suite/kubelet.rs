@@ -1045,3 +1045,118 @@ spec:
     let nodes = c.k.run(&["top", "node"]).ok().stdout;
     assert!(nodes.contains(&c.kubelet.name) && nodes.contains("MEMORY"), "{nodes}");
 }
+
+/// Debian's docker-registry on a loopback port, requiring a password (htpasswd, bcrypt).
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    dir: e2e::TempDir,
+}
+
+impl Registry {
+    async fn start(user: &str, password: &str) -> Registry {
+        let dir = e2e::TempDir::new_in("registry", Some(std::env::temp_dir())).expect("dir");
+        let port = e2e::free_port();
+        let hash = std::process::Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("htpasswd (apache2-utils)");
+        std::fs::write(dir.path().join("htpasswd"), hash.stdout).expect("htpasswd file");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: e2e\n    path: {d}/htpasswd\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).expect("config");
+        let child = e2e::child_command("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry)");
+        eventually(Duration::from_secs(20), "the registry to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+        Registry { child, port, dir }
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("docker")
+            .arg("--config")
+            .arg(self.dir.path().join("docker-config"))
+            .args(args)
+            .output()
+            .expect("docker")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn image_pull_secrets_authenticate_to_a_private_registry() {
+    let reg = Registry::start("tester", "s3cret").await;
+    let image = format!("127.0.0.1:{}/private/busybox:e2e", reg.port);
+    // The login lands in this test's own docker config directory.
+    let login = reg.docker(&["login", &format!("127.0.0.1:{}", reg.port), "-u", "tester", "-p", "s3cret"]);
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    assert!(reg.docker(&["tag", "busybox:latest", &image]).status.success());
+    let push = reg.docker(&["push", &image]);
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    assert!(reg.docker(&["rmi", &image]).status.success(), "only the registry has it now");
+
+    let c = cluster(&[]).await;
+    c.k.run(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server=127.0.0.1:{}", reg.port),
+        "--docker-username=tester",
+        "--docker-password=s3cret",
+    ])
+    .ok();
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: with-secret, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  imagePullSecrets: [{name: regcred}]
+  containers: [{name: c, image: IMAGE, imagePullPolicy: Always, command: ["sleep", "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: without-secret, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: IMAGE, imagePullPolicy: Always, command: ["sleep", "3600"]}]
+"#
+    .replace("IMAGE", &image);
+    c.apply(&yaml);
+    let waiting = |p: &Pod| {
+        statuses(p)
+            .first()
+            .and_then(|s| s.state.clone())
+            .and_then(|s| s.waiting)
+            .map(|w| (w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
+    };
+    let p = c
+        .wait_pod("without-secret", "ErrImagePull without credentials", 60, |p| {
+            waiting(p).is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff")
+        })
+        .await;
+    drop(p);
+    c.wait_pod("with-secret", "Running with the pull secret", 60, |p| phase(p) == "Running").await;
+    let events = c.k.run(&["get", "events", "--field-selector", "involvedObject.name=with-secret"]).ok().stdout;
+    assert!(events.contains("Successfully pulled image"), "{events}");
+    c.k.run(&["delete", "pod", "with-secret", "without-secret", "--timeout=60s"]).ok();
+    let _ = std::process::Command::new("docker").args(["rmi", &image]).output();
+}
