@@ -18,6 +18,8 @@ pub struct Kubelet {
     pub port: u16,
     extra: Vec<String>,
     child: Option<Child>,
+    /// `kubelet --serve-cri` when the node uses a runtime on a unix socket.
+    runtime: Option<Child>,
 }
 
 /// Whether dockerd answers (the README's test command starts it).
@@ -50,13 +52,19 @@ fn free_pod_cidr(seed: u32) -> String {
 
 impl Kubelet {
     pub async fn start(endpoint: &Endpoint, extra: &[&str]) -> Kubelet {
+        let mut k = Kubelet::new(endpoint, extra);
+        k.spawn();
+        k
+    }
+
+    fn new(endpoint: &Endpoint, extra: &[&str]) -> Kubelet {
         assert!(docker_available(), "dockerd is not running; the README's test command starts it");
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let name = format!("node-{}-{}", std::process::id(), nanos % 100_000);
         let dir = TempDir::new_in("kubelet", Some(std::env::temp_dir())).expect("dir");
         let pod_cidr = free_pod_cidr(std::process::id() ^ nanos);
-        let mut k = Kubelet {
+        Kubelet {
             name,
             pod_cidr,
             dir,
@@ -64,7 +72,34 @@ impl Kubelet {
             port: crate::free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
-        };
+            runtime: None,
+        }
+    }
+
+    /// A kubelet whose runtime is a separate `kubelet --serve-cri` process on a unix socket
+    /// (`--container-runtime-endpoint`).
+    pub async fn start_with_remote_runtime(endpoint: &Endpoint) -> Kubelet {
+        let mut k = Kubelet::new(endpoint, &[]);
+        let socket = k.dir.path().join("cri.sock");
+        let log = std::fs::File::create(k.dir.path().join("runtime.log")).expect("log");
+        let runtime = crate::child_command(crate::binary("kubelet"))
+            .arg("--serve-cri")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--hostname-override", &k.name])
+            .arg("--root-dir")
+            .arg(k.dir.path().join("root"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kubelet --serve-cri");
+        k.runtime = Some(runtime);
+        let s = socket.clone();
+        eventually(Duration::from_secs(30), "the CRI socket", || {
+            let s = s.clone();
+            async move { s.exists().then_some(()) }
+        })
+        .await;
+        k.extra = vec!["--container-runtime-endpoint".into(), format!("unix://{}", socket.display())];
         k.spawn();
         k
     }
@@ -168,7 +203,8 @@ impl Kubelet {
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        for c in [self.child.take(), self.runtime.take()].into_iter().flatten() {
+            let mut c = c;
             let _ = c.kill();
             let _ = c.wait();
         }

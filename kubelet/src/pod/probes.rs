@@ -89,16 +89,26 @@ async fn run_check(
         Check::Http(h) => {
             let port = resolve_port(&h.port, container)?;
             let host = h.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| ip.to_string());
-            if h.scheme.as_deref() == Some("HTTPS") {
-                return Err("HTTPS probes are not supported by this kubelet yet".into());
-            }
+            let https = h.scheme.as_deref() == Some("HTTPS");
             let path = h.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
             let path = if path.starts_with('/') { path } else { format!("/{path}") };
-            let url = format!("http://{host}:{port}{path}");
+            let url = format!("{}://{host}:{port}{path}", if https { "https" } else { "http" });
             let fut = async {
-                let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
                     .await
                     .map_err(|e| format!("Get {url:?}: dial tcp {host}:{port}: {e}"))?;
+                let mut s: Box<dyn Io> = if https {
+                    // Like upstream, probes do not verify the container's certificate.
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| format!("Get {url:?}: {e}"))?;
+                    let tls = tokio_rustls::TlsConnector::from(insecure_tls())
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("Get {url:?}: {e}"))?;
+                    Box::new(tls)
+                } else {
+                    Box::new(tcp)
+                };
                 let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n");
                 let headers = h.http_headers.clone().unwrap_or_default();
                 if !headers.iter().any(|x| x.name.eq_ignore_ascii_case("user-agent")) {
@@ -142,6 +152,60 @@ fn probe_check(p: &Probe) -> Option<Check<'_>> {
     } else {
         p.tcp_socket.as_ref().map(Check::Tcp)
     }
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Accepts any server certificate (signatures are still checked), as upstream's probes do.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn insecure_tls() -> Arc<rustls::ClientConfig> {
+    static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_no_client_auth();
+        Arc::new(cfg)
+    })
+    .clone()
 }
 
 /// Runs a lifecycle hook (postStart or preStop). `Err` carries the message for the event.
@@ -286,4 +350,70 @@ pub fn spawn_prober(t: ProbeTarget) -> tokio::task::JoinHandle<()> {
         };
         tokio::join!(liveness, readiness);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container() -> Container {
+        serde_json::from_value(serde_json::json!({"name": "c", "ports": [{"name": "web", "containerPort": 1}]}))
+            .expect("c")
+    }
+
+    /// An HTTPS server with a self-signed certificate answering every request with `status`.
+    async fn https_server(status: u16) -> u16 {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("der");
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+                let mut buf = [0u8; 1024];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok").as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn https_probes_do_not_verify_the_certificate_and_judge_the_status() {
+        let cri = Cri::new(Arc::new(crate::runtime::fake::FakeRuntime::new()));
+        let c = container();
+        for (status, ok) in [(204, true), (302, true), (500, false)] {
+            let port = https_server(status).await;
+            let get = HTTPGetAction {
+                scheme: Some("HTTPS".into()),
+                port: IntOrString::Int(port as i32),
+                path: Some("/healthz".into()),
+                ..Default::default()
+            };
+            let r = run_check(Check::Http(&get), &cri, "", &c, "127.0.0.1", Duration::from_secs(5)).await;
+            assert_eq!(r.is_ok(), ok, "{status}: {r:?}");
+        }
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let tcp = TCPSocketAction { port: IntOrString::Int(closed as i32), host: None };
+        let err =
+            run_check(Check::Tcp(&tcp), &cri, "", &c, "127.0.0.1", Duration::from_secs(2)).await.expect_err("closed");
+        assert!(err.starts_with("dial tcp 127.0.0.1:"), "{err}");
+        let named = TCPSocketAction { port: IntOrString::String("nope".into()), host: None };
+        let err = run_check(Check::Tcp(&named), &cri, "", &c, "127.0.0.1", Duration::from_secs(2))
+            .await
+            .expect_err("unknown name");
+        assert_eq!(err, "couldn't find port \"nope\" in the container");
+    }
 }

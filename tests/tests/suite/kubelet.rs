@@ -1160,3 +1160,136 @@ spec:
     c.k.run(&["delete", "pod", "with-secret", "without-secret", "--timeout=60s"]).ok();
     let _ = std::process::Command::new("docker").args(["rmi", &image]).output();
 }
+
+#[tokio::test]
+async fn c265_pods_get_service_environment_variables() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: fooservice, namespace: default}
+spec:
+  selector: {name: server}
+  ports: [{name: http, port: 8765, targetPort: 8080}]
+"#,
+    );
+    let ip = eventually(Duration::from_secs(10), "the ClusterIP", || {
+        let out = c.k.run(&["get", "service", "fooservice", "-o", "jsonpath={.spec.clusterIP}"]).stdout;
+        async move { (!out.is_empty()).then_some(out) }
+    })
+    .await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: env-reader, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "env | grep -E '^(FOOSERVICE|KUBERNETES)_' | sort > /dev/termination-log"]}]
+"#,
+    );
+    let p = c.wait_pod("env-reader", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    let m = message(&p, "c");
+    for want in [
+        format!("FOOSERVICE_SERVICE_HOST={ip}"),
+        "FOOSERVICE_SERVICE_PORT=8765".to_string(),
+        "FOOSERVICE_SERVICE_PORT_HTTP=8765".to_string(),
+        format!("FOOSERVICE_PORT=tcp://{ip}:8765"),
+        format!("FOOSERVICE_PORT_8765_TCP=tcp://{ip}:8765"),
+        "FOOSERVICE_PORT_8765_TCP_PROTO=tcp".to_string(),
+        "FOOSERVICE_PORT_8765_TCP_PORT=8765".to_string(),
+        format!("FOOSERVICE_PORT_8765_TCP_ADDR={ip}"),
+        "KUBERNETES_SERVICE_HOST=10.96.0.1".to_string(),
+        "KUBERNETES_SERVICE_PORT=443".to_string(),
+    ] {
+        assert!(m.lines().any(|l| l == want), "{want} in\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn a_kubelet_runs_pods_through_a_cri_runtime_on_a_unix_socket() {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let client = api.endpoint.kube_client().await;
+    let kubelet = Kubelet::start_with_remote_runtime(&api.endpoint).await;
+    kubelet.wait_ready(&client).await;
+    let c = Cluster { kubelet, k: Kubectl::new(&api.endpoint), client, _api: api, _etcd: etcd };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: remote, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo via-socket; sleep 3600"]}]
+"#,
+    );
+    c.wait_pod("remote", "Running", 60, |p| phase(p) == "Running").await;
+    let node: Node = Api::all(c.client.clone()).get(&c.kubelet.name).await.expect("node");
+    assert!(
+        node.status.and_then(|s| s.node_info).is_some_and(|i| i.container_runtime_version.starts_with("docker://"))
+    );
+    assert_eq!(c.k.run(&["logs", "remote"]).ok().stdout, "via-socket\n");
+    assert_eq!(c.k.run(&["exec", "remote", "--", "echo", "exec-via-socket"]).ok().stdout, "exec-via-socket\n");
+    c.k.run(&["delete", "pod", "remote", "--timeout=60s"]).ok();
+}
+
+#[tokio::test]
+async fn c303_sidecars_startup_probes_host_network_and_sub_paths() {
+    let c = cluster(&[]).await;
+    c.k.run(&["create", "configmap", "app", "--from-literal=app.conf=setting=on"]).ok();
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: with-sidecar, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: side
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    restartPolicy: Always
+    command: ["sh", "-c", "sleep 2; echo side-ready > /shared/side; sleep 3600"]
+    startupProbe: {exec: {command: [test, -f, /shared/side]}, periodSeconds: 1, failureThreshold: 30}
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "cat /shared/side > /dev/termination-log; cat /etc/app.conf >> /dev/termination-log; echo >> /dev/termination-log; echo x > /data/f; ls /shared/per-pod/ >> /dev/termination-log"]
+    env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+    volumeMounts:
+    - {name: shared, mountPath: /shared}
+    - {name: cfg, mountPath: /etc/app.conf, subPath: app.conf}
+    - {name: shared, mountPath: /data, subPathExpr: "per-pod/$(POD_NAME)"}
+  volumes:
+  - {name: shared, emptyDir: {}}
+  - {name: cfg, configMap: {name: app}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-host, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  hostNetwork: true
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "if ip link show kube-sink >/dev/null 2>&1; then echo host-netns; else echo pod-netns; fi > /dev/termination-log"]}]
+"#,
+    );
+    let p = c.wait_pod("with-sidecar", "Succeeded", 90, |p| phase(p) == "Succeeded").await;
+    assert_eq!(
+        message(&p, "main"),
+        "side-ready\nsetting=on\nwith-sidecar\n",
+        "the sidecar started (its startup probe passed) before main ran; subPath and subPathExpr mounts"
+    );
+    let p = c.wait_pod("on-host", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    assert_eq!(message(&p, "c").trim(), "host-netns");
+    let st = p.status.clone().expect("status");
+    assert_eq!(st.pod_ip, st.host_ip, "a hostNetwork pod's IP is the node's");
+}
