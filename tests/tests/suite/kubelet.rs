@@ -1095,6 +1095,9 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Whatever the test pulled or tagged from this registry goes too, pass or fail.
+        let image = format!("127.0.0.1:{}/private/busybox:e2e", self.port);
+        let _ = std::process::Command::new("docker").args(["rmi", "-f", &image]).output();
     }
 }
 
@@ -1158,7 +1161,6 @@ spec:
     let events = c.k.run(&["get", "events", "--field-selector", "involvedObject.name=with-secret"]).ok().stdout;
     assert!(events.contains("Successfully pulled image"), "{events}");
     c.k.run(&["delete", "pod", "with-secret", "without-secret", "--timeout=60s"]).ok();
-    let _ = std::process::Command::new("docker").args(["rmi", &image]).output();
 }
 
 #[tokio::test]
