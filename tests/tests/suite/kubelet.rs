@@ -1295,3 +1295,92 @@ spec:
     let st = p.status.clone().expect("status");
     assert_eq!(st.pod_ip, st.host_ip, "a hostNetwork pod's IP is the node's");
 }
+
+#[tokio::test]
+async fn kubectl_exec_with_a_terminal_allocates_a_tty_in_the_container() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: term, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"]}]
+"#,
+    );
+    c.wait_pod("term", "Running", 60, |p| phase(p) == "Running").await;
+    // `script` gives kubectl a terminal, so `-it` really asks for a TTY (and sends its size).
+    let kubeconfig = c.k.kubeconfig().to_string_lossy().into_owned();
+    let out = std::process::Command::new("script")
+        .args(["-qec", "kubectl exec -it term -- sh -c 'tty; stty size; exit 4'", "/dev/null"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("COLUMNS", "91")
+        .env("LINES", "27")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "a TTY in the container:\n{text}");
+    assert_eq!(out.status.code(), Some(4), "the exit code comes through the TTY session too:\n{text}");
+}
+
+#[tokio::test]
+async fn c224_post_start_hooks_run_and_pod_veths_have_hairpin_mode_on() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooked, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    workingDir: /tmp
+    command: ["sh", "-c", "sleep 3600"]
+    lifecycle:
+      postStart: {exec: {command: ["sh", "-c", "pwd > /tmp/poststart"]}}
+"#,
+    );
+    let p = c.wait_pod("hooked", "Running", 60, |p| phase(p) == "Running").await;
+    let id = status_of(&p, "c").container_id.expect("id").trim_start_matches("docker://").to_string();
+    let out = std::process::Command::new("docker")
+        .args(["exec", &id, "cat", "/tmp/poststart"])
+        .output()
+        .expect("docker exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/tmp", "C224: the hook ran, in the workingDir");
+    // The pod's host-side veth lets the pod reach itself through a Service (hairpin).
+    let sandbox = c
+        .kubelet
+        .containers()
+        .into_iter()
+        .find(|(n, _, _)| n.starts_with("k8s_POD_hooked_"))
+        .map(|(_, id, _)| id)
+        .expect("sandbox");
+    let pid = String::from_utf8_lossy(
+        &std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &sandbox])
+            .output()
+            .expect("inspect")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let iflink = std::fs::read_to_string(format!("/proc/{pid}/root/sys/class/net/eth0/iflink")).expect("iflink");
+    let veth = std::fs::read_dir("/sys/class/net")
+        .expect("sys")
+        .flatten()
+        .find(|e| std::fs::read_to_string(e.path().join("ifindex")).is_ok_and(|i| i.trim() == iflink.trim()))
+        .expect("the host veth");
+    let hairpin = eventually(Duration::from_secs(10), "hairpin_mode on the pod's veth", || {
+        let path = veth.path().join("brport/hairpin_mode");
+        async move { std::fs::read_to_string(path).ok().filter(|v| v.trim() == "1") }
+    })
+    .await;
+    assert_eq!(hairpin.trim(), "1");
+}
