@@ -9,3 +9,4 @@ mod kubectl;
 mod kubelet;
 mod outage;
 mod patching;
+mod scheduler;
