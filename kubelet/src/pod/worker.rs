@@ -589,8 +589,8 @@ impl PodWorker {
                 Ok(r.image_ref)
             }
             Err(e) if policy == "Always" && present.is_some() && e.code() == tonic::Code::Unavailable => {
-                // A registry that cannot be reached does not stop a pod whose image is here,
-                // but say so.
+                // A registry that cannot be reached (no network here) does not stop a pod whose
+                // image is here, but say so. A registry that refuses the pod's credentials does.
                 self.ctx.events.warning(
                     &self.pod,
                     "Failed",

@@ -763,6 +763,22 @@ impl DockerRuntime {
     }
 }
 
+/// A failed pull, classified: the registry refused us (PermissionDenied), has no such image
+/// (NotFound), or could not be reached (Unavailable).
+fn pull_error(message: String) -> Status {
+    let m = message.to_lowercase();
+    if ["unauthorized", "authentication required", "no basic auth credentials", "denied", "forbidden"]
+        .iter()
+        .any(|w| m.contains(w))
+    {
+        Status::permission_denied(message)
+    } else if ["not found", "manifest unknown", "does not exist"].iter().any(|w| m.contains(w)) {
+        Status::not_found(message)
+    } else {
+        Status::unavailable(message)
+    }
+}
+
 /// Whether this process's effective capabilities include `bit` (CAP_SYS_RESOURCE is 24).
 fn has_capability(bit: u32) -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -1465,11 +1481,11 @@ impl ImageService for DockerRuntime {
         let mut progress = self.docker.create_image(Some(opts), None, credentials);
         while let Some(step) = progress.next().await {
             let step = step.map_err(|e| match e {
-                DockerError::DockerResponseServerError { message, .. } => Status::unavailable(message),
-                other => Status::unavailable(other.to_string()),
+                DockerError::DockerResponseServerError { message, .. } => pull_error(message),
+                other => pull_error(other.to_string()),
             })?;
             if let Some(err) = step.error_detail.and_then(|d| d.message) {
-                return Err(Status::unavailable(err));
+                return Err(pull_error(err));
             }
         }
         let id = self.docker.inspect_image(&normalized(&image)).await.map_err(status_of)?.id.unwrap_or_default();
@@ -1516,6 +1532,24 @@ mod tests {
         assert_eq!(split_reference("localhost:5000/app:v2"), ("localhost:5000/app".into(), "v2".into()));
         assert_eq!(split_reference("app@sha256:abc"), ("app".into(), "sha256:abc".into()));
         assert_eq!(normalized("registry.k8s.io/pause:3.10"), "registry.k8s.io/pause:3.10");
+    }
+
+    #[test]
+    fn pull_errors_are_classified() {
+        let code = |m: &str| pull_error(m.to_string()).code();
+        assert_eq!(
+            code("Head \"https://127.0.0.1:5000/v2/x/manifests/1\": no basic auth credentials"),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code("pull access denied for x, repository does not exist or may require 'docker login'"),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(code("manifest for x:1 not found: manifest unknown"), tonic::Code::NotFound);
+        assert_eq!(
+            code("Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host"),
+            tonic::Code::Unavailable
+        );
     }
 
     #[test]

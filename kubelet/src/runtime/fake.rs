@@ -472,10 +472,10 @@ impl ImageService for FakeRuntime {
         let image = req.image.map(|i| i.image).unwrap_or_default();
         let mut s = self.record(format!("PullImage {image}"));
         if image.contains("missing") {
-            return Err(Status::unavailable(format!("pull access denied for {image}: repository does not exist")));
+            return Err(Status::not_found(format!("pull access denied for {image}: repository does not exist")));
         }
         if image.contains("private") && req.auth.is_none() {
-            return Err(Status::unavailable(format!("pull access denied for {image}: authentication required")));
+            return Err(Status::permission_denied(format!("pull access denied for {image}: authentication required")));
         }
         s.images.insert(image.clone());
         Ok(Response::new(cri::PullImageResponse { image_ref: image }))
