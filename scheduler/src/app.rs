@@ -175,8 +175,13 @@ impl Scheduler {
         }
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Vec<(i64, String)> = Vec::new();
+        // Topology spread counts pods on the nodes the pod could go to by selector and affinity.
+        let eligible: Vec<&NodeInfo> = infos.iter().filter(|n| crate::plugins::node_affinity(pod, n).is_ok()).collect();
         for n in &infos {
-            match filter(pod, n) {
+            let verdict = filter(pod, n)
+                .and_then(|()| crate::interpod::inter_pod_affinity(pod, n, &infos).map_err(|r| vec![r]))
+                .and_then(|()| crate::interpod::pod_topology_spread(pod, n, &eligible).map_err(|r| vec![r]));
+            match verdict {
                 Ok(()) => best.push((score(pod, n), n.name().to_string())),
                 Err(rs) => {
                     for r in rs {

@@ -2,5 +2,6 @@
 
 pub mod app;
 pub mod framework;
+pub mod interpod;
 pub mod plugins;
 pub mod quantity;

@@ -140,3 +140,64 @@ spec:
     );
     k.run(&["delete", "pod", "--all", "--timeout=60s"]).ok();
 }
+
+#[tokio::test]
+async fn required_anti_affinity_spreads_pods_one_per_node() {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let client = api.endpoint.kube_client().await;
+    let a = Kubelet::start(&api.endpoint, &[]).await;
+    let b = Kubelet::start(&api.endpoint, &[]).await;
+    a.wait_ready(&client).await;
+    b.wait_ready(&client).await;
+    let _sched = SchedulerProcess::start(&api.endpoint.kubeconfig, &a.dir.path().join("scheduler.log"));
+    let k = Kubectl::new(&api.endpoint);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let one = |name: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: spread}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  affinity:
+    podAntiAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+      - labelSelector: {{matchLabels: {{app: spread}}}}
+        topologyKey: kubernetes.io/hostname
+  containers: [{{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"]}}]
+"#
+        )
+    };
+    for name in ["s1", "s2", "s3"] {
+        k.run_stdin(&["apply", "-f", "-"], &one(name)).ok();
+        // One at a time, so the third is the one left over.
+        if name != "s3" {
+            wait_pod(&pods, name, "bound", |p| !node_of(p).is_empty()).await;
+        }
+    }
+    let n1 = node_of(&pods.get("s1").await.expect("s1"));
+    let n2 = node_of(&pods.get("s2").await.expect("s2"));
+    assert_ne!(n1, n2, "one per node");
+    let p = wait_pod(&pods, "s3", "unschedulable", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
+    })
+    .await;
+    let msg = p
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .and_then(|c| c.message);
+    assert_eq!(msg.as_deref(), Some("0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."));
+    // Deleting one frees its node for the waiting pod.
+    k.run(&["delete", "pod", "s1", "--timeout=60s"]).ok();
+    let p = wait_pod(&pods, "s3", "bound after s1 went away", |p| !node_of(p).is_empty()).await;
+    assert_eq!(node_of(&p), n1);
+    drop((a, b));
+}
