@@ -6,11 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
@@ -20,13 +17,7 @@ use crate::selectors::Selectors;
 
 async fn summary(tls: Arc<rustls::ClientConfig>, ip: String, port: u16) -> Result<Value, String> {
     let fetch = async {
-        let tcp = tokio::net::TcpStream::connect((ip.as_str(), port)).await.map_err(|e| e.to_string())?;
-        let name = ServerName::try_from(ip.clone()).map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+        let mut sender = crate::podproxy::kubelet_connection(tls, &ip, port).await?;
         let req = Request::get("/stats/summary")
             .header("host", format!("{ip}:{port}"))
             .body(Empty::new())
@@ -74,16 +65,8 @@ async fn summaries(state: &Arc<State>) -> ApiResult<Vec<(Value, Value)>> {
     let mut fetches = Vec::new();
     for item in nodes.items {
         let node = item.value()?;
-        let addrs = node.pointer("/status/addresses").and_then(Value::as_array).cloned().unwrap_or_default();
-        let ip = addrs
-            .iter()
-            .find(|a| a["type"] == "InternalIP")
-            .or(addrs.first())
-            .and_then(|a| a["address"].as_str())
-            .map(str::to_string);
-        let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250)
-            as u16;
-        if let Some(ip) = ip {
+        let address = crate::podproxy::kubelet_address(&node);
+        if let Some((ip, port)) = address {
             let tls = tls.clone();
             fetches.push(async move { (node, summary(tls, ip, port).await) });
         }

@@ -110,8 +110,28 @@ fn pick_container(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<Str
     }
 }
 
+/// An HTTP/1.1 connection (upgrades allowed) to the kubelet at `ip:port`, over TLS with the
+/// apiserver's kubelet client certificate.
+pub async fn kubelet_connection(
+    tls: Arc<rustls::ClientConfig>,
+    ip: &str,
+    port: u16,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
+    let tcp = tokio::net::TcpStream::connect((ip, port)).await.map_err(|e| format!("cannot connect: {e}"))?;
+    let server_name = ServerName::try_from(ip.to_string()).map_err(|e| e.to_string())?;
+    let stream =
+        tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
 /// Where the node's kubelet listens: its InternalIP (else first address) and announced port.
-fn kubelet_address(node: &Value) -> Option<(String, u16)> {
+pub fn kubelet_address(node: &Value) -> Option<(String, u16)> {
     let addrs = node.pointer("/status/addresses").and_then(Value::as_array)?;
     let ip = addrs
         .iter()
@@ -186,20 +206,9 @@ pub async fn pod_stream(
             format!("/{prefix}/{}/{}/{}{query}", encode(ns), encode(name), encode(&container))
         }
     };
-    let tcp = tokio::net::TcpStream::connect((ip.as_str(), port)).await.map_err(|e| {
-        ApiError::ServiceUnavailable(format!("cannot reach the kubelet of node {node_name} at {ip}:{port}: {e}"))
-    })?;
-    let server_name = ServerName::try_from(ip.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
+    let mut sender = kubelet_connection(tls, &ip, port)
         .await
-        .map_err(|e| ApiError::ServiceUnavailable(format!("TLS to the kubelet of node {node_name}: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| ApiError::ServiceUnavailable(format!("kubelet of node {node_name}: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+        .map_err(|e| ApiError::ServiceUnavailable(format!("the kubelet of node {node_name} at {ip}:{port}: {e}")))?;
     let mut req = req;
     let mut up =
         Request::builder().method(req.method().clone()).uri(&path).header(header::HOST, format!("{ip}:{port}"));

@@ -206,7 +206,6 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
 
     let m = node::machine(&flags.root_dir);
     let ctx = Arc::new(NodeContext {
-        node_name: name.clone(),
         host_ip: node_cfg.node_ip.clone(),
         cri,
         source: Arc::new(ApiSource { client: client.clone() }),

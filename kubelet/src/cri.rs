@@ -172,8 +172,3 @@ pub async fn serve<R: Runtime>(
         .await?;
     Ok(())
 }
-
-/// Label selector for list calls: every pair must match.
-pub fn labels(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}

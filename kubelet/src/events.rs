@@ -53,18 +53,6 @@ impl Recorder {
         self.post(reference, type_, reason, message);
     }
 
-    pub fn node_event(&self, node: &str, type_: &str, reason: &str, message: &str) {
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Node".into()),
-            name: Some(node.to_string()),
-            uid: Some(node.to_string()),
-            namespace: Some("default".into()),
-            ..Default::default()
-        };
-        self.post(reference, type_, reason, message);
-    }
-
     fn post(&self, reference: ObjectReference, type_: &str, reason: &str, message: &str) {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).push((type_.into(), reason.into(), message.into()));
         let Some(client) = self.client.clone() else { return };

@@ -7,7 +7,6 @@ pub mod events;
 pub mod logs;
 pub mod node;
 pub mod pod;
-pub mod quantity;
 pub mod runtime;
 pub mod server;
 pub mod splice;

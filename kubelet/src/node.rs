@@ -336,15 +336,16 @@ pub async fn lease_loop(client: kube::Client, node: String) {
 pub async fn status_loop(client: kube::Client, cfg: NodeConfig, cri: Cri) {
     let api: Api<Node> = Api::all(client);
     let mut last: Option<(String, std::time::Instant)> = None;
+    // The conditions as posted (read once at start, then kept): transition times carry over.
+    let mut previous: Vec<NodeCondition> = api
+        .get_opt(&cfg.name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|n| n.status)
+        .and_then(|s| s.conditions)
+        .unwrap_or_default();
     loop {
-        let previous = api
-            .get_opt(&cfg.name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|n| n.status)
-            .and_then(|s| s.conditions)
-            .unwrap_or_default();
         let m = machine(&cfg.root_dir);
         let status = node_status(&cfg, &cri, &m, &previous).await;
         // Compare without heartbeat times.
@@ -357,7 +358,10 @@ pub async fn status_loop(client: kube::Client, cfg: NodeConfig, cri: Cri) {
         if due {
             let patch = serde_json::json!({"status": status});
             match api.patch_status(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => last = Some((key, std::time::Instant::now())),
+                Ok(_) => {
+                    last = Some((key, std::time::Instant::now()));
+                    previous = status.conditions.clone().unwrap_or_default();
+                }
                 Err(e) => tracing::warn!(error = %e, "could not update node status"),
             }
         }

@@ -26,7 +26,13 @@ use crate::stats::Stats;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-fn full(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+/// An empty body.
+pub fn empty() -> Body {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync()
+}
+
+/// A plain-text answer.
+pub fn full(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(text.into())).map_err(|e| match e {}).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -161,34 +167,10 @@ async fn route(cri: &Cri, stats: &Stats, req: Request<Incoming>) -> Response<Bod
 
 pub fn query_map(q: Option<&str>) -> HashMap<String, Vec<String>> {
     let mut m: HashMap<String, Vec<String>> = HashMap::new();
-    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        m.entry(decode(k)).or_default().push(decode(v));
+    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+        m.entry(k.into_owned()).or_default().push(v.into_owned());
     }
     m
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn flag(q: &HashMap<String, Vec<String>>, k: &str) -> bool {
@@ -199,7 +181,7 @@ fn number(q: &HashMap<String, Vec<String>>, k: &str) -> Option<i64> {
     q.get(k).and_then(|v| v.first()).and_then(|v| v.parse().ok())
 }
 
-/// The pod's containers named `name`, newest first: (id, state, sandbox).
+/// The pod's containers (named `name`, when given), newest first.
 async fn find_containers(cri: &Cri, ns: &str, pod: &str, name: Option<&str>) -> Result<Vec<cri::Container>, String> {
     let mut selector = HashMap::from([
         (LABEL_POD_NAMESPACE.to_string(), ns.to_string()),

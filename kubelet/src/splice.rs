@@ -47,7 +47,7 @@ where
             let mut upstream = TokioIo::new(upstream);
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         });
-        return out.body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync()).map_err(|e| e.to_string());
+        return out.body(crate::server::empty()).map_err(|e| e.to_string());
     }
     let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     out.body(Full::new(body).map_err(|e| match e {}).boxed_unsync()).map_err(|e| e.to_string())

@@ -397,3 +397,89 @@ impl Stats {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    async fn one_pod(cri: &Cri) {
+        let labels = HashMap::from([
+            (LABEL_POD_NAME.to_string(), "web".to_string()),
+            (LABEL_POD_NAMESPACE.to_string(), "ns".to_string()),
+            (LABEL_POD_UID.to_string(), "u1".to_string()),
+        ]);
+        let sandbox = cri
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cri::PodSandboxConfig {
+                    metadata: Some(cri::PodSandboxMetadata {
+                        name: "web".into(),
+                        uid: "u1".into(),
+                        namespace: "ns".into(),
+                        attempt: 0,
+                    }),
+                    labels: labels.clone(),
+                    ..Default::default()
+                }),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("sandbox")
+            .pod_sandbox_id;
+        let mut container_labels = labels;
+        container_labels.insert(LABEL_CONTAINER_NAME.into(), "c".into());
+        let id = cri
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox,
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata { name: "c".into(), attempt: 0 }),
+                    labels: container_labels,
+                    ..Default::default()
+                }),
+                sandbox_config: None,
+            })
+            .await
+            .expect("container")
+            .container_id;
+        cri.start_container(cri::StartContainerRequest { container_id: id }).await.expect("start");
+    }
+
+    #[tokio::test]
+    async fn usage_is_served_as_summary_resource_metrics_and_kubelet_metrics() {
+        let cri = Cri::new(Arc::new(FakeRuntime::new()));
+        one_pod(&cri).await;
+        let stats = Stats::new(cri, "n1");
+        let first = stats.summary().await;
+        assert_eq!(first["node"]["nodeName"], "n1");
+        assert!(first["node"]["memory"]["workingSetBytes"].as_u64().is_some_and(|b| b > 0), "{first}");
+        let pod = &first["pods"][0];
+        assert_eq!(pod["podRef"], json!({"name": "web", "namespace": "ns", "uid": "u1"}));
+        assert_eq!(pod["containers"][0]["name"], "c");
+        assert_eq!(pod["containers"][0]["memory"]["workingSetBytes"], 1 << 20);
+        assert!(pod["containers"][0]["cpu"].get("usageNanoCores").is_none(), "one sample gives no rate yet");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let second = stats.summary().await;
+        assert!(second["pods"][0]["containers"][0]["cpu"]["usageNanoCores"].as_u64().is_some(), "{second}");
+
+        let text = stats.resource_metrics().await;
+        for want in [
+            "# TYPE container_cpu_usage_seconds_total counter",
+            "container_memory_working_set_bytes{container=\"c\",namespace=\"ns\",pod=\"web\"} 1048576 ",
+            "pod_memory_working_set_bytes{namespace=\"ns\",pod=\"web\"} 1048576 ",
+            "node_cpu_usage_seconds_total ",
+            "scrape_error 0",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        let own = stats.kubelet_metrics().await;
+        for want in [
+            "kubelet_node_name{node=\"n1\"} 1",
+            "kubelet_running_pods 1",
+            "kubelet_running_containers{container_state=\"running\"} 1",
+        ] {
+            assert!(own.contains(want), "{want} in\n{own}");
+        }
+    }
+}

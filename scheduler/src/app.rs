@@ -1,8 +1,6 @@
-//! The scheduling loop: watch nodes and pods, keep pending pods of this scheduler in a queue
-//! (priority, then arrival), filter and score nodes, bind through `pods/binding`, and remember
-//! each binding as assumed until the watch shows it, so a burst never overcommits a node.
-//! Pods that fit nowhere wait in the unschedulable set until a node or a pod changes, then retry
-//! after their backoff (1 s doubling to 10 s).
+//! The scheduling loop: watch nodes and pods, keep pending pods of this scheduler in the queue
+//! (`queue.rs`), filter and score nodes, bind through `pods/binding`, and remember each binding
+//! as assumed until the watch shows it, so a burst never overcommits a node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -17,6 +15,7 @@ use kube::runtime::watcher::{self, Event as WatchEvent};
 
 use crate::framework::NodeInfo;
 use crate::plugins::{filter, fit_error, score};
+use crate::queue::SchedulingQueue;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "scheduler", version, about = "Binds pending pods to the nodes that fit them best")]
@@ -54,13 +53,7 @@ pub struct Scheduler {
     pods: HashMap<String, Pod>,
     /// uid -> node, bound by us but not yet seen bound.
     assumed: HashMap<String, String>,
-    /// (-priority, arrival) -> uid
-    active: BTreeMap<(i64, u64), String>,
-    /// uid -> when it may retry, and whether something changed since it failed.
-    unschedulable: HashMap<String, (Instant, bool, Instant)>,
-    /// uid -> failed attempts so far (for the backoff).
-    attempts: HashMap<String, u32>,
-    seq: u64,
+    queue: SchedulingQueue,
 }
 
 impl Scheduler {
@@ -71,47 +64,7 @@ impl Scheduler {
             nodes: BTreeMap::new(),
             pods: HashMap::new(),
             assumed: HashMap::new(),
-            active: BTreeMap::new(),
-            unschedulable: HashMap::new(),
-            attempts: HashMap::new(),
-            seq: 0,
-        }
-    }
-
-    fn enqueue(&mut self, uid: &str) {
-        if self.active.values().any(|u| u == uid)
-            || self.unschedulable.contains_key(uid)
-            || self.assumed.contains_key(uid)
-        {
-            return;
-        }
-        let Some(p) = self.pods.get(uid) else { return };
-        self.seq += 1;
-        self.active.insert((-(priority(p) as i64), self.seq), uid.to_string());
-    }
-
-    /// Something changed (a node, a pod going away) that may let waiting pods fit.
-    fn something_changed(&mut self) {
-        for (_, moved, _) in self.unschedulable.values_mut() {
-            *moved = true;
-        }
-    }
-
-    /// Pods whose backoff is over go back to the queue if something changed since they failed,
-    /// or after five minutes regardless (upstream's safety net).
-    fn retry_unschedulable(&mut self) {
-        let now = Instant::now();
-        let ready: Vec<String> = self
-            .unschedulable
-            .iter()
-            .filter(|(_, (after, moved, since))| {
-                *after <= now && (*moved || now.duration_since(*since) >= Duration::from_secs(300))
-            })
-            .map(|(u, _)| u.clone())
-            .collect();
-        for uid in ready {
-            self.unschedulable.remove(&uid);
-            self.enqueue(&uid);
+            queue: SchedulingQueue::default(),
         }
     }
 
@@ -123,27 +76,24 @@ impl Scheduler {
         let bound = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
         if bound {
             self.assumed.remove(&uid);
-            self.attempts.remove(&uid);
         }
-        let pending = pending_for(&p, &self.name);
-        self.pods.insert(uid.clone(), p);
-        if pending {
-            self.enqueue(&uid);
+        if pending_for(&p, &self.name) {
+            if !self.assumed.contains_key(&uid) {
+                self.queue.add(&uid, priority(&p));
+            }
         } else {
-            self.active.retain(|_, u| *u != uid);
-            self.unschedulable.remove(&uid);
+            self.queue.remove(&uid);
         }
+        self.pods.insert(uid, p);
     }
 
     fn on_pod_deleted(&mut self, p: &Pod) {
         let uid = key(p);
         self.pods.remove(&uid);
         self.assumed.remove(&uid);
-        self.active.retain(|_, u| *u != uid);
-        self.unschedulable.remove(&uid);
-        self.attempts.remove(&uid);
+        self.queue.remove(&uid);
         // Its resources are free again.
-        self.something_changed();
+        self.queue.something_changed();
     }
 
     fn node_infos(&self) -> Vec<NodeInfo> {
@@ -200,8 +150,7 @@ impl Scheduler {
     }
 
     async fn schedule_next(&mut self) {
-        let Some((&k, _)) = self.active.iter().next() else { return };
-        let Some(uid) = self.active.remove(&k) else { return };
+        let Some(uid) = self.queue.pop() else { return };
         let Some(pod) = self.pods.get(&uid).cloned() else { return };
         if !pending_for(&pod, &self.name) {
             return;
@@ -247,11 +196,7 @@ impl Scheduler {
                 }
             }
             Err(msg) => {
-                let attempts = self.attempts.entry(uid.clone()).or_default();
-                *attempts += 1;
-                let backoff = Duration::from_secs(1 << (*attempts - 1).min(4)).min(Duration::from_secs(10));
-                let now = Instant::now();
-                self.unschedulable.insert(uid, (now + backoff, false, now));
+                self.queue.unschedulable(&uid, priority(&pod), Instant::now());
                 self.event(&pod, "Warning", "FailedScheduling", &msg);
                 let patch = serde_json::json!({"status": {"conditions": [{
                     "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg,
@@ -326,7 +271,7 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
             e = nodes.next() => match e {
                 Some(Ok(WatchEvent::Apply(n) | WatchEvent::InitApply(n))) => {
                     s.nodes.insert(n.metadata.name.clone().unwrap_or_default(), n);
-                    s.something_changed();
+                    s.queue.something_changed();
                 }
                 Some(Ok(WatchEvent::Delete(n))) => {
                     s.nodes.remove(n.metadata.name.as_deref().unwrap_or(""));
@@ -348,8 +293,8 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
                 }
                 None => return Ok(()),
             },
-            _ = async {}, if !s.active.is_empty() => s.schedule_next().await,
-            _ = tick.tick() => s.retry_unschedulable(),
+            _ = async {}, if !s.queue.is_empty() => s.schedule_next().await,
+            _ = tick.tick() => s.queue.flush(Instant::now()),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Container, Node, Pod};
 
-use crate::quantity::parse_milli;
+use quantity::parse_milli;
 
 /// Resources in thousandths (cpu in millicores, memory in milli-bytes, and so on).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

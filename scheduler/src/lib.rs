@@ -4,4 +4,4 @@ pub mod app;
 pub mod framework;
 pub mod interpod;
 pub mod plugins;
-pub mod quantity;
+pub mod queue;

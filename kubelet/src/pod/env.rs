@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::{Container, Pod, Service};
 
 use super::source::ObjectSource;
-use crate::quantity;
 
 /// Expands `$(NAME)` from `vars`; `$$` escapes a `$`; an unknown or unclosed reference stays as
 /// written (upstream's `expansion.Expand`).
@@ -185,7 +184,7 @@ pub async fn container_env(
         let prefix = from.prefix.clone().unwrap_or_default();
         let data = if let Some(cm) = &from.config_map_ref {
             match source.config_map(&ns, &cm.name).await? {
-                Some(d) => d,
+                Some(c) => c.data.unwrap_or_default(),
                 None if cm.optional == Some(true) => continue,
                 None => return Err(format!("configmap \"{}\" not found", cm.name)),
             }
@@ -216,7 +215,7 @@ pub async fn container_env(
                 };
                 resource_value(&target, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), node)?
             } else if let Some(k) = &from.config_map_key_ref {
-                match source.config_map(&ns, &k.name).await? {
+                match source.config_map(&ns, &k.name).await?.map(|c| c.data.unwrap_or_default()) {
                     Some(d) => match d.get(&k.key) {
                         Some(v) => v.clone(),
                         None if k.optional == Some(true) => continue,

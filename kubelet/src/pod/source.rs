@@ -9,17 +9,12 @@ use kube::api::{Api, ListParams, PostParams};
 
 #[async_trait::async_trait]
 pub trait ObjectSource: Send + Sync {
-    /// A ConfigMap's data (binaryData decoded as text), `None` when it does not exist.
-    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>, String>;
-    /// A ConfigMap's binaryData, for volumes.
-    async fn config_map_binary(&self, _ns: &str, _name: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
-        Ok(BTreeMap::new())
-    }
+    /// A ConfigMap (one read for both `data` and `binaryData`), `None` when it does not exist.
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String>;
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String>;
     async fn services(&self, ns: &str) -> Result<Vec<Service>, String>;
     /// A bound ServiceAccount token for `pod`: (token, expiry as RFC 3339).
     async fn token(&self, pod: &Pod, audience: Option<&str>, seconds: i64) -> Result<(String, String), String>;
-    async fn service_account(&self, ns: &str, name: &str) -> Result<Option<ServiceAccount>, String>;
 }
 
 pub struct ApiSource {
@@ -39,20 +34,8 @@ fn is_404(e: &kube::Error) -> bool {
 
 #[async_trait::async_trait]
 impl ObjectSource for ApiSource {
-    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
-        match Api::<ConfigMap>::namespaced(self.client.clone(), ns).get(name).await {
-            Ok(cm) => Ok(Some(cm.data.unwrap_or_default())),
-            Err(e) if is_404(&e) => Ok(None),
-            Err(e) => Err(err(e)),
-        }
-    }
-
-    async fn config_map_binary(&self, ns: &str, name: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
-        match Api::<ConfigMap>::namespaced(self.client.clone(), ns).get(name).await {
-            Ok(cm) => Ok(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()),
-            Err(e) if is_404(&e) => Ok(BTreeMap::new()),
-            Err(e) => Err(err(e)),
-        }
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+        Api::<ConfigMap>::namespaced(self.client.clone(), ns).get_opt(name).await.map_err(err)
     }
 
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
@@ -105,14 +88,6 @@ impl ObjectSource for ApiSource {
         let status = resp.status.ok_or("the TokenRequest came back without a token")?;
         Ok((status.token, status.expiration_timestamp.0.to_string()))
     }
-
-    async fn service_account(&self, ns: &str, name: &str) -> Result<Option<ServiceAccount>, String> {
-        match Api::<ServiceAccount>::namespaced(self.client.clone(), ns).get(name).await {
-            Ok(sa) => Ok(Some(sa)),
-            Err(e) if is_404(&e) => Ok(None),
-            Err(e) => Err(err(e)),
-        }
-    }
 }
 
 /// Objects from maps, for unit tests.
@@ -125,8 +100,11 @@ pub struct MapSource {
 
 #[async_trait::async_trait]
 impl ObjectSource for MapSource {
-    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
-        Ok(self.config_maps.get(&(ns.to_string(), name.to_string())).cloned())
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+        Ok(self
+            .config_maps
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|data| ConfigMap { data: Some(data.clone()), ..Default::default() }))
     }
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
         Ok(self.secrets.get(&(ns.to_string(), name.to_string())).cloned())
@@ -136,8 +114,5 @@ impl ObjectSource for MapSource {
     }
     async fn token(&self, pod: &Pod, _audience: Option<&str>, _seconds: i64) -> Result<(String, String), String> {
         Ok((format!("token-for-{}", pod.metadata.name.clone().unwrap_or_default()), "2030-01-01T00:00:00Z".into()))
-    }
-    async fn service_account(&self, _ns: &str, _name: &str) -> Result<Option<ServiceAccount>, String> {
-        Ok(None)
     }
 }

@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use proto::cri;
 
 use super::env::expand;
-use crate::quantity;
 
 pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
 pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";

@@ -13,7 +13,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use proto::cri::ContainerState as CriState;
 
 use super::actions::{ContainerObs, Observed, restart_policy, should_restart};
-use crate::quantity;
 
 pub struct StatusInput<'a> {
     pub pod: &'a Pod,

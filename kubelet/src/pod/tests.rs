@@ -74,7 +74,6 @@ fn start(p: Pod) -> Harness {
     let api = Arc::new(MemoryApi::default());
     let events = Recorder::new(None, "n1");
     let ctx = Arc::new(NodeContext {
-        node_name: "n1".into(),
         host_ip: "192.0.2.2".into(),
         cri: Cri::new(runtime.clone()),
         source: Arc::new(MapSource::default()),
@@ -258,4 +257,25 @@ async fn the_cri_seam_works_over_a_unix_socket() {
     let _ = stop_tx.send(());
     server.await.expect("join").expect("served");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_missing_config_map_volume_is_a_failed_mount_and_starts_nothing() {
+    let h = start(pod(serde_json::json!({
+        "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent", "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}],
+        "volumes": [{"name": "cfg", "configMap": {"name": "absent"}}]
+    })));
+    until("a FailedMount event", || {
+        h.events.recorded().iter().any(|(t, r, m)| {
+            t == "Warning"
+                && r == "FailedMount"
+                && m == "MountVolume.SetUp failed for volume \"cfg\" : configmap \"absent\" not found"
+        })
+    })
+    .await;
+    assert!(
+        h.runtime.calls().iter().all(|c| !c.starts_with("RunPodSandbox")),
+        "no sandbox before the volumes are ready"
+    );
+    assert_eq!(phase(&h.api.last()), "Pending");
 }

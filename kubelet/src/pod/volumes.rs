@@ -62,7 +62,7 @@ async fn setup_volume(
         if e.medium.as_deref() == Some("Memory") && !is_mountpoint(dir) {
             let mut opts = "mode=1777".to_string();
             if let Some(limit) = &e.size_limit
-                && let Some(bytes) = crate::quantity::parse_units(&limit.0)
+                && let Some(bytes) = quantity::parse_units(&limit.0)
             {
                 opts.push_str(&format!(",size={bytes}"));
             }
@@ -196,9 +196,10 @@ async fn config_map_files(
     items: Option<&[KeyToPath]>,
     mode: u32,
 ) -> Result<Option<Payload>, String> {
-    let Some(data) = source.config_map(ns, name).await? else { return Ok(None) };
-    let mut bytes: BTreeMap<String, Vec<u8>> = data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-    bytes.extend(source.config_map_binary(ns, name).await?);
+    let Some(cm) = source.config_map(ns, name).await? else { return Ok(None) };
+    let mut bytes: BTreeMap<String, Vec<u8>> =
+        cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    bytes.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
     select(bytes, items, mode, &format!("ConfigMap {ns}/{name}")).map(Some)
 }
 

@@ -32,7 +32,6 @@ pub trait PodApi: Send + Sync {
 
 /// What every worker shares.
 pub struct NodeContext {
-    pub node_name: String,
     pub host_ip: String,
     pub cri: Cri,
     pub source: Arc<dyn ObjectSource>,
@@ -164,13 +163,9 @@ impl PodWorker {
             let grace = self.pod.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0);
             self.kill_everything(&obs, grace).await;
             let obs = self.observe().await?;
-            tracing::trace!(pod = %self.key(), "final status");
             self.report(&obs, &[], false).await;
-            tracing::trace!(pod = %self.key(), "final delete");
             self.ctx.api.delete_final(&self.pod).await?;
-            tracing::trace!(pod = %self.key(), "cleanup");
             self.cleanup(&obs).await;
-            tracing::trace!(pod = %self.key(), "done");
             return Ok(None);
         }
         let phase = self.pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
@@ -338,13 +333,10 @@ impl PodWorker {
         } else {
             obs
         };
-        tracing::trace!(pod = %self.key(), "after start");
         self.collect_termination_messages(&obs);
         self.ensure_probers(&obs, &ip);
         self.remove_dead_instances(&obs).await;
-        tracing::trace!(pod = %self.key(), "report");
         let status = self.report(&obs, &actions.backoff, actions.pod_failed).await;
-        tracing::trace!(pod = %self.key(), "reported");
         if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
             for s in obs.sandboxes.iter().filter(|s| s.ready) {
                 let _ =
@@ -367,7 +359,6 @@ impl PodWorker {
     }
 
     async fn observe(&self) -> Result<Observed, String> {
-        tracing::trace!(pod = %self.key(), "observe");
         let selector = HashMap::from([(LABEL_POD_UID.to_string(), uid(&self.pod))]);
         let sandboxes = self
             .ctx
@@ -412,36 +403,9 @@ impl PodWorker {
             .map_err(|e| format!("ListContainers: {}", e.message()))?
             .containers;
         for c in containers {
-            let Ok(st) = self
-                .ctx
-                .cri
-                .container_status(cri::ContainerStatusRequest { container_id: c.id.clone(), verbose: false })
-                .await
-            else {
-                continue;
-            };
-            let Some(st) = st.status else { continue };
-            obs.containers.push(ContainerObs {
-                id: c.id.clone(),
-                sandbox_id: c.pod_sandbox_id.clone(),
-                name: c
-                    .labels
-                    .get(LABEL_CONTAINER_NAME)
-                    .cloned()
-                    .or(st.metadata.as_ref().map(|m| m.name.clone()))
-                    .unwrap_or_default(),
-                attempt: st.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
-                state: cri::ContainerState::try_from(st.state).unwrap_or(cri::ContainerState::ContainerUnknown),
-                created_at: st.created_at,
-                started_at: st.started_at,
-                finished_at: st.finished_at,
-                exit_code: st.exit_code,
-                reason: st.reason,
-                message: st.message,
-                image: st.image.map(|i| i.image).unwrap_or_default(),
-                image_ref: st.image_ref,
-                log_path: st.log_path,
-            });
+            if let Some(o) = self.container_obs(&c.id, &c.pod_sandbox_id).await {
+                obs.containers.push(o);
+            }
         }
         obs.sort();
         Ok(obs)

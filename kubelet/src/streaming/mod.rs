@@ -23,14 +23,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{SinkExt, Stream, StreamExt};
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
-use crate::server::Body;
+use crate::server::{Body, empty, full as text};
 
 /// Output of a process: (1 stdout | 2 stderr, bytes).
 pub type Output = Pin<Box<dyn Stream<Item = (u8, Bytes)> + Send>>;
@@ -116,10 +115,9 @@ impl StreamingServer {
     fn handle(&self, backend: Arc<dyn Backend>, mut req: Request<Incoming>) -> Response<Body> {
         let token = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
         let target = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
-        let Some((at, target)) = target.filter(|(at, _)| at.elapsed() < TOKEN_TTL) else {
+        let Some((_, target)) = target.filter(|(at, _)| at.elapsed() < TOKEN_TTL) else {
             return text(StatusCode::NOT_FOUND, "unknown or expired streaming session");
         };
-        let _ = at;
         let header = |name: &str| -> Vec<String> {
             req.headers()
                 .get_all(name)
@@ -201,16 +199,6 @@ impl StreamingServer {
         }
         text(StatusCode::BAD_REQUEST, "Upgrade request required")
     }
-}
-
-fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync()
-}
-
-fn text(status: StatusCode, t: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(t.into())).map_err(|e| match e {}).boxed_unsync());
-    *r.status_mut() = status;
-    r
 }
 
 /// The `Status` kubectl reads from the error channel when the command ends.
@@ -321,9 +309,10 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (writer, mut events, task) = spdy::session(io);
-    let (want_stdin, want_stdout, want_stderr, tty) = match &target {
+    // With a TTY, stderr is merged into stdout and has no stream of its own.
+    let (want_stdin, want_stdout, want_stderr) = match &target {
         Target::Exec { stdin, stdout, stderr, tty, .. } | Target::Attach { stdin, stdout, stderr, tty, .. } => {
-            (*stdin, *stdout, *stderr && !*tty, *tty)
+            (*stdin, *stdout, *stderr && !*tty)
         }
         Target::PortForward { .. } => return,
     };
@@ -410,7 +399,6 @@ where
             }
         }
     });
-    let _ = tty;
     let mut output = process.output;
     while let Some((ch, data)) = output.next().await {
         let id = match ch {

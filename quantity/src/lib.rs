@@ -1,4 +1,5 @@
-//! Kubernetes resource quantities ("500m", "128Mi", "1e3", "2") as exact integers.
+//! Kubernetes resource quantities ("500m", "128Mi", "1e3", "2") as exact integers, shared by the
+//! kubelet and the scheduler.
 
 /// The value of `q` in thousandths ("500m" -> 500, "2" -> 2000, "1Ki" -> 1_024_000), rounded up
 /// as upstream rounds fractional milli-values. `None` for text that is not a quantity.
