@@ -198,20 +198,26 @@ fn normalize_as<K: DeserializeOwned + Serialize>(obj: Value) -> Result<Value, St
 /// Builder for one table entry; starts from what the Kubernetes type knows about itself.
 pub struct Entry(ResourceInfo);
 
-pub fn entry<K>() -> Entry
-where
-    K: k8s_openapi::Resource + k8s_openapi::ListableResource + DeserializeOwned + Serialize + JsonSchema,
-    <K as k8s_openapi::Resource>::Scope: 'static,
-{
-    let namespaced =
-        std::any::TypeId::of::<K::Scope>() == std::any::TypeId::of::<k8s_openapi::NamespaceResourceScope>();
-    Entry(ResourceInfo {
-        group: K::GROUP,
-        version: K::VERSION,
-        kind: K::KIND,
-        list_kind: K::LIST_KIND,
-        plural: K::URL_PATH_SEGMENT,
-        singular: K::KIND.to_ascii_lowercase(),
+/// What every entry starts from: a stored kind with every verb and nothing extra.
+#[allow(clippy::too_many_arguments)]
+fn base(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    list_kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+    normalize: fn(Value) -> Result<Value, String>,
+    schema: fn(&mut SchemaGenerator) -> Schema,
+    schema_name: fn() -> std::borrow::Cow<'static, str>,
+) -> ResourceInfo {
+    ResourceInfo {
+        group,
+        version,
+        kind,
+        list_kind,
+        plural,
+        singular: kind.to_ascii_lowercase(),
         namespaced,
         short_names: &[],
         categories: &[],
@@ -225,10 +231,35 @@ where
         verbs: ALL_VERBS,
         ephemeral: false,
         strategy: &PlainStrategy,
-        normalize: normalize_as::<K>,
-        schema: |g| g.subschema_for::<K>(),
-        schema_name: K::schema_name,
-    })
+        normalize,
+        schema,
+        schema_name,
+    }
+}
+
+fn is_namespaced<K: k8s_openapi::Resource>() -> bool
+where
+    <K as k8s_openapi::Resource>::Scope: 'static,
+{
+    std::any::TypeId::of::<K::Scope>() == std::any::TypeId::of::<k8s_openapi::NamespaceResourceScope>()
+}
+
+pub fn entry<K>() -> Entry
+where
+    K: k8s_openapi::Resource + k8s_openapi::ListableResource + DeserializeOwned + Serialize + JsonSchema,
+    <K as k8s_openapi::Resource>::Scope: 'static,
+{
+    Entry(base(
+        K::GROUP,
+        K::VERSION,
+        K::KIND,
+        K::LIST_KIND,
+        K::URL_PATH_SEGMENT,
+        is_namespaced::<K>(),
+        normalize_as::<K>,
+        |g| g.subschema_for::<K>(),
+        K::schema_name,
+    ))
 }
 
 /// A read-only kind of `metrics.k8s.io/v1beta1`, computed from the kubelets' usage reports
@@ -237,34 +268,23 @@ fn metrics(
     kind: &'static str,
     list_kind: &'static str,
     plural: &'static str,
-    singular: &'static str,
     namespaced: bool,
     schema_name: fn() -> std::borrow::Cow<'static, str>,
 ) -> Entry {
-    Entry(ResourceInfo {
-        group: "metrics.k8s.io",
-        version: "v1beta1",
+    let mut info = base(
+        "metrics.k8s.io",
+        "v1beta1",
         kind,
         list_kind,
         plural,
-        singular: singular.into(),
         namespaced,
-        short_names: &[],
-        categories: &[],
-        has_status: false,
-        tracks_generation: false,
-        delete_returns_object: false,
-        name_rule: NameRule::Subdomain,
-        field_labels: &[],
-        extra_subresources: &[],
-        create_on_update: false,
-        verbs: &["get", "list"],
-        ephemeral: true,
-        strategy: &PlainStrategy,
-        normalize: Ok,
-        schema: |g| g.subschema_for::<serde_json::Value>(),
+        Ok,
+        |g| g.subschema_for::<Value>(),
         schema_name,
-    })
+    );
+    info.verbs = &["get", "list"];
+    info.ephemeral = true;
+    Entry(info)
 }
 
 /// A create-only kind that is answered, not stored: the reviews of authentication.k8s.io and
@@ -274,32 +294,20 @@ where
     K: k8s_openapi::Resource + DeserializeOwned + Serialize + JsonSchema,
     <K as k8s_openapi::Resource>::Scope: 'static,
 {
-    let namespaced =
-        std::any::TypeId::of::<K::Scope>() == std::any::TypeId::of::<k8s_openapi::NamespaceResourceScope>();
-    Entry(ResourceInfo {
-        group: K::GROUP,
-        version: K::VERSION,
-        kind: K::KIND,
-        list_kind: "",
-        plural: K::URL_PATH_SEGMENT,
-        singular: K::KIND.to_ascii_lowercase(),
-        namespaced,
-        short_names: &[],
-        categories: &[],
-        has_status: false,
-        tracks_generation: false,
-        delete_returns_object: false,
-        name_rule: NameRule::Subdomain,
-        field_labels: &[],
-        extra_subresources: &[],
-        create_on_update: false,
-        verbs: &["create"],
-        ephemeral: true,
-        strategy: &PlainStrategy,
-        normalize: normalize_as::<K>,
-        schema: |g| g.subschema_for::<K>(),
-        schema_name: K::schema_name,
-    })
+    let mut info = base(
+        K::GROUP,
+        K::VERSION,
+        K::KIND,
+        "",
+        K::URL_PATH_SEGMENT,
+        is_namespaced::<K>(),
+        normalize_as::<K>,
+        |g| g.subschema_for::<K>(),
+        K::schema_name,
+    );
+    info.verbs = &["create"];
+    info.ephemeral = true;
+    Entry(info)
 }
 
 impl Entry {
@@ -509,10 +517,10 @@ impl Registry {
             review::<authorization::v1::SelfSubjectRulesReview>(),
             review::<authorization::v1::SubjectAccessReview>(),
             review::<authorization::v1::LocalSubjectAccessReview>(),
-            metrics("NodeMetrics", "NodeMetricsList", "nodes", "nodemetrics", false, || {
+            metrics("NodeMetrics", "NodeMetricsList", "nodes", false, || {
                 "io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics".into()
             }),
-            metrics("PodMetrics", "PodMetricsList", "pods", "podmetrics", true, || {
+            metrics("PodMetrics", "PodMetricsList", "pods", true, || {
                 "io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics".into()
             }),
         ];
