@@ -279,3 +279,22 @@ async fn a_missing_config_map_volume_is_a_failed_mount_and_starts_nothing() {
     );
     assert_eq!(phase(&h.api.last()), "Pending");
 }
+
+#[tokio::test]
+async fn a_stale_watch_event_does_not_bring_a_finished_pod_back() {
+    // A failed init container fails a Never pod; only the plan knows, not the containers.
+    let p = pod(serde_json::json!({"restartPolicy": "Never",
+        "initContainers": [{"name": "init", "image": "busybox", "imagePullPolicy": "IfNotPresent"}],
+        "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent"}]}));
+    let h = start(p.clone());
+    until("the init container", || !h.runtime.containers_named("init").is_empty()).await;
+    let (id, _) = h.runtime.containers_named("init").pop().expect("container");
+    h.runtime.exit(&id, 1, false);
+    until("Failed", || phase(&h.api.last()) == "Failed").await;
+    let reported = h.api.statuses.lock().expect("lock").len();
+    // The watch delivers the pod as it was before our update (still Pending).
+    h.tx.send(Update::Pod(Box::new(p))).expect("send");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after: Vec<String> = h.api.statuses.lock().expect("lock")[reported..].iter().map(phase).collect();
+    assert!(after.iter().all(|ph| ph == "Failed"), "no status but Failed after the stale event: {after:?}");
+}

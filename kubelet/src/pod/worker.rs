@@ -168,8 +168,11 @@ impl PodWorker {
             self.cleanup(&obs).await;
             return Ok(None);
         }
-        let phase = self.pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-        if phase == "Succeeded" || phase == "Failed" {
+        // A pod is finished once the API or this worker says so: a watch event older than our
+        // own status update must not bring a finished pod back to life.
+        let terminal =
+            |s: Option<&PodStatus>| matches!(s.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+        if terminal(self.pod.status.as_ref()) || terminal(self.last_status.as_ref()) {
             // Finished: nothing runs again; the sandbox goes so its IP is free.
             self.stop_probers(&HashSet::new());
             for s in obs.sandboxes.iter().filter(|s| s.ready) {
