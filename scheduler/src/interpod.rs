@@ -1,23 +1,24 @@
-//! Filters that look at other pods across the cluster: InterPodAffinity (required affinity and
-//! anti-affinity, and existing pods' anti-affinity against the new pod) and PodTopologySpread
-//! (DoNotSchedule). Pure functions of the pod, the candidate node and every node's pods.
+//! InterPodAffinity: required affinity and anti-affinity of the pod, existing pods' required
+//! anti-affinity against it (filter), and preferred terms both ways (score). As upstream, the
+//! cluster-wide part is counted once per scheduling cycle into maps keyed by topology
+//! (key, value), so checking one node is a few lookups.
 
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
-use crate::framework::NodeInfo;
-use crate::plugins::Reason;
+use crate::cache::Cache;
+use crate::framework::{NodeInfo, PodInfo};
+use crate::plugins::Misfit;
 
 pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let ml = sel.match_labels.clone().unwrap_or_default();
-    if !ml.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+    if !sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v)) {
         return false;
     }
-    sel.match_expressions.clone().unwrap_or_default().iter().all(|e| {
+    sel.match_expressions.iter().flatten().all(|e| {
         let v = labels.get(&e.key);
-        let values = e.values.clone().unwrap_or_default();
+        let values = e.values.as_deref().unwrap_or_default();
         match e.operator.as_str() {
             "In" => v.is_some_and(|v| values.contains(v)),
             "NotIn" => v.is_none_or(|v| !values.contains(v)),
@@ -28,105 +29,240 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
     })
 }
 
-fn labels(p: &Pod) -> BTreeMap<String, String> {
-    p.metadata.labels.clone().unwrap_or_default()
-}
-
-fn ns(p: &Pod) -> String {
-    p.metadata.namespace.clone().unwrap_or_default()
-}
-
-/// Whether `other` is one of the pods `term` (written in `owner`'s namespace) selects.
-fn term_selects(term: &PodAffinityTerm, owner: &Pod, other: &Pod) -> bool {
-    let namespaces = term.namespaces.clone().unwrap_or_default();
-    let ns_ok = if namespaces.is_empty() { ns(other) == ns(owner) } else { namespaces.contains(&ns(other)) };
-    ns_ok && term.label_selector.as_ref().is_some_and(|s| selector_matches(s, &labels(other)))
-}
-
-fn topology(n: &NodeInfo, key: &str) -> Option<String> {
-    n.node.metadata.labels.as_ref().and_then(|l| l.get(key).cloned())
-}
-
-/// Nodes in the same topology domain as `n` for `key`.
-fn same_domain<'a>(nodes: &'a [NodeInfo], n: &NodeInfo, key: &str) -> impl Iterator<Item = &'a NodeInfo> {
-    let value = topology(n, key);
-    nodes.iter().filter(move |o| value.is_some() && topology(o, key) == value)
-}
-
-/// Checked in upstream's order: the pod's affinity, its anti-affinity, then existing pods'
-/// anti-affinity against it.
-pub fn inter_pod_affinity(pod: &Pod, n: &NodeInfo, nodes: &[NodeInfo]) -> Result<(), Reason> {
-    let affinity = pod.spec.as_ref().and_then(|s| s.affinity.clone()).unwrap_or_default();
-    if let Some(a) = affinity.pod_affinity.and_then(|a| a.required_during_scheduling_ignored_during_execution) {
-        for t in a {
-            let here = same_domain(nodes, n, &t.topology_key).any(|o| o.pods.iter().any(|p| term_selects(&t, pod, p)));
-            // The first pod of a group that selects itself may go anywhere the key exists.
-            let anywhere = nodes.iter().any(|o| o.pods.iter().any(|p| term_selects(&t, pod, p)));
-            let first = !anywhere && term_selects(&t, pod, pod) && topology(n, &t.topology_key).is_some();
-            if !here && !first {
-                return Err("node(s) didn't match pod affinity rules".into());
-            }
+/// `sel` with `key In/NotIn [the owner's value]` added for each of `keys` the owner has.
+pub fn with_label_keys(sel: &LabelSelector, owner: &Pod, keys: &[String], operator: &str) -> LabelSelector {
+    let mut sel = sel.clone();
+    let labels = owner.metadata.labels.as_ref();
+    for k in keys {
+        if let Some(v) = labels.and_then(|l| l.get(k)) {
+            sel.match_expressions.get_or_insert_with(Vec::new).push(LabelSelectorRequirement {
+                key: k.clone(),
+                operator: operator.into(),
+                values: Some(vec![v.clone()]),
+            });
         }
     }
-    if let Some(aa) = affinity.pod_anti_affinity.and_then(|a| a.required_during_scheduling_ignored_during_execution) {
-        for t in aa {
-            if same_domain(nodes, n, &t.topology_key).any(|o| o.pods.iter().any(|p| term_selects(&t, pod, p))) {
-                return Err("node(s) didn't match pod anti-affinity rules".into());
-            }
+    sel
+}
+
+/// A term resolved against the pod that wrote it: which namespaces and labels it selects.
+#[derive(Debug)]
+pub struct Term {
+    pub topology_key: String,
+    namespaces: Vec<String>,
+    /// Namespace selector (an empty one selects every namespace).
+    namespace_selector: Option<LabelSelector>,
+    selector: Option<LabelSelector>,
+    pub weight: i64,
+}
+
+impl Term {
+    pub fn new(t: &PodAffinityTerm, owner: &Pod, weight: i64) -> Term {
+        let mut selector = t.label_selector.clone();
+        if let Some(s) = selector.as_mut() {
+            *s = with_label_keys(s, owner, t.match_label_keys.as_deref().unwrap_or_default(), "In");
+            *s = with_label_keys(s, owner, t.mismatch_label_keys.as_deref().unwrap_or_default(), "NotIn");
+        }
+        let mut namespaces = t.namespaces.clone().unwrap_or_default();
+        if namespaces.is_empty() && t.namespace_selector.is_none() {
+            namespaces.push(owner.metadata.namespace.clone().unwrap_or_default());
+        }
+        Term {
+            topology_key: t.topology_key.clone(),
+            namespaces,
+            namespace_selector: t.namespace_selector.clone(),
+            selector,
+            weight,
         }
     }
-    // Existing pods whose anti-affinity rejects the new one.
-    for other_node in nodes {
-        for other in &other_node.pods {
-            let terms = other
-                .spec
-                .as_ref()
-                .and_then(|s| s.affinity.as_ref())
-                .and_then(|a| a.pod_anti_affinity.as_ref())
-                .and_then(|a| a.required_during_scheduling_ignored_during_execution.clone())
-                .unwrap_or_default();
-            for t in terms {
-                if term_selects(&t, other, pod)
-                    && topology(other_node, &t.topology_key).is_some()
-                    && topology(other_node, &t.topology_key) == topology(n, &t.topology_key)
-                {
-                    return Err("node(s) didn't satisfy existing pods anti-affinity rules".into());
+
+    /// Whether `other` is among the pods the term selects.
+    pub fn selects(&self, other: &PodInfo, ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>) -> bool {
+        let ns = other.namespace();
+        let ns_ok = self.namespaces.iter().any(|n| n == ns)
+            || self.namespace_selector.as_ref().is_some_and(|s| selector_matches(s, &ns_labels(ns)));
+        ns_ok && self.selector.as_ref().is_some_and(|s| selector_matches(s, other.labels()))
+    }
+}
+
+fn required_terms(pod: &Pod, anti: bool) -> Vec<Term> {
+    let a = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    let terms = if anti {
+        a.and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+    } else {
+        a.and_then(|a| a.pod_affinity.as_ref())
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+    };
+    terms.into_iter().flatten().map(|t| Term::new(t, pod, 1)).collect()
+}
+
+fn preferred_terms(pod: &Pod, anti: bool) -> Vec<Term> {
+    let a = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    let terms = if anti {
+        a.and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+    } else {
+        a.and_then(|a| a.pod_affinity.as_ref())
+            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+    };
+    terms.into_iter().flatten().map(|w| Term::new(&w.pod_affinity_term, pod, w.weight as i64)).collect()
+}
+
+type Counts = HashMap<(String, String), i64>;
+
+fn count_at(counts: &mut Counts, n: &NodeInfo, key: &str, by: i64) {
+    if let Some(v) = n.label(key) {
+        *counts.entry((key.to_string(), v.to_string())).or_default() += by;
+    }
+}
+
+/// The filter's view of the cluster for one pod.
+pub struct InterPodState {
+    affinity: Vec<Term>,
+    anti_affinity: Vec<Term>,
+    /// (key, value) -> pods matching every required affinity term there.
+    affinity_counts: Counts,
+    anti_affinity_counts: Counts,
+    /// (key, value) -> existing pods whose required anti-affinity selects the pod there.
+    existing_anti: Counts,
+    /// The pod satisfies its own affinity terms (the first of a group may go anywhere).
+    self_match: bool,
+}
+
+impl InterPodState {
+    pub fn new(pod: &PodInfo, cache: &Cache, ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>) -> InterPodState {
+        let affinity = required_terms(&pod.pod, false);
+        let anti_affinity = required_terms(&pod.pod, true);
+        let mut existing_anti = Counts::new();
+        for (n, other) in cache.pods_with_required_anti_affinity() {
+            for t in &other.required_anti_affinity {
+                if Term::new(t, &other.pod, 1).selects(pod, ns_labels) {
+                    count_at(&mut existing_anti, n, &t.topology_key, 1);
                 }
             }
         }
+        let (mut affinity_counts, mut anti_affinity_counts) = (Counts::new(), Counts::new());
+        if !affinity.is_empty() || !anti_affinity.is_empty() {
+            for n in cache.nodes() {
+                for other in &n.pods {
+                    if !affinity.is_empty() && affinity.iter().all(|t| t.selects(other, ns_labels)) {
+                        for t in &affinity {
+                            count_at(&mut affinity_counts, n, &t.topology_key, 1);
+                        }
+                    }
+                    for t in anti_affinity.iter().filter(|t| t.selects(other, ns_labels)) {
+                        count_at(&mut anti_affinity_counts, n, &t.topology_key, 1);
+                    }
+                }
+            }
+        }
+        let self_match = affinity.iter().all(|t| t.selects(pod, ns_labels));
+        InterPodState { affinity, anti_affinity, affinity_counts, anti_affinity_counts, existing_anti, self_match }
     }
-    Ok(())
+
+    /// Whether anything can reject a node (else the filter is skipped).
+    pub fn is_empty(&self) -> bool {
+        self.affinity.is_empty() && self.anti_affinity.is_empty() && self.existing_anti.is_empty()
+    }
+
+    /// Checked in upstream's order: existing pods' anti-affinity, the pod's anti-affinity, then
+    /// its affinity.
+    pub fn filter(&self, n: &NodeInfo) -> Result<(), Misfit> {
+        let at = |counts: &Counts, key: &str| {
+            n.label(key).and_then(|v| counts.get(&(key.to_string(), v.to_string()))).copied().unwrap_or(0)
+        };
+        if self.existing_anti.iter().any(|((k, v), c)| *c > 0 && n.label(k) == Some(v.as_str())) {
+            return Err(Misfit::resolvable("node(s) didn't satisfy existing pods anti-affinity rules".into()));
+        }
+        if self.anti_affinity.iter().any(|t| at(&self.anti_affinity_counts, &t.topology_key) > 0) {
+            return Err(Misfit::resolvable("node(s) didn't match pod anti-affinity rules".into()));
+        }
+        if !self.affinity.is_empty() {
+            let here = self.affinity.iter().all(|t| at(&self.affinity_counts, &t.topology_key) > 0);
+            let has_keys = self.affinity.iter().all(|t| n.label(&t.topology_key).is_some());
+            let first = self.affinity_counts.is_empty() && self.self_match && has_keys;
+            if !here && !first {
+                return Err(Misfit::unresolvable("node(s) didn't match pod affinity rules".into()));
+            }
+        }
+        Ok(())
+    }
 }
 
-/// `whenUnsatisfiable: DoNotSchedule` constraints: placing the pod on `n` must keep
-/// (its domain's matching pods + 1) - (the emptiest domain's) within `maxSkew`.
-/// `eligible` are the nodes the pod could go to by its node selector and affinity.
-pub fn pod_topology_spread(pod: &Pod, n: &NodeInfo, eligible: &[&NodeInfo]) -> Result<(), Reason> {
-    let constraints = pod.spec.as_ref().and_then(|s| s.topology_spread_constraints.clone()).unwrap_or_default();
-    for c in constraints.iter().filter(|c| c.when_unsatisfiable == "DoNotSchedule") {
-        let Some(domain) = topology(n, &c.topology_key) else {
-            return Err("node(s) didn't match pod topology spread constraints (missing required label)".into());
+/// The score's view: (key, value) -> the weights that pull the pod toward (or, negative, away
+/// from) that domain, from its preferred terms and other pods' terms about it.
+pub struct InterPodScore {
+    weights: Counts,
+}
+
+/// Upstream's weight for existing pods' required affinity toward the new pod.
+const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
+
+impl InterPodScore {
+    pub fn new(pod: &PodInfo, cache: &Cache, ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>) -> InterPodScore {
+        let preferred = preferred_terms(&pod.pod, false);
+        let preferred_anti = preferred_terms(&pod.pod, true);
+        let mut weights = Counts::new();
+        let mut visit = |n: &NodeInfo, other: &PodInfo| {
+            for t in &preferred {
+                if t.selects(other, ns_labels) {
+                    count_at(&mut weights, n, &t.topology_key, t.weight);
+                }
+            }
+            for t in &preferred_anti {
+                if t.selects(other, ns_labels) {
+                    count_at(&mut weights, n, &t.topology_key, -t.weight);
+                }
+            }
+            if !other.has_affinity {
+                return;
+            }
+            for t in required_terms(&other.pod, false) {
+                if t.selects(pod, ns_labels) {
+                    count_at(&mut weights, n, &t.topology_key, HARD_POD_AFFINITY_WEIGHT);
+                }
+            }
+            for t in preferred_terms(&other.pod, false) {
+                if t.selects(pod, ns_labels) {
+                    count_at(&mut weights, n, &t.topology_key, t.weight);
+                }
+            }
+            for t in preferred_terms(&other.pod, true) {
+                if t.selects(pod, ns_labels) {
+                    count_at(&mut weights, n, &t.topology_key, -t.weight);
+                }
+            }
         };
-        let mut counts: HashMap<String, i64> = HashMap::new();
-        for o in eligible {
-            let Some(d) = topology(o, &c.topology_key) else { continue };
-            let matching = o
-                .pods
-                .iter()
-                .filter(|p| {
-                    ns(p) == ns(pod) && c.label_selector.as_ref().is_some_and(|s| selector_matches(s, &labels(p)))
-                })
-                .count() as i64;
-            *counts.entry(d).or_default() += matching;
+        if preferred.is_empty() && preferred_anti.is_empty() {
+            for (n, other) in cache.pods_with_affinity() {
+                visit(n, other);
+            }
+        } else {
+            for n in cache.nodes() {
+                for other in &n.pods {
+                    visit(n, other);
+                }
+            }
         }
-        let self_match = c.label_selector.as_ref().is_some_and(|s| selector_matches(s, &labels(pod))) as i64;
-        let min = counts.values().copied().min().unwrap_or(0);
-        let here = counts.get(&domain).copied().unwrap_or(0);
-        if here + self_match - min > c.max_skew as i64 {
-            return Err("node(s) didn't match pod topology spread constraints".into());
-        }
+        InterPodScore { weights }
     }
-    Ok(())
+
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+
+    pub fn raw(&self, n: &NodeInfo) -> i64 {
+        self.weights.iter().filter(|((k, v), _)| n.label(k) == Some(v.as_str())).map(|(_, w)| *w).sum()
+    }
+}
+
+/// Scales raw scores that may be negative to 0..=100 between the smallest and the largest.
+pub fn normalize_min_max(scores: &mut [i64]) {
+    let (min, max) = (scores.iter().copied().min().unwrap_or(0), scores.iter().copied().max().unwrap_or(0));
+    for s in scores.iter_mut() {
+        *s = if max > min { 100 * (*s - min) / (max - min) } else { 0 };
+    }
 }
 
 #[cfg(test)]
@@ -134,15 +270,25 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::Node;
 
-    fn node(name: &str, zone: &str, pods: &[Pod]) -> NodeInfo {
-        let mut n = NodeInfo::new(
-            serde_json::from_value::<Node>(serde_json::json!({"metadata": {"name": name, "labels": {"zone": zone, "kubernetes.io/hostname": name}}}))
-                .expect("node"),
-        );
-        for p in pods {
-            n.add_pod(p);
+    fn no_ns(_: &str) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn cache(nodes: &[(&str, &str, Vec<Pod>)]) -> Cache {
+        let mut c = Cache::default();
+        for (i, (name, zone, pods)) in nodes.iter().enumerate() {
+            c.set_node(
+                serde_json::from_value::<Node>(serde_json::json!({"metadata": {"name": name, "labels": {"zone": zone, "kubernetes.io/hostname": name}}}))
+                    .expect("node"),
+            );
+            for (j, p) in pods.iter().enumerate() {
+                let mut p = p.clone();
+                p.metadata.uid = Some(format!("{i}-{j}"));
+                p.spec.get_or_insert_default().node_name = Some(name.to_string());
+                c.observe_pod(&p);
+            }
         }
-        n
+        c
     }
 
     fn pod(labels: serde_json::Value, spec: serde_json::Value) -> Pod {
@@ -158,51 +304,51 @@ mod tests {
         pod(serde_json::json!({"app": "web"}), serde_json::json!({}))
     }
 
+    fn check(p: &Pod, c: &Cache, node: &str) -> Result<(), String> {
+        let info = PodInfo::new(p.clone());
+        InterPodState::new(&info, c, &no_ns).filter(c.node(node).expect("node")).map_err(|m| m.reasons[0].clone())
+    }
+
     #[test]
     fn anti_affinity_spreads_by_hostname_and_zone() {
-        let nodes = vec![node("n1", "a", &[web()]), node("n2", "a", &[]), node("n3", "b", &[])];
+        let c = cache(&[("n1", "a", vec![web()]), ("n2", "a", vec![]), ("n3", "b", vec![])]);
         let by_host = pod(
             serde_json::json!({"app": "web"}),
             serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
         );
-        assert!(inter_pod_affinity(&by_host, &nodes[0], &nodes).is_err());
-        assert!(inter_pod_affinity(&by_host, &nodes[1], &nodes).is_ok());
+        assert!(check(&by_host, &c, "n1").is_err());
+        assert!(check(&by_host, &c, "n2").is_ok());
         let by_zone = pod(
             serde_json::json!({"app": "web"}),
             serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]}}}),
         );
-        assert_eq!(
-            inter_pod_affinity(&by_zone, &nodes[1], &nodes),
-            Err("node(s) didn't match pod anti-affinity rules".into())
-        );
-        assert!(inter_pod_affinity(&by_zone, &nodes[2], &nodes).is_ok());
+        assert_eq!(check(&by_zone, &c, "n2"), Err("node(s) didn't match pod anti-affinity rules".into()));
+        assert!(check(&by_zone, &c, "n3").is_ok());
     }
 
     #[test]
     fn affinity_follows_the_group_and_the_first_pod_goes_anywhere() {
-        let with_db = vec![
-            node("n1", "a", &[pod(serde_json::json!({"app": "db"}), serde_json::json!({}))]),
-            node("n2", "b", &[]),
-        ];
+        let with_db = cache(&[
+            ("n1", "a", vec![pod(serde_json::json!({"app": "db"}), serde_json::json!({}))]),
+            ("n2", "b", vec![]),
+        ]);
         let near_db = pod(
             serde_json::json!({"app": "web"}),
             serde_json::json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]}}}),
         );
-        assert!(inter_pod_affinity(&near_db, &with_db[0], &with_db).is_ok());
-        assert_eq!(
-            inter_pod_affinity(&near_db, &with_db[1], &with_db),
-            Err("node(s) didn't match pod affinity rules".into())
-        );
-        let empty = vec![node("n1", "a", &[]), node("n2", "b", &[])];
+        assert!(check(&near_db, &with_db, "n1").is_ok());
+        assert_eq!(check(&near_db, &with_db, "n2"), Err("node(s) didn't match pod affinity rules".into()));
+        let empty = cache(&[("n1", "a", vec![]), ("n2", "b", vec![])]);
         let self_group = pod(
             serde_json::json!({"app": "web"}),
             serde_json::json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]}}}),
         );
-        assert!(inter_pod_affinity(&self_group, &empty[1], &empty).is_ok());
+        assert!(check(&self_group, &empty, "n2").is_ok());
+        assert!(check(&near_db, &empty, "n2").is_err(), "a pod that does not match its own terms waits");
     }
 
     #[test]
@@ -212,29 +358,54 @@ mod tests {
             serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
         );
-        let nodes = vec![node("n1", "a", &[loner]), node("n2", "a", &[])];
-        assert_eq!(
-            inter_pod_affinity(&web(), &nodes[0], &nodes),
-            Err("node(s) didn't satisfy existing pods anti-affinity rules".into())
-        );
-        assert!(inter_pod_affinity(&web(), &nodes[1], &nodes).is_ok());
+        let c = cache(&[("n1", "a", vec![loner]), ("n2", "a", vec![])]);
+        assert_eq!(check(&web(), &c, "n1"), Err("node(s) didn't satisfy existing pods anti-affinity rules".into()));
+        assert!(check(&web(), &c, "n2").is_ok());
     }
 
     #[test]
-    fn topology_spread_keeps_the_skew() {
-        let nodes = [node("n1", "a", &[web(), web()]), node("n2", "b", &[web()]), node("n3", "c", &[])];
-        let eligible: Vec<&NodeInfo> = nodes.iter().collect();
-        let spread = pod(
+    fn terms_select_by_namespace_and_match_label_keys() {
+        let mut other_ns = web();
+        other_ns.metadata.namespace = Some("other".into());
+        let c = cache(&[("n1", "a", vec![other_ns]), ("n2", "b", vec![])]);
+        let same_ns = pod(
             serde_json::json!({"app": "web"}),
-            serde_json::json!({"topologySpreadConstraints": [
-            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]}),
+            serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]}}}),
         );
-        assert!(pod_topology_spread(&spread, &nodes[0], &eligible).is_err(), "2+1-0 > 1");
-        assert!(pod_topology_spread(&spread, &nodes[1], &eligible).is_err(), "1+1-0 > 1");
-        assert!(pod_topology_spread(&spread, &nodes[2], &eligible).is_ok());
-        let unlabeled = NodeInfo::new(
-            serde_json::from_value::<Node>(serde_json::json!({"metadata": {"name": "x"}})).expect("node"),
+        assert!(check(&same_ns, &c, "n1").is_ok(), "only the pod's own namespace by default");
+        let all_ns = pod(
+            serde_json::json!({"app": "web"}),
+            serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "namespaceSelector": {}, "topologyKey": "zone"}]}}}),
         );
-        assert!(pod_topology_spread(&spread, &unlabeled, &eligible).is_err());
+        assert!(check(&all_ns, &c, "n1").is_err(), "an empty namespace selector selects every namespace");
+        let v1 = pod(serde_json::json!({"app": "web", "rev": "1"}), serde_json::json!({}));
+        let c = cache(&[("n1", "a", vec![v1]), ("n2", "b", vec![])]);
+        let v2 = pod(
+            serde_json::json!({"app": "web", "rev": "2"}),
+            serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "matchLabelKeys": ["rev"], "topologyKey": "zone"}]}}}),
+        );
+        assert!(check(&v2, &c, "n1").is_ok(), "matchLabelKeys: only pods of the same revision repel");
+    }
+
+    #[test]
+    fn preferred_terms_pull_and_push() {
+        let db = pod(serde_json::json!({"app": "db"}), serde_json::json!({}));
+        let c = cache(&[("n1", "a", vec![db]), ("n2", "b", vec![web()]), ("n3", "c", vec![])]);
+        let p = PodInfo::new(pod(
+            serde_json::json!({"app": "web"}),
+            serde_json::json!({"affinity": {
+                "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 10,
+                    "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}}]},
+                "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5,
+                    "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}}]}}}),
+        ));
+        let s = InterPodScore::new(&p, &c, &no_ns);
+        let mut raw: Vec<i64> = ["n1", "n2", "n3"].iter().map(|n| s.raw(c.node(n).expect("node"))).collect();
+        assert_eq!(raw, vec![10, -5, 0]);
+        normalize_min_max(&mut raw);
+        assert_eq!(raw, vec![100, 0, 33]);
     }
 }

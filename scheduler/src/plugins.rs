@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
 
-use crate::framework::{NodeInfo, host_ports, pod_requests};
+use crate::framework::{NodeInfo, PodInfo, host_ports};
 
 /// Why a node does not fit: the reason as upstream words it.
 pub type Reason = String;
@@ -28,19 +28,17 @@ pub fn node_name(pod: &Pod, n: &NodeInfo) -> Result<(), Reason> {
 }
 
 /// Requests against allocatable: cpu, memory, ephemeral-storage, pods and extended resources.
-pub fn node_resources_fit(pod: &Pod, n: &NodeInfo) -> Result<(), Vec<Reason>> {
-    let want = pod_requests(pod);
-    let alloc = n.allocatable();
+pub fn node_resources_fit(pod: &PodInfo, n: &NodeInfo) -> Result<(), Vec<Reason>> {
     let mut reasons = Vec::new();
-    let pods_cap = alloc.get("pods") / 1000;
+    let pods_cap = n.allocatable.get("pods") / 1000;
     if pods_cap > 0 && n.pods.len() as i128 + 1 > pods_cap {
         reasons.push("Too many pods".to_string());
     }
-    for (name, amount) in &want.0 {
+    for (name, amount) in &pod.requests.0 {
         if *amount <= 0 {
             continue;
         }
-        let free = alloc.get(name) - n.requested.get(name);
+        let free = n.allocatable.get(name) - n.requested.get(name);
         if *amount > free {
             reasons.push(format!("Insufficient {name}"));
         }
@@ -49,10 +47,13 @@ pub fn node_resources_fit(pod: &Pod, n: &NodeInfo) -> Result<(), Vec<Reason>> {
 }
 
 pub fn node_ports(pod: &Pod, n: &NodeInfo) -> Result<(), Reason> {
+    if n.host_ports.is_empty() {
+        return Ok(());
+    }
     for (proto, ip, port) in host_ports(pod) {
         let clash = n
             .host_ports
-            .iter()
+            .keys()
             .any(|(p, i, h)| *p == proto && *h == port && (i == &ip || i == "0.0.0.0" || ip == "0.0.0.0"));
         if clash {
             return Err("node(s) didn't have free ports for the requested pod ports".into());
@@ -77,32 +78,34 @@ fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, St
 }
 
 fn term_matches(t: &NodeSelectorTerm, n: &NodeInfo) -> bool {
-    let labels = n.node.metadata.labels.clone().unwrap_or_default();
-    let exprs = t.match_expressions.clone().unwrap_or_default();
-    let fields = t.match_fields.clone().unwrap_or_default();
+    let exprs = t.match_expressions.as_deref().unwrap_or_default();
+    let fields = t.match_fields.as_deref().unwrap_or_default();
     if exprs.is_empty() && fields.is_empty() {
         return false;
     }
-    let field_labels = BTreeMap::from([("metadata.name".to_string(), n.name().to_string())]);
-    exprs.iter().all(|r| requirement_matches(r, &labels))
-        && fields.iter().all(|r| requirement_matches(r, &field_labels))
+    exprs.iter().all(|r| requirement_matches(r, n.labels()))
+        && (fields.is_empty() || {
+            let field_labels = BTreeMap::from([("metadata.name".to_string(), n.name().to_string())]);
+            fields.iter().all(|r| requirement_matches(r, &field_labels))
+        })
 }
 
 /// nodeSelector and required node affinity (terms are ORed, expressions ANDed).
 pub fn node_affinity(pod: &Pod, n: &NodeInfo) -> Result<(), Reason> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let labels = n.node.metadata.labels.clone().unwrap_or_default();
-    let selector_ok = spec.node_selector.clone().unwrap_or_default().iter().all(|(k, v)| labels.get(k) == Some(v));
+    let Some(spec) = pod.spec.as_ref() else { return Ok(()) };
+    let labels = n.labels();
+    let selector_ok = spec.node_selector.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
     let required = spec
         .affinity
-        .and_then(|a| a.node_affinity)
-        .and_then(|na| na.required_during_scheduling_ignored_during_execution);
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
     let affinity_ok = required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, n)));
     if selector_ok && affinity_ok { Ok(()) } else { Err("node(s) didn't match Pod's node affinity/selector".into()) }
 }
 
-fn tolerations(pod: &Pod) -> Vec<Toleration> {
-    pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default()
+fn tolerations(pod: &Pod) -> &[Toleration] {
+    pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default()
 }
 
 pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
@@ -123,11 +126,11 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
 /// NoSchedule and NoExecute taints must be tolerated.
 pub fn taint_toleration(pod: &Pod, n: &NodeInfo) -> Result<(), Reason> {
     let tols = tolerations(pod);
-    for taint in n.node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default() {
+    for taint in n.node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default() {
         if taint.effect == "PreferNoSchedule" {
             continue;
         }
-        if !tols.iter().any(|t| tolerates(t, &taint)) {
+        if !tols.iter().any(|t| tolerates(t, taint)) {
             let v = taint.value.clone().map(|v| format!(": {v}")).unwrap_or_default();
             return Err(format!("node(s) had untolerated taint {{{}{v}}}", taint.key));
         }
@@ -135,52 +138,188 @@ pub fn taint_toleration(pod: &Pod, n: &NodeInfo) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Every filter; the reasons of the first that fails.
-pub fn filter(pod: &Pod, n: &NodeInfo) -> Result<(), Vec<Reason>> {
-    node_unschedulable(pod, n).map_err(|r| vec![r])?;
-    node_name(pod, n).map_err(|r| vec![r])?;
-    taint_toleration(pod, n).map_err(|r| vec![r])?;
-    node_affinity(pod, n).map_err(|r| vec![r])?;
-    node_ports(pod, n).map_err(|r| vec![r])?;
-    node_resources_fit(pod, n)
+/// A node's verdict from one filter: why it does not fit, and whether evicting pods could
+/// change that (upstream's Unschedulable vs UnschedulableAndUnresolvable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Misfit {
+    pub reasons: Vec<Reason>,
+    pub resolvable: bool,
 }
 
-/// LeastAllocated (weight 1) and BalancedAllocation (weight 1) over cpu and memory, and
-/// TaintToleration (weight 3) for PreferNoSchedule, each 0..=100 as upstream.
-pub fn score(pod: &Pod, n: &NodeInfo) -> i64 {
-    let want = pod_requests(pod);
-    let alloc = n.allocatable();
+impl Misfit {
+    pub fn unresolvable(r: Reason) -> Misfit {
+        Misfit { reasons: vec![r], resolvable: false }
+    }
+    pub fn resolvable(r: Reason) -> Misfit {
+        Misfit { reasons: vec![r], resolvable: true }
+    }
+}
+
+/// The node-local filters in upstream's order; the reasons of the first that fails.
+pub fn filter_node(pod: &PodInfo, n: &NodeInfo, enabled: &dyn Fn(&str) -> bool) -> Result<(), Misfit> {
+    let p = &pod.pod;
+    if enabled("NodeUnschedulable") {
+        node_unschedulable(p, n).map_err(Misfit::unresolvable)?;
+    }
+    if enabled("NodeName") {
+        node_name(p, n).map_err(Misfit::unresolvable)?;
+    }
+    if enabled("TaintToleration") {
+        taint_toleration(p, n).map_err(Misfit::unresolvable)?;
+    }
+    if enabled("NodeAffinity") {
+        node_affinity(p, n).map_err(Misfit::unresolvable)?;
+    }
+    if enabled("NodePorts") {
+        node_ports(p, n).map_err(Misfit::resolvable)?;
+    }
+    if enabled("NodeResourcesFit") {
+        node_resources_fit(pod, n).map_err(|reasons| Misfit { reasons, resolvable: true })?;
+    }
+    Ok(())
+}
+
+/// Every node-local filter (tests).
+pub fn filter(pod: &Pod, n: &NodeInfo) -> Result<(), Vec<Reason>> {
+    filter_node(&PodInfo::new(pod.clone()), n, &|_| true).map_err(|m| m.reasons)
+}
+
+/// How NodeResourcesFit scores: upstream's LeastAllocated (the default) or MostAllocated, with
+/// per-resource weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FitScoring {
+    pub most_allocated: bool,
+    pub resources: Vec<(String, i64)>,
+}
+
+impl Default for FitScoring {
+    fn default() -> Self {
+        FitScoring { most_allocated: false, resources: vec![("cpu".into(), 1), ("memory".into(), 1)] }
+    }
+}
+
+pub const MAX_SCORE: i64 = 100;
+
+/// NodeResourcesFit's score, 0..=100.
+pub fn resources_fit_score(pod: &PodInfo, n: &NodeInfo, how: &FitScoring) -> i64 {
+    let (mut sum, mut weights) = (0i128, 0i128);
+    for (r, w) in &how.resources {
+        let cap = n.allocatable.get(r);
+        // cpu and memory count what empty containers would get; others what is asked.
+        let (used, asked) = if r == "cpu" || r == "memory" {
+            (n.non_zero_requested.get(r), pod.non_zero.get(r))
+        } else {
+            (n.requested.get(r), pod.requests.get(r))
+        };
+        if cap <= 0 || (asked == 0 && !(r == "cpu" || r == "memory")) {
+            continue;
+        }
+        let requested = used + asked;
+        let s = if how.most_allocated {
+            (requested.min(cap) * 100) / cap
+        } else if requested > cap {
+            0
+        } else {
+            ((cap - requested) * 100) / cap
+        };
+        sum += s * *w as i128;
+        weights += *w as i128;
+    }
+    if weights == 0 { 0 } else { (sum / weights) as i64 }
+}
+
+/// NodeResourcesBalancedAllocation: 100 x (1 - the standard deviation of the requested
+/// fractions of cpu and memory), on actual requests.
+pub fn balanced_allocation_score(pod: &PodInfo, n: &NodeInfo) -> i64 {
     let mut fractions = Vec::new();
-    let mut least = 0i128;
     for r in ["cpu", "memory"] {
-        let cap = alloc.get(r);
-        // Upstream counts 100m cpu / 200Mi memory for pods that request nothing.
-        let default = if r == "cpu" { 100 } else { 200 * (1 << 20) * 1000 };
-        let asked = if want.get(r) > 0 { want.get(r) } else { default };
-        let used = n.requested.get(r) + asked;
+        let cap = n.allocatable.get(r);
         if cap <= 0 {
             continue;
         }
-        least += ((cap - used).max(0) * 100) / cap;
+        let used = n.requested.get(r) + pod.requests.get(r);
         fractions.push((used as f64 / cap as f64).min(1.0));
     }
-    let least = least / 2;
-    let balanced = match fractions.as_slice() {
-        [a, b] => ((1.0 - (a - b).abs()) * 100.0) as i128,
-        _ => 100,
+    let std = match fractions.as_slice() {
+        [a, b] => (a - b).abs() / 2.0,
+        _ => 0.0,
     };
+    ((1.0 - std) * MAX_SCORE as f64) as i64
+}
+
+/// TaintToleration's raw score: how many PreferNoSchedule taints the pod does not tolerate
+/// (fewer is better; normalized reversed).
+pub fn intolerable_taints(pod: &Pod, n: &NodeInfo) -> i64 {
     let tols = tolerations(pod);
-    let intolerable = n
-        .node
+    n.node
         .spec
         .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default()
-        .iter()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
         .filter(|t| t.effect == "PreferNoSchedule" && !tols.iter().any(|tol| tolerates(tol, t)))
-        .count() as i128;
-    let taint_score = if intolerable == 0 { 100 } else { 0 };
-    (least + balanced + 3 * taint_score) as i64
+        .count() as i64
+}
+
+/// NodeAffinity's raw score: the weights of the preferred terms the node matches.
+pub fn preferred_node_affinity(pod: &Pod, n: &NodeInfo) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| na.preferred_during_scheduling_ignored_during_execution.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| term_matches(&t.preference, n))
+        .map(|t| t.weight as i64)
+        .sum()
+}
+
+/// Names as the kubelet reports them: a missing tag means `:latest`, Docker Hub's prefix optional.
+pub fn normalized_image(name: &str) -> String {
+    let name = name.strip_prefix("docker.io/library/").or_else(|| name.strip_prefix("docker.io/")).unwrap_or(name);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if name.contains('@') || last.contains(':') { name.to_string() } else { format!("{name}:latest") }
+}
+
+/// ImageLocality: the sizes of the pod's images already on the node, scaled by how many nodes
+/// have them, between 23 MB and 1000 MB per container.
+pub fn image_locality_score(pod: &Pod, n: &NodeInfo, spread: &dyn Fn(&str) -> usize, total_nodes: usize) -> i64 {
+    const MB: i64 = 1024 * 1024;
+    let Some(spec) = pod.spec.as_ref() else { return 0 };
+    let containers: Vec<&str> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter_map(|c| c.image.as_deref())
+        .collect();
+    if containers.is_empty() || total_nodes == 0 {
+        return 0;
+    }
+    let mut sum = 0i64;
+    for image in &containers {
+        let image = normalized_image(image);
+        if let Some(size) = n.images.get(&image) {
+            sum += (*size as f64 * spread(&image) as f64 / total_nodes as f64) as i64;
+        }
+    }
+    let (min, max) = (23 * MB, 1000 * MB * containers.len() as i64);
+    let sum = sum.clamp(min, max);
+    MAX_SCORE * (sum - min) / (max - min)
+}
+
+/// Scales raw scores to 0..=100 by the largest (upstream's DefaultNormalizeScore), reversed
+/// when lower is better.
+pub fn normalize(scores: &mut [i64], reverse: bool) {
+    let max = scores.iter().copied().max().unwrap_or(0);
+    for s in scores.iter_mut() {
+        *s = match (max, reverse) {
+            (0, true) => MAX_SCORE,
+            (0, false) => 0,
+            (m, false) => MAX_SCORE * *s / m,
+            (m, true) => MAX_SCORE - MAX_SCORE * *s / m,
+        };
+    }
 }
 
 /// Upstream's summary: "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match ...".
@@ -297,10 +436,46 @@ mod tests {
         let empty = node(serde_json::json!({}));
         let mut busy = node(serde_json::json!({}));
         busy.add_pod(&pod(serde_json::json!({"containers": [c("1500m")]})));
-        let p = pod(serde_json::json!({"containers": [c("100m")]}));
-        assert!(score(&p, &empty) > score(&p, &busy));
+        let p = PodInfo::new(pod(serde_json::json!({"containers": [c("100m")]})));
+        let least = FitScoring::default();
+        let most = FitScoring { most_allocated: true, ..Default::default() };
+        assert!(resources_fit_score(&p, &empty, &least) > resources_fit_score(&p, &busy, &least));
+        assert!(resources_fit_score(&p, &empty, &most) < resources_fit_score(&p, &busy, &most));
+        // cpu 0.1/2 vs memory 200Mi/4Gi (the pod asks no memory: 0) on the empty node.
+        assert_eq!(balanced_allocation_score(&p, &empty), 97);
         let tainted = node(serde_json::json!({"spec": {"taints": [{"key": "x", "effect": "PreferNoSchedule"}]}}));
-        assert!(score(&p, &empty) > score(&p, &tainted));
+        assert_eq!((intolerable_taints(&p.pod, &empty), intolerable_taints(&p.pod, &tainted)), (0, 1));
+        let mut raw = vec![0, 1, 2];
+        normalize(&mut raw, true);
+        assert_eq!(raw, vec![100, 50, 0]);
+    }
+
+    #[test]
+    fn preferred_node_affinity_adds_the_weights_of_matching_terms() {
+        let n = node(serde_json::json!({}));
+        let p = pod(
+            serde_json::json!({"containers": [c("1")], "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 5, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}},
+                {"weight": 7, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}},
+                {"weight": 11, "preference": {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}}
+            ]}}}),
+        );
+        assert_eq!(preferred_node_affinity(&p, &n), 16);
+    }
+
+    #[test]
+    fn image_locality_prefers_nodes_that_have_the_images_widely() {
+        let with = node(serde_json::json!({"status": {"allocatable": {"cpu": "2"},
+            "images": [{"names": ["docker.io/library/big:1"], "sizeBytes": 600i64 << 20}]}}));
+        let without = node(serde_json::json!({}));
+        let p = pod(serde_json::json!({"containers": [{"name": "c", "image": "big:1"}]}));
+        let everywhere = |_: &str| 2;
+        assert_eq!(normalized_image("docker.io/library/big:1"), "big:1");
+        assert_eq!(normalized_image("registry.k8s.io/pause"), "registry.k8s.io/pause:latest");
+        assert_eq!(image_locality_score(&p, &without, &everywhere, 2), 0);
+        // 600 MB present on both of 2 nodes: (600-23)/(1000-23) of 100.
+        assert_eq!(image_locality_score(&p, &with, &everywhere, 2), 59);
+        assert!(image_locality_score(&p, &with, &|_| 1, 4) < 59, "rarer images count less");
     }
 
     #[test]

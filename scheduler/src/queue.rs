@@ -9,69 +9,115 @@ struct Waiting {
     priority: i32,
     /// Not before this.
     after: Instant,
-    /// Something changed since it failed.
-    moved: bool,
+    /// The change generation when it failed; any later change may help it.
+    failed_gen: u64,
     failed_at: Instant,
 }
 
-#[derive(Default)]
 pub struct SchedulingQueue {
     /// (-priority, arrival) -> uid
     active: BTreeMap<(i64, u64), String>,
+    /// uid -> its key in `active`.
+    index: HashMap<String, (i64, u64)>,
     unschedulable: HashMap<String, Waiting>,
     /// Failed attempts per pod, for its backoff.
     attempts: HashMap<String, u32>,
     seq: u64,
+    /// Counts relevant changes in the cluster.
+    generation: u64,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Default for SchedulingQueue {
+    fn default() -> Self {
+        SchedulingQueue::new(Duration::from_secs(1), Duration::from_secs(10))
+    }
 }
 
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// 1 s, 2 s, 4 s, 8 s, then 10 s.
-pub fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1 << attempts.saturating_sub(1).min(4)).min(Duration::from_secs(10))
+/// `initial` doubling per attempt up to `max`: 1 s, 2 s, 4 s, 8 s, then 10 s by default.
+pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
+    initial.saturating_mul(1 << attempts.saturating_sub(1).min(20)).min(max)
 }
 
 impl SchedulingQueue {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        SchedulingQueue {
+            active: BTreeMap::new(),
+            index: HashMap::new(),
+            unschedulable: HashMap::new(),
+            attempts: HashMap::new(),
+            seq: 0,
+            generation: 0,
+            initial,
+            max,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.active.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.active.len() + self.unschedulable.len()
+    }
+
     /// Queues a pending pod unless it is already queued or waiting.
     pub fn add(&mut self, uid: &str, priority: i32) {
-        if self.active.values().any(|u| u == uid) || self.unschedulable.contains_key(uid) {
+        if self.index.contains_key(uid) || self.unschedulable.contains_key(uid) {
             return;
         }
         self.seq += 1;
-        self.active.insert((-(priority as i64), self.seq), uid.to_string());
+        let k = (-(priority as i64), self.seq);
+        self.active.insert(k, uid.to_string());
+        self.index.insert(uid.to_string(), k);
     }
 
     /// The next pod to schedule: highest priority, then first in.
     pub fn pop(&mut self) -> Option<String> {
-        let k = *self.active.keys().next()?;
-        self.active.remove(&k)
+        let (_, uid) = self.active.pop_first()?;
+        self.index.remove(&uid);
+        Some(uid)
     }
 
-    /// The pod fit nowhere: it waits.
+    /// The pod fit nowhere: it waits for a change and its backoff.
     pub fn unschedulable(&mut self, uid: &str, priority: i32, now: Instant) {
+        self.wait(uid, priority, now, self.generation);
+    }
+
+    /// The attempt failed for a reason of its own (a binding error): retry after the backoff,
+    /// change or not.
+    pub fn backoff_retry(&mut self, uid: &str, priority: i32, now: Instant) {
+        self.wait(uid, priority, now, self.generation.wrapping_sub(1));
+    }
+
+    fn wait(&mut self, uid: &str, priority: i32, now: Instant, failed_gen: u64) {
+        if let Some(k) = self.index.remove(uid) {
+            self.active.remove(&k);
+        }
         let attempts = self.attempts.entry(uid.to_string()).or_default();
         *attempts += 1;
-        let w = Waiting { priority, after: now + backoff(*attempts), moved: false, failed_at: now };
+        let w =
+            Waiting { priority, after: now + backoff(*attempts, self.initial, self.max), failed_gen, failed_at: now };
         self.unschedulable.insert(uid.to_string(), w);
     }
 
     /// A node or pod changed in a way that may let waiting pods fit.
     pub fn something_changed(&mut self) {
-        for w in self.unschedulable.values_mut() {
-            w.moved = true;
-        }
+        self.generation += 1;
     }
 
     /// Moves waiting pods whose time has come back to the active queue.
     pub fn flush(&mut self, now: Instant) {
+        let generation = self.generation;
         let due: Vec<(String, i32)> = self
             .unschedulable
             .iter()
-            .filter(|(_, w)| w.after <= now && (w.moved || now.duration_since(w.failed_at) >= MAX_WAIT))
+            .filter(|(_, w)| {
+                w.after <= now && (w.failed_gen != generation || now.duration_since(w.failed_at) >= MAX_WAIT)
+            })
             .map(|(u, w)| (u.clone(), w.priority))
             .collect();
         for (uid, priority) in due {
@@ -82,7 +128,9 @@ impl SchedulingQueue {
 
     /// The pod is no longer pending (bound, deleted, finished): forget it.
     pub fn remove(&mut self, uid: &str) {
-        self.active.retain(|_, u| u != uid);
+        if let Some(k) = self.index.remove(uid) {
+            self.active.remove(&k);
+        }
         self.unschedulable.remove(uid);
         self.attempts.remove(uid);
     }
@@ -105,7 +153,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_ten_seconds() {
-        let waits: Vec<u64> = (1..=6).map(|a| backoff(a).as_secs()).collect();
+        let waits: Vec<u64> =
+            (1..=6).map(|a| backoff(a, Duration::from_secs(1), Duration::from_secs(10)).as_secs()).collect();
         assert_eq!(waits, vec![1, 2, 4, 8, 10, 10]);
     }
 
@@ -136,5 +185,8 @@ mod tests {
         q.something_changed();
         q.flush(t0 + Duration::from_secs(1));
         assert_eq!(q.pop().as_deref(), Some("p"), "removing it reset its backoff");
+        q.backoff_retry("p", 0, t0);
+        q.flush(t0 + Duration::from_secs(2));
+        assert_eq!(q.pop().as_deref(), Some("p"), "a failed binding is retried without a change");
     }
 }
