@@ -13,6 +13,7 @@
 
 pub mod allocator;
 pub mod namespaces;
+pub mod reflector;
 pub mod subresources;
 
 use std::sync::Arc;
@@ -446,7 +447,7 @@ impl Store {
     /// Keeps the namespace cache current until shutdown.
     pub async fn run_namespace_cache(&self, shutdown: tokio_util::sync::CancellationToken) {
         let Some(info) = self.registry.by_plural("", "namespaces").cloned() else { return };
-        self.namespaces.clone().run(self.storage.clone(), info, shutdown).await;
+        self.namespaces.run(self.storage.clone(), info, shutdown).await;
     }
 
     /// Namespaced objects may only be created in a namespace that exists and is not terminating.
