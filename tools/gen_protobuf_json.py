@@ -58,6 +58,7 @@ ROOTS = [
     ("api::discovery::v1", "EndpointSlice", "discovery.k8s.io/v1"),
     ("api::networking::v1", "Ingress", "networking.k8s.io/v1"),
     ("api::policy::v1", "PodDisruptionBudget", "policy/v1"),
+    ("api::scheduling::v1", "PriorityClass", "scheduling.k8s.io/v1"),
     ("api::policy::v1", "Eviction", "policy/v1"),
     ("api::autoscaling::v1", "Scale", "autoscaling/v1"),
     ("api::authentication::v1", "TokenRequest", "authentication.k8s.io/v1"),

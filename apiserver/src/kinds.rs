@@ -155,6 +155,9 @@ fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
             }
         }
     }
+    if let Some(policy) = get(spec, "preemptionPolicy") {
+        validate_preemption_policy(policy, &format!("{path}.preemptionPolicy"), causes);
+    }
     let rp = str_at(spec, "restartPolicy");
     if !rp.is_empty() && !["Always", "OnFailure", "Never"].contains(&rp) {
         causes.push(Cause::not_supported(format!("{path}.restartPolicy"), rp, &["Always", "OnFailure", "Never"]));
@@ -268,6 +271,15 @@ impl Strategy for PodStrategy {
         }
         let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
         obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+    }
+    /// Priority admission set these at create; an update that leaves them out keeps them (any
+    /// other change to them is refused as a spec change).
+    fn prepare_for_update(&self, new: &mut Value, old: &Value) {
+        for f in ["priority", "preemptionPolicy"] {
+            if let Some(v) = get(old, &format!("spec.{f}")) {
+                set_default(obj_mut(new, "spec"), f, v.clone());
+            }
+        }
     }
     fn validate(&self, obj: &Value) -> Vec<Cause> {
         let mut causes = Vec::new();
@@ -694,6 +706,120 @@ impl Strategy for EndpointSliceStrategy {
     }
 }
 
+// ---- priority classes ----
+
+/// `system-` names are reserved for the built-in classes.
+pub const SYSTEM_PRIORITY_CLASS_PREFIX: &str = "system-";
+/// The highest value a class other than the built-in ones may have.
+pub const HIGHEST_USER_DEFINABLE_PRIORITY: i64 = 1_000_000_000;
+/// What a pod gets when it names no class and no class is the global default.
+pub const DEFAULT_PRIORITY: i64 = 0;
+pub const PREEMPT_LOWER_PRIORITY: &str = "PreemptLowerPriority";
+const PREEMPTION_POLICIES: &[&str] = &[PREEMPT_LOWER_PRIORITY, "Never"];
+
+/// A PriorityClass the apiserver creates at startup and never lets go.
+pub struct SystemPriorityClass {
+    pub name: &'static str,
+    pub value: i64,
+    pub description: &'static str,
+}
+
+/// As upstream: node-critical pods outrank cluster-critical ones, and both outrank every class a
+/// user can define.
+pub const SYSTEM_PRIORITY_CLASSES: &[SystemPriorityClass] = &[
+    SystemPriorityClass {
+        name: "system-node-critical",
+        value: 2_000_001_000,
+        description: "For system pods that must keep running on the node they are on.",
+    },
+    SystemPriorityClass {
+        name: "system-cluster-critical",
+        value: 2_000_000_000,
+        description: "For system pods the cluster needs running, though they may move to another node.",
+    },
+];
+
+pub fn is_system_priority_class(name: &str) -> bool {
+    SYSTEM_PRIORITY_CLASSES.iter().any(|c| c.name == name)
+}
+
+fn validate_preemption_policy(policy: &Value, field: &str, causes: &mut Vec<Cause>) {
+    match policy.as_str().unwrap_or("") {
+        "" => causes.push(Cause::required(field)),
+        p if PREEMPTION_POLICIES.contains(&p) => {}
+        p => causes.push(Cause::not_supported(field, p, PREEMPTION_POLICIES)),
+    }
+}
+
+/// Why a `system-` class may not be created as given, if it may not.
+fn system_class_problem(name: &str, value: i64, global_default: bool) -> Option<String> {
+    let Some(known) = SYSTEM_PRIORITY_CLASSES.iter().find(|c| c.name == name) else {
+        return Some(format!("{name} is not a known system priority class"));
+    };
+    if known.value != value {
+        return Some(format!("value of {name} PriorityClass must be {}", known.value));
+    }
+    if global_default {
+        return Some(format!("globalDefault of {name} PriorityClass must be false"));
+    }
+    None
+}
+
+/// PriorityClasses: `value` and `preemptionPolicy` are fixed at creation, since pods copied them
+/// when they were admitted. The one-global-default rule needs the other classes, so it is
+/// checked where storage is at hand (`rest::priority`).
+pub struct PriorityClassStrategy;
+impl Strategy for PriorityClassStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        if let Some(map) = obj.as_object_mut() {
+            set_default(map, "preemptionPolicy", json!(PREEMPT_LOWER_PRIORITY));
+        }
+    }
+    /// Defaulted on update too, so an update that leaves the field out is checked against the
+    /// stored policy as upstream does (and refused if that was `Never`).
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        let name = crate::meta::name(obj);
+        let value = get(obj, "value").and_then(Value::as_i64).unwrap_or(0);
+        if name.starts_with(SYSTEM_PRIORITY_CLASS_PREFIX) {
+            let global_default = get(obj, "globalDefault").and_then(Value::as_bool).unwrap_or(false);
+            if let Some(why) = system_class_problem(name, value, global_default) {
+                causes.push(Cause::forbidden(
+                    "metadata.name",
+                    format!(
+                        "priority class names with '{SYSTEM_PRIORITY_CLASS_PREFIX}' prefix are reserved for system use only. error: {why}"
+                    ),
+                ));
+            }
+        } else if value > HIGHEST_USER_DEFINABLE_PRIORITY {
+            causes.push(Cause::forbidden(
+                "value",
+                format!("maximum allowed value of a user defined priority is {HIGHEST_USER_DEFINABLE_PRIORITY}"),
+            ));
+        }
+        if let Some(policy) = get(obj, "preemptionPolicy") {
+            validate_preemption_policy(policy, "preemptionPolicy", &mut causes);
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        if get(new, "value") != get(old, "value") {
+            causes.push(Cause::forbidden("value", "may not be changed in an update."));
+        }
+        if get(new, "preemptionPolicy") != get(old, "preemptionPolicy") {
+            causes.push(Cause::immutable("preemptionPolicy", str_at(new, "preemptionPolicy")));
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::PRIORITY_CLASS)
+    }
+}
+
 // ---- workloads ----
 
 /// Selector present, non-empty, and matching the template's labels.
@@ -1042,6 +1168,97 @@ mod tests {
         assert!(PodStrategy.validate_update(&image, &old).is_empty());
         let other = json!({"spec": {"containers": [{"name": "a", "image": "x:1", "command": ["sh"]}]}});
         assert_eq!(PodStrategy.validate_update(&other, &old)[0].reason, "FieldValueForbidden");
+    }
+
+    #[test]
+    fn pod_updates_keep_the_priority_admission_gave() {
+        let old = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}], "priority": 1000, "preemptionPolicy": "Never"}});
+        let mut new = json!({"spec": {"containers": [{"name": "a", "image": "x:2"}]}});
+        PodStrategy.prepare_for_update(&mut new, &old);
+        assert_eq!((&new["spec"]["priority"], &new["spec"]["preemptionPolicy"]), (&json!(1000), &json!("Never")));
+        assert!(PodStrategy.validate_update(&new, &old).is_empty());
+        let mut changed = new.clone();
+        changed["spec"]["priority"] = json!(5);
+        PodStrategy.prepare_for_update(&mut changed, &old);
+        assert_eq!(PodStrategy.validate_update(&changed, &old)[0].field, "spec");
+    }
+
+    #[test]
+    fn pod_preemption_policy_must_be_a_known_one() {
+        let pod = |p: &str| json!({"spec": {"containers": [{"name": "a", "image": "x"}], "preemptionPolicy": p}});
+        assert!(PodStrategy.validate(&pod("Never")).is_empty());
+        let causes = PodStrategy.validate(&pod("Sometimes"));
+        assert_eq!((causes[0].field.as_str(), causes[0].reason), ("spec.preemptionPolicy", "FieldValueNotSupported"));
+    }
+
+    fn priority_class(name: &str, value: i64) -> Value {
+        let mut pc = json!({"metadata": {"name": name}, "value": value});
+        PriorityClassStrategy.prepare_for_create(&mut pc);
+        pc
+    }
+
+    #[test]
+    fn priority_classes_default_to_preempting_lower_priorities() {
+        assert_eq!(priority_class("high", 1000)["preemptionPolicy"], "PreemptLowerPriority");
+        let mut never = json!({"metadata": {"name": "n"}, "value": 1, "preemptionPolicy": "Never"});
+        PriorityClassStrategy.prepare_for_create(&mut never);
+        assert_eq!(never["preemptionPolicy"], "Never");
+        assert!(PriorityClassStrategy.validate(&never).is_empty());
+    }
+
+    #[test]
+    fn priority_class_validation_reserves_high_values_and_system_names() {
+        let fields = |pc: &Value| -> Vec<(String, &'static str)> {
+            PriorityClassStrategy.validate(pc).into_iter().map(|c| (c.field, c.reason)).collect()
+        };
+        assert!(fields(&priority_class("ok", HIGHEST_USER_DEFINABLE_PRIORITY)).is_empty());
+        assert!(fields(&priority_class("negative", -10)).is_empty());
+        assert_eq!(
+            fields(&priority_class("too-high", HIGHEST_USER_DEFINABLE_PRIORITY + 1)),
+            [("value".to_string(), "FieldValueForbidden")]
+        );
+        for sys in SYSTEM_PRIORITY_CLASSES {
+            assert!(fields(&priority_class(sys.name, sys.value)).is_empty(), "{}", sys.name);
+        }
+        let wrong_value = PriorityClassStrategy.validate(&priority_class("system-node-critical", 5));
+        assert_eq!(wrong_value[0].field, "metadata.name");
+        assert!(wrong_value[0].message.contains("value of system-node-critical PriorityClass must be 2000001000"));
+        let unknown = PriorityClassStrategy.validate(&priority_class("system-mine", 5));
+        assert!(unknown[0].message.contains("reserved for system use only"), "{}", unknown[0].message);
+        let mut default = priority_class("system-cluster-critical", 2_000_000_000);
+        default["globalDefault"] = json!(true);
+        assert_eq!(fields(&default), [("metadata.name".to_string(), "FieldValueForbidden")]);
+        let mut bad = priority_class("p", 1);
+        bad["preemptionPolicy"] = json!("Sometimes");
+        assert_eq!(fields(&bad), [("preemptionPolicy".to_string(), "FieldValueNotSupported")]);
+        bad["preemptionPolicy"] = json!("");
+        assert_eq!(fields(&bad), [("preemptionPolicy".to_string(), "FieldValueRequired")]);
+    }
+
+    #[test]
+    fn priority_class_value_and_policy_are_fixed_but_the_rest_may_change() {
+        let old = priority_class("high", 1000);
+        let mut described = old.clone();
+        described["description"] = json!("now described");
+        described["globalDefault"] = json!(true);
+        assert!(PriorityClassStrategy.validate_update(&described, &old).is_empty());
+        let mut value = old.clone();
+        value["value"] = json!(2000);
+        let causes = PriorityClassStrategy.validate_update(&value, &old);
+        assert_eq!(
+            (causes[0].field.as_str(), causes[0].message.as_str()),
+            ("value", "Forbidden: may not be changed in an update.")
+        );
+        let mut policy = json!({"metadata": {"name": "high"}, "value": 1000, "preemptionPolicy": "Never"});
+        PriorityClassStrategy.prepare_for_update(&mut policy, &old);
+        let causes = PriorityClassStrategy.validate_update(&policy, &old);
+        assert_eq!(
+            (causes[0].field.as_str(), causes[0].message.as_str()),
+            ("preemptionPolicy", "Invalid value: \"Never\": field is immutable")
+        );
+        let mut left_out = json!({"metadata": {"name": "high"}, "value": 1000});
+        PriorityClassStrategy.prepare_for_update(&mut left_out, &old);
+        assert!(PriorityClassStrategy.validate_update(&left_out, &old).is_empty(), "a left-out policy is defaulted");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::{apps, authentication, authorization, batch, coordination, core, discovery, networking, policy};
+use k8s_openapi::api::{
+    apps, authentication, authorization, batch, coordination, core, discovery, networking, policy, scheduling,
+};
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -511,6 +513,7 @@ impl Registry {
                 .generation()
                 .strategy(&kinds::PodDisruptionBudgetStrategy),
             entry::<networking::v1::Ingress>().short(&["ing"]).status().generation().strategy(&kinds::IngressStrategy),
+            entry::<scheduling::v1::PriorityClass>().short(&["pc"]).strategy(&kinds::PriorityClassStrategy),
             review::<authentication::v1::SelfSubjectReview>(),
             review::<authentication::v1::TokenReview>(),
             review::<authorization::v1::SelfSubjectAccessReview>(),
@@ -604,6 +607,7 @@ mod tests {
             ("coordination.k8s.io", "leases"),
             ("discovery.k8s.io", "endpointslices"),
             ("networking.k8s.io", "ingresses"),
+            ("scheduling.k8s.io", "priorityclasses"),
         ] {
             assert!(reg.by_plural(group, plural).is_some(), "{group}/{plural} missing");
         }

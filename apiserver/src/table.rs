@@ -826,6 +826,31 @@ pub const POD_DISRUPTION_BUDGET: TableDef = TableDef {
     },
 };
 
+pub const PRIORITY_CLASS: TableDef = TableDef {
+    columns: &[
+        NAME,
+        int("Value", "The priority pods of this class get."),
+        Col {
+            name: "Global-Default",
+            ty: "boolean",
+            format: "",
+            description: "Whether pods naming no class get this one.",
+            priority: 0,
+        },
+        AGE,
+        col("PreemptionPolicy", "Whether pods of this class may preempt lower-priority pods."),
+    ],
+    row: |o, now| {
+        vec![
+            name(o),
+            n(o, "value").into(),
+            o.get("globalDefault").and_then(Value::as_bool).unwrap_or(false).into(),
+            meta::age(o, now).into(),
+            or_none(s(o, "preemptionPolicy").into()),
+        ]
+    },
+};
+
 pub const INGRESS: TableDef = TableDef {
     columns: &[
         NAME,
@@ -956,6 +981,18 @@ mod tests {
     }
 
     #[test]
+    fn priority_class_rows_show_value_default_and_policy() {
+        let pc = json!({"metadata": {"name": "high", "creationTimestamp": "2026-11-22T02:00:00Z"}, "value": 1000,
+            "globalDefault": true, "preemptionPolicy": "Never"});
+        assert_eq!(
+            (PRIORITY_CLASS.row)(&pc, now()),
+            vec![json!("high"), json!(1000), json!(true), json!("60m"), json!("Never")]
+        );
+        let names: Vec<&str> = PRIORITY_CLASS.columns.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["Name", "Value", "Global-Default", "Age", "PreemptionPolicy"]);
+    }
+
+    #[test]
     fn every_row_has_one_cell_per_column() {
         let empty = json!({"metadata": {"name": "x"}});
         for def in [
@@ -978,6 +1015,8 @@ mod tests {
             &EVENT,
             &LEASE,
             &INGRESS,
+            &POD_DISRUPTION_BUDGET,
+            &PRIORITY_CLASS,
         ] {
             assert_eq!((def.row)(&empty, now()).len(), def.columns.len());
         }

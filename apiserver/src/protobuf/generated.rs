@@ -378,6 +378,28 @@ impl ToJson for k8s_pb::api::policy::v1::PodDisruptionBudget {
     }
 }
 
+impl ToJson for k8s_pb::api::scheduling::v1::PriorityClass {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metadata {
+            put(&mut m, "metadata", v.to_json());
+        }
+        if let Some(v) = self.value {
+            m.insert("value".into(), v.into());
+        }
+        if let Some(v) = self.global_default {
+            m.insert("globalDefault".into(), v.into());
+        }
+        if let Some(v) = &self.description {
+            put(&mut m, "description", v.to_json());
+        }
+        if let Some(v) = &self.preemption_policy {
+            put(&mut m, "preemptionPolicy", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::api::policy::v1::Eviction {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -5526,6 +5548,9 @@ pub fn decode(api_version: &str, kind: &str, raw: &[u8]) -> Option<Result<Value,
         ("networking.k8s.io/v1", "Ingress") => k8s_pb::api::networking::v1::Ingress::decode(raw).map(|o| o.to_json()),
         ("policy/v1", "PodDisruptionBudget") => {
             k8s_pb::api::policy::v1::PodDisruptionBudget::decode(raw).map(|o| o.to_json())
+        }
+        ("scheduling.k8s.io/v1", "PriorityClass") => {
+            k8s_pb::api::scheduling::v1::PriorityClass::decode(raw).map(|o| o.to_json())
         }
         ("policy/v1", "Eviction") => k8s_pb::api::policy::v1::Eviction::decode(raw).map(|o| o.to_json()),
         ("autoscaling/v1", "Scale") => k8s_pb::api::autoscaling::v1::Scale::decode(raw).map(|o| o.to_json()),

@@ -288,6 +288,25 @@ mod tests {
     }
 
     #[test]
+    fn a_priority_class_as_client_go_sends_it() {
+        use k8s_pb::api::scheduling::v1 as scheduling;
+        use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+        let pc = scheduling::PriorityClass {
+            metadata: Some(meta::ObjectMeta { name: Some("high".into()), ..Default::default() }),
+            value: Some(1000),
+            global_default: Some(false),
+            description: Some("d".into()),
+            preemption_policy: Some("Never".into()),
+        };
+        let v = decode(&envelope("scheduling.k8s.io/v1", "PriorityClass", pc.encode_to_vec())).expect("decodes");
+        assert_eq!(
+            v,
+            serde_json::json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "high"},
+                "value": 1000, "globalDefault": false, "description": "d", "preemptionPolicy": "Never"})
+        );
+    }
+
+    #[test]
     fn garbage_is_a_bad_request_and_unknown_kinds_unsupported() {
         assert_eq!(decode(b"{}").expect_err("no magic").code(), 400);
         assert_eq!(decode(b"k8s\0\xff\xff\xff").expect_err("garbage").code(), 400);
