@@ -1,5 +1,6 @@
 //! What exists from the first start: the namespaces `default`, `kube-system`, `kube-public` and
-//! `kube-node-lease`, and the `kubernetes` Service (the first address of the service range) with
+//! `kube-node-lease`, the built-in PriorityClasses (`system-node-critical`,
+//! `system-cluster-critical`; created when absent, never changed), and the `kubernetes` Service (the first address of the service range) with
 //! Endpoints and an EndpointSlice pointing at this apiserver, rewritten when its address or port
 //! changed since the last start. Retried until storage answers, so the apiserver can start
 //! before etcd; `/readyz` reports not ready until it is done.
@@ -92,6 +93,7 @@ impl Bootstrap {
         for name in SYSTEM_NAMESPACES {
             created_or_exists(store.create(ns, "", body(json!({"metadata": {"name": name}})), &opts).await)?;
         }
+        store.create_system_priority_classes().await?;
         let svc = reg.by_plural("", "services").ok_or_else(|| ApiError::Internal("services not served".into()))?;
         let service = json!({
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
@@ -132,7 +134,7 @@ impl Bootstrap {
             match self.once(&state).await {
                 Ok(()) => {
                     state.bootstrapped.store(true, Ordering::Relaxed);
-                    info!("Bootstrapped system namespaces and the kubernetes Service");
+                    info!("Bootstrapped system namespaces, PriorityClasses and the kubernetes Service");
                     return;
                 }
                 Err(e) => warn!(error = %e, "Bootstrap not done yet, retrying"),

@@ -163,7 +163,7 @@ pub async fn start_with_storage(
     {
         let store = state.store.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { store.run_namespace_cache(shutdown).await });
+        tokio::spawn(async move { store.run_caches(shutdown).await });
     }
     tokio::spawn(repair_allocations_periodically(state.store.clone(), shutdown.clone()));
     let task = tokio::spawn(server::serve(listener, tls, state.clone(), shutdown));

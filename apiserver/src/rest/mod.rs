@@ -13,6 +13,7 @@
 
 pub mod allocator;
 pub mod namespaces;
+pub mod priority;
 pub mod reflector;
 pub mod subresources;
 
@@ -44,8 +45,10 @@ pub struct Store {
     /// How often an idle watch with bookmarks gets one.
     pub bookmark_interval: Duration,
     /// Answers "is this namespace active" without a storage read once its watch runs
-    /// ([`Store::run_namespace_cache`]); without it every check reads storage.
+    /// ([`Store::run_caches`]); without it every check reads storage.
     pub namespaces: Arc<namespaces::NamespaceCache>,
+    /// The PriorityClasses pod admission resolves, kept the same way.
+    pub priority_classes: Arc<priority::PriorityClassCache>,
     /// Where Service ClusterIPs and NodePorts come from.
     pub ranges: allocator::Ranges,
 }
@@ -440,14 +443,18 @@ impl Store {
             registry,
             bookmark_interval: Duration::from_secs(60),
             namespaces: Arc::new(namespaces::NamespaceCache::default()),
+            priority_classes: Arc::new(priority::new_cache()),
             ranges: allocator::Ranges::default(),
         }
     }
 
-    /// Keeps the namespace cache current until shutdown.
-    pub async fn run_namespace_cache(&self, shutdown: tokio_util::sync::CancellationToken) {
-        let Some(info) = self.registry.by_plural("", "namespaces").cloned() else { return };
-        self.namespaces.run(self.storage.clone(), info, shutdown).await;
+    /// Keeps the namespace and PriorityClass caches current until shutdown.
+    pub async fn run_caches(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let namespaces = async {
+            let Some(info) = self.registry.by_plural("", "namespaces").cloned() else { return };
+            self.namespaces.run(self.storage.clone(), info, shutdown.clone()).await;
+        };
+        tokio::join!(namespaces, self.run_priority_class_cache(shutdown.clone()));
     }
 
     /// Namespaced objects may only be created in a namespace that exists and is not terminating.
@@ -704,6 +711,7 @@ impl Store {
             meta::meta_mut(&mut obj).remove("namespace");
         }
         self.check_namespace(info, ns, meta::name(&obj)).await?;
+        self.admit_create(info, &mut obj).await?;
         let generate = meta::name(&obj).is_empty() && !meta::meta_str(&obj, "generateName").is_empty();
         let attempts = if generate { GENERATE_NAME_ATTEMPTS } else { 1 };
         let mut last_err = None;
@@ -724,6 +732,7 @@ impl Store {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(info, &name, causes));
             }
+            self.admit_priority_class(info, &candidate, true).await?;
             if opts.dry_run {
                 return Ok(Written { object: candidate, created: true, warnings });
             }
@@ -990,6 +999,9 @@ impl Store {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(info, name, causes));
             }
+            if subresource.is_none() {
+                self.admit_priority_class(info, &new, false).await?;
+            }
             if strip_rv(&new) == strip_rv(&old) {
                 return Ok(Written { object: old, created: false, warnings: Vec::new() });
             }
@@ -1085,6 +1097,7 @@ impl Store {
     // ---- delete ----
 
     pub async fn delete(&self, info: &ResourceInfo, ns: &str, name: &str, opts: &DeleteOptions) -> ApiResult<Deleted> {
+        self.admit_delete(info, name)?;
         let key = info.key(ns, name);
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let cur = self.storage.get(&key).await.map_err(|e| storage_error(info, name, e))?;
@@ -1171,6 +1184,10 @@ impl Store {
         let mut deleted = Vec::new();
         for item in listed.items {
             let obj = item.value()?;
+            // What may not be deleted (the built-in PriorityClasses) stays; the rest goes.
+            if self.admit_delete(info, meta::name(&obj)).is_err() {
+                continue;
+            }
             match self.delete(info, meta::namespace(&obj), meta::name(&obj), opts).await {
                 Ok(Deleted::Gone(o) | Deleted::Pending(o)) => deleted.push(o),
                 Err(ApiError::NotFound { .. }) => {}

@@ -1171,3 +1171,166 @@ async fn apply_to_status_owns_status_only_and_a_partial_deployment_config_keeps_
     assert_eq!(w["spec"]["template"]["spec"]["containers"][0]["name"], "c");
     assert_eq!(w["metadata"]["generation"], 2);
 }
+
+// ---- priority classes and priority admission ----
+
+fn priority_class(name: &str, value: i64, extra: Value) -> Value {
+    let mut pc = json!({"metadata": {"name": name}, "value": value});
+    if let (Some(m), Some(e)) = (pc.as_object_mut(), extra.as_object()) {
+        m.extend(e.clone());
+    }
+    pc
+}
+
+fn pod_with(name: &str, spec: Value) -> Value {
+    let mut pod = json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    if let (Some(m), Some(e)) = (pod["spec"].as_object_mut(), spec.as_object()) {
+        m.extend(e.clone());
+    }
+    pod
+}
+
+const PC: &str = "priorityclasses";
+
+#[tokio::test]
+async fn a_named_priority_class_sets_the_pods_priority_and_preemption_policy() {
+    let f = Fixture::new().await;
+    f.create(PC, "", priority_class("high", 1000, json!({"preemptionPolicy": "Never"}))).await.expect("class");
+    let pod = f.create("pods", "default", pod_with("p", json!({"priorityClassName": "high"}))).await.expect("pod");
+    assert_eq!((&pod["spec"]["priority"], &pod["spec"]["preemptionPolicy"]), (&json!(1000), &json!("Never")));
+    assert_eq!(f.get("pods", "default", "p").await.expect("stored")["spec"]["priority"], 1000);
+    let repeated = pod_with("same", json!({"priorityClassName": "high", "priority": 1000}));
+    f.create("pods", "default", repeated).await.expect("repeating the class's value is fine");
+    let contradicting = pod_with("other", json!({"priorityClassName": "high", "priority": 5}));
+    let err = f.create("pods", "default", contradicting).await.expect_err("priority given");
+    assert_eq!((err.code(), err.reason()), (403, "Forbidden"));
+    assert_eq!(
+        err.to_string(),
+        "pods \"other\" is forbidden: the integer value of priority (5) must not be provided in pod spec; priority admission controller computed 1000 from the given PriorityClass name"
+    );
+    // An update that leaves the admitted fields out keeps them.
+    let mut update = pod.clone();
+    for f in ["priority", "preemptionPolicy"] {
+        update["spec"].as_object_mut().expect("spec").remove(f);
+    }
+    update["metadata"]["labels"] = json!({"a": "b"});
+    let updated = f.update("pods", "default", None, update).await.expect("update");
+    assert_eq!((&updated["spec"]["priority"], &updated["metadata"]["labels"]["a"]), (&json!(1000), &json!("b")));
+}
+
+#[tokio::test]
+async fn a_pod_naming_an_unknown_priority_class_is_forbidden() {
+    let f = Fixture::new().await;
+    let err = f.create("pods", "default", pod_with("p", json!({"priorityClassName": "nope"}))).await.expect_err("403");
+    assert_eq!((err.code(), err.reason()), (403, "Forbidden"));
+    assert_eq!(err.to_string(), "pods \"p\" is forbidden: no PriorityClass with name nope was found");
+    assert_eq!(f.get("pods", "default", "p").await.expect_err("not stored").code(), 404);
+}
+
+#[tokio::test]
+async fn pods_naming_no_class_get_the_global_default_or_priority_zero() {
+    let f = Fixture::new().await;
+    let plain = f.create("pods", "default", pod_with("before", json!({}))).await.expect("pod");
+    assert_eq!(
+        (&plain["spec"]["priority"], &plain["spec"]["preemptionPolicy"]),
+        (&json!(0), &json!("PreemptLowerPriority"))
+    );
+    assert!(plain["spec"].get("priorityClassName").is_none());
+
+    f.create(PC, "", priority_class("low", 10, json!({"globalDefault": true, "preemptionPolicy": "Never"})))
+        .await
+        .expect("default class");
+    let pod = f.create("pods", "default", pod_with("after", json!({}))).await.expect("pod");
+    assert_eq!(pod["spec"]["priorityClassName"], "low");
+    assert_eq!((&pod["spec"]["priority"], &pod["spec"]["preemptionPolicy"]), (&json!(10), &json!("Never")));
+
+    let err = f
+        .create(PC, "", priority_class("second", 20, json!({"globalDefault": true})))
+        .await
+        .expect_err("a second default");
+    assert_eq!((err.code(), err.reason()), (403, "Forbidden"));
+    assert_eq!(
+        err.to_string(),
+        "priorityclasses.scheduling.k8s.io \"second\" is forbidden: PriorityClass low is already marked as default. Only one default can exist"
+    );
+    f.create(PC, "", priority_class("other", 20, json!({}))).await.expect("not a default");
+    let err = f.patch(PC, "", "other", PatchKind::Merge, json!({"globalDefault": true})).await.expect_err("update");
+    assert_eq!(err.code(), 403);
+    let described = f.patch(PC, "", "low", PatchKind::Merge, json!({"description": "d"})).await.expect("same default");
+    assert_eq!(described["description"], "d");
+}
+
+#[tokio::test]
+async fn priority_class_value_and_policy_are_immutable() {
+    let f = Fixture::new().await;
+    let pc = f.create(PC, "", priority_class("high", 1000, json!({}))).await.expect("class");
+    assert_eq!(pc["preemptionPolicy"], "PreemptLowerPriority");
+    let err = f.patch(PC, "", "high", PatchKind::Merge, json!({"value": 2000})).await.expect_err("value");
+    assert_eq!((err.code(), err.reason()), (422, "Invalid"));
+    match &err {
+        ApiError::Invalid { causes, .. } => assert_eq!(causes[0].field, "value"),
+        other => panic!("{other:?}"),
+    }
+    let err =
+        f.patch(PC, "", "high", PatchKind::Merge, json!({"preemptionPolicy": "Never"})).await.expect_err("policy");
+    assert!(err.to_string().contains("preemptionPolicy: Invalid value: \"Never\": field is immutable"), "{err}");
+    let mut update = pc.clone();
+    update["description"] = json!("for the important ones");
+    assert_eq!(f.update(PC, "", None, update).await.expect("description")["description"], "for the important ones");
+    let err = f.create(PC, "", priority_class("huge", 1_000_000_001, json!({}))).await.expect_err("too high");
+    assert_eq!(err.code(), 422);
+}
+
+#[tokio::test]
+async fn system_priority_classes_exist_and_cannot_be_deleted() {
+    let f = Fixture::new().await;
+    f.store.create_system_priority_classes().await.expect("created");
+    f.store.create_system_priority_classes().await.expect("again: nothing to do");
+    let node = f.get(PC, "", "system-node-critical").await.expect("node-critical");
+    let cluster = f.get(PC, "", "system-cluster-critical").await.expect("cluster-critical");
+    assert_eq!((&node["value"], &cluster["value"]), (&json!(2_000_001_000), &json!(2_000_000_000)));
+    assert_eq!(node["preemptionPolicy"], "PreemptLowerPriority");
+    assert!(node["description"].as_str().is_some_and(|d| !d.is_empty()));
+
+    let err = f.delete(PC, "", "system-node-critical").await.expect_err("protected");
+    assert_eq!((err.code(), err.reason()), (403, "Forbidden"));
+    assert_eq!(
+        err.to_string(),
+        "priorityclasses.scheduling.k8s.io \"system-node-critical\" is forbidden: this is a system priority class and cannot be deleted"
+    );
+    f.create(PC, "", priority_class("mine", 1, json!({}))).await.expect("user class");
+    let info = f.info(PC);
+    let gone = f.store.delete_collection(&info, "", &ListOptions::default(), &DeleteOptions::default()).await;
+    assert_eq!(gone.expect("deletecollection").iter().map(|o| meta::name(o).to_string()).collect::<Vec<_>>(), ["mine"]);
+    let (left, _) = f.list(PC, "", ListOptions::default()).await.expect("list");
+    assert_eq!(left, ["system-cluster-critical", "system-node-critical"]);
+
+    let pod = f.create("pods", "kube-system", pod_with("dns", json!({"priorityClassName": "system-cluster-critical"})));
+    let err = pod.await.expect_err("no kube-system namespace in this fixture");
+    assert_eq!(err.code(), 404);
+    let pod = f.create("pods", "default", pod_with("agent", json!({"priorityClassName": "system-node-critical"})));
+    assert_eq!(pod.await.expect("pod")["spec"]["priority"], 2_000_001_000);
+}
+
+#[tokio::test]
+async fn with_the_cache_running_a_class_created_a_moment_ago_is_never_refused() {
+    let f = Fixture::new().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (store, s) = (f.store.clone(), shutdown.clone());
+    let task = tokio::spawn(async move { store.run_caches(s).await });
+    for _ in 0..200 {
+        if f.store.priority_classes.read(|_| ()).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(f.store.priority_classes.read(|_| ()).is_some(), "the cache synced");
+    for i in 0..20 {
+        let class = format!("fresh-{i}");
+        f.create(PC, "", priority_class(&class, i, json!({}))).await.expect("class");
+        let pod = f.create("pods", "default", pod_with(&format!("p-{i}"), json!({"priorityClassName": class})));
+        assert_eq!(pod.await.expect("admitted at once")["spec"]["priority"], i);
+    }
+    shutdown.cancel();
+    task.await.expect("caches stop at shutdown");
+}
