@@ -7,6 +7,7 @@ mod clients;
 mod conformance;
 mod kubectl;
 mod kubelet;
+mod leader;
 mod outage;
 mod patching;
 mod scheduler;
