@@ -670,6 +670,38 @@ async fn c291_secret_patching() {
 }
 
 #[tokio::test]
+async fn c315_priorityclass_endpoints_list_and_change_mutable_fields_but_refuse_value_changes() {
+    let (_etcd, api) = cluster().await;
+    let c = api.client();
+    let base = "/apis/scheduling.k8s.io/v1/priorityclasses";
+    let mut created = Vec::new();
+    for (name, value) in [("p1", 1), ("p2", 2)] {
+        created.push(ok(c.post(base, &json!({"metadata": {"name": name}, "value": value})).await, 201));
+    }
+    // Immutable: a patch (as upstream computes it, strategic) and an update changing the value.
+    let r = c.patch(&format!("{base}/p1"), STRATEGIC, &json!({"value": 10})).await;
+    assert_eq!((r.status, r.json()["reason"].as_str()), (422, Some("Invalid")), "{}", r.text());
+    assert_eq!(r.json()["details"]["causes"][0]["field"], "value");
+    let mut changed = created[1].clone();
+    changed["value"] = json!(20);
+    let r = c.put(&format!("{base}/p2"), &changed).await;
+    assert_eq!((r.status, r.json()["reason"].as_str()), (422, Some("Invalid")), "{}", r.text());
+    // Mutable: the description, by patch and by update.
+    ok(c.patch(&format!("{base}/p1"), STRATEGIC, &json!({"description": "updated description"})).await, 200);
+    let mut described = created[1].clone();
+    described["description"] = json!("updated description");
+    ok(c.put(&format!("{base}/p2"), &described).await, 200);
+    let listed = names(&ok(c.get(base).await, 200));
+    for name in ["p1", "p2", "system-cluster-critical", "system-node-critical"] {
+        assert!(listed.contains(&name.to_string()), "{name} missing from {listed:?}");
+    }
+    for (name, value) in [("p1", 1), ("p2", 2)] {
+        let live = ok(c.get(&format!("{base}/{name}")).await, 200);
+        assert_eq!((&live["value"], &live["description"]), (&json!(value), &json!("updated description")));
+    }
+}
+
+#[tokio::test]
 async fn c332_c400_immutable_configmaps_and_secrets_refuse_data_changes_but_allow_labels_and_delete() {
     let (_etcd, api) = cluster().await;
     let c = api.client();

@@ -298,3 +298,30 @@ async fn kubectl_explain_describes_fields_from_the_openapi_schemas() {
         assert_ne!(missing.code, 0);
     }
 }
+
+#[tokio::test]
+async fn kubectl_creates_priority_classes_and_pods_get_their_priority() {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let k = Kubectl::new(&api.endpoint);
+    let out = k.run(&["create", "priorityclass", "high", "--value=1000", "--description=important"]).ok().stdout;
+    assert!(out.contains("priorityclass.scheduling.k8s.io/high created"), "{out}");
+    let pcs = rows(&k.run(&["get", "priorityclasses"]).ok().stdout);
+    assert_eq!(pcs[0], ["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"]);
+    let row = |name: &str| pcs.iter().find(|r| r[0] == name).cloned().unwrap_or_else(|| panic!("{name}: {pcs:?}"));
+    assert_eq!(row("high")[1..3], ["1000", "false"]);
+    assert_eq!(row("high")[4], "PreemptLowerPriority");
+    assert_eq!(row("system-node-critical")[1], "2000001000");
+    assert_eq!(row("system-cluster-critical")[1], "2000000000");
+
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: urgent\nspec:\n  priorityClassName: high\n  containers:\n  - name: c\n    image: busybox\n";
+    k.run_stdin(&["create", "-f", "-"], pod).ok();
+    let priority = k.run(&["get", "pod", "urgent", "-o", "jsonpath={.spec.priority} {.spec.preemptionPolicy}"]).ok();
+    assert_eq!(priority.stdout, "1000 PreemptLowerPriority");
+    let refused = k.run_stdin(&["create", "-f", "-"], &pod.replace("urgent", "lost").replace("high", "nope"));
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("no PriorityClass with name nope was found"), "{}", refused.stderr);
+    let kept = k.run(&["delete", "pc", "system-node-critical"]);
+    assert_ne!(kept.code, 0);
+    assert!(kept.stderr.contains("cannot be deleted"), "{}", kept.stderr);
+}
