@@ -5,9 +5,9 @@
 //! Pod creates must not pay a storage read for this, so classes are followed by a
 //! [`Reflector`]. A class the reflector knows is used as it is (value and preemption policy
 //! never change once created); a name it does not know is looked up in storage before the pod is
-//! refused, so a class created a moment ago always works. Which class is the global default is
-//! taken from the reflector once synced, so a default set a moment ago may not apply yet to the
-//! next pod (upstream's informer has the same window).
+//! refused, so a class created a moment ago always works. Within the watch's delay, a class just
+//! deleted (or deleted and created again) may still be used as it was, and a global default set
+//! a moment ago may not apply yet to the next pod: upstream's informer has the same window.
 
 use std::collections::HashMap;
 
