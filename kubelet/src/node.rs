@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -173,6 +174,7 @@ pub async fn node_status(cfg: &NodeConfig, cri: &Cri, m: &Machine, previous: &[N
     ]);
     let ready = runtime_ready(cri).await;
     let version = cri.version(cri::VersionRequest::default()).await.ok();
+    let images = node_images(cri).await;
     let memory_ok = m.memory_available_bytes >= MEMORY_RESERVE || m.memory_bytes == 0;
     let disk_ok = m.disk_bytes == 0 || m.disk_available_bytes * 10 >= m.disk_bytes;
     let pid_ok = m.pids * 10 < m.pid_max * 9;
@@ -226,6 +228,7 @@ pub async fn node_status(cfg: &NodeConfig, cri: &Cri, m: &Machine, previous: &[N
         capacity: Some(capacity),
         allocatable: Some(allocatable),
         conditions: Some(conditions),
+        images,
         addresses: Some(vec![
             NodeAddress { type_: "InternalIP".into(), address: cfg.node_ip.clone() },
             NodeAddress { type_: "Hostname".into(), address: cfg.name.clone() },
@@ -248,6 +251,26 @@ pub async fn node_status(cfg: &NodeConfig, cri: &Cri, m: &Machine, previous: &[N
         }),
         ..Default::default()
     }
+}
+
+/// Upstream's nodeStatusMaxImages: the largest 50 images are reported.
+const MAX_IMAGES: usize = 50;
+
+/// The images on the node, largest first, each with its tags and digests as names (what the
+/// scheduler's ImageLocality scores).
+async fn node_images(cri: &Cri) -> Option<Vec<ContainerImage>> {
+    let mut images = cri.list_images(cri::ListImagesRequest::default()).await.ok()?.images;
+    images.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.id.cmp(&b.id)));
+    let images: Vec<ContainerImage> = images
+        .into_iter()
+        .filter(|i| !i.repo_tags.is_empty() || !i.repo_digests.is_empty())
+        .take(MAX_IMAGES)
+        .map(|i| ContainerImage {
+            names: Some(i.repo_tags.into_iter().chain(i.repo_digests).collect()),
+            size_bytes: Some(i.size as i64),
+        })
+        .collect();
+    Some(images)
 }
 
 /// Creates the Node, or takes over an existing one of the same name (a restarted kubelet).
@@ -353,7 +376,8 @@ pub async fn status_loop(client: kube::Client, cfg: NodeConfig, cri: Cri) {
         for c in key.conditions.iter_mut().flatten() {
             c.last_heartbeat_time = None;
         }
-        let key = serde_json::to_string(&(key.conditions, key.node_info, key.addresses)).unwrap_or_default();
+        let key =
+            serde_json::to_string(&(key.conditions, key.node_info, key.addresses, key.images)).unwrap_or_default();
         let due = last.as_ref().is_none_or(|(k, at)| *k != key || at.elapsed() >= Duration::from_secs(60));
         if due {
             let patch = serde_json::json!({"status": status});

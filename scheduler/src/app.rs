@@ -19,7 +19,7 @@ use kube::runtime::watcher::{self, Event as WatchEvent};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::cache::Cache;
-use crate::config::{Config, parse_duration};
+use crate::config::Config;
 use crate::cycle::{Ctx, FitFailure, Nominated, find_node};
 use crate::framework::PodInfo;
 use crate::preempt::{self, Victims};
@@ -39,11 +39,11 @@ pub struct Flags {
     /// Leader election on a Lease, so a standby can take over (default true, as upstream).
     #[arg(long, env = "SCHEDULER_LEADER_ELECT", action = clap::ArgAction::Set)]
     pub leader_elect: Option<bool>,
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = leader::parse_duration)]
     pub leader_elect_lease_duration: Option<Duration>,
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = leader::parse_duration)]
     pub leader_elect_renew_deadline: Option<Duration>,
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = leader::parse_duration)]
     pub leader_elect_retry_period: Option<Duration>,
     #[arg(long)]
     pub leader_elect_resource_namespace: Option<String>,
@@ -92,9 +92,6 @@ impl Flags {
         }
         if let Some(v) = &self.leader_elect_resource_name {
             l.resource_name = v.clone();
-        }
-        if l.leader_elect && !(l.lease_duration > l.renew_deadline && l.renew_deadline > l.retry_period) {
-            anyhow::bail!("leader election needs lease duration > renew deadline > retry period");
         }
         Ok(c)
     }
@@ -463,10 +460,29 @@ pub async fn client_for(config: &Config) -> anyhow::Result<kube::Client> {
 pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let config = flags.resolve()?;
     let client = client_for(&config).await?;
-    if config.leader_election.leader_elect {
-        anyhow::bail!("--leader-elect=true is not supported yet (run one scheduler with --leader-elect=false)");
+    let l = &config.leader_election;
+    if !l.leader_elect {
+        return schedule(client, config, shutdown).await;
     }
-    schedule(client, config, shutdown).await
+    let identity = flags.identity.clone().unwrap_or_else(leader::default_identity);
+    let mut lc = leader::Config::new(l.resource_namespace.clone(), l.resource_name.clone(), identity.clone());
+    lc.lease_duration = l.lease_duration;
+    lc.renew_deadline = l.renew_deadline;
+    lc.retry_period = l.retry_period;
+    let lease = format!("{}/{}", l.resource_namespace, l.resource_name);
+    let mut elector = leader::LeaderElector::new(client.clone(), lc)?;
+    tokio::pin!(shutdown);
+    tracing::info!(%identity, %lease, "waiting to lead");
+    tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        _ = elector.acquire() => {}
+    }
+    tracing::info!(%identity, %lease, "leading");
+    // Losing the lease ends the process, as upstream: a restart starts clean as a standby.
+    tokio::select! {
+        lost = elector.hold() => Err(anyhow::anyhow!("lost the lease {lease}: {lost}")),
+        r = schedule(client, config, &mut shutdown) => r,
+    }
 }
 
 /// Watches and schedules until `shutdown`.

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::Deserialize;
 
 use crate::plugins::FitScoring;
@@ -199,33 +199,6 @@ struct PluginConfig {
     args: Option<serde_json::Value>,
 }
 
-/// A Go duration as metav1.Duration writes it: "15s", "1m30s", "500ms", "2h".
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        bail!("empty duration");
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let n: f64 = rest[..digits].parse().with_context(|| format!("invalid duration {s:?}"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let secs = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "us" | "µs" => 0.000_001,
-            "ns" => 0.000_000_001,
-            u => bail!("invalid duration {s:?}: unknown unit {u:?}"),
-        };
-        total += Duration::from_secs_f64(n * secs);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
 fn known(name: &str) -> bool {
     FILTERS.contains(&name) || SCORES.iter().any(|(n, _)| *n == name) || ACCEPTED.contains(&name)
 }
@@ -387,7 +360,7 @@ impl Config {
             ];
             for (field, value, target) in fields {
                 if let Some(v) = value {
-                    *target = parse_duration(&v).with_context(|| format!("leaderElection.{field}"))?;
+                    *target = leader::parse_duration(&v).map_err(|e| anyhow::anyhow!("leaderElection.{field}: {e}"))?;
                 }
             }
             if let Some(v) = le.resource_namespace {
@@ -422,14 +395,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_as_go_writes_them() {
-        assert_eq!(parse_duration("15s").expect("15s"), Duration::from_secs(15));
-        assert_eq!(parse_duration("1m30s").expect("1m30s"), Duration::from_secs(90));
-        assert_eq!(parse_duration("500ms").expect("ms"), Duration::from_millis(500));
-        assert!(parse_duration("5 parsecs").is_err());
-    }
 
     #[test]
     fn a_full_configuration_is_read_as_upstream() {

@@ -166,18 +166,12 @@ impl InterPodState {
         self.affinity.is_empty() && self.anti_affinity.is_empty() && self.existing_anti.is_empty()
     }
 
-    /// Checked in upstream's order: existing pods' anti-affinity, the pod's anti-affinity, then
-    /// its affinity.
+    /// Checked in upstream's order: the pod's affinity, its anti-affinity, then existing pods'
+    /// anti-affinity against it.
     pub fn filter(&self, n: &NodeInfo) -> Result<(), Misfit> {
         let at = |counts: &Counts, key: &str| {
             n.label(key).and_then(|v| counts.get(&(key.to_string(), v.to_string()))).copied().unwrap_or(0)
         };
-        if self.existing_anti.iter().any(|((k, v), c)| *c > 0 && n.label(k) == Some(v.as_str())) {
-            return Err(Misfit::resolvable("node(s) didn't satisfy existing pods anti-affinity rules".into()));
-        }
-        if self.anti_affinity.iter().any(|t| at(&self.anti_affinity_counts, &t.topology_key) > 0) {
-            return Err(Misfit::resolvable("node(s) didn't match pod anti-affinity rules".into()));
-        }
         if !self.affinity.is_empty() {
             let here = self.affinity.iter().all(|t| at(&self.affinity_counts, &t.topology_key) > 0);
             let has_keys = self.affinity.iter().all(|t| n.label(&t.topology_key).is_some());
@@ -185,6 +179,12 @@ impl InterPodState {
             if !here && !first {
                 return Err(Misfit::unresolvable("node(s) didn't match pod affinity rules".into()));
             }
+        }
+        if self.anti_affinity.iter().any(|t| at(&self.anti_affinity_counts, &t.topology_key) > 0) {
+            return Err(Misfit::resolvable("node(s) didn't match pod anti-affinity rules".into()));
+        }
+        if self.existing_anti.iter().any(|((k, v), c)| *c > 0 && n.label(k) == Some(v.as_str())) {
+            return Err(Misfit::resolvable("node(s) didn't satisfy existing pods anti-affinity rules".into()));
         }
         Ok(())
     }
@@ -349,6 +349,19 @@ mod tests {
         );
         assert!(check(&self_group, &empty, "n2").is_ok());
         assert!(check(&near_db, &empty, "n2").is_err(), "a pod that does not match its own terms waits");
+    }
+
+    #[test]
+    fn when_both_sides_repel_the_pods_own_rule_is_the_reason_as_upstream() {
+        let mutual = || {
+            pod(
+                serde_json::json!({"app": "web"}),
+                serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
+            )
+        };
+        let c = cache(&[("n1", "a", vec![mutual()])]);
+        assert_eq!(check(&mutual(), &c, "n1"), Err("node(s) didn't match pod anti-affinity rules".into()));
     }
 
     #[test]

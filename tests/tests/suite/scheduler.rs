@@ -9,6 +9,7 @@ use e2e::eventually;
 use e2e::kubectl::Kubectl;
 use e2e::kubelet::Kubelet;
 use e2e::server::Process;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
@@ -16,9 +17,14 @@ struct SchedulerProcess(Child);
 
 impl SchedulerProcess {
     fn start(kubeconfig: &std::path::Path, log: &std::path::Path) -> SchedulerProcess {
+        Self::start_with(kubeconfig, log, &[])
+    }
+
+    fn start_with(kubeconfig: &std::path::Path, log: &std::path::Path, extra: &[&str]) -> SchedulerProcess {
         let child = e2e::child_command(e2e::binary("scheduler"))
             .arg("--kubeconfig")
             .arg(kubeconfig)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).expect("log"))
             .spawn()
@@ -123,7 +129,11 @@ spec:
     assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
     assert_eq!(
         cond.message.as_deref(),
-        Some("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: infra}."),
+        Some(
+            "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: infra}. \
+             preemption: 0/2 nodes are available: 1 No preemption victims found for incoming pod, 1 Preemption is \
+             not helpful for scheduling."
+        ),
     );
     let events = k.run(&["get", "events", "--field-selector", "involvedObject.name=huge"]).ok().stdout;
     assert!(events.contains("FailedScheduling"), "{events}");
@@ -194,10 +204,248 @@ spec:
         .into_iter()
         .find(|c| c.type_ == "PodScheduled")
         .and_then(|c| c.message);
-    assert_eq!(msg.as_deref(), Some("0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."));
+    assert_eq!(
+        msg.as_deref(),
+        Some(
+            "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules. preemption: 0/2 nodes are \
+             available: 2 No preemption victims found for incoming pod."
+        )
+    );
     // Deleting one frees its node for the waiting pod.
     k.run(&["delete", "pod", "s1", "--timeout=60s"]).ok();
     let p = wait_pod(&pods, "s3", "bound after s1 went away", |p| !node_of(p).is_empty()).await;
     assert_eq!(node_of(&p), n1);
     drop((a, b));
+}
+
+fn condition<'a>(p: &'a Pod, type_: &str) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+}
+
+fn millicores(q: &str) -> i64 {
+    match q.strip_suffix('m') {
+        Some(m) => m.parse().expect("millicores"),
+        None => q.parse::<i64>().expect("cores") * 1000,
+    }
+}
+
+/// Ledger C316 (basic preemption), C317 (preemption for a critical pod) and C318 (the
+/// DisruptionTarget condition on the preempted pod): on a real node, a pod of a higher
+/// PriorityClass that fits nowhere evicts a lower one and takes its place; a
+/// system-cluster-critical pod then does the same to it.
+#[tokio::test]
+async fn c316_c317_c318_higher_priority_pods_preempt_lower_ones_which_get_a_disruption_target_condition() {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let client = api.endpoint.kube_client().await;
+    let node = Kubelet::start(&api.endpoint, &[]).await;
+    node.wait_ready(&client).await;
+    let _sched = SchedulerProcess::start(&api.endpoint.kubeconfig, &node.dir.path().join("scheduler.log"));
+    let k = Kubectl::new(&api.endpoint);
+    k.run(&["create", "priorityclass", "low", "--value=1"]).ok();
+    k.run(&["create", "priorityclass", "high", "--value=1000"]).ok();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let n = nodes.get(&node.name).await.expect("node");
+    let alloc = n.status.and_then(|s| s.allocatable).and_then(|a| a.get("cpu").cloned()).expect("allocatable cpu");
+    // Two of these never fit together.
+    let share = format!("{}m", millicores(&alloc.0) * 6 / 10);
+    let pod = |name: &str, ns: &str, class: &str, grace: u32| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  priorityClassName: {class}
+  terminationGracePeriodSeconds: {grace}
+  containers: [{{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"], resources: {{requests: {{cpu: "{share}"}}}}}}]
+"#
+        )
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    // `sleep` as PID 1 ignores SIGTERM: the victim stays Terminating for its 4 s grace period.
+    k.run_stdin(&["apply", "-f", "-"], &pod("low", "default", "low", 4)).ok();
+    let low = wait_pod(&pods, "low", "Running", running).await;
+    assert_eq!(low.spec.as_ref().and_then(|s| s.priority), Some(1));
+    k.run_stdin(&["apply", "-f", "-"], &pod("high", "default", "high", 1)).ok();
+    let victim = wait_pod(&pods, "low", "DisruptionTarget", |p| condition(p, "DisruptionTarget").is_some()).await;
+    let c = condition(&victim, "DisruptionTarget").expect("condition");
+    assert_eq!((c.status.as_str(), c.reason.as_deref()), ("True", Some("PreemptionByScheduler")));
+    assert!(victim.metadata.deletion_timestamp.is_some(), "the victim is being deleted");
+    let high = wait_pod(&pods, "high", "nominated", |p| {
+        p.status.as_ref().and_then(|s| s.nominated_node_name.as_deref()) == Some(node.name.as_str())
+    })
+    .await;
+    assert!(node_of(&high).is_empty(), "it waits for the victim to go before it is bound");
+    let high = wait_pod(&pods, "high", "Running in the victim's place", running).await;
+    assert_eq!(node_of(&high), node.name);
+    let ev = k.run(&["get", "events", "--field-selector", "involvedObject.name=low", "-o", "wide"]).ok().stdout;
+    assert!(ev.contains("Preempted") && ev.contains(&format!("on node {}", node.name)), "{ev}");
+    // C317: the system class outranks every user class.
+    k.run_stdin(&["apply", "-f", "-"], &pod("critical", "kube-system", "system-cluster-critical", 1)).ok();
+    let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let critical = wait_pod(&system, "critical", "Running", running).await;
+    assert_eq!(critical.spec.as_ref().and_then(|s| s.priority), Some(2_000_000_000));
+    assert_eq!(node_of(&critical), node.name);
+    eventually(Duration::from_secs(30), "high is gone", || {
+        let pods = pods.clone();
+        async move { pods.get_opt("high").await.ok().flatten().is_none().then_some(()) }
+    })
+    .await;
+    k.run(&["delete", "pod", "critical", "-n", "kube-system", "--timeout=60s"]).ok();
+}
+
+fn simulated_node(name: &str) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "zone": format!("z{}", name.len() % 3)}},
+        "status": {"allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .expect("node")
+}
+
+fn pending_pod(name: &str, scheduler: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"schedulerName": scheduler, "containers": [{"name": "c", "image": "busybox",
+            "resources": {"requests": {"cpu": "100m"}}}]}
+    }))
+    .expect("pod")
+}
+
+/// Two schedulers contend for the kube-system/kube-scheduler Lease: one binds, the other waits;
+/// when the leader is killed the standby takes over within the lease duration. A second
+/// profile name (another scheduler) binds only its own pods. Every pod is bound exactly once.
+#[tokio::test]
+async fn a_standby_scheduler_takes_over_when_the_leader_dies_and_a_second_scheduler_keeps_to_its_pods() {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let client = api.endpoint.kube_client().await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    for i in 0..3 {
+        nodes.create(&Default::default(), &simulated_node(&format!("sim-{i}"))).await.expect("node");
+    }
+    let fast =
+        ["--leader-elect-lease-duration=3s", "--leader-elect-renew-deadline=2s", "--leader-elect-retry-period=500ms"];
+    let log_dir = e2e::TempDir::new("sched-ha").expect("dir");
+    let mut first = SchedulerProcess::start_with(
+        &api.endpoint.kubeconfig,
+        &log_dir.path().join("a.log"),
+        &[&fast[..], &["--identity=a"]].concat(),
+    );
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "kube-system");
+    let holder = |leases: Api<k8s_openapi::api::coordination::v1::Lease>| async move {
+        leases.get_opt("kube-scheduler").await.ok().flatten().and_then(|l| l.spec?.holder_identity)
+    };
+    eventually(Duration::from_secs(20), "a leads", || {
+        let leases = leases.clone();
+        async move { (holder(leases).await.as_deref() == Some("a")).then_some(()) }
+    })
+    .await;
+    let _second = SchedulerProcess::start_with(
+        &api.endpoint.kubeconfig,
+        &log_dir.path().join("b.log"),
+        &[&fast[..], &["--identity=b"]].concat(),
+    );
+    let _other = SchedulerProcess::start_with(
+        &api.endpoint.kubeconfig,
+        &log_dir.path().join("other.log"),
+        &["--scheduler-name=other", "--leader-elect-resource-name=other-scheduler", "--identity=o"],
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for i in 0..5 {
+        pods.create(&Default::default(), &pending_pod(&format!("before-{i}"), "default-scheduler")).await.expect("pod");
+    }
+    pods.create(&Default::default(), &pending_pod("for-other", "other")).await.expect("pod");
+    pods.create(&Default::default(), &pending_pod("for-nobody", "nobody")).await.expect("pod");
+    for i in 0..5 {
+        wait_pod(&pods, &format!("before-{i}"), "bound", |p| !node_of(p).is_empty()).await;
+    }
+    wait_pod(&pods, "for-other", "bound by the other scheduler", |p| !node_of(p).is_empty()).await;
+    assert_eq!(holder(leases.clone()).await.as_deref(), Some("a"), "b stood by");
+    // The leader dies without giving up the lease.
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let killed = std::time::Instant::now();
+    for i in 0..5 {
+        pods.create(&Default::default(), &pending_pod(&format!("after-{i}"), "default-scheduler")).await.expect("pod");
+    }
+    for i in 0..5 {
+        wait_pod(&pods, &format!("after-{i}"), "bound by the standby", |p| !node_of(p).is_empty()).await;
+    }
+    assert!(killed.elapsed() < Duration::from_secs(15), "took over in {:?}", killed.elapsed());
+    let lease = leases.get("kube-scheduler").await.expect("lease");
+    let spec = lease.spec.expect("spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    let p = pods.get("for-nobody").await.expect("pod");
+    assert!(node_of(&p).is_empty(), "nobody serves that scheduler name");
+    // One Scheduled event per pod: nothing was bound twice.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let all = events.list(&Default::default()).await.expect("events");
+    let mut scheduled: std::collections::HashMap<String, usize> = Default::default();
+    for e in all.items.iter().filter(|e| e.reason.as_deref() == Some("Scheduled")) {
+        *scheduled.entry(e.involved_object.name.clone().unwrap_or_default()).or_default() += 1;
+    }
+    assert_eq!(scheduled.len(), 11, "{scheduled:?}");
+    assert!(scheduled.values().all(|c| *c == 1), "{scheduled:?}");
+}
+
+/// Component test: the scheduling loop in-process against the in-memory apiserver, 300
+/// simulated nodes and 1,500 pods created at once: all bound, none of the nodes overcommitted,
+/// and the load spread (every node used).
+#[tokio::test]
+async fn a_burst_of_pods_on_hundreds_of_nodes_is_bound_without_overcommitting() {
+    let storage = std::sync::Arc::new(apiserver::storage::memory::MemoryStorage::new());
+    let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
+    let client = api.endpoint.kube_client().await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    futures::stream::iter(0..300)
+        .map(|i| {
+            let nodes = nodes.clone();
+            async move {
+                nodes.create(&Default::default(), &simulated_node(&format!("n-{i:03}"))).await.expect("node");
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    futures::stream::iter(0..1500)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                pods.create(&Default::default(), &pending_pod(&format!("p-{i:04}"), "default-scheduler"))
+                    .await
+                    .expect("pod");
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let mut config = scheduler::config::Config::default();
+    config.leader_election.leader_elect = false;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(scheduler::app::schedule(client.clone(), config, stop.clone().cancelled_owned()));
+    let bound = eventually(Duration::from_secs(120), "1500 pods bound", || {
+        let pods = pods.clone();
+        async move {
+            let list = pods.list(&Default::default()).await.ok()?;
+            let bound: Vec<String> = list.items.iter().map(node_of).filter(|n| !n.is_empty()).collect();
+            (bound.len() == 1500).then_some(bound)
+        }
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("task").expect("scheduler ran");
+    let mut per_node: std::collections::HashMap<String, usize> = Default::default();
+    for n in bound {
+        *per_node.entry(n).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 300, "every node used");
+    // 4 cpu / 100m = 40 per node at most; least-allocated keeps them close to the mean of 5.
+    assert!(per_node.values().all(|c| *c <= 40), "{per_node:?}");
+    let max = per_node.values().max().copied().unwrap_or(0);
+    assert!(max <= 12, "spread evenly: busiest node has {max}");
 }
