@@ -16,8 +16,10 @@ pub struct Cache {
     /// The nodes that exist, in the order they arrived; scheduling cycles start at a rotating index.
     order: Vec<String>,
     known: HashSet<String>,
-    /// uid -> node of every pod placed (bound or assumed) and not finished.
-    placed: HashMap<String, String>,
+    /// uid -> node and pod of every pod placed (bound or assumed) and not finished.
+    placed: HashMap<String, (String, Arc<PodInfo>)>,
+    /// Label key -> value -> how many existing nodes have it (topology domains).
+    domains: HashMap<String, HashMap<String, usize>>,
     /// uid -> node, bound by us but not yet seen bound.
     assumed: HashMap<String, String>,
     /// Placed pods with required anti-affinity, and with any pod (anti-)affinity.
@@ -55,7 +57,7 @@ impl Cache {
 
     /// The node a pod is placed on (bound or assumed).
     pub fn placement(&self, uid: &str) -> Option<&str> {
-        self.placed.get(uid).map(String::as_str)
+        self.placed.get(uid).map(|(n, _)| n.as_str())
     }
 
     pub fn is_assumed(&self, uid: &str) -> bool {
@@ -78,13 +80,41 @@ impl Cache {
 
     fn pods_in<'a>(&'a self, uids: &'a HashSet<String>) -> impl Iterator<Item = (&'a NodeInfo, &'a Arc<PodInfo>)> {
         uids.iter().filter_map(|uid| {
-            let n = self.nodes.get(self.placed.get(uid)?)?;
-            Some((n, n.pods.iter().find(|p| &p.uid == uid)?))
+            let (node, p) = self.placed.get(uid)?;
+            Some((self.nodes.get(node)?, p))
         })
+    }
+
+    /// Every placed pod with its node (ghost nodes included).
+    pub fn placed_pods(&self) -> impl Iterator<Item = (&NodeInfo, &Arc<PodInfo>)> {
+        self.placed.values().filter_map(|(node, p)| Some((self.nodes.get(node)?, p)))
+    }
+
+    /// How many existing nodes carry label `key`, by value.
+    pub fn domains(&self, key: &str) -> Option<&HashMap<String, usize>> {
+        self.domains.get(key)
+    }
+
+    fn count_labels(&mut self, name: &str, by: isize) {
+        let Some(labels) = self.nodes.get(name).and_then(|n| n.node.metadata.labels.as_ref()) else { return };
+        for (k, v) in labels {
+            let values = self.domains.entry(k.clone()).or_default();
+            let c = values.entry(v.clone()).or_default();
+            *c = c.saturating_add_signed(by);
+            if *c == 0 {
+                values.remove(v);
+                if values.is_empty() {
+                    self.domains.remove(k);
+                }
+            }
+        }
     }
 
     pub fn set_node(&mut self, node: Node) {
         let name = node.metadata.name.clone().unwrap_or_default();
+        if self.known.contains(&name) {
+            self.count_labels(&name, -1);
+        }
         match self.nodes.get_mut(&name) {
             Some(info) => {
                 for image in info.images.keys() {
@@ -104,6 +134,7 @@ impl Cache {
             }
         }
         self.image_nodes.retain(|_, c| *c > 0);
+        self.count_labels(&name, 1);
         if self.known.insert(name.clone()) {
             self.order.push(name);
         }
@@ -111,6 +142,7 @@ impl Cache {
 
     pub fn remove_node(&mut self, name: &str) {
         if self.known.remove(name) {
+            self.count_labels(name, -1);
             self.order.retain(|n| n != name);
         }
         if let Some(info) = self.nodes.get(name) {
@@ -128,7 +160,8 @@ impl Cache {
 
     fn place(&mut self, info: Arc<PodInfo>, node: &str) {
         let uid = info.uid.clone();
-        if !info.required_anti_affinity.is_empty() {
+        let info_for_index = info.clone();
+        if !info.anti_terms.is_empty() {
             self.anti.insert(uid.clone());
         }
         if info.has_affinity {
@@ -140,11 +173,11 @@ impl Cache {
             NodeInfo::new(ghost)
         });
         n.add(info);
-        self.placed.insert(uid, node.to_string());
+        self.placed.insert(uid, (node.to_string(), info_for_index));
     }
 
     fn unplace(&mut self, uid: &str) {
-        let Some(node) = self.placed.remove(uid) else { return };
+        let Some((node, _)) = self.placed.remove(uid) else { return };
         self.anti.remove(uid);
         self.affinity.remove(uid);
         if let Some(n) = self.nodes.get_mut(&node) {
@@ -204,7 +237,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, images: &[&str]) -> Node {
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
             "status": {"images": images.iter().map(|i| serde_json::json!({"names": [i], "sizeBytes": 1000})).collect::<Vec<_>>()}}))
         .expect("node")
     }
@@ -226,6 +259,7 @@ mod tests {
         c.set_node(node("a", &["img:1"]));
         c.set_node(node("b", &["img:1", "img:2"]));
         assert_eq!(c.image_spread("img:1"), 2);
+        assert_eq!(c.domains("kubernetes.io/hostname").map(|d| d.len()), Some(2));
         c.observe_pod(&pod("p1", Some("a"), "Running"));
         assert_eq!(cpu(&c, "a"), 1000);
         c.assume(Arc::new(PodInfo::new(pod("p2", None, "Pending"))), "b");
@@ -252,6 +286,7 @@ mod tests {
         assert_eq!(c.node_count(), 0);
         assert!(c.node("a").is_none());
         assert_eq!(c.image_spread("img:1"), 0);
+        assert!(c.domains("kubernetes.io/hostname").is_none(), "a gone node is no domain");
         assert_eq!(cpu(&c, "a"), 1000, "ghost keeps the pod");
         c.remove_pod("p1");
         assert!(!c.nodes.contains_key("a"));

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodAffinityTerm};
+use k8s_openapi::api::core::v1::{Container, Node, Pod};
 
 use quantity::parse_milli;
 
@@ -107,7 +107,8 @@ pub struct PodInfo {
     pub non_zero: Resources,
     pub host_ports: Vec<(String, String, i32)>,
     pub priority: i32,
-    pub required_anti_affinity: Vec<PodAffinityTerm>,
+    /// Its required anti-affinity terms, resolved against it once.
+    pub anti_terms: Vec<crate::interpod::Term>,
     /// Has any pod affinity or anti-affinity (required or preferred).
     pub has_affinity: bool,
 }
@@ -115,10 +116,13 @@ pub struct PodInfo {
 impl PodInfo {
     pub fn new(pod: Pod) -> PodInfo {
         let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
-        let required_anti_affinity = affinity
+        let anti_terms = affinity
             .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.clone())
-            .unwrap_or_default();
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|t| crate::interpod::Term::new(t, &pod, 1))
+            .collect();
         let has_affinity = affinity.is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some());
         PodInfo {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
@@ -126,7 +130,7 @@ impl PodInfo {
             non_zero: requests(&pod, true),
             host_ports: host_ports(&pod),
             priority: pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
-            required_anti_affinity,
+            anti_terms,
             has_affinity,
             pod,
         }

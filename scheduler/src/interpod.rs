@@ -109,11 +109,38 @@ fn preferred_terms(pod: &Pod, anti: bool) -> Vec<Term> {
     terms.into_iter().flatten().map(|w| Term::new(&w.pod_affinity_term, pod, w.weight as i64)).collect()
 }
 
-type Counts = HashMap<(String, String), i64>;
+/// Topology key -> value -> count (or weight).
+#[derive(Default)]
+struct Counts(HashMap<String, HashMap<String, i64>>);
 
-fn count_at(counts: &mut Counts, n: &NodeInfo, key: &str, by: i64) {
-    if let Some(v) = n.label(key) {
-        *counts.entry((key.to_string(), v.to_string())).or_default() += by;
+impl Counts {
+    fn add(&mut self, n: &NodeInfo, key: &str, by: i64) {
+        if let Some(v) = n.label(key) {
+            let values = match self.0.get_mut(key) {
+                Some(values) => values,
+                None => self.0.entry(key.to_string()).or_default(),
+            };
+            match values.get_mut(v) {
+                Some(c) => *c += by,
+                None => {
+                    values.insert(v.to_string(), by);
+                }
+            }
+        }
+    }
+
+    /// The count in `n`'s domain for `key`.
+    fn at(&self, n: &NodeInfo, key: &str) -> i64 {
+        n.label(key).and_then(|v| self.0.get(key)?.get(v)).copied().unwrap_or(0)
+    }
+
+    /// Summed over every key: the counts of `n`'s domains.
+    fn sum_at(&self, n: &NodeInfo) -> i64 {
+        self.0.iter().filter_map(|(k, values)| values.get(n.label(k)?)).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -134,26 +161,24 @@ impl InterPodState {
     pub fn new(pod: &PodInfo, cache: &Cache, ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>) -> InterPodState {
         let affinity = required_terms(&pod.pod, false);
         let anti_affinity = required_terms(&pod.pod, true);
-        let mut existing_anti = Counts::new();
+        let mut existing_anti = Counts::default();
         for (n, other) in cache.pods_with_required_anti_affinity() {
-            for t in &other.required_anti_affinity {
-                if Term::new(t, &other.pod, 1).selects(pod, ns_labels) {
-                    count_at(&mut existing_anti, n, &t.topology_key, 1);
+            for t in &other.anti_terms {
+                if t.selects(pod, ns_labels) {
+                    existing_anti.add(n, &t.topology_key, 1);
                 }
             }
         }
-        let (mut affinity_counts, mut anti_affinity_counts) = (Counts::new(), Counts::new());
+        let (mut affinity_counts, mut anti_affinity_counts) = (Counts::default(), Counts::default());
         if !affinity.is_empty() || !anti_affinity.is_empty() {
-            for n in cache.nodes() {
-                for other in &n.pods {
-                    if !affinity.is_empty() && affinity.iter().all(|t| t.selects(other, ns_labels)) {
-                        for t in &affinity {
-                            count_at(&mut affinity_counts, n, &t.topology_key, 1);
-                        }
+            for (n, other) in cache.placed_pods() {
+                if !affinity.is_empty() && affinity.iter().all(|t| t.selects(other, ns_labels)) {
+                    for t in &affinity {
+                        affinity_counts.add(n, &t.topology_key, 1);
                     }
-                    for t in anti_affinity.iter().filter(|t| t.selects(other, ns_labels)) {
-                        count_at(&mut anti_affinity_counts, n, &t.topology_key, 1);
-                    }
+                }
+                for t in anti_affinity.iter().filter(|t| t.selects(other, ns_labels)) {
+                    anti_affinity_counts.add(n, &t.topology_key, 1);
                 }
             }
         }
@@ -169,21 +194,18 @@ impl InterPodState {
     /// Checked in upstream's order: the pod's affinity, its anti-affinity, then existing pods'
     /// anti-affinity against it.
     pub fn filter(&self, n: &NodeInfo) -> Result<(), Misfit> {
-        let at = |counts: &Counts, key: &str| {
-            n.label(key).and_then(|v| counts.get(&(key.to_string(), v.to_string()))).copied().unwrap_or(0)
-        };
         if !self.affinity.is_empty() {
-            let here = self.affinity.iter().all(|t| at(&self.affinity_counts, &t.topology_key) > 0);
+            let here = self.affinity.iter().all(|t| self.affinity_counts.at(n, &t.topology_key) > 0);
             let has_keys = self.affinity.iter().all(|t| n.label(&t.topology_key).is_some());
             let first = self.affinity_counts.is_empty() && self.self_match && has_keys;
             if !here && !first {
                 return Err(Misfit::unresolvable("node(s) didn't match pod affinity rules".into()));
             }
         }
-        if self.anti_affinity.iter().any(|t| at(&self.anti_affinity_counts, &t.topology_key) > 0) {
+        if self.anti_affinity.iter().any(|t| self.anti_affinity_counts.at(n, &t.topology_key) > 0) {
             return Err(Misfit::resolvable("node(s) didn't match pod anti-affinity rules".into()));
         }
-        if self.existing_anti.iter().any(|((k, v), c)| *c > 0 && n.label(k) == Some(v.as_str())) {
+        if self.existing_anti.sum_at(n) > 0 {
             return Err(Misfit::resolvable("node(s) didn't satisfy existing pods anti-affinity rules".into()));
         }
         Ok(())
@@ -203,16 +225,16 @@ impl InterPodScore {
     pub fn new(pod: &PodInfo, cache: &Cache, ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>) -> InterPodScore {
         let preferred = preferred_terms(&pod.pod, false);
         let preferred_anti = preferred_terms(&pod.pod, true);
-        let mut weights = Counts::new();
+        let mut weights = Counts::default();
         let mut visit = |n: &NodeInfo, other: &PodInfo| {
             for t in &preferred {
                 if t.selects(other, ns_labels) {
-                    count_at(&mut weights, n, &t.topology_key, t.weight);
+                    weights.add(n, &t.topology_key, t.weight);
                 }
             }
             for t in &preferred_anti {
                 if t.selects(other, ns_labels) {
-                    count_at(&mut weights, n, &t.topology_key, -t.weight);
+                    weights.add(n, &t.topology_key, -t.weight);
                 }
             }
             if !other.has_affinity {
@@ -220,17 +242,17 @@ impl InterPodScore {
             }
             for t in required_terms(&other.pod, false) {
                 if t.selects(pod, ns_labels) {
-                    count_at(&mut weights, n, &t.topology_key, HARD_POD_AFFINITY_WEIGHT);
+                    weights.add(n, &t.topology_key, HARD_POD_AFFINITY_WEIGHT);
                 }
             }
             for t in preferred_terms(&other.pod, false) {
                 if t.selects(pod, ns_labels) {
-                    count_at(&mut weights, n, &t.topology_key, t.weight);
+                    weights.add(n, &t.topology_key, t.weight);
                 }
             }
             for t in preferred_terms(&other.pod, true) {
                 if t.selects(pod, ns_labels) {
-                    count_at(&mut weights, n, &t.topology_key, -t.weight);
+                    weights.add(n, &t.topology_key, -t.weight);
                 }
             }
         };
@@ -239,10 +261,8 @@ impl InterPodScore {
                 visit(n, other);
             }
         } else {
-            for n in cache.nodes() {
-                for other in &n.pods {
-                    visit(n, other);
-                }
+            for (n, other) in cache.placed_pods() {
+                visit(n, other);
             }
         }
         InterPodScore { weights }
@@ -253,7 +273,7 @@ impl InterPodScore {
     }
 
     pub fn raw(&self, n: &NodeInfo) -> i64 {
-        self.weights.iter().filter(|((k, v), _)| n.label(k) == Some(v.as_str())).map(|(_, w)| *w).sum()
+        self.weights.sum_at(n)
     }
 }
 

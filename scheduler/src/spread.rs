@@ -22,8 +22,10 @@ struct Constraint {
     honor_taints: bool,
     /// The pod itself matches the selector (it adds one to its domain).
     self_match: i64,
-    /// Domain -> matching pods.
+    /// Domain -> matching pods (domains without any may be left out).
     counts: HashMap<String, i64>,
+    /// How many domains there are.
+    domains: usize,
 }
 
 impl Constraint {
@@ -42,6 +44,7 @@ impl Constraint {
             honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
             self_match,
             counts: HashMap::new(),
+            domains: 0,
         }
     }
 
@@ -50,19 +53,20 @@ impl Constraint {
             && (!self.honor_taints || taint_toleration(&pod.pod, n).is_ok())
     }
 
-    fn matching(&self, pod: &PodInfo, n: &NodeInfo) -> i64 {
-        n.pods
-            .iter()
-            .filter(|p| {
-                !p.terminating()
-                    && p.namespace() == pod.namespace()
-                    && self.selector.as_ref().is_some_and(|s| selector_matches(s, p.labels()))
-            })
-            .count() as i64
+    fn matches(&self, pod: &PodInfo, p: &PodInfo) -> bool {
+        !p.terminating()
+            && p.namespace() == pod.namespace()
+            && self.selector.as_ref().is_some_and(|s| selector_matches(s, p.labels()))
     }
 
+    fn matching(&self, pod: &PodInfo, n: &NodeInfo) -> i64 {
+        n.pods.iter().filter(|p| self.matches(pod, p)).count() as i64
+    }
+
+    /// The emptiest domain's count (0 while a domain has none, or there are fewer than
+    /// minDomains).
     fn min(&self) -> i64 {
-        if self.min_domains.is_some_and(|m| (self.counts.len() as i64) < m) {
+        if self.min_domains.is_some_and(|m| (self.domains as i64) < m) || self.counts.len() < self.domains {
             return 0;
         }
         self.counts.values().copied().min().unwrap_or(0)
@@ -87,9 +91,37 @@ fn constraints(pod: &PodInfo, when: &str) -> Vec<Constraint> {
         .collect()
 }
 
-/// Counts over every node that has all the constraints' keys and is included by each.
+fn requires_node_affinity(pod: &PodInfo) -> bool {
+    let spec = pod.pod.spec.as_ref();
+    spec.and_then(|s| s.node_selector.as_ref()).is_some_and(|s| !s.is_empty())
+        || spec
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.node_affinity.as_ref())
+            .is_some_and(|na| na.required_during_scheduling_ignored_during_execution.is_some())
+}
+
+/// Counts over every node that has all the constraints' keys and is included by each. When
+/// every node with the key is included (one key, no node affinity to honour, taints ignored),
+/// the domains come from the cache's label index and only the placed pods are visited, so a
+/// cycle costs O(pods) rather than O(nodes).
 fn count(cs: &mut [Constraint], pod: &PodInfo, cache: &Cache) {
     if cs.is_empty() {
+        return;
+    }
+    let one_key = cs.iter().all(|c| c.key == cs[0].key);
+    let every_node = cs.iter().all(|c| !c.honor_taints && !(c.honor_affinity && requires_node_affinity(pod)));
+    if one_key && every_node {
+        for c in cs.iter_mut() {
+            c.domains = cache.domains(&c.key).map_or(0, |d| d.len());
+            for (n, p) in cache.placed_pods() {
+                if let Some(d) = n.label(&c.key)
+                    && cache.node(n.name()).is_some()
+                    && c.matches(pod, p)
+                {
+                    *c.counts.entry(d.to_string()).or_default() += 1;
+                }
+            }
+        }
         return;
     }
     for n in cache.nodes() {
@@ -105,6 +137,9 @@ fn count(cs: &mut [Constraint], pod: &PodInfo, cache: &Cache) {
                 *c.counts.entry(d.to_string()).or_default() += m;
             }
         }
+    }
+    for c in cs.iter_mut() {
+        c.domains = c.counts.len();
     }
 }
 
@@ -154,7 +189,7 @@ impl SpreadState {
                     let (count, domains) = if c.key == "kubernetes.io/hostname" {
                         (c.matching(pod, n), feasible.len())
                     } else {
-                        (c.counts.get(domain).copied().unwrap_or(0), c.counts.len())
+                        (c.counts.get(domain).copied().unwrap_or(0), c.domains)
                     };
                     let weight = ((domains + 2) as f64).ln();
                     s += count as f64 * weight + (c.max_skew - 1) as f64;

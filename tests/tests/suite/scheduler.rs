@@ -449,3 +449,71 @@ async fn a_burst_of_pods_on_hundreds_of_nodes_is_bound_without_overcommitting() 
     let max = per_node.values().max().copied().unwrap_or(0);
     assert!(max <= 12, "spread evenly: busiest node has {max}");
 }
+
+/// Ledger C310 (resource limits), C311 (node selector matching a fresh label), C312 (node
+/// selector matching nothing) and C313 (same hostPort and protocol, one on 0.0.0.0, never on one
+/// node), on a real node with kubectl.
+#[tokio::test]
+async fn c310_c311_c312_c313_requests_selectors_and_host_ports_decide_where_pods_go() {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let client = api.endpoint.kube_client().await;
+    let node = Kubelet::start(&api.endpoint, &[]).await;
+    node.wait_ready(&client).await;
+    let _sched = SchedulerProcess::start(&api.endpoint.kubeconfig, &node.dir.path().join("scheduler.log"));
+    let k = Kubectl::new(&api.endpoint);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let alloc = nodes.get(&node.name).await.expect("node").status.and_then(|s| s.allocatable).expect("allocatable");
+    let cpu = millicores(&alloc["cpu"].0);
+    let pod = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n{extra}  containers: [{{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}]\n"
+        )
+    };
+    let with_cpu = |name: &str, m: i64| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600'], resources: {{requests: {{cpu: {m}m}}, limits: {{cpu: {m}m}}}}}}]\n"
+        )
+    };
+    let unschedulable = |p: &Pod| condition(p, "PodScheduled").is_some_and(|c| c.status == "False");
+    // C310: 70% fits; another 70% does not.
+    k.run_stdin(&["apply", "-f", "-"], &with_cpu("fits", cpu * 7 / 10)).ok();
+    let p = wait_pod(&pods, "fits", "bound", |p| !node_of(p).is_empty()).await;
+    assert_eq!(node_of(&p), node.name);
+    k.run_stdin(&["apply", "-f", "-"], &with_cpu("too-much", cpu * 7 / 10)).ok();
+    let p = wait_pod(&pods, "too-much", "unschedulable", unschedulable).await;
+    let msg = condition(&p, "PodScheduled").and_then(|c| c.message.clone()).unwrap_or_default();
+    assert!(msg.starts_with("0/1 nodes are available: 1 Insufficient cpu."), "{msg}");
+    // C312: a selector nobody matches keeps the pod pending with a FailedScheduling event.
+    k.run_stdin(&["apply", "-f", "-"], &pod("picky", "  nodeSelector: {label: nonempty}\n")).ok();
+    wait_pod(&pods, "picky", "unschedulable", unschedulable).await;
+    let ev = k.run(&["get", "events", "--field-selector", "involvedObject.name=picky"]).ok().stdout;
+    assert!(ev.contains("FailedScheduling") && ev.contains("didn't match Pod's node affinity/selector"), "{ev}");
+    // C311: label the node; a pod selecting that label lands there (and the waiting one too).
+    k.run(&["label", "node", &node.name, "label=nonempty"]).ok();
+    k.run_stdin(&["apply", "-f", "-"], &pod("labelled", "  nodeSelector: {label: nonempty}\n")).ok();
+    let p = wait_pod(&pods, "labelled", "bound", |p| !node_of(p).is_empty()).await;
+    assert_eq!(node_of(&p), node.name);
+    let p = wait_pod(&pods, "picky", "bound after the label", |p| !node_of(p).is_empty()).await;
+    assert_eq!(node_of(&p), node.name);
+    // C313: port 54321/TCP on 0.0.0.0 and on 127.0.0.1 clash; the second waits.
+    let port = |ip: &str| {
+        format!(
+            "  containers: [{{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600'], ports: [{{containerPort: 8080, hostPort: 54321, hostIP: '{ip}', protocol: TCP}}]}}]\n"
+        )
+    };
+    let ported = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n{}",
+            port(ip)
+        )
+    };
+    k.run_stdin(&["apply", "-f", "-"], &ported("any-ip", "0.0.0.0")).ok();
+    wait_pod(&pods, "any-ip", "bound", |p| !node_of(p).is_empty()).await;
+    k.run_stdin(&["apply", "-f", "-"], &ported("loopback", "127.0.0.1")).ok();
+    let p = wait_pod(&pods, "loopback", "unschedulable", unschedulable).await;
+    let msg = condition(&p, "PodScheduled").and_then(|c| c.message.clone()).unwrap_or_default();
+    assert!(msg.contains("1 node(s) didn't have free ports for the requested pod ports"), "{msg}");
+    k.run(&["delete", "pod", "--all", "--timeout=60s"]).ok();
+}
