@@ -109,7 +109,7 @@ fn count(cs: &mut [Constraint], pod: &PodInfo, cache: &Cache) {
         return;
     }
     let one_key = cs.iter().all(|c| c.key == cs[0].key);
-    let every_node = cs.iter().all(|c| !c.honor_taints && !(c.honor_affinity && requires_node_affinity(pod)));
+    let every_node = cs.iter().all(|c| !(c.honor_taints || c.honor_affinity && requires_node_affinity(pod)));
     if one_key && every_node {
         for c in cs.iter_mut() {
             c.domains = cache.domains(&c.key).map_or(0, |d| d.len());
