@@ -2,6 +2,7 @@
 //! apiserver in-process or as the real binary, a raw HTTPS client, and kubectl / Python client
 //! runners. Everything a test starts is stopped and removed when its handle drops.
 
+pub mod bench;
 pub mod client;
 pub mod etcd;
 pub mod kubectl;

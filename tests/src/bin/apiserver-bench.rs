@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use serde_json::json;
 
+use e2e::bench::{cpu_seconds, drive, status_kib};
 use e2e::etcd::Etcd;
 use e2e::server::Process;
 
@@ -70,36 +71,6 @@ fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
     lat.sort();
     let pick = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
     Stats { per_sec: lat.len() as f64 / wall.as_secs_f64(), p50_ms: pick(0.50), p99_ms: pick(0.99) }
-}
-
-/// Runs `total` operations split over `concurrency` tasks; returns each operation's latency and the wall time.
-async fn drive<F, Fut>(concurrency: usize, total: usize, op: F) -> (Vec<Duration>, Duration)
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let op = op.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = w;
-            while i < total {
-                let t = Instant::now();
-                op(i).await;
-                lat.push(t.elapsed());
-                i += concurrency;
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::with_capacity(total);
-    for t in tasks {
-        all.extend(t.await.expect("worker"));
-    }
-    (all, started.elapsed())
 }
 
 /// One HTTP/2 connection, shared by all workers, as client-go shares one per host.
@@ -173,30 +144,6 @@ fn pod(i: usize) -> serde_json::Value {
 }
 
 /// User+system CPU time a process has used, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let ticks = field(11) + field(12);
-    ticks as f64 / 100.0
-}
-
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -375,7 +322,7 @@ async fn main() {
     println!("| apiserver GET (JSON) | {api_med:.1} | {api_bytes} |");
     println!("| ratio | {list_ratio:.2} | |");
 
-    let (rss, hwm) = rss_kib(api.pid());
+    let (rss, hwm) = (status_kib(api.pid(), "VmRSS:"), status_kib(api.pid(), "VmHWM:"));
     println!();
     println!(
         "apiserver memory with {} pods stored: RSS {:.1} MB, peak {:.1} MB",

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
+use e2e::bench::{cpu_seconds, status_kib};
 use e2e::etcd::Etcd;
 use e2e::kubelet::Kubelet;
 use e2e::server::Process;
@@ -195,24 +196,6 @@ async fn start_pods(api: &Api<Pod>, node: &str, names: &[String]) -> Vec<Duratio
     done.into_values().collect()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -280,11 +263,10 @@ async fn main() {
 
     let pid = kubelet.pid().expect("kubelet pid");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let clk = 100.0;
-    let t0 = cpu_ticks(pid);
+    let t0 = cpu_seconds(pid);
     tokio::time::sleep(Duration::from_secs(a.steady)).await;
-    let cpu = (cpu_ticks(pid) - t0) as f64 / clk / a.steady as f64 * 100.0;
-    let rss = rss_kib(pid) as f64 / 1024.0;
+    let cpu = (cpu_seconds(pid) - t0) / a.steady as f64 * 100.0;
+    let rss = status_kib(pid, "VmRSS:") as f64 / 1024.0;
 
     println!();
     println!(

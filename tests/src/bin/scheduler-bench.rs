@@ -26,6 +26,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 
+use e2e::bench::{cpu_seconds, drive, status_kib};
 use e2e::etcd::Etcd;
 use e2e::server::Process;
 
@@ -55,24 +56,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn proc_field(pid: u32, name: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (field(11) + field(12)) as f64 / 100.0
 }
 
 fn node(i: usize) -> Node {
@@ -113,32 +96,6 @@ fn pod(i: usize, workload: &str, scheduler: &str) -> Pod {
     .expect("pod")
 }
 
-/// Runs `op` for 0..total with `concurrency` in flight; returns the wall time.
-async fn drive<F, Fut>(concurrency: usize, total: usize, op: F) -> Duration
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|w| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                let mut i = w;
-                while i < total {
-                    op(i).await;
-                    i += concurrency;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("worker");
-    }
-    started.elapsed()
-}
-
 /// The bindings' physical limit: a compare-and-put of a pod-sized value per pod, 32 in flight.
 async fn raw_bindings(etcd: &etcd_client::Client, pods: usize, round: &str) -> f64 {
     let value = Arc::new(vec![b'x'; 1500]);
@@ -148,7 +105,7 @@ async fn raw_bindings(etcd: &etcd_client::Client, pods: usize, round: &str) -> f
     }
     let etcd = etcd.clone();
     let round = round.to_string();
-    let wall = drive(32, pods, move |i| {
+    let (_, wall) = drive(32, pods, move |i| {
         let mut kv = etcd.kv_client();
         let value = value.clone();
         let key = format!("/bench/raw/{round}/{i}");
@@ -229,7 +186,7 @@ async fn run_round(
             }
         }
     }
-    let rss_mb = proc_field(pid, "VmHWM:") as f64 / 1024.0;
+    let rss_mb = status_kib(pid, "VmHWM:") as f64 / 1024.0;
     let cpu = cpu_seconds(pid);
     let _ = child.kill();
     let _ = child.wait();
