@@ -22,6 +22,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::cycle::{Ctx, FitFailure, Nominated, find_node};
 use crate::framework::PodInfo;
+use crate::interpod::Namespaces;
 use crate::preempt::{self, Victims};
 use crate::queue::SchedulingQueue;
 
@@ -129,7 +130,7 @@ const BINDERS: usize = 32;
 pub struct Scheduler {
     client: kube::Client,
     config: Config,
-    pub cache: Cache,
+    cache: Cache,
     /// Pending pods of our profiles.
     pending: HashMap<String, Pod>,
     queue: SchedulingQueue,
@@ -137,7 +138,7 @@ pub struct Scheduler {
     /// uid -> node it is nominated to.
     nominated_to: HashMap<String, String>,
     pdbs: BTreeMap<(String, String), PodDisruptionBudget>,
-    namespaces: HashMap<String, BTreeMap<String, String>>,
+    namespaces: Namespaces,
     /// Where the next cycle starts filtering.
     start: usize,
     bound_tx: mpsc::UnboundedSender<Bound>,
@@ -238,23 +239,21 @@ impl Scheduler {
         if self.cache.is_assumed(&uid) {
             return;
         }
-        let Some(profile) = self.config.profile(scheduler_name(&pod)).cloned() else { return };
+        let Some(profile) = self.config.profile(scheduler_name(&pod)) else { return };
+        let scheduler = profile.scheduler_name.clone();
         let info = Arc::new(PodInfo::new(pod.clone()));
-        let namespaces = &self.namespaces;
-        let ns_labels = |ns: &str| namespaces.get(ns).cloned().unwrap_or_default();
         let ctx = Ctx {
             cache: &self.cache,
-            profile: &profile,
+            profile,
             percentage: self.config.percentage_of_nodes_to_score,
             nominated: &self.nominated,
-            ns_labels: &ns_labels,
+            namespaces: &self.namespaces,
         };
-        let mut start = self.start;
-        let outcome = find_node(&ctx, &info, &mut start).map_err(|failure| {
+        let outcome = find_node(&ctx, &info, &mut self.start).map_err(|failure| {
             let mut message = failure.message.clone();
             let mut victims = None;
             if profile.preemption && preempt::eligible(&info, &ctx) {
-                let pdbs: Vec<PodDisruptionBudget> = self.pdbs.values().cloned().collect();
+                let pdbs: Vec<&PodDisruptionBudget> = self.pdbs.values().collect();
                 victims = preempt::select(&ctx, &info, &failure, &pdbs);
                 if victims.is_none() {
                     message.push_str(&preemption_failed(&failure, ctx.cache.node_count()));
@@ -262,19 +261,18 @@ impl Scheduler {
             }
             (message, victims)
         });
-        self.start = start;
         match outcome {
             Ok(node) => {
                 self.cache.assume(info, &node);
                 self.unnominate(&uid);
-                self.bind(pod, node, profile.scheduler_name);
+                self.bind(pod, node, scheduler);
             }
             Err((message, victims)) => {
                 self.queue.unschedulable(&uid, info.priority, Instant::now());
                 if let Some(v) = victims {
-                    self.preempt(&pod, &info, v, &profile.scheduler_name);
+                    self.preempt(&pod, &info, v, &scheduler);
                 }
-                self.unschedulable(&pod, message, profile.scheduler_name);
+                self.unschedulable(&pod, message, scheduler);
             }
         }
     }
@@ -556,5 +554,63 @@ pub async fn schedule(
             _ = async {}, if nodes_synced && pods_synced && !s.queue.is_empty() => s.schedule_next(),
             _ = tick.tick() => s.queue.flush(Instant::now()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unbound_live_ungated_pods_are_pending() {
+        let pod = |extra: serde_json::Value| -> Pod {
+            let mut p = serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}});
+            if let (Some(p), Some(extra)) = (p.as_object_mut(), extra.as_object()) {
+                for (k, v) in extra {
+                    p.insert(k.clone(), v.clone());
+                }
+            }
+            serde_json::from_value(p).expect("pod")
+        };
+        assert!(pending(&pod(serde_json::json!({}))));
+        assert!(!pending(&pod(serde_json::json!({"spec": {"nodeName": "n", "containers": [{"name": "c"}]}}))));
+        assert!(!pending(&pod(
+            serde_json::json!({"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}})
+        )));
+        assert!(!pending(&pod(serde_json::json!({"status": {"phase": "Failed"}}))));
+        let gated = serde_json::json!({"spec": {"schedulingGates": [{"name": "wait"}], "containers": [{"name": "c"}]}});
+        assert!(!pending(&pod(gated)), "a gated pod waits for its gates to be removed");
+        assert!(pending(&pod(serde_json::json!({"spec": {"schedulingGates": [], "containers": [{"name": "c"}]}}))));
+    }
+
+    #[test]
+    fn flags_go_on_top_of_the_configuration_file() {
+        let dir = std::env::temp_dir().join(format!("sched-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("config.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n\
+             clientConnection: {kubeconfig: /from/file}\nleaderElection: {leaderElect: true, leaseDuration: 30s}\n\
+             profiles: [{schedulerName: a}, {schedulerName: b}]\n",
+        )
+        .expect("write");
+        let flags = Flags {
+            config: Some(file.clone()),
+            leader_elect: Some(false),
+            leader_elect_resource_name: Some("other".into()),
+            ..Default::default()
+        };
+        let c = flags.resolve().expect("resolves");
+        assert_eq!(c.kubeconfig.as_deref(), Some(std::path::Path::new("/from/file")));
+        assert!(!c.leader_election.leader_elect, "the flag wins");
+        assert_eq!(c.leader_election.lease_duration, Duration::from_secs(30), "the file's value stays");
+        assert_eq!(c.leader_election.resource_name, "other");
+        assert_eq!(c.profiles.iter().map(|p| p.scheduler_name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let both = Flags { config: Some(file), scheduler_name: Some("x".into()), ..Default::default() };
+        assert!(format!("{:#}", both.resolve().expect_err("conflict")).contains("--scheduler-name"));
+        let missing = Flags { config: Some(dir.join("nope.yaml")), ..Default::default() };
+        assert!(format!("{:#}", missing.resolve().expect_err("missing")).contains("nope.yaml"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -185,6 +185,17 @@ struct PluginSet {
     disabled: Option<Vec<PluginRef>>,
 }
 
+impl PluginSet {
+    fn disables(&self, plugin: &str) -> bool {
+        self.disabled.iter().flatten().any(|r| r.name == "*" || r.name == plugin)
+    }
+
+    /// `Some(weight)` when the set enables the plugin.
+    fn weight_of(&self, plugin: &str) -> Option<Option<i64>> {
+        self.enabled.iter().flatten().find(|r| r.name == plugin).map(|r| r.weight)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PluginRef {
@@ -247,34 +258,20 @@ fn build_profile(p: ProfileFile) -> anyhow::Result<Profile> {
             }
         }
     }
-    let disabled =
-        |set: &PluginSet, plugin: &str| set.disabled.iter().flatten().any(|r| r.name == "*" || r.name == plugin);
-    let enabled =
-        |set: &PluginSet, plugin: &str| set.enabled.iter().flatten().find(|r| r.name == plugin).map(|r| r.weight);
-    profile.filters = FILTERS
-        .iter()
-        .copied()
-        .filter(|f| {
-            let on = !disabled(&multi, f) || enabled(&multi, f).is_some();
-            (on && !disabled(&filter, f)) || enabled(&filter, f).is_some()
-        })
-        .collect();
+    // multiPoint first, then the extension point's own sets on top, as upstream merges them.
+    let on = |point: &PluginSet, plugin: &str| {
+        let by_multi = !multi.disables(plugin) || multi.weight_of(plugin).is_some();
+        (by_multi && !point.disables(plugin)) || point.weight_of(plugin).is_some()
+    };
+    profile.filters = FILTERS.iter().copied().filter(|f| on(&filter, f)).collect();
     profile.scores = SCORES
         .iter()
         .filter_map(|(s, default)| {
-            let on = !disabled(&multi, s) || enabled(&multi, s).is_some();
-            let on = (on && !disabled(&score, s)) || enabled(&score, s).is_some();
-            let weight = enabled(&score, s).flatten().or(enabled(&multi, s).flatten()).unwrap_or(*default);
-            if weight <= 0 {
-                return None;
-            }
-            on.then_some((*s, weight))
+            let weight = score.weight_of(s).flatten().or(multi.weight_of(s).flatten()).unwrap_or(*default);
+            (on(&score, s) && weight > 0).then_some((*s, weight))
         })
         .collect();
-    profile.preemption = {
-        let on = !disabled(&multi, "DefaultPreemption") || enabled(&multi, "DefaultPreemption").is_some();
-        (on && !disabled(&post_filter, "DefaultPreemption")) || enabled(&post_filter, "DefaultPreemption").is_some()
-    };
+    profile.preemption = on(&post_filter, "DefaultPreemption");
     for pc in p.plugin_config.unwrap_or_default() {
         match pc.name.as_str() {
             "NodeResourcesFit" => {

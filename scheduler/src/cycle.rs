@@ -11,7 +11,7 @@ use rand::Rng;
 use crate::cache::Cache;
 use crate::config::Profile;
 use crate::framework::{NodeInfo, PodInfo};
-use crate::interpod::{InterPodScore, InterPodState, normalize_min_max};
+use crate::interpod::{InterPodScore, InterPodState, Namespaces, normalize_min_max};
 use crate::plugins::{
     Misfit, balanced_allocation_score, filter_node, fit_error, image_locality_score, intolerable_taints, normalize,
     preferred_node_affinity, resources_fit_score,
@@ -51,7 +51,7 @@ pub struct Ctx<'a> {
     /// The configuration's percentageOfNodesToScore when the profile has none.
     pub percentage: Option<u32>,
     pub nominated: &'a Nominated,
-    pub ns_labels: &'a dyn Fn(&str) -> BTreeMap<String, String>,
+    pub namespaces: &'a Namespaces,
 }
 
 /// The cluster-wide state the filters need for one pod.
@@ -65,7 +65,7 @@ impl PreFilter {
         let interpod = ctx
             .profile
             .filter_enabled("InterPodAffinity")
-            .then(|| InterPodState::new(pod, ctx.cache, ctx.ns_labels))
+            .then(|| InterPodState::new(pod, ctx.cache, ctx.namespaces))
             .filter(|s| !s.is_empty());
         let spread = (ctx.profile.filter_enabled("PodTopologySpread")
             || ctx.profile.weight("PodTopologySpread").is_some())
@@ -174,7 +174,7 @@ pub fn score(ctx: &Ctx, pre: &PreFilter, pod: &PodInfo, feasible: &[&NodeInfo]) 
                 s
             }
             "InterPodAffinity" => {
-                let state = InterPodScore::new(pod, ctx.cache, ctx.ns_labels);
+                let state = InterPodScore::new(pod, ctx.cache, ctx.namespaces);
                 if state.is_empty() {
                     continue;
                 }
@@ -232,7 +232,7 @@ mod tests {
     }
 
     fn ctx<'a>(cache: &'a Cache, profile: &'a Profile, nominated: &'a Nominated) -> Ctx<'a> {
-        Ctx { cache, profile, percentage: None, nominated, ns_labels: &|_| BTreeMap::new() }
+        Ctx { cache, profile, percentage: None, nominated, namespaces: Box::leak(Box::default()) }
     }
 
     #[test]

@@ -93,10 +93,6 @@ fn requests(pod: &Pod, with_defaults: bool) -> Resources {
     total
 }
 
-pub fn pod_requests(pod: &Pod) -> Resources {
-    requests(pod, false)
-}
-
 /// A pod and what the plugins ask of it, computed once.
 #[derive(Debug)]
 pub struct PodInfo {
@@ -235,7 +231,8 @@ impl NodeInfo {
         true
     }
 
-    /// For tests and tables: places a pod given as an object.
+    /// For tables: places a pod given as an object.
+    #[cfg(test)]
     pub fn add_pod(&mut self, pod: &Pod) {
         self.add(Arc::new(PodInfo::new(pod.clone())));
     }
@@ -277,7 +274,7 @@ mod tests {
             "overhead": {"cpu": "10m"}
         }}))
         .expect("pod");
-        let r = pod_requests(&pod);
+        let r = PodInfo::new(pod.clone()).requests;
         // The init container (2 cpu, before the sidecar starts) beats 0.5+0.25+0.1 cpu.
         assert_eq!(r.get("cpu"), 2000 + 10);
         assert_eq!(r.get("memory"), (1i128 << 30) * 1000);

@@ -45,6 +45,11 @@ pub fn with_label_keys(sel: &LabelSelector, owner: &Pod, keys: &[String], operat
     sel
 }
 
+/// Namespace name -> its labels, for namespace selectors.
+pub type Namespaces = HashMap<String, BTreeMap<String, String>>;
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 /// A term resolved against the pod that wrote it: which namespaces and labels it selects.
 #[derive(Debug)]
 pub struct Term {
@@ -77,10 +82,13 @@ impl Term {
     }
 
     /// Whether `other` is among the pods the term selects.
-    pub fn selects(&self, other: &PodInfo, ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>) -> bool {
+    pub fn selects(&self, other: &PodInfo, namespaces: &Namespaces) -> bool {
         let ns = other.namespace();
         let ns_ok = self.namespaces.iter().any(|n| n == ns)
-            || self.namespace_selector.as_ref().is_some_and(|s| selector_matches(s, &ns_labels(ns)));
+            || self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| selector_matches(s, namespaces.get(ns).unwrap_or(&NO_LABELS)));
         ns_ok && self.selector.as_ref().is_some_and(|s| selector_matches(s, other.labels()))
     }
 }
@@ -158,13 +166,13 @@ pub struct InterPodState {
 }
 
 impl InterPodState {
-    pub fn new(pod: &PodInfo, cache: &Cache, ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>) -> InterPodState {
+    pub fn new(pod: &PodInfo, cache: &Cache, namespaces: &Namespaces) -> InterPodState {
         let affinity = required_terms(&pod.pod, false);
         let anti_affinity = required_terms(&pod.pod, true);
         let mut existing_anti = Counts::default();
         for (n, other) in cache.pods_with_required_anti_affinity() {
             for t in &other.anti_terms {
-                if t.selects(pod, ns_labels) {
+                if t.selects(pod, namespaces) {
                     existing_anti.add(n, &t.topology_key, 1);
                 }
             }
@@ -172,17 +180,17 @@ impl InterPodState {
         let (mut affinity_counts, mut anti_affinity_counts) = (Counts::default(), Counts::default());
         if !affinity.is_empty() || !anti_affinity.is_empty() {
             for (n, other) in cache.placed_pods() {
-                if !affinity.is_empty() && affinity.iter().all(|t| t.selects(other, ns_labels)) {
+                if !affinity.is_empty() && affinity.iter().all(|t| t.selects(other, namespaces)) {
                     for t in &affinity {
                         affinity_counts.add(n, &t.topology_key, 1);
                     }
                 }
-                for t in anti_affinity.iter().filter(|t| t.selects(other, ns_labels)) {
+                for t in anti_affinity.iter().filter(|t| t.selects(other, namespaces)) {
                     anti_affinity_counts.add(n, &t.topology_key, 1);
                 }
             }
         }
-        let self_match = affinity.iter().all(|t| t.selects(pod, ns_labels));
+        let self_match = affinity.iter().all(|t| t.selects(pod, namespaces));
         InterPodState { affinity, anti_affinity, affinity_counts, anti_affinity_counts, existing_anti, self_match }
     }
 
@@ -222,18 +230,18 @@ pub struct InterPodScore {
 const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
 
 impl InterPodScore {
-    pub fn new(pod: &PodInfo, cache: &Cache, ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>) -> InterPodScore {
+    pub fn new(pod: &PodInfo, cache: &Cache, namespaces: &Namespaces) -> InterPodScore {
         let preferred = preferred_terms(&pod.pod, false);
         let preferred_anti = preferred_terms(&pod.pod, true);
         let mut weights = Counts::default();
         let mut visit = |n: &NodeInfo, other: &PodInfo| {
             for t in &preferred {
-                if t.selects(other, ns_labels) {
+                if t.selects(other, namespaces) {
                     weights.add(n, &t.topology_key, t.weight);
                 }
             }
             for t in &preferred_anti {
-                if t.selects(other, ns_labels) {
+                if t.selects(other, namespaces) {
                     weights.add(n, &t.topology_key, -t.weight);
                 }
             }
@@ -241,17 +249,17 @@ impl InterPodScore {
                 return;
             }
             for t in required_terms(&other.pod, false) {
-                if t.selects(pod, ns_labels) {
+                if t.selects(pod, namespaces) {
                     weights.add(n, &t.topology_key, HARD_POD_AFFINITY_WEIGHT);
                 }
             }
             for t in preferred_terms(&other.pod, false) {
-                if t.selects(pod, ns_labels) {
+                if t.selects(pod, namespaces) {
                     weights.add(n, &t.topology_key, t.weight);
                 }
             }
             for t in preferred_terms(&other.pod, true) {
-                if t.selects(pod, ns_labels) {
+                if t.selects(pod, namespaces) {
                     weights.add(n, &t.topology_key, -t.weight);
                 }
             }
@@ -288,11 +296,8 @@ pub fn normalize_min_max(scores: &mut [i64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{place, pod, web};
     use k8s_openapi::api::core::v1::Node;
-
-    fn no_ns(_: &str) -> BTreeMap<String, String> {
-        BTreeMap::new()
-    }
 
     fn cache(nodes: &[(&str, &str, Vec<Pod>)]) -> Cache {
         let mut c = Cache::default();
@@ -302,31 +307,17 @@ mod tests {
                     .expect("node"),
             );
             for (j, p) in pods.iter().enumerate() {
-                let mut p = p.clone();
-                p.metadata.uid = Some(format!("{i}-{j}"));
-                p.spec.get_or_insert_default().node_name = Some(name.to_string());
-                c.observe_pod(&p);
+                place(&mut c, name, p, format!("{i}-{j}"));
             }
         }
         c
     }
 
-    fn pod(labels: serde_json::Value, spec: serde_json::Value) -> Pod {
-        let mut spec = spec;
-        spec["containers"] = serde_json::json!([{"name": "c"}]);
-        serde_json::from_value(
-            serde_json::json!({"metadata": {"name": "p", "namespace": "default", "labels": labels}, "spec": spec}),
-        )
-        .expect("pod")
-    }
-
-    fn web() -> Pod {
-        pod(serde_json::json!({"app": "web"}), serde_json::json!({}))
-    }
-
     fn check(p: &Pod, c: &Cache, node: &str) -> Result<(), String> {
         let info = PodInfo::new(p.clone());
-        InterPodState::new(&info, c, &no_ns).filter(c.node(node).expect("node")).map_err(|m| m.reasons[0].clone())
+        InterPodState::new(&info, c, &Namespaces::new())
+            .filter(c.node(node).expect("node"))
+            .map_err(|m| m.reasons[0].clone())
     }
 
     #[test]
@@ -435,7 +426,7 @@ mod tests {
                 "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5,
                     "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}}]}}}),
         ));
-        let s = InterPodScore::new(&p, &c, &no_ns);
+        let s = InterPodScore::new(&p, &c, &Namespaces::new());
         let mut raw: Vec<i64> = ["n1", "n2", "n3"].iter().map(|n| s.raw(c.node(n).expect("node"))).collect();
         assert_eq!(raw, vec![10, -5, 0]);
         normalize_min_max(&mut raw);

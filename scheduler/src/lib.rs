@@ -10,3 +10,5 @@ pub mod plugins;
 pub mod preempt;
 pub mod queue;
 pub mod spread;
+#[cfg(test)]
+mod testing;

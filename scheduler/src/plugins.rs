@@ -179,7 +179,8 @@ pub fn filter_node(pod: &PodInfo, n: &NodeInfo, enabled: &dyn Fn(&str) -> bool) 
     Ok(())
 }
 
-/// Every node-local filter (tests).
+/// Every node-local filter (tables).
+#[cfg(test)]
 pub fn filter(pod: &Pod, n: &NodeInfo) -> Result<(), Vec<Reason>> {
     filter_node(&PodInfo::new(pod.clone()), n, &|_| true).map_err(|m| m.reasons)
 }

@@ -41,12 +41,12 @@ pub fn eligible(pod: &PodInfo, ctx: &Ctx) -> bool {
 
 /// Disruptions each budget still allows, by budget, as its status says.
 struct Budgets<'a> {
-    pdbs: &'a [PodDisruptionBudget],
+    pdbs: &'a [&'a PodDisruptionBudget],
     allowed: Vec<i64>,
 }
 
 impl<'a> Budgets<'a> {
-    fn new(pdbs: &'a [PodDisruptionBudget]) -> Self {
+    fn new(pdbs: &'a [&'a PodDisruptionBudget]) -> Self {
         let allowed =
             pdbs.iter().map(|p| p.status.as_ref().map(|s| s.disruptions_allowed as i64).unwrap_or(0)).collect();
         Budgets { pdbs, allowed }
@@ -59,7 +59,7 @@ impl<'a> Budgets<'a> {
             .filter(|(_, b)| {
                 b.metadata.namespace.as_deref() == Some(p.namespace())
                     && b.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| {
-                        // An empty selector matches nothing for a policy/v1 budget's eviction here.
+                        // As in upstream's preemption, an empty selector protects nothing.
                         (s.match_labels.as_ref().is_some_and(|m| !m.is_empty())
                             || s.match_expressions.as_ref().is_some_and(|m| !m.is_empty()))
                             && selector_matches(s, p.labels())
@@ -88,7 +88,7 @@ fn fits(ctx: &Ctx, pod: &PodInfo, n: &NodeInfo) -> bool {
 
 /// The fewest pods to evict from `n` so that `pod` fits, or none if evicting every
 /// lower-priority pod would not be enough.
-fn victims_on(ctx: &Ctx, pod: &PodInfo, n: &NodeInfo, pdbs: &[PodDisruptionBudget]) -> Option<Victims> {
+fn victims_on(ctx: &Ctx, pod: &PodInfo, n: &NodeInfo, pdbs: &[&PodDisruptionBudget]) -> Option<Victims> {
     let mut lower: Vec<Arc<PodInfo>> = n.pods.iter().filter(|p| p.priority < pod.priority).cloned().collect();
     if lower.is_empty() {
         return None;
@@ -123,7 +123,7 @@ fn victims_on(ctx: &Ctx, pod: &PodInfo, n: &NodeInfo, pdbs: &[PodDisruptionBudge
 }
 
 /// Where to preempt, and whom.
-pub fn select(ctx: &Ctx, pod: &PodInfo, failure: &FitFailure, pdbs: &[PodDisruptionBudget]) -> Option<Victims> {
+pub fn select(ctx: &Ctx, pod: &PodInfo, failure: &FitFailure, pdbs: &[&PodDisruptionBudget]) -> Option<Victims> {
     let mut candidates: Vec<Victims> = Vec::new();
     for n in ctx.cache.nodes() {
         if failure.misfits.get(n.name()).is_some_and(|m| !m.resolvable) {
@@ -155,7 +155,6 @@ mod tests {
     use crate::config::Profile;
     use crate::cycle::{Nominated, find_node};
     use k8s_openapi::api::core::v1::{Node, Pod};
-    use std::collections::BTreeMap;
 
     fn cluster(nodes: &[&str]) -> Cache {
         let mut c = Cache::default();
@@ -178,7 +177,7 @@ mod tests {
         ))
     }
 
-    fn run(c: &Cache, p: &PodInfo, pdbs: &[PodDisruptionBudget]) -> Option<(String, Vec<String>, usize)> {
+    fn run(c: &Cache, p: &PodInfo, pdbs: &[&PodDisruptionBudget]) -> Option<(String, Vec<String>, usize)> {
         let profile = Profile::default_named("default-scheduler");
         let nominated = Nominated::new();
         let ctx = Ctx {
@@ -186,7 +185,7 @@ mod tests {
             profile: &profile,
             percentage: None,
             nominated: &nominated,
-            ns_labels: &|_| BTreeMap::new(),
+            namespaces: &Default::default(),
         };
         let failure = find_node(&ctx, p, &mut 0).expect_err("fits nowhere");
         let v = select(&ctx, p, &failure, pdbs)?;
@@ -230,7 +229,7 @@ mod tests {
             profile: &profile,
             percentage: None,
             nominated: &nominated,
-            ns_labels: &|_| BTreeMap::new(),
+            namespaces: &Default::default(),
         };
         assert!(!eligible(&never, &ctx));
     }
@@ -248,7 +247,7 @@ mod tests {
         let high = pod("high", "2", 10, "y");
         assert_eq!(run(&c, &high, &[]), Some(("a".into(), vec!["a-guarded".into()], 0)), "lowest priority");
         assert_eq!(
-            run(&c, &high, &[pdb]),
+            run(&c, &high, &[&pdb]),
             Some(("b".into(), vec!["b-plain".into()], 0)),
             "the budget outweighs priority"
         );

@@ -60,10 +60,6 @@ impl SchedulingQueue {
         self.active.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.active.len() + self.unschedulable.len()
-    }
-
     /// Queues a pending pod unless it is already queued or waiting.
     pub fn add(&mut self, uid: &str, priority: i32) {
         if self.index.contains_key(uid) || self.unschedulable.contains_key(uid) {

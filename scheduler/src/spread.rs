@@ -213,20 +213,8 @@ impl SpreadState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Node, Pod};
-
-    fn pod(labels: serde_json::Value, spec: serde_json::Value) -> Pod {
-        let mut spec = spec;
-        spec["containers"] = serde_json::json!([{"name": "c"}]);
-        serde_json::from_value(
-            serde_json::json!({"metadata": {"name": "p", "namespace": "default", "labels": labels}, "spec": spec}),
-        )
-        .expect("pod")
-    }
-
-    fn web() -> Pod {
-        pod(serde_json::json!({"app": "web"}), serde_json::json!({}))
-    }
+    use crate::testing::{place, pod, web};
+    use k8s_openapi::api::core::v1::Node;
 
     fn cache(nodes: &[(&str, Option<&str>, usize)]) -> Cache {
         let mut c = Cache::default();
@@ -240,10 +228,7 @@ mod tests {
                     .expect("node"),
             );
             for i in 0..*webs {
-                let mut p = web();
-                p.metadata.uid = Some(format!("{name}-{i}"));
-                p.spec.get_or_insert_default().node_name = Some(name.to_string());
-                c.observe_pod(&p);
+                place(&mut c, name, &web(), format!("{name}-{i}"));
             }
         }
         c
