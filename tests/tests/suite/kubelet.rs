@@ -131,6 +131,12 @@ async fn kubelet_registers_a_ready_node_with_capacity_labels_taints_and_lease() 
         assert_eq!(cond.status, want, "{t}: {:?}", cond.message);
     }
     assert!(status.addresses.expect("addresses").iter().any(|a| a.type_ == "InternalIP"));
+    // The images on the node, by tag, with sizes (what the scheduler's ImageLocality reads).
+    let images = status.images.expect("images");
+    assert!(
+        images.iter().any(|i| i.names.iter().flatten().any(|n| n == "busybox:latest") && i.size_bytes > Some(0)),
+        "{images:?}"
+    );
     let lease: Lease = Api::namespaced(c.client.clone(), "kube-node-lease").get(&c.kubelet.name).await.expect("lease");
     let lspec = lease.spec.expect("lease spec");
     assert_eq!(lspec.holder_identity.as_deref(), Some(c.kubelet.name.as_str()));

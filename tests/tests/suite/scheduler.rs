@@ -112,20 +112,8 @@ spec:
     assert_eq!(node_of(&p), b.name);
     let p = wait_pod(&pods, "tolerant", "bound", |p| !node_of(p).is_empty()).await;
     assert_eq!(node_of(&p), a.name, "selector plus toleration");
-    let p = wait_pod(&pods, "huge", "unschedulable", |p| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
-    })
-    .await;
-    let cond = p
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "PodScheduled")
-        .expect("condition");
+    let p = wait_pod(&pods, "huge", "unschedulable", unschedulable).await;
+    let cond = condition(&p, "PodScheduled").expect("condition");
     assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
     assert_eq!(
         cond.message.as_deref(),
@@ -190,20 +178,8 @@ spec:
     let n1 = node_of(&pods.get("s1").await.expect("s1"));
     let n2 = node_of(&pods.get("s2").await.expect("s2"));
     assert_ne!(n1, n2, "one per node");
-    let p = wait_pod(&pods, "s3", "unschedulable", |p| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
-    })
-    .await;
-    let msg = p
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "PodScheduled")
-        .and_then(|c| c.message);
+    let p = wait_pod(&pods, "s3", "unschedulable", unschedulable).await;
+    let msg = condition(&p, "PodScheduled").and_then(|c| c.message.clone());
     assert_eq!(
         msg.as_deref(),
         Some(
@@ -220,6 +196,10 @@ spec:
 
 fn condition<'a>(p: &'a Pod, type_: &str) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
     p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+}
+
+fn unschedulable(p: &Pod) -> bool {
+    condition(p, "PodScheduled").is_some_and(|c| c.status == "False")
 }
 
 fn millicores(q: &str) -> i64 {
@@ -476,7 +456,6 @@ async fn c310_c311_c312_c313_requests_selectors_and_host_ports_decide_where_pods
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600'], resources: {{requests: {{cpu: {m}m}}, limits: {{cpu: {m}m}}}}}}]\n"
         )
     };
-    let unschedulable = |p: &Pod| condition(p, "PodScheduled").is_some_and(|c| c.status == "False");
     // C310: 70% fits; another 70% does not.
     k.run_stdin(&["apply", "-f", "-"], &with_cpu("fits", cpu * 7 / 10)).ok();
     let p = wait_pod(&pods, "fits", "bound", |p| !node_of(p).is_empty()).await;
