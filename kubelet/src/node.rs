@@ -259,7 +259,13 @@ const MAX_IMAGES: usize = 50;
 /// The images on the node, largest first, each with its tags and digests as names (what the
 /// scheduler's ImageLocality scores).
 async fn node_images(cri: &Cri) -> Option<Vec<ContainerImage>> {
-    let mut images = cri.list_images(cri::ListImagesRequest::default()).await.ok()?.images;
+    let mut images = match cri.list_images(cri::ListImagesRequest::default()).await {
+        Ok(r) => r.images,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the node's images");
+            return None;
+        }
+    };
     images.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.id.cmp(&b.id)));
     let images: Vec<ContainerImage> = images
         .into_iter()

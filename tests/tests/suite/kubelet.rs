@@ -132,11 +132,19 @@ async fn kubelet_registers_a_ready_node_with_capacity_labels_taints_and_lease() 
     }
     assert!(status.addresses.expect("addresses").iter().any(|a| a.type_ == "InternalIP"));
     // The images on the node, by tag, with sizes (what the scheduler's ImageLocality reads).
-    let images = status.images.expect("images");
-    assert!(
-        images.iter().any(|i| i.names.iter().flatten().any(|n| n == "busybox:latest") && i.size_bytes > Some(0)),
-        "{images:?}"
-    );
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let name = c.kubelet.name.clone();
+    eventually(Duration::from_secs(30), "node.status.images to list busybox:latest with a size", || {
+        let (nodes, name) = (nodes.clone(), name.clone());
+        async move {
+            let images = nodes.get(&name).await.ok()?.status?.images?;
+            images
+                .iter()
+                .any(|i| i.names.iter().flatten().any(|n| n == "busybox:latest") && i.size_bytes > Some(0))
+                .then_some(())
+        }
+    })
+    .await;
     let lease: Lease = Api::namespaced(c.client.clone(), "kube-node-lease").get(&c.kubelet.name).await.expect("lease");
     let lspec = lease.spec.expect("lease spec");
     assert_eq!(lspec.holder_identity.as_deref(), Some(c.kubelet.name.as_str()));
@@ -152,7 +160,8 @@ async fn kubelet_registers_a_ready_node_with_capacity_labels_taints_and_lease() 
     })
     .await;
     let shown = c.k.run(&["get", "nodes"]).ok().stdout;
-    assert!(shown.contains(&c.kubelet.name) && shown.contains("Ready"), "{shown}");
+    assert!(shown.contains(&c.kubelet.name), "kubectl get nodes lists {}: {shown}", c.kubelet.name);
+    assert!(shown.contains("Ready"), "kubectl get nodes shows a status: {shown}");
 }
 
 #[tokio::test]
