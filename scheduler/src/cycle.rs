@@ -13,8 +13,8 @@ use crate::config::Profile;
 use crate::framework::{NodeInfo, PodInfo};
 use crate::interpod::{InterPodScore, InterPodState, Namespaces, normalize_min_max};
 use crate::plugins::{
-    Misfit, balanced_allocation_score, filter_node, fit_error, image_locality_score, intolerable_taints, normalize,
-    preferred_node_affinity, resources_fit_score,
+    Misfit, NodeFilters, balanced_allocation_score, filter_node, fit_error, image_locality_score, intolerable_taints,
+    normalize, preferred_node_affinity, resources_fit_score,
 };
 use crate::spread::SpreadState;
 
@@ -58,6 +58,8 @@ pub struct Ctx<'a> {
 pub struct PreFilter {
     pub interpod: Option<InterPodState>,
     pub spread: Option<SpreadState>,
+    node: NodeFilters,
+    spread_filter: bool,
 }
 
 impl PreFilter {
@@ -71,30 +73,46 @@ impl PreFilter {
             || ctx.profile.weight("PodTopologySpread").is_some())
         .then(|| SpreadState::new(pod, ctx.cache))
         .filter(|s| s.has_hard() || s.has_soft());
-        PreFilter { interpod, spread }
+        PreFilter {
+            interpod,
+            spread,
+            node: NodeFilters::new(|name| ctx.profile.filter_enabled(name)),
+            spread_filter: ctx.profile.filter_enabled("PodTopologySpread"),
+        }
     }
 
-    /// Every filter for one node. Pods nominated to it with at least the pod's priority count
-    /// as if they were there already.
+    /// Every filter for one node in upstream's order (the first failure is the node's reason).
     pub fn filter(&self, ctx: &Ctx, pod: &PodInfo, n: &NodeInfo) -> Result<(), Misfit> {
-        let enabled = |name: &str| ctx.profile.filter_enabled(name);
-        let ahead: Vec<&Arc<PodInfo>> = ctx
-            .nominated
-            .get(n.name())
-            .into_iter()
-            .flatten()
-            .filter(|p| p.uid != pod.uid && p.priority >= pod.priority)
-            .collect();
+        self.local(ctx, pod, n)?;
+        self.cluster(n)
+    }
+
+    /// The node-local filters. Pods nominated to the node with at least the pod's priority
+    /// count as if they were there already.
+    fn local(&self, ctx: &Ctx, pod: &PodInfo, n: &NodeInfo) -> Result<(), Misfit> {
+        let ahead: Vec<&Arc<PodInfo>> = match ctx.nominated.is_empty() {
+            true => Vec::new(),
+            false => ctx
+                .nominated
+                .get(n.name())
+                .into_iter()
+                .flatten()
+                .filter(|p| p.uid != pod.uid && p.priority >= pod.priority)
+                .collect(),
+        };
         if ahead.is_empty() {
-            filter_node(pod, n, &enabled)?;
-        } else {
-            let mut with = n.clone();
-            for p in ahead {
-                with.add(p.clone());
-            }
-            filter_node(pod, &with, &enabled)?;
+            return filter_node(pod, n, self.node);
         }
-        if ctx.profile.filter_enabled("PodTopologySpread")
+        let mut with = n.clone();
+        for p in ahead {
+            with.add(p.clone());
+        }
+        filter_node(pod, &with, self.node)
+    }
+
+    /// The filters that read the cycle's cluster-wide counts: a lookup per node.
+    fn cluster(&self, n: &NodeInfo) -> Result<(), Misfit> {
+        if self.spread_filter
             && let Some(s) = &self.spread
         {
             s.filter(n)?;
@@ -103,6 +121,13 @@ impl PreFilter {
             s.filter(n)?;
         }
         Ok(())
+    }
+
+    /// Whether the node passes every filter, the cheap cluster-wide lookups first (where a
+    /// spread or affinity constraint rules out most nodes, most are rejected without the
+    /// node-local filters). The verdict is [`PreFilter::filter`]'s; only the reason may differ.
+    fn passes(&self, ctx: &Ctx, pod: &PodInfo, n: &NodeInfo) -> bool {
+        self.cluster(n).is_ok() && self.local(ctx, pod, n).is_ok()
     }
 }
 
@@ -119,24 +144,26 @@ pub fn find_node(ctx: &Ctx, pod: &PodInfo, start: &mut usize) -> Result<String, 
     let pre = PreFilter::new(ctx, pod);
     let want = feasible_to_find(total, ctx.profile.percentage_of_nodes_to_score.or(ctx.percentage));
     let mut feasible: Vec<&NodeInfo> = Vec::new();
-    let mut misfits: HashMap<String, Misfit> = HashMap::new();
     let mut processed = 0;
     while processed < total && feasible.len() < want {
         let Some(n) = ctx.cache.node_at((*start + processed) % total) else { break };
         processed += 1;
-        match pre.filter(ctx, pod, n) {
-            Ok(()) => feasible.push(n),
-            Err(m) => {
-                misfits.insert(n.name().to_string(), m);
-            }
+        if pre.passes(ctx, pod, n) {
+            feasible.push(n);
         }
     }
     *start = (*start + processed) % total;
     if feasible.is_empty() {
+        // Every node was looked at and none fits: now say why, node by node, in upstream's order.
+        let misfits: HashMap<String, Misfit> = ctx
+            .cache
+            .nodes()
+            .filter_map(|n| pre.filter(ctx, pod, n).err().map(|m| (n.name().to_string(), m)))
+            .collect();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         for m in misfits.values() {
             for r in &m.reasons {
-                *reasons.entry(r.clone()).or_default() += 1;
+                *reasons.entry(r.to_string()).or_default() += 1;
             }
         }
         return Err(FitFailure { message: fit_error(total, &reasons), misfits });
@@ -272,6 +299,38 @@ mod tests {
         nominated.insert("n2".into(), vec![Arc::new(high)]);
         let got = find_node(&ctx(&c, &profile, &nominated), &pod("p", "1"), &mut start).expect("fits");
         assert_ne!(got, "n2", "n2's room is promised to a higher-priority pod");
+    }
+
+    #[test]
+    fn a_node_failing_several_filters_is_reported_by_the_first_in_upstream_order() {
+        // n0 (zone z0) is full and already has a matching pod, so both NodeResourcesFit and the
+        // spread constraint reject it; the scan checks the spread first, the message must not.
+        let mut c = cluster(3);
+        let spreading = |uid: &str, cpu: &str| {
+            PodInfo::new(
+                serde_json::from_value::<Pod>(serde_json::json!({
+                    "metadata": {"name": uid, "uid": uid, "namespace": "d", "labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}],
+                        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]}}))
+                .expect("pod"),
+            )
+        };
+        c.assume(Arc::new(spreading("full", "4")), "n0");
+        c.assume(Arc::new(pod("busy1", "4")), "n1");
+        c.assume(Arc::new(pod("busy2", "4")), "n2");
+        let profile = Profile::default_named("default-scheduler");
+        let none = Nominated::new();
+        let err = find_node(&ctx(&c, &profile, &none), &spreading("p", "1"), &mut 0).expect_err("nothing fits");
+        assert_eq!(err.message, "0/3 nodes are available: 3 Insufficient cpu.");
+        assert!(err.misfits.values().all(|m| m.resolvable));
+        // With room on n0 only the spread rejects it, and n1/n2 (zones without a web pod) fit.
+        let mut c = cluster(3);
+        c.assume(Arc::new(spreading("one", "1")), "n0");
+        for _ in 0..20 {
+            let got = find_node(&ctx(&c, &profile, &none), &spreading("p", "1"), &mut 0).expect("fits");
+            assert_ne!(got, "n0", "zone z0 already has one more than the others");
+        }
     }
 
     #[test]

@@ -9,36 +9,80 @@ use k8s_openapi::api::core::v1::{Container, Node, Pod};
 
 use quantity::parse_milli;
 
-/// Resources in thousandths (cpu in millicores, memory in milli-bytes, and so on).
+/// Resources in thousandths (cpu in millicores, memory in milli-bytes, and so on). The four
+/// every pod and node has are fields, so the filters read them without looking a name up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Resources(pub BTreeMap<String, i128>);
+pub struct Resources {
+    /// cpu, memory, ephemeral-storage, pods (in [`KNOWN`]'s order).
+    pub known: [i128; 4],
+    /// Extended resources and anything else, by name.
+    pub other: BTreeMap<String, i128>,
+}
+
+/// The resources kept as fields, in their order in [`Resources::known`].
+pub const KNOWN: [&str; 4] = ["cpu", "memory", "ephemeral-storage", "pods"];
+
+fn slot(name: &str) -> Option<usize> {
+    KNOWN.iter().position(|k| *k == name)
+}
 
 impl Resources {
     pub fn get(&self, name: &str) -> i128 {
-        self.0.get(name).copied().unwrap_or(0)
+        match slot(name) {
+            Some(i) => self.known[i],
+            None => self.other.get(name).copied().unwrap_or(0),
+        }
+    }
+
+    pub fn set(&mut self, name: &str, v: i128) {
+        match slot(name) {
+            Some(i) => self.known[i] = v,
+            None => {
+                self.other.insert(name.to_string(), v);
+            }
+        }
+    }
+
+    /// Every resource named here (the known ones when non-zero), with its amount.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i128)> {
+        KNOWN
+            .iter()
+            .zip(self.known)
+            .filter(|(_, v)| *v != 0)
+            .map(|(k, v)| (*k, v))
+            .chain(self.other.iter().map(|(k, v)| (k.as_str(), *v)))
+    }
+
+    fn merge(&mut self, other: &Resources, f: impl Fn(i128, i128) -> i128) {
+        for (a, b) in self.known.iter_mut().zip(other.known) {
+            *a = f(*a, b);
+        }
+        for (k, v) in &other.other {
+            let e = self.other.entry(k.clone()).or_default();
+            *e = f(*e, *v);
+        }
     }
 
     pub fn add(&mut self, other: &Resources) {
-        for (k, v) in &other.0 {
-            *self.0.entry(k.clone()).or_default() += v;
-        }
+        self.merge(other, |a, b| a + b)
     }
 
     pub fn sub(&mut self, other: &Resources) {
-        for (k, v) in &other.0 {
-            *self.0.entry(k.clone()).or_default() -= v;
-        }
+        self.merge(other, |a, b| a - b)
     }
 
     pub fn max_with(&mut self, other: &Resources) {
-        for (k, v) in &other.0 {
-            let e = self.0.entry(k.clone()).or_default();
-            *e = (*e).max(*v);
-        }
+        self.merge(other, i128::max)
     }
 
     fn of(map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>) -> Resources {
-        Resources(map.into_iter().flatten().filter_map(|(k, q)| Some((k.clone(), parse_milli(&q.0)?))).collect())
+        let mut r = Resources::default();
+        for (k, q) in map.into_iter().flatten() {
+            if let Some(v) = parse_milli(&q.0) {
+                r.set(k, v);
+            }
+        }
+        r
     }
 }
 
@@ -46,8 +90,8 @@ fn container_requests(c: &Container) -> Resources {
     let r = c.resources.as_ref();
     // Requests default to limits (the apiserver does this too; be safe for raw objects).
     let mut req = Resources::of(r.and_then(|r| r.limits.as_ref()));
-    for (k, v) in Resources::of(r.and_then(|r| r.requests.as_ref())).0 {
-        req.0.insert(k, v);
+    for (k, v) in Resources::of(r.and_then(|r| r.requests.as_ref())).iter() {
+        req.set(k, v);
     }
     req
 }
@@ -59,7 +103,7 @@ pub const DEFAULT_MEMORY: i128 = 200 * (1 << 20) * 1000;
 fn non_zero(r: &Resources) -> Resources {
     let cpu = if r.get("cpu") > 0 { r.get("cpu") } else { DEFAULT_CPU };
     let memory = if r.get("memory") > 0 { r.get("memory") } else { DEFAULT_MEMORY };
-    Resources(BTreeMap::from([("cpu".to_string(), cpu), ("memory".to_string(), memory)]))
+    Resources { known: [cpu, memory, 0, 0], other: BTreeMap::new() }
 }
 
 /// What a pod asks of a node, as upstream computes it: the sum of app containers and

@@ -317,7 +317,7 @@ mod tests {
         let info = PodInfo::new(p.clone());
         InterPodState::new(&info, c, &Namespaces::new())
             .filter(c.node(node).expect("node"))
-            .map_err(|m| m.reasons[0].clone())
+            .map_err(|m| m.reasons[0].to_string())
     }
 
     #[test]

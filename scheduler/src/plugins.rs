@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod,
 use crate::framework::{NodeInfo, PodInfo, host_ports};
 
 /// Why a node does not fit: the reason as upstream words it.
-pub type Reason = String;
+pub type Reason = std::borrow::Cow<'static, str>;
 
 pub fn node_unschedulable(pod: &Pod, n: &NodeInfo) -> Result<(), Reason> {
     let unschedulable = n.node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
@@ -29,18 +29,23 @@ pub fn node_name(pod: &Pod, n: &NodeInfo) -> Result<(), Reason> {
 
 /// Requests against allocatable: cpu, memory, ephemeral-storage, pods and extended resources.
 pub fn node_resources_fit(pod: &PodInfo, n: &NodeInfo) -> Result<(), Vec<Reason>> {
-    let mut reasons = Vec::new();
-    let pods_cap = n.allocatable.get("pods") / 1000;
+    const INSUFFICIENT: [&str; 4] =
+        ["Insufficient cpu", "Insufficient memory", "Insufficient ephemeral-storage", "Insufficient pods"];
+    let mut reasons: Vec<Reason> = Vec::new();
+    let pods_cap = n.allocatable.known[3] / 1000;
     if pods_cap > 0 && n.pods.len() as i128 + 1 > pods_cap {
-        reasons.push("Too many pods".to_string());
+        reasons.push("Too many pods".into());
     }
-    for (name, amount) in &pod.requests.0 {
-        if *amount <= 0 {
-            continue;
+    // Pods are counted above, not requested.
+    let known = pod.requests.known.iter().zip(n.allocatable.known).zip(n.requested.known).zip(INSUFFICIENT);
+    for (((amount, allocatable), requested), reason) in known.take(3) {
+        if *amount > 0 && *amount > allocatable - requested {
+            reasons.push(reason.into());
         }
-        let free = n.allocatable.get(name) - n.requested.get(name);
-        if *amount > free {
-            reasons.push(format!("Insufficient {name}"));
+    }
+    for (name, amount) in &pod.requests.other {
+        if *amount > 0 && *amount > n.allocatable.get(name) - n.requested.get(name) {
+            reasons.push(format!("Insufficient {name}").into());
         }
     }
     if reasons.is_empty() { Ok(()) } else { Err(reasons) }
@@ -132,7 +137,7 @@ pub fn taint_toleration(pod: &Pod, n: &NodeInfo) -> Result<(), Reason> {
         }
         if !tols.iter().any(|t| tolerates(t, taint)) {
             let v = taint.value.clone().map(|v| format!(": {v}")).unwrap_or_default();
-            return Err(format!("node(s) had untolerated taint {{{}{v}}}", taint.key));
+            return Err(format!("node(s) had untolerated taint {{{}{v}}}", taint.key).into());
         }
     }
     Ok(())
@@ -156,24 +161,49 @@ impl Misfit {
 }
 
 /// The node-local filters in upstream's order; the reasons of the first that fails.
-pub fn filter_node(pod: &PodInfo, n: &NodeInfo, enabled: &dyn Fn(&str) -> bool) -> Result<(), Misfit> {
+/// Which node-local filters a profile runs, looked up once rather than per node.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeFilters {
+    unschedulable: bool,
+    node_name: bool,
+    taints: bool,
+    affinity: bool,
+    ports: bool,
+    fit: bool,
+}
+
+impl NodeFilters {
+    pub fn new(enabled: impl Fn(&str) -> bool) -> NodeFilters {
+        NodeFilters {
+            unschedulable: enabled("NodeUnschedulable"),
+            node_name: enabled("NodeName"),
+            taints: enabled("TaintToleration"),
+            affinity: enabled("NodeAffinity"),
+            ports: enabled("NodePorts"),
+            fit: enabled("NodeResourcesFit"),
+        }
+    }
+}
+
+/// The node-local filters, in upstream's order; the first that fails decides.
+pub fn filter_node(pod: &PodInfo, n: &NodeInfo, on: NodeFilters) -> Result<(), Misfit> {
     let p = &pod.pod;
-    if enabled("NodeUnschedulable") {
+    if on.unschedulable {
         node_unschedulable(p, n).map_err(Misfit::unresolvable)?;
     }
-    if enabled("NodeName") {
+    if on.node_name {
         node_name(p, n).map_err(Misfit::unresolvable)?;
     }
-    if enabled("TaintToleration") {
+    if on.taints {
         taint_toleration(p, n).map_err(Misfit::unresolvable)?;
     }
-    if enabled("NodeAffinity") {
+    if on.affinity {
         node_affinity(p, n).map_err(Misfit::unresolvable)?;
     }
-    if enabled("NodePorts") {
+    if on.ports {
         node_ports(p, n).map_err(Misfit::resolvable)?;
     }
-    if enabled("NodeResourcesFit") {
+    if on.fit {
         node_resources_fit(pod, n).map_err(|reasons| Misfit { reasons, resolvable: true })?;
     }
     Ok(())
@@ -181,8 +211,9 @@ pub fn filter_node(pod: &PodInfo, n: &NodeInfo, enabled: &dyn Fn(&str) -> bool) 
 
 /// Every node-local filter (tables).
 #[cfg(test)]
-pub fn filter(pod: &Pod, n: &NodeInfo) -> Result<(), Vec<Reason>> {
-    filter_node(&PodInfo::new(pod.clone()), n, &|_| true).map_err(|m| m.reasons)
+pub fn filter(pod: &Pod, n: &NodeInfo) -> Result<(), Vec<String>> {
+    filter_node(&PodInfo::new(pod.clone()), n, NodeFilters::new(|_| true))
+        .map_err(|m| m.reasons.iter().map(|r| r.to_string()).collect())
 }
 
 /// How NodeResourcesFit scores: upstream's LeastAllocated (the default) or MostAllocated, with

@@ -14,7 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use crate::cycle::{Ctx, FitFailure};
 use crate::framework::{NodeInfo, PodInfo};
 use crate::interpod::selector_matches;
-use crate::plugins::filter_node;
+use crate::plugins::{NodeFilters, filter_node};
 
 #[derive(Debug)]
 pub struct Victims {
@@ -83,7 +83,7 @@ impl<'a> Budgets<'a> {
 }
 
 fn fits(ctx: &Ctx, pod: &PodInfo, n: &NodeInfo) -> bool {
-    filter_node(pod, n, &|name| ctx.profile.filter_enabled(name)).is_ok()
+    filter_node(pod, n, NodeFilters::new(|name| ctx.profile.filter_enabled(name))).is_ok()
 }
 
 /// The fewest pods to evict from `n` so that `pod` fits, or none if evicting every

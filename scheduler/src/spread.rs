@@ -26,6 +26,8 @@ struct Constraint {
     counts: HashMap<String, i64>,
     /// How many domains there are.
     domains: usize,
+    /// The emptiest domain's count, once counted.
+    min: i64,
 }
 
 impl Constraint {
@@ -45,6 +47,7 @@ impl Constraint {
             self_match,
             counts: HashMap::new(),
             domains: 0,
+            min: 0,
         }
     }
 
@@ -65,7 +68,7 @@ impl Constraint {
 
     /// The emptiest domain's count (0 while a domain has none, or there are fewer than
     /// minDomains).
-    fn min(&self) -> i64 {
+    fn emptiest(&self) -> i64 {
         if self.min_domains.is_some_and(|m| (self.domains as i64) < m) || self.counts.len() < self.domains {
             return 0;
         }
@@ -114,13 +117,14 @@ fn count(cs: &mut [Constraint], pod: &PodInfo, cache: &Cache) {
         for c in cs.iter_mut() {
             c.domains = cache.domains(&c.key).map_or(0, |d| d.len());
             for (n, p) in cache.placed_pods() {
-                if let Some(d) = n.label(&c.key)
+                if c.matches(pod, p)
+                    && let Some(d) = n.label(&c.key)
                     && cache.node(n.name()).is_some()
-                    && c.matches(pod, p)
                 {
-                    *c.counts.entry(d.to_string()).or_default() += 1;
+                    add(&mut c.counts, d, 1);
                 }
             }
+            c.min = c.emptiest();
         }
         return;
     }
@@ -134,12 +138,23 @@ fn count(cs: &mut [Constraint], pod: &PodInfo, cache: &Cache) {
             }
             let m = c.matching(pod, n);
             if let Some(d) = n.label(&c.key) {
-                *c.counts.entry(d.to_string()).or_default() += m;
+                add(&mut c.counts, d, m);
             }
         }
     }
     for c in cs.iter_mut() {
         c.domains = c.counts.len();
+        c.min = c.emptiest();
+    }
+}
+
+/// Adds to a domain's count, allocating its name only the first time.
+fn add(counts: &mut HashMap<String, i64>, domain: &str, by: i64) {
+    match counts.get_mut(domain) {
+        Some(v) => *v += by,
+        None => {
+            counts.insert(domain.to_string(), by);
+        }
     }
 }
 
@@ -170,7 +185,7 @@ impl SpreadState {
                 ));
             };
             let here = c.counts.get(domain).copied().unwrap_or(0);
-            if here + c.self_match - c.min() > c.max_skew {
+            if here + c.self_match - c.min > c.max_skew {
                 return Err(Misfit::resolvable("node(s) didn't match pod topology spread constraints".into()));
             }
         }
