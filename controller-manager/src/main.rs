@@ -1,9 +1,27 @@
 //! `controller-manager`: the control loops that keep desired state.
-//!
-//! Not built yet (issue #6). Until then the binary refuses to run rather than pretend: it prints
-//! one line and exits non-zero, so scripts and tests that start it fail loudly.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("controller-manager: not implemented yet (tracked in issue #6)");
-    std::process::ExitCode::FAILURE
+use clap::Parser;
+use controller_manager::app::{Flags, run};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let flags = Flags::parse();
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    match run(flags, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("controller-manager: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,255 @@
+//! The process: flags, leader election, the shared informers, and the controllers chosen with
+//! `--controllers`, each draining its work queue with `--concurrent-<x>-syncs` workers.
+
+use std::collections::BTreeSet;
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::events::Recorder;
+use crate::informer::Informer;
+use crate::replicaset::ReplicaSetController;
+use crate::workqueue::WorkQueue;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "controller-manager", version, about = "Runs the control loops that keep desired state")]
+pub struct Flags {
+    #[arg(long, env = "CONTROLLER_MANAGER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Controllers to run: '*' for all on by default, 'foo' to add one, '-foo' to leave one out
+    /// (upstream's names, with or without the '-controller' suffix).
+    #[arg(long, env = "CONTROLLER_MANAGER_CONTROLLERS", default_value = "*", value_delimiter = ',')]
+    pub controllers: Vec<String>,
+    /// Leader election on a Lease, so a standby can take over (default true, as upstream).
+    #[arg(long, env = "CONTROLLER_MANAGER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    #[arg(long, default_value = "15s", value_parser = leader::parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    #[arg(long, default_value = "10s", value_parser = leader::parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    #[arg(long, default_value = "2s", value_parser = leader::parse_duration)]
+    pub leader_elect_retry_period: Duration,
+    #[arg(long, default_value = "kube-system")]
+    pub leader_elect_resource_namespace: String,
+    #[arg(long, default_value = "kube-controller-manager")]
+    pub leader_elect_resource_name: String,
+    /// Who this instance is in the Lease (default: hostname and a random suffix).
+    #[arg(long, env = "CONTROLLER_MANAGER_IDENTITY")]
+    pub identity: Option<String>,
+    /// Workers syncing ReplicaSets at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_replicaset_syncs: usize,
+}
+
+/// Upstream's controllers by name. Those not in [`IMPLEMENTED`] are not run yet; the log says so.
+pub const UPSTREAM: &[&str] = &[
+    "attachdetach",
+    "bootstrapsigner",
+    "clusterrole-aggregation",
+    "cronjob",
+    "csrapproving",
+    "csrcleaner",
+    "csrsigning",
+    "daemonset",
+    "deployment",
+    "disruption",
+    "endpoint",
+    "endpointslice",
+    "endpointslicemirroring",
+    "ephemeral-volume",
+    "garbagecollector",
+    "horizontalpodautoscaling",
+    "job",
+    "namespace",
+    "nodeipam",
+    "nodelifecycle",
+    "persistentvolume-binder",
+    "persistentvolume-expander",
+    "podgc",
+    "pv-protection",
+    "pvc-protection",
+    "replicaset",
+    "replicationcontroller",
+    "resourcequota",
+    "root-ca-cert-publisher",
+    "serviceaccount",
+    "serviceaccount-token",
+    "statefulset",
+    "tokencleaner",
+    "ttl",
+    "ttl-after-finished",
+];
+
+/// Off unless named, as upstream.
+const OFF_BY_DEFAULT: &[&str] = &["bootstrapsigner", "tokencleaner"];
+
+pub const IMPLEMENTED: &[&str] = &["replicaset"];
+
+/// The controllers `--controllers` turns on, or why the list is wrong.
+pub fn enabled(list: &[String]) -> Result<BTreeSet<&'static str>, String> {
+    let mut on = BTreeSet::new();
+    let mut off = BTreeSet::new();
+    let mut star = false;
+    for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if item == "*" {
+            star = true;
+            continue;
+        }
+        let (negated, name) = match item.strip_prefix('-') {
+            Some(n) => (true, n),
+            None => (false, item),
+        };
+        let name = name.strip_suffix("-controller").unwrap_or(name);
+        let Some(known) = UPSTREAM.iter().find(|k| **k == name) else {
+            return Err(format!("--controllers: unknown controller {item:?}"));
+        };
+        if negated { off.insert(*known) } else { on.insert(*known) };
+    }
+    if star {
+        on.extend(UPSTREAM.iter().filter(|n| !OFF_BY_DEFAULT.contains(n)));
+    }
+    Ok(on.difference(&off).copied().collect())
+}
+
+pub async fn client_for(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let Some(path) = kubeconfig else { anyhow::bail!("--kubeconfig is required") };
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
+    let c = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
+    Ok(kube::Client::try_from(c)?)
+}
+
+pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let controllers = enabled(&flags.controllers).map_err(anyhow::Error::msg)?;
+    let client = client_for(flags.kubeconfig.as_ref()).await?;
+    let stop = CancellationToken::new();
+    tokio::pin!(shutdown);
+    if !flags.leader_elect {
+        return tokio::select! {
+            r = start(client, &flags, &controllers, stop.clone()) => r,
+            _ = &mut shutdown => { stop.cancel(); Ok(()) }
+        };
+    }
+    let identity = flags.identity.clone().unwrap_or_else(leader::default_identity);
+    let mut lc = leader::Config::new(
+        flags.leader_elect_resource_namespace.clone(),
+        flags.leader_elect_resource_name.clone(),
+        identity.clone(),
+    );
+    lc.lease_duration = flags.leader_elect_lease_duration;
+    lc.renew_deadline = flags.leader_elect_renew_deadline;
+    lc.retry_period = flags.leader_elect_retry_period;
+    let lease = format!("{}/{}", flags.leader_elect_resource_namespace, flags.leader_elect_resource_name);
+    let mut elector = leader::LeaderElector::new(client.clone(), lc)?;
+    tracing::info!(%identity, %lease, "Waiting to lead");
+    tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        _ = elector.acquire() => {}
+    }
+    tracing::info!(%identity, %lease, "Leading");
+    // Losing the lease ends the process, as upstream: a restart starts clean as a standby.
+    let r = tokio::select! {
+        lost = elector.hold() => Err(anyhow::anyhow!("lost the lease {lease}: {lost}")),
+        r = start(client, &flags, &controllers, stop.clone()) => r,
+        _ = &mut shutdown => Ok(()),
+    };
+    stop.cancel();
+    let _ = elector.release().await;
+    r
+}
+
+/// Starts the informers and the enabled controllers; returns when `stop` is cancelled.
+pub async fn start(
+    client: kube::Client,
+    flags: &Flags,
+    controllers: &BTreeSet<&'static str>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let missing: Vec<&str> = controllers.iter().copied().filter(|c| !IMPLEMENTED.contains(c)).collect();
+    if !missing.is_empty() {
+        tracing::warn!(controllers = %missing.join(","), "Not running these controllers: not implemented yet");
+    }
+    let events = Recorder::new(client.clone());
+    let pods: Informer<Pod> = Informer::default();
+    let sets: Informer<ReplicaSet> = Informer::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    if controllers.contains("replicaset") {
+        let c = ReplicaSetController::new(client.clone(), &sets, &pods, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("replicaset", queue, flags.concurrent_replicaset_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    tasks.spawn(pods.clone().run(Api::all(client.clone())));
+    tasks.spawn(sets.clone().run(Api::all(client.clone())));
+    tokio::join!(pods.synced(), sets.synced());
+    tracing::info!(controllers = %controllers.iter().filter(|c| IMPLEMENTED.contains(c)).copied().collect::<Vec<_>>().join(","), "Started controllers");
+    stop.cancelled().await;
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// `workers` tasks draining `queue` with `sync` until `stop`: success forgets the key's
+/// failures (and requeues it when asked), failure requeues it with backoff.
+pub async fn work<F, Fut, E>(name: &'static str, queue: Arc<WorkQueue>, workers: usize, stop: CancellationToken, sync: F)
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<Duration>, E>> + Send,
+    E: Display,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let (queue, sync) = (queue.clone(), sync.clone());
+        set.spawn(async move {
+            while let Some(key) = queue.get().await {
+                let span = tracing::info_span!("reconcile", controller = name, object = %key);
+                match sync(key.clone()).instrument(span).await {
+                    Ok(again) => {
+                        queue.forget(&key);
+                        if let Some(after) = again {
+                            queue.add_after(key.clone(), after);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(controller = name, object = %key, error = %e, "Sync failed; retrying");
+                        queue.add_rate_limited(&key);
+                    }
+                }
+                queue.done(&key);
+            }
+        });
+    }
+    stop.cancelled().await;
+    queue.shut_down();
+    while set.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(s: &str) -> Vec<String> {
+        s.split(',').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn controllers_flag_follows_upstream() {
+        let all = enabled(&list("*")).expect("ok");
+        assert!(all.contains("replicaset") && all.contains("garbagecollector"));
+        assert!(!all.contains("tokencleaner"), "off unless named");
+        let some = enabled(&list("*,-replicaset,tokencleaner")).expect("ok");
+        assert!(!some.contains("replicaset") && some.contains("tokencleaner"));
+        assert_eq!(enabled(&list("replicaset-controller")).expect("ok"), BTreeSet::from(["replicaset"]));
+        assert!(enabled(&list("nope")).expect_err("unknown").contains("nope"));
+    }
+}

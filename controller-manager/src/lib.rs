@@ -1,0 +1,12 @@
+//! The controller-manager's library: `app` runs the process; each controller is a module with
+//! pure planning functions and one `sync(key)` that does the writes.
+
+pub mod app;
+pub mod events;
+pub mod expectations;
+pub mod informer;
+pub mod ownership;
+pub mod pods;
+pub mod replicaset;
+pub mod selector;
+pub mod workqueue;
