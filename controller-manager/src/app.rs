@@ -49,6 +49,13 @@ pub struct Flags {
     pub concurrent_replicaset_syncs: usize,
 }
 
+impl Default for Flags {
+    /// Every flag at its default.
+    fn default() -> Self {
+        Flags::parse_from(["controller-manager"])
+    }
+}
+
 /// Upstream's controllers by name. Those not in [`IMPLEMENTED`] are not run yet; the log says so.
 pub const UPSTREAM: &[&str] = &[
     "attachdetach",
@@ -111,7 +118,11 @@ pub fn enabled(list: &[String]) -> Result<BTreeSet<&'static str>, String> {
         let Some(known) = UPSTREAM.iter().find(|k| **k == name) else {
             return Err(format!("--controllers: unknown controller {item:?}"));
         };
-        if negated { off.insert(*known) } else { on.insert(*known) };
+        if negated {
+            off.insert(*known)
+        } else {
+            on.insert(*known)
+        };
     }
     if star {
         on.extend(UPSTREAM.iter().filter(|n| !OFF_BY_DEFAULT.contains(n)));
@@ -121,7 +132,8 @@ pub fn enabled(list: &[String]) -> Result<BTreeSet<&'static str>, String> {
 
 pub async fn client_for(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let Some(path) = kubeconfig else { anyhow::bail!("--kubeconfig is required") };
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
+    let kc =
+        kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
     let c = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
@@ -201,8 +213,13 @@ pub async fn start(
 
 /// `workers` tasks draining `queue` with `sync` until `stop`: success forgets the key's
 /// failures (and requeues it when asked), failure requeues it with backoff.
-pub async fn work<F, Fut, E>(name: &'static str, queue: Arc<WorkQueue>, workers: usize, stop: CancellationToken, sync: F)
-where
+pub async fn work<F, Fut, E>(
+    name: &'static str,
+    queue: Arc<WorkQueue>,
+    workers: usize,
+    stop: CancellationToken,
+    sync: F,
+) where
     F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Option<Duration>, E>> + Send,
     E: Display,

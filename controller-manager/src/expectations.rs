@@ -36,15 +36,15 @@ impl Expectations {
     }
 
     pub fn expect_creations(&self, key: &str, n: usize) {
-        self.lock().insert(
-            key.to_string(),
-            Expected { creations: n as i64, deletions: HashSet::new(), at: Instant::now() },
-        );
+        self.lock()
+            .insert(key.to_string(), Expected { creations: n as i64, deletions: HashSet::new(), at: Instant::now() });
     }
 
     pub fn expect_deletions(&self, key: &str, uids: impl IntoIterator<Item = String>) {
-        self.lock()
-            .insert(key.to_string(), Expected { creations: 0, deletions: uids.into_iter().collect(), at: Instant::now() });
+        self.lock().insert(
+            key.to_string(),
+            Expected { creations: 0, deletions: uids.into_iter().collect(), at: Instant::now() },
+        );
     }
 
     pub fn creation_observed(&self, key: &str) {

@@ -88,7 +88,8 @@ mod tests {
     #[test]
     fn owners_keep_adopt_and_release_as_upstream() {
         let owner = meta(serde_json::json!({"name": "rs", "uid": "u1"}));
-        let deleting = meta(serde_json::json!({"name": "rs", "uid": "u1", "deletionTimestamp": "2026-01-01T00:00:00Z"}));
+        let deleting =
+            meta(serde_json::json!({"name": "rs", "uid": "u1", "deletionTimestamp": "2026-01-01T00:00:00Z"}));
         let ours = meta(serde_json::json!({"name": "p", "ownerReferences": [
             {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u1", "controller": true}]}));
         let theirs = meta(serde_json::json!({"name": "p", "ownerReferences": [

@@ -113,7 +113,8 @@ pub mod testing {
             v["spec"]["nodeName"] = serde_json::json!(node);
         }
         if let Some(at) = ready_at {
-            v["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "True", "lastTransitionTime": at}]);
+            v["status"]["conditions"] =
+                serde_json::json!([{"type": "Ready", "status": "True", "lastTransitionTime": at}]);
         }
         Arc::new(serde_json::from_value(v).expect("pod"))
     }
@@ -144,7 +145,8 @@ mod tests {
     #[test]
     fn doubled_up_nodes_lose_a_pod_first() {
         let at = Some("2026-01-01T00:00:00Z");
-        let mut pods = vec![pod("alone", "Running", "n1", at), pod("a", "Running", "n2", at), pod("b", "Running", "n2", at)];
+        let mut pods =
+            vec![pod("alone", "Running", "n1", at), pod("a", "Running", "n2", at), pod("b", "Running", "n2", at)];
         deletion_order(&mut pods);
         assert_eq!(pods[2].metadata.name.as_deref(), Some("alone"));
     }

@@ -192,7 +192,9 @@ impl ReplicaSetController {
             .list(pod.metadata.namespace.as_deref().unwrap_or_default())
             .into_iter()
             .filter(|rs| {
-                rs.spec.as_ref().is_some_and(|s| !selector::is_empty(&s.selector) && selector::matches(&s.selector, &labels))
+                rs.spec
+                    .as_ref()
+                    .is_some_and(|s| !selector::is_empty(&s.selector) && selector::matches(&s.selector, &labels))
             })
             .collect()
     }
@@ -280,12 +282,7 @@ impl ReplicaSetController {
         }
         let now = Timestamp::now();
         let message = failure.as_ref().map(|(_, e)| e.to_string());
-        let status = calculate_status(
-            &rs,
-            &owned,
-            failure.as_ref().map(|(r, _)| *r).zip(message.as_deref()),
-            now,
-        );
+        let status = calculate_status(&rs, &owned, failure.as_ref().map(|(r, _)| *r).zip(message.as_deref()), now);
         if rs.status.as_ref() != Some(&status) {
             let mut updated = (*rs).clone();
             updated.status = Some(status.clone());

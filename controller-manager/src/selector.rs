@@ -45,8 +45,14 @@ mod tests {
             (serde_json::json!({}), true),
             (serde_json::json!({"matchLabels": {"app": "web"}}), true),
             (serde_json::json!({"matchLabels": {"app": "db"}}), false),
-            (serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "x"]}]}), true),
-            (serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["front"]}]}), false),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "x"]}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["front"]}]}),
+                false,
+            ),
             (serde_json::json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}), true),
             (serde_json::json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]}), true),
             (serde_json::json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}), false),

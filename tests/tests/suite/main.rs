@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod clients;
 mod conformance;
+mod controllers;
 mod kubectl;
 mod kubelet;
 mod leader;
