@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::deployment::DeploymentController;
 use crate::events::Recorder;
 use crate::informer::Informer;
 use crate::replicaset::ReplicaSetController;
@@ -47,6 +48,9 @@ pub struct Flags {
     /// Workers syncing ReplicaSets at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_replicaset_syncs: usize,
+    /// Workers syncing Deployments at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_deployment_syncs: usize,
 }
 
 impl Default for Flags {
@@ -98,7 +102,7 @@ pub const UPSTREAM: &[&str] = &[
 /// Off unless named, as upstream.
 const OFF_BY_DEFAULT: &[&str] = &["bootstrapsigner", "tokencleaner"];
 
-pub const IMPLEMENTED: &[&str] = &["replicaset"];
+pub const IMPLEMENTED: &[&str] = &["deployment", "replicaset"];
 
 /// The controllers `--controllers` turns on, or why the list is wrong.
 pub fn enabled(list: &[String]) -> Result<BTreeSet<&'static str>, String> {
@@ -202,9 +206,19 @@ pub async fn start(
             async move { c.sync(&key).await }
         }));
     }
+    let deployments: Informer<Deployment> = Informer::default();
+    if controllers.contains("deployment") {
+        let c = DeploymentController::new(client.clone(), &deployments, &sets, &pods, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("deployment", queue, flags.concurrent_deployment_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
     tasks.spawn(pods.clone().run(Api::all(client.clone())));
     tasks.spawn(sets.clone().run(Api::all(client.clone())));
-    tokio::join!(pods.synced(), sets.synced());
+    tasks.spawn(deployments.clone().run(Api::all(client.clone())));
+    tokio::join!(pods.synced(), sets.synced(), deployments.synced());
     tracing::info!(controllers = %controllers.iter().filter(|c| IMPLEMENTED.contains(c)).copied().collect::<Vec<_>>().join(","), "Started controllers");
     stop.cancelled().await;
     tasks.shutdown().await;

@@ -2,6 +2,7 @@
 //! pure planning functions and one `sync(key)` that does the writes.
 
 pub mod app;
+pub mod deployment;
 pub mod events;
 pub mod expectations;
 pub mod informer;

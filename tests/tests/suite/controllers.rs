@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::eventually;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
@@ -163,4 +163,227 @@ async fn a_replica_set_records_successful_create_events() {
         (n == 2).then_some(())
     })
     .await;
+}
+
+/// Plays the kubelets' part for pods that no node runs: every live pod is marked Running and
+/// Ready shortly after it appears.
+fn fake_kubelet(client: kube::Client, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        while !stop.is_cancelled() {
+            if let Ok(list) = pods.list(&ListParams::default()).await {
+                for p in list.items {
+                    let ready = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready"));
+                    if ready || p.metadata.deletion_timestamp.is_some() {
+                        continue;
+                    }
+                    let now = jiff::Timestamp::now().to_string();
+                    let patch = serde_json::json!({"status": {"phase": "Running", "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+                    let _ = pods
+                        .patch_status(
+                            p.metadata.name.as_deref().unwrap_or_default(),
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+fn deployment(name: &str, replicas: i32, image: &str, strategy: serde_json::Value) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "strategy": strategy,
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": image}]}}}
+    }))
+    .expect("deployment")
+}
+
+fn image_of(rs: &ReplicaSet) -> String {
+    rs.spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.containers[0].image.clone())
+        .unwrap_or_default()
+}
+
+fn revision(meta: &kube::api::ObjectMeta) -> String {
+    meta.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).cloned().unwrap_or_default()
+}
+
+/// Waits for the rollout to finish as `kubectl rollout status` judges it.
+async fn rolled_out(deployments: &Api<Deployment>, name: &str, replicas: i32) -> Deployment {
+    eventually(Duration::from_secs(30), &format!("{name} rolled out to {replicas}"), || async {
+        let d = deployments.get(name).await.ok()?;
+        let s = d.status.clone()?;
+        let done = d.metadata.generation <= s.observed_generation
+            && s.updated_replicas.unwrap_or(0) == replicas
+            && s.replicas.unwrap_or(0) == replicas
+            && s.available_replicas.unwrap_or(0) == replicas
+            && s.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable"));
+        done.then_some(d)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_deployment_rolls_out_keeps_availability_rolls_back_scales_and_pauses() {
+    let h = harness(&["replicaset", "deployment"]).await;
+    fake_kubelet(h.client.clone(), h.stop.clone());
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let strategy = serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+    deployments.create(&PostParams::default(), &deployment("web", 3, "web:v1", strategy)).await.expect("create");
+    let d = rolled_out(&deployments, "web", 3).await;
+    assert_eq!(revision(&d.metadata), "1");
+    let first = sets.list(&ListParams::default()).await.expect("sets").items;
+    assert_eq!(first.len(), 1);
+    let hash = first[0].metadata.labels.as_ref().expect("labels")["pod-template-hash"].clone();
+    assert_eq!(first[0].metadata.name.as_deref(), Some(format!("web-{hash}").as_str()));
+    assert_eq!(
+        first[0].spec.as_ref().expect("spec").selector.match_labels.as_ref().expect("labels")["pod-template-hash"],
+        hash
+    );
+
+    // A new image rolls out without ever dropping below 3 ready pods (maxUnavailable 0).
+    let watching = CancellationToken::new();
+    let lowest = tokio::spawn({
+        let (pods, watching) = (pods.clone(), watching.clone());
+        async move {
+            let mut lowest = usize::MAX;
+            while !watching.is_cancelled() {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    let ready = list
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .filter(|p| {
+                            p.status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                        })
+                        .count();
+                    lowest = lowest.min(ready);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            lowest
+        }
+    });
+    let image =
+        |i: &str| serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": i}]}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(image("web:v2"))).await.expect("v2");
+    let d = rolled_out(&deployments, "web", 3).await;
+    watching.cancel();
+    assert!(lowest.await.expect("joined") >= 3, "never fewer ready pods than replicas - maxUnavailable");
+    assert_eq!(revision(&d.metadata), "2");
+    let all = sets.list(&ListParams::default()).await.expect("sets").items;
+    assert_eq!(all.len(), 2);
+    let old = all.iter().find(|rs| image_of(rs) == "web:v1").expect("old set kept for history");
+    assert_eq!(old.spec.as_ref().and_then(|s| s.replicas), Some(0));
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(h.client.clone(), "default");
+    let scaling: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ScalingReplicaSet"))
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        scaling.iter().any(|m| m.starts_with("Scaled down replica set web-") && m.ends_with("to 0")),
+        "{scaling:?}"
+    );
+
+    // Back to v1 (what `kubectl rollout undo` writes): the old set is reused as revision 3.
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(image("web:v1"))).await.expect("undo");
+    let d = rolled_out(&deployments, "web", 3).await;
+    assert_eq!(revision(&d.metadata), "3");
+    let all = sets.list(&ListParams::default()).await.expect("sets").items;
+    assert_eq!(all.len(), 2, "no third set: the v1 set came back");
+    let v1 = all.iter().find(|rs| image_of(rs) == "web:v1").expect("v1");
+    assert_eq!(revision(&v1.metadata), "3");
+    assert_eq!(v1.metadata.annotations.as_ref().expect("a")["deployment.kubernetes.io/revision-history"], "1");
+
+    // Scaling resizes the current set.
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 5}})))
+        .await
+        .expect("scale");
+    rolled_out(&deployments, "web", 5).await;
+
+    // Paused: a template change makes no new set until resumed.
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"paused": true}})))
+        .await
+        .expect("pause");
+    eventually(Duration::from_secs(10), "Progressing DeploymentPaused", || async {
+        let d = deployments.get("web").await.ok()?;
+        d.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("DeploymentPaused"))
+            .then_some(())
+    })
+    .await;
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(image("web:v3"))).await.expect("v3");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!sets.list(&ListParams::default()).await.expect("sets").items.iter().any(|rs| image_of(rs) == "web:v3"));
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"paused": false}})))
+        .await
+        .expect("resume");
+    let d = rolled_out(&deployments, "web", 5).await;
+    assert_eq!(revision(&d.metadata), "4");
+}
+
+#[tokio::test]
+async fn a_recreate_deployment_removes_every_old_pod_before_starting_new_ones() {
+    let h = harness(&["replicaset", "deployment"]).await;
+    fake_kubelet(h.client.clone(), h.stop.clone());
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let strategy = serde_json::json!({"type": "Recreate"});
+    deployments.create(&PostParams::default(), &deployment("db", 2, "db:v1", strategy)).await.expect("create");
+    rolled_out(&deployments, "db", 2).await;
+    let watching = CancellationToken::new();
+    let mixed = tokio::spawn({
+        let (pods, watching) = (pods.clone(), watching.clone());
+        async move {
+            let mut mixed = false;
+            while !watching.is_cancelled() {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    let images: BTreeSet<String> = list
+                        .items
+                        .iter()
+                        .filter_map(|p| p.spec.as_ref().and_then(|s| s.containers[0].image.clone()))
+                        .collect();
+                    mixed |= images.len() > 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            mixed
+        }
+    });
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "db:v2"}]}}}});
+    deployments.patch("db", &PatchParams::default(), &Patch::Strategic(patch)).await.expect("v2");
+    rolled_out(&deployments, "db", 2).await;
+    watching.cancel();
+    assert!(!mixed.await.expect("joined"), "old and new pods never existed together");
 }
