@@ -190,3 +190,40 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// A control-plane binary that only needs a kubeconfig (`scheduler`, `controller-manager`),
+/// logging to a file; killed when dropped.
+pub struct Component {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Component {
+    pub fn start(binary: &str, kubeconfig: &std::path::Path, log: &std::path::Path, extra: &[&str]) -> Component {
+        let child = crate::child_command(crate::binary(binary))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} starts: {e}"));
+        Component { child, log: log.to_path_buf() }
+    }
+
+    /// SIGKILL (a crash), waiting until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

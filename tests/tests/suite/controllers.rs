@@ -387,3 +387,131 @@ async fn a_recreate_deployment_removes_every_old_pod_before_starting_new_ones() 
     watching.cancel();
     assert!(!mixed.await.expect("joined"), "old and new pods never existed together");
 }
+
+/// etcd, the apiserver, one kubelet on the host's dockerd, the scheduler and the
+/// controller-manager binaries.
+struct Cluster {
+    client: kube::Client,
+    k: e2e::kubectl::Kubectl,
+    cm: e2e::server::Component,
+    _scheduler: e2e::server::Component,
+    node: e2e::kubelet::Kubelet,
+    api: e2e::server::Process,
+    _etcd: e2e::etcd::Etcd,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let etcd = e2e::etcd::Etcd::start().await;
+        let api = e2e::server::Process::start(&etcd.endpoint(), &[]).await;
+        let client = api.endpoint.kube_client().await;
+        let node = e2e::kubelet::Kubelet::start(&api.endpoint, &[]).await;
+        node.wait_ready(&client).await;
+        let kc = &api.endpoint.kubeconfig;
+        let scheduler = e2e::server::Component::start("scheduler", kc, &node.dir.path().join("scheduler.log"), &[]);
+        let cm = e2e::server::Component::start("controller-manager", kc, &node.dir.path().join("cm.log"), &[]);
+        let k = e2e::kubectl::Kubectl::new(&api.endpoint);
+        Cluster { client, k, cm, _scheduler: scheduler, node, api, _etcd: etcd }
+    }
+
+    fn restart_controller_manager(&mut self) {
+        self.cm.kill();
+        let log = self.node.dir.path().join("cm-2.log");
+        self.cm = e2e::server::Component::start("controller-manager", &self.api.endpoint.kubeconfig, &log, &[]);
+    }
+
+    /// `kubectl rollout status`, which must say the rollout finished.
+    fn rollout_status(&self, name: &str) {
+        let out = self.k.run(&["rollout", "status", &format!("deployment/{name}"), "--timeout=90s"]);
+        assert!(
+            out.code == 0 && out.stdout.contains("successfully rolled out"),
+            "rollout status: {out:?}\ncontroller-manager log:\n{}",
+            self.cm.log()
+        );
+    }
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: web, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"]}]
+"#;
+
+fn images_of_live_pods(pods: &[Pod]) -> Vec<String> {
+    let mut v: Vec<String> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.spec.as_ref().and_then(|s| s.containers[0].image.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn kubectl_rollout_status_history_undo_restart_and_scale_work_on_a_real_cluster() {
+    let c = Cluster::start().await;
+    c.k.run_stdin(&["apply", "-f", "-"], WEB).ok();
+    c.rollout_status("web");
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    assert_eq!(
+        images_of_live_pods(&pods.list(&ListParams::default()).await.expect("pods").items),
+        ["busybox", "busybox"]
+    );
+
+    c.k.run(&["set", "image", "deployment/web", "web=busybox:1.36"]).ok();
+    c.k.run(&["annotate", "deployment/web", "kubernetes.io/change-cause=to 1.36"]).ok();
+    c.rollout_status("web");
+    let history = c.k.run(&["rollout", "history", "deployment/web"]).ok().stdout;
+    assert!(history.contains("1 ") && history.contains("2 ") && history.contains("to 1.36"), "{history}");
+    let rs = c.k.run(&["get", "rs", "-l", "app=web", "-o", "wide"]).ok().stdout;
+    assert_eq!(rs.lines().count(), 3, "a header and two ReplicaSets: {rs}");
+
+    c.k.run(&["rollout", "undo", "deployment/web"]).ok();
+    c.rollout_status("web");
+    let d = c.k.run(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.metadata.annotations.deployment\\.kubernetes\\.io/revision}"]).ok().stdout;
+    assert_eq!(d.trim(), "busybox 3");
+    eventually(Duration::from_secs(60), "only busybox pods left", || async {
+        let live = images_of_live_pods(&pods.list(&ListParams::default()).await.ok()?.items);
+        (live == ["busybox", "busybox"]).then_some(())
+    })
+    .await;
+
+    c.k.run(&["rollout", "restart", "deployment/web"]).ok();
+    c.rollout_status("web");
+    c.k.run(&["scale", "deployment/web", "--replicas=3"]).ok();
+    c.rollout_status("web");
+    let shown = c.k.run(&["get", "deployment", "web"]).ok().stdout;
+    assert!(shown.contains("3/3"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_controller_manager_killed_mid_rollout_resumes_without_duplicate_pods() {
+    let mut c = Cluster::start().await;
+    c.k.run_stdin(&["apply", "-f", "-"], &WEB.replace("replicas: 2", "replicas: 4")).ok();
+    c.rollout_status("web");
+    c.k.run(&["set", "image", "deployment/web", "web=busybox:1.36"]).ok();
+    // Kill it as soon as the new ReplicaSet exists, then start a fresh one.
+    let sets: Api<ReplicaSet> = Api::namespaced(c.client.clone(), "default");
+    eventually(Duration::from_secs(30), "the new ReplicaSet", || async {
+        (sets.list(&ListParams::default()).await.ok()?.items.len() == 2).then_some(())
+    })
+    .await;
+    c.restart_controller_manager();
+    c.rollout_status("web");
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    eventually(Duration::from_secs(60), "exactly 4 live pods, all new", || async {
+        let live = images_of_live_pods(&pods.list(&ListParams::default()).await.ok()?.items);
+        (live == vec!["busybox:1.36".to_string(); 4]).then_some(())
+    })
+    .await;
+    assert_eq!(sets.list(&ListParams::default()).await.expect("sets").items.len(), 2, "no duplicate ReplicaSet");
+}
