@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings the system up on this machine: etcd, the apiserver and a kubelet on the local dockerd
-# and the scheduler (the controller-manager and kube-proxy join as they are built), writes an admin
+# the scheduler and the controller-manager (kube-proxy joins when it is built), writes an admin
 # kubeconfig, waits for the node to be Ready, runs a demo pod and prints how to use kubectl.
 # Installs missing Debian packages and starts dockerd when run as root; otherwise says what is
 # missing.
@@ -22,7 +22,7 @@ NODE_NAME=${NODE_NAME:-$(hostname | tr '[:upper:]' '[:lower:]')}
 POD_CIDR=${POD_CIDR:-10.244.0.0/24}
 
 stop() {
-  for name in scheduler kubelet apiserver etcd; do
+  for name in controller-manager scheduler kubelet apiserver etcd; do
     pidfile=$CLUSTER_DIR/$name.pid
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       kill "$(cat "$pidfile")" && echo "Stopped $name"
@@ -89,6 +89,10 @@ echo "==> Starting the scheduler"
 "$BIN/scheduler" --kubeconfig "$KUBECONFIG_OUT" >"$CLUSTER_DIR/logs/scheduler.log" 2>&1 &
 echo $! >"$CLUSTER_DIR/scheduler.pid"
 
+echo "==> Starting the controller-manager"
+"$BIN/controller-manager" --kubeconfig "$KUBECONFIG_OUT" >"$CLUSTER_DIR/logs/controller-manager.log" 2>&1 &
+echo $! >"$CLUSTER_DIR/controller-manager.pid"
+
 if command -v kubectl >/dev/null 2>&1; then
   export KUBECONFIG=$KUBECONFIG_OUT
   echo "==> Waiting for node $NODE_NAME to be Ready"
@@ -99,12 +103,11 @@ if command -v kubectl >/dev/null 2>&1; then
   kubectl apply -f tests/manifests/demo.yaml
   kubectl apply -f tests/manifests/demo-pod.yaml
   kubectl wait --for=condition=Ready pod/hello -n demo --timeout=120s
+  kubectl rollout status deployment/web -n demo --timeout=120s
   kubectl get nodes -o wide
   kubectl get pods,deployments,services -n demo -o wide
   echo
   echo "The demo pod runs on Docker: docker ps --filter label=rkube.instance=$NODE_NAME"
-  echo "Note: the Deployment stays at 0 ready pods until the controller-manager is built"
-  echo "(issue #6); bare pods are scheduled and run now."
 else
   echo "kubectl is not installed; the API is up at https://127.0.0.1:$API_PORT" >&2
 fi
