@@ -2,10 +2,12 @@
 //! pure planning functions and one `sync(key)` that does the writes.
 
 pub mod app;
+pub mod cronjob;
 pub mod deployment;
 pub mod events;
 pub mod expectations;
 pub mod informer;
+pub mod job;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;

@@ -6,6 +6,7 @@ mod auth;
 mod clients;
 mod conformance;
 mod controllers;
+mod jobs;
 mod kubectl;
 mod kubelet;
 mod leader;
