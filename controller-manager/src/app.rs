@@ -9,14 +9,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::deployment::DeploymentController;
 use crate::events::Recorder;
+use crate::garbagecollector::GarbageCollector;
 use crate::informer::Informer;
+use crate::namespace::NamespaceController;
 use crate::replicaset::ReplicaSetController;
 use crate::workqueue::WorkQueue;
 
@@ -51,6 +53,12 @@ pub struct Flags {
     /// Workers syncing Deployments at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
+    /// Workers of the garbage collector.
+    #[arg(long, default_value_t = 20)]
+    pub concurrent_gc_syncs: usize,
+    /// Workers emptying namespaces being deleted.
+    #[arg(long, default_value_t = 10)]
+    pub concurrent_namespace_syncs: usize,
 }
 
 impl Default for Flags {
@@ -102,7 +110,7 @@ pub const UPSTREAM: &[&str] = &[
 /// Off unless named, as upstream.
 const OFF_BY_DEFAULT: &[&str] = &["bootstrapsigner", "tokencleaner"];
 
-pub const IMPLEMENTED: &[&str] = &["deployment", "replicaset"];
+pub const IMPLEMENTED: &[&str] = &["deployment", "garbagecollector", "namespace", "replicaset"];
 
 /// The controllers `--controllers` turns on, or why the list is wrong.
 pub fn enabled(list: &[String]) -> Result<BTreeSet<&'static str>, String> {
@@ -215,10 +223,24 @@ pub async fn start(
             async move { c.sync(&key).await }
         }));
     }
+    let namespaces: Informer<Namespace> = Informer::default();
+    if controllers.contains("namespace") {
+        let c = NamespaceController::new(client.clone(), &namespaces);
+        let queue = c.queue.clone();
+        tasks.spawn(work("namespace", queue, flags.concurrent_namespace_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    if controllers.contains("garbagecollector") {
+        let gc = GarbageCollector::new(client.clone()).await?;
+        tasks.spawn(gc.run(flags.concurrent_gc_syncs, stop.clone()));
+    }
+    tasks.spawn(namespaces.clone().run(Api::all(client.clone())));
     tasks.spawn(pods.clone().run(Api::all(client.clone())));
     tasks.spawn(sets.clone().run(Api::all(client.clone())));
     tasks.spawn(deployments.clone().run(Api::all(client.clone())));
-    tokio::join!(pods.synced(), sets.synced(), deployments.synced());
+    tokio::join!(pods.synced(), sets.synced(), deployments.synced(), namespaces.synced());
     tracing::info!(controllers = %controllers.iter().filter(|c| IMPLEMENTED.contains(c)).copied().collect::<Vec<_>>().join(","), "Started controllers");
     stop.cancelled().await;
     tasks.shutdown().await;

@@ -515,3 +515,88 @@ async fn a_controller_manager_killed_mid_rollout_resumes_without_duplicate_pods(
     .await;
     assert_eq!(sets.list(&ListParams::default()).await.expect("sets").items.len(), 2, "no duplicate ReplicaSet");
 }
+
+async fn gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(Duration::from_secs(20), &format!("{name} gone"), || async {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_garbage_collector_deletes_in_the_background_orphans_and_deletes_in_the_foreground() {
+    let h = harness(&["replicaset", "deployment", "garbagecollector"]).await;
+    let sets: Api<ReplicaSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+
+    // Background: the set goes at once, its pods after it.
+    let rs = sets.create(&PostParams::default(), &replica_set("bg", 2)).await.expect("create");
+    let uid = rs.metadata.uid.clone().expect("uid");
+    wait_owned(&pods, &uid, 2).await;
+    sets.delete("bg", &DeleteParams::background()).await.expect("delete");
+    eventually(Duration::from_secs(20), "the pods of bg collected", || async {
+        let list = pods.list(&ListParams::default()).await.ok()?.items;
+        let left = list.iter().filter(|p| p.metadata.owner_references.iter().flatten().any(|r| r.uid == uid)).count();
+        (left == 0).then_some(())
+    })
+    .await;
+
+    // Orphan: the set goes, its pods stay without the reference.
+    let rs = sets.create(&PostParams::default(), &replica_set("or", 2)).await.expect("create");
+    let uid = rs.metadata.uid.clone().expect("uid");
+    let kept: Vec<String> = wait_owned(&pods, &uid, 2).await.into_iter().filter_map(|p| p.metadata.name).collect();
+    sets.delete("or", &DeleteParams::orphan()).await.expect("delete");
+    gone(&sets, "or").await;
+    for name in &kept {
+        let p = pods.get(name).await.expect("the pod stays");
+        assert!(p.metadata.owner_references.as_ref().is_none_or(|r| r.is_empty()), "{:?}", p.metadata.owner_references);
+    }
+
+    // Foreground: the Deployment waits for its set, which waits for its pods.
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "default");
+    deployments
+        .create(&PostParams::default(), &deployment("fg", 2, "fg:v1", serde_json::json!({})))
+        .await
+        .expect("create");
+    eventually(Duration::from_secs(20), "2 pods of fg", || async {
+        let list = pods.list(&ListParams::default().labels("app=fg")).await.ok()?.items;
+        (list.len() == 2).then_some(())
+    })
+    .await;
+    deployments.delete("fg", &DeleteParams::foreground()).await.expect("delete");
+    gone(&deployments, "fg").await;
+    assert!(sets.list(&ListParams::default().labels("app=fg")).await.expect("sets").items.is_empty());
+    assert!(
+        pods.list(&ListParams::default().labels("app=fg")).await.expect("pods").items.is_empty(),
+        "the pods went first"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_everything_in_it_then_the_namespace() {
+    let h = harness(&["replicaset", "namespace", "garbagecollector"]).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(h.client.clone());
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "doomed"}})).expect("ns");
+    namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(h.client.clone(), "doomed");
+    let cm =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "settings"}, "data": {"a": "b"}})).expect("cm");
+    cms.create(&PostParams::default(), &cm).await.expect("configmap");
+    let sets: Api<ReplicaSet> = Api::namespaced(h.client.clone(), "doomed");
+    let mut rs = replica_set("app", 2);
+    rs.metadata.namespace = Some("doomed".into());
+    sets.create(&PostParams::default(), &rs).await.expect("rs");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "doomed");
+    eventually(Duration::from_secs(20), "the set's pods", || async {
+        (pods.list(&ListParams::default()).await.ok()?.items.len() == 2).then_some(())
+    })
+    .await;
+    namespaces.delete("doomed", &DeleteParams::default()).await.expect("delete");
+    gone(&namespaces, "doomed").await;
+    assert!(cms.list(&ListParams::default()).await.expect("list").items.is_empty());
+    assert!(pods.list(&ListParams::default()).await.expect("list").items.is_empty());
+}
