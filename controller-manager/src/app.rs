@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -20,6 +20,7 @@ use crate::garbagecollector::GarbageCollector;
 use crate::informer::Informer;
 use crate::namespace::NamespaceController;
 use crate::replicaset::ReplicaSetController;
+use crate::serviceaccount::{RootCaPublisher, ServiceAccountController, root_ca};
 use crate::workqueue::WorkQueue;
 
 #[derive(Parser, Debug, Clone)]
@@ -56,6 +57,10 @@ pub struct Flags {
     /// Workers of the garbage collector.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
+    /// The CA bundle published as the kube-root-ca.crt ConfigMap in every namespace (default:
+    /// the kubeconfig's cluster CA).
+    #[arg(long, env = "CONTROLLER_MANAGER_ROOT_CA_FILE")]
+    pub root_ca_file: Option<PathBuf>,
     /// Workers emptying namespaces being deleted.
     #[arg(long, default_value_t = 10)]
     pub concurrent_namespace_syncs: usize,
@@ -110,7 +115,8 @@ pub const UPSTREAM: &[&str] = &[
 /// Off unless named, as upstream.
 const OFF_BY_DEFAULT: &[&str] = &["bootstrapsigner", "tokencleaner"];
 
-pub const IMPLEMENTED: &[&str] = &["deployment", "garbagecollector", "namespace", "replicaset"];
+pub const IMPLEMENTED: &[&str] =
+    &["deployment", "garbagecollector", "namespace", "replicaset", "root-ca-cert-publisher", "serviceaccount"];
 
 /// The controllers `--controllers` turns on, or why the list is wrong.
 pub fn enabled(list: &[String]) -> Result<BTreeSet<&'static str>, String> {
@@ -235,6 +241,27 @@ pub async fn start(
     if controllers.contains("garbagecollector") {
         let gc = GarbageCollector::new(client.clone()).await?;
         tasks.spawn(gc.run(flags.concurrent_gc_syncs, stop.clone()));
+    }
+    if controllers.contains("serviceaccount") {
+        let accounts: Informer<ServiceAccount> = Informer::default();
+        let c = ServiceAccountController::new(client.clone(), &namespaces, &accounts);
+        let queue = c.queue.clone();
+        tasks.spawn(work("serviceaccount", queue, 1, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+        tasks.spawn(accounts.run(Api::all(client.clone())));
+    }
+    if controllers.contains("root-ca-cert-publisher") {
+        let ca = root_ca(flags.root_ca_file.as_deref(), flags.kubeconfig.as_deref())?;
+        let configmaps: Informer<ConfigMap> = Informer::default();
+        let c = RootCaPublisher::new(client.clone(), &namespaces, &configmaps, ca);
+        let queue = c.queue.clone();
+        tasks.spawn(work("root-ca-cert-publisher", queue, 1, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+        tasks.spawn(configmaps.run(Api::all(client.clone())));
     }
     tasks.spawn(namespaces.clone().run(Api::all(client.clone())));
     tasks.spawn(pods.clone().run(Api::all(client.clone())));

@@ -15,4 +15,5 @@ pub mod pods;
 pub mod replicaset;
 pub mod resources;
 pub mod selector;
+pub mod serviceaccount;
 pub mod workqueue;

@@ -25,10 +25,13 @@ impl Drop for Harness {
 }
 
 async fn harness(controllers: &[&'static str]) -> Harness {
+    harness_with(controllers, controller_manager::app::Flags::default()).await
+}
+
+async fn harness_with(controllers: &[&'static str], flags: controller_manager::app::Flags) -> Harness {
     let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
     let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
     let client = api.endpoint.kube_client().await;
-    let flags = controller_manager::app::Flags::default();
     let stop = CancellationToken::new();
     let enabled: BTreeSet<&'static str> = controllers.iter().copied().collect();
     tokio::spawn({
@@ -599,4 +602,38 @@ async fn deleting_a_namespace_deletes_everything_in_it_then_the_namespace() {
     gone(&namespaces, "doomed").await;
     assert!(cms.list(&ListParams::default()).await.expect("list").items.is_empty());
     assert!(pods.list(&ListParams::default()).await.expect("list").items.is_empty());
+}
+
+#[tokio::test]
+async fn every_namespace_gets_a_default_service_account_and_the_root_ca_config_map() {
+    let dir = e2e::TempDir::new("root-ca").expect("dir");
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n").expect("ca");
+    let flags = controller_manager::app::Flags { root_ca_file: Some(ca), ..Default::default() };
+    let h = harness_with(&["serviceaccount", "root-ca-cert-publisher"], flags).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(h.client.clone());
+    let ns = serde_json::from_value(serde_json::json!({"metadata": {"name": "team"}})).expect("ns");
+    namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(h.client.clone(), "team");
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(h.client.clone(), "team");
+    let has_default = || async { accounts.get_opt("default").await.ok()?.map(|_| ()) };
+    eventually(Duration::from_secs(10), "the default ServiceAccount", has_default).await;
+    let ca_data = || async {
+        let cm = cms.get_opt("kube-root-ca.crt").await.ok()??;
+        cm.data?.get("ca.crt").filter(|c| c.contains("TEST")).map(|_| ())
+    };
+    eventually(Duration::from_secs(10), "kube-root-ca.crt with the CA", ca_data).await;
+    // Both come back when deleted; the ConfigMap is restored when edited.
+    accounts.delete("default", &DeleteParams::default()).await.expect("delete");
+    eventually(Duration::from_secs(10), "the default ServiceAccount again", has_default).await;
+    cms.patch("kube-root-ca.crt", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"ca.crt": "x"}})))
+        .await
+        .expect("edit");
+    eventually(Duration::from_secs(10), "kube-root-ca.crt restored", ca_data).await;
+    // The system namespaces have them too.
+    let system: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(h.client.clone(), "kube-system");
+    eventually(Duration::from_secs(10), "kube-system's default ServiceAccount", || async {
+        system.get_opt("default").await.ok()?.map(|_| ())
+    })
+    .await;
 }
