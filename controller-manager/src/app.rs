@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::deployment::DeploymentController;
+use crate::endpoints::{EndpointSliceController, EndpointSliceMirroringController, EndpointsController};
 use crate::events::Recorder;
 use crate::garbagecollector::GarbageCollector;
 use crate::informer::Informer;
@@ -54,6 +55,18 @@ pub struct Flags {
     /// Workers syncing Deployments at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
+    /// Workers syncing Services' Endpoints at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_endpoint_syncs: usize,
+    /// Workers syncing Services' EndpointSlices at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_service_endpoint_syncs: usize,
+    /// Workers mirroring hand-written Endpoints into EndpointSlices.
+    #[arg(long, default_value_t = 5)]
+    pub mirroring_concurrent_service_endpoint_syncs: usize,
+    /// Endpoints per EndpointSlice (upstream's default 100, at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_endpoints_per_slice: u16,
     /// Workers of the garbage collector.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
@@ -115,8 +128,17 @@ pub const UPSTREAM: &[&str] = &[
 /// Off unless named, as upstream.
 const OFF_BY_DEFAULT: &[&str] = &["bootstrapsigner", "tokencleaner"];
 
-pub const IMPLEMENTED: &[&str] =
-    &["deployment", "garbagecollector", "namespace", "replicaset", "root-ca-cert-publisher", "serviceaccount"];
+pub const IMPLEMENTED: &[&str] = &[
+    "deployment",
+    "endpoint",
+    "endpointslice",
+    "endpointslicemirroring",
+    "garbagecollector",
+    "namespace",
+    "replicaset",
+    "root-ca-cert-publisher",
+    "serviceaccount",
+];
 
 /// The controllers `--controllers` turns on, or why the list is wrong.
 pub fn enabled(list: &[String]) -> Result<BTreeSet<&'static str>, String> {
@@ -228,6 +250,38 @@ pub async fn start(
             let c = c.clone();
             async move { c.sync(&key).await }
         }));
+    }
+    let network = crate::endpoints::Informers { pods: pods.clone(), ..Default::default() };
+    let max_per_slice = flags.max_endpoints_per_slice as usize;
+    if controllers.contains("endpoint") {
+        let c = EndpointsController::new(client.clone(), &network);
+        let queue = c.queue.clone();
+        tasks.spawn(work("endpoint", queue, flags.concurrent_endpoint_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    if controllers.contains("endpointslice") {
+        let c = EndpointSliceController::new(client.clone(), &network, max_per_slice);
+        let queue = c.queue.clone();
+        tasks.spawn(work("endpointslice", queue, flags.concurrent_service_endpoint_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    if controllers.contains("endpointslicemirroring") {
+        let c = EndpointSliceMirroringController::new(client.clone(), &network, max_per_slice);
+        let queue = c.queue.clone();
+        let workers = flags.mirroring_concurrent_service_endpoint_syncs;
+        tasks.spawn(work("endpointslicemirroring", queue, workers, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    if ["endpoint", "endpointslice", "endpointslicemirroring"].iter().any(|c| controllers.contains(c)) {
+        tasks.spawn(network.services.clone().run(Api::all(client.clone())));
+        tasks.spawn(network.endpoints.clone().run(Api::all(client.clone())));
+        tasks.spawn(network.slices.clone().run(Api::all(client.clone())));
     }
     let namespaces: Informer<Namespace> = Informer::default();
     if controllers.contains("namespace") {

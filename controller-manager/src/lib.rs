@@ -4,6 +4,7 @@
 pub mod app;
 pub mod cronjob;
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod garbagecollector;

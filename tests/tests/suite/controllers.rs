@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use e2e::eventually;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
 
@@ -634,6 +635,133 @@ async fn every_namespace_gets_a_default_service_account_and_the_root_ca_config_m
     let system: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(h.client.clone(), "kube-system");
     eventually(Duration::from_secs(10), "kube-system's default ServiceAccount", || async {
         system.get_opt("default").await.ok()?.map(|_| ())
+    })
+    .await;
+}
+
+/// A running pod with an IP, labelled app=`app`, serving on a container port named http.
+async fn serving_pod(pods: &Api<Pod>, name: &str, app: &str, ip: &str, ready: bool) {
+    let p: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox", "ports": [{"name": "http", "containerPort": 8080}]}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &p).await.expect("pod");
+    set_ready(pods, name, ip, ready).await;
+}
+
+async fn set_ready(pods: &Api<Pod>, name: &str, ip: &str, ready: bool) {
+    let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("status");
+}
+
+fn slice_summary(slices: &[EndpointSlice]) -> Vec<(usize, Vec<(String, bool)>)> {
+    let mut v: Vec<(usize, Vec<(String, bool)>)> = slices
+        .iter()
+        .map(|s| {
+            let mut eps: Vec<(String, bool)> = s
+                .endpoints
+                .iter()
+                .map(|e| (e.addresses[0].clone(), e.conditions.as_ref().and_then(|c| c.ready) == Some(true)))
+                .collect();
+            eps.sort();
+            (s.ports.iter().flatten().filter_map(|p| p.port).next().unwrap_or(0) as usize, eps)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn services_get_endpoints_and_endpoint_slices_that_follow_their_pods() {
+    let flags = controller_manager::app::Flags { max_endpoints_per_slice: 2, ..Default::default() };
+    let h = harness_with(&["endpoint", "endpointslice", "endpointslicemirroring", "garbagecollector"], flags).await;
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(h.client.clone(), "default");
+    let endpoints: Api<Endpoints> = Api::namespaced(h.client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(h.client.clone(), "default");
+    serving_pod(&pods, "a", "web", "10.244.0.2", true).await;
+    serving_pod(&pods, "b", "web", "10.244.0.3", true).await;
+    serving_pod(&pods, "c", "web", "10.244.0.4", false).await;
+    serving_pod(&pods, "other", "db", "10.244.0.9", true).await;
+    let svc: Service =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "web", "labels": {"tier": "front"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
+        .expect("service");
+    services.create(&PostParams::default(), &svc).await.expect("service");
+    let web_slices = ListParams::default().labels("kubernetes.io/service-name=web");
+    eventually(Duration::from_secs(10), "Endpoints with 2 ready and 1 unready", || async {
+        let e = endpoints.get_opt("web").await.ok()??;
+        let s = e.subsets?.first()?.clone();
+        let ready: Vec<String> = s.addresses.iter().flatten().map(|a| a.ip.clone()).collect();
+        let unready: Vec<String> = s.not_ready_addresses.iter().flatten().map(|a| a.ip.clone()).collect();
+        (ready == ["10.244.0.2", "10.244.0.3"] && unready == ["10.244.0.4"] && s.ports?[0].port == 8080).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "slices of at most 2 endpoints with conditions", || async {
+        let list = slices.list(&web_slices).await.ok()?.items;
+        let want = vec![
+            (8080, vec![("10.244.0.2".to_string(), true), ("10.244.0.3".to_string(), true)]),
+            (8080, vec![("10.244.0.4".to_string(), false)]),
+        ];
+        (slice_summary(&list) == want).then_some(list)
+    })
+    .await;
+    let list = slices.list(&web_slices).await.expect("slices").items;
+    for s in &list {
+        let labels = s.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels["endpointslice.kubernetes.io/managed-by"], "endpointslice-controller.k8s.io");
+        assert_eq!(labels["tier"], "front", "the Service's labels are copied");
+        assert_eq!(s.metadata.owner_references.as_ref().expect("owner")[0].kind, "Service");
+    }
+
+    // c becomes ready, a goes: both follow.
+    set_ready(&pods, "c", "10.244.0.4", true).await;
+    pods.delete("a", &DeleteParams::default().grace_period(0)).await.expect("delete");
+    eventually(Duration::from_secs(10), "b and c ready in one slice", || async {
+        let list = slices.list(&web_slices).await.ok()?.items;
+        let want = vec![(8080, vec![("10.244.0.3".to_string(), true), ("10.244.0.4".to_string(), true)])];
+        (slice_summary(&list) == want).then_some(())
+    })
+    .await;
+
+    // Endpoints written by hand for a Service without a selector are mirrored.
+    let manual: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "external"},
+        "spec": {"ports": [{"port": 5432}]}}))
+    .expect("service");
+    services.create(&PostParams::default(), &manual).await.expect("service");
+    let ep: Endpoints = serde_json::from_value(serde_json::json!({"metadata": {"name": "external"},
+        "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"port": 5432}]}]}))
+    .expect("endpoints");
+    endpoints.create(&PostParams::default(), &ep).await.expect("endpoints");
+    let mirrored = ListParams::default().labels("kubernetes.io/service-name=external");
+    eventually(Duration::from_secs(10), "the mirrored slice", || async {
+        let list = slices.list(&mirrored).await.ok()?.items;
+        let s = list.first()?;
+        let managed = s.metadata.labels.as_ref()?.get("endpointslice.kubernetes.io/managed-by")?.clone();
+        (managed == "endpointslicemirroring-controller.k8s.io"
+            && slice_summary(&list) == vec![(5432, vec![("192.0.2.10".to_string(), true)])])
+        .then_some(())
+    })
+    .await;
+    let kubernetes = ListParams::default().labels("kubernetes.io/service-name=kubernetes");
+    assert!(
+        slices
+            .list(&kubernetes)
+            .await
+            .expect("slices")
+            .items
+            .iter()
+            .all(|s| s.metadata.name.as_deref() == Some("kubernetes")),
+        "the apiserver's own Endpoints are not mirrored (skip-mirror)"
+    );
+
+    // Deleting the Service removes its Endpoints and (through the owner) its slices.
+    services.delete("web", &DeleteParams::default()).await.expect("delete");
+    gone(&endpoints, "web").await;
+    eventually(Duration::from_secs(20), "web's slices collected", || async {
+        slices.list(&web_slices).await.ok()?.items.is_empty().then_some(())
     })
     .await;
 }
