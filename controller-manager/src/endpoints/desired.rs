@@ -86,8 +86,11 @@ fn eligible(p: &Pod) -> bool {
     pod_ip(p).is_some() && !matches!(pods::phase(p), "Succeeded" | "Failed")
 }
 
+/// Ports, ready addresses, not-ready addresses.
+type Subset = (Vec<CorePort>, Vec<EndpointAddress>, Vec<EndpointAddress>);
+
 pub fn subsets(svc: &Service, all: &[&Pod]) -> Vec<EndpointSubset> {
-    let mut groups: BTreeMap<String, (Vec<CorePort>, Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Subset> = BTreeMap::new();
     let headless_without_ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).is_none_or(|p| p.is_empty());
     for p in all.iter().copied().filter(|p| selects(svc, p) && eligible(p)) {
         if pods::is_terminating(p) && !publish_not_ready(svc) {
