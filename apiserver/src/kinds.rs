@@ -76,6 +76,26 @@ pub fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// Upstream's DefaultTolerationSeconds admission: a new pod that does not tolerate its node
+/// becoming not-ready or unreachable tolerates both for 300 s, so a brief node outage does not
+/// evict it at once.
+pub fn default_toleration_seconds(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else { return };
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let tolerated = list.iter().any(|t| {
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let op = t.get("operator").and_then(Value::as_str).unwrap_or("Equal");
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            (k == key || (k.is_empty() && op == "Exists")) && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !tolerated {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
+    }
+}
+
 fn default_container(c: &mut Value) {
     let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
     let Some(map) = c.as_object_mut() else { return };
@@ -1361,5 +1381,31 @@ mod tests {
         let mut always = json!({"metadata": {"name": "pi", "uid": "u"}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}});
         JobStrategy.prepare_for_create(&mut always);
         assert_eq!(JobStrategy.validate(&always)[0].field, "spec.template.spec.restartPolicy");
+    }
+}
+
+#[cfg(test)]
+mod toleration_tests {
+    use super::*;
+
+    #[test]
+    fn new_pods_tolerate_a_node_outage_for_five_minutes_unless_they_say_otherwise() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c"}]}});
+        default_toleration_seconds(&mut pod);
+        let t = pod["spec"]["tolerations"].as_array().expect("tolerations").clone();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t[0],
+            json!({"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300})
+        );
+        assert_eq!(t[1]["key"], "node.kubernetes.io/unreachable");
+        let mut own = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}});
+        default_toleration_seconds(&mut own);
+        let t = own["spec"]["tolerations"].as_array().expect("tolerations");
+        assert_eq!(t.len(), 2, "its own unreachable toleration stays, not-ready is added");
+        assert_eq!(t[0]["tolerationSeconds"], 5);
+        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_toleration_seconds(&mut all);
+        assert_eq!(all["spec"]["tolerations"].as_array().expect("t").len(), 1, "tolerating everything covers both");
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -20,6 +21,8 @@ use crate::events::Recorder;
 use crate::garbagecollector::GarbageCollector;
 use crate::informer::Informer;
 use crate::namespace::NamespaceController;
+use crate::nodeipam::{Blocks, NodeIpamController};
+use crate::nodelifecycle::NodeLifecycleController;
 use crate::replicaset::ReplicaSetController;
 use crate::serviceaccount::{RootCaPublisher, ServiceAccountController, root_ca};
 use crate::workqueue::WorkQueue;
@@ -67,6 +70,21 @@ pub struct Flags {
     /// Endpoints per EndpointSlice (upstream's default 100, at most 1000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_endpoints_per_slice: u16,
+    /// Hand each node a pod CIDR from --cluster-cidr (node IPAM).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allocate_node_cidrs: bool,
+    /// The pod network the node CIDRs are cut from.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// How long a node may go without renewing its Lease before it is marked Unknown.
+    #[arg(long, default_value = "50s", value_parser = leader::parse_duration)]
+    pub node_monitor_grace_period: Duration,
+    /// How often node health is checked.
+    #[arg(long, default_value = "5s", value_parser = leader::parse_duration)]
+    pub node_monitor_period: Duration,
     /// Workers of the garbage collector.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
@@ -135,6 +153,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "endpointslicemirroring",
     "garbagecollector",
     "namespace",
+    "nodeipam",
+    "nodelifecycle",
     "replicaset",
     "root-ca-cert-publisher",
     "serviceaccount",
@@ -283,6 +303,31 @@ pub async fn start(
         tasks.spawn(network.endpoints.clone().run(Api::all(client.clone())));
         tasks.spawn(network.slices.clone().run(Api::all(client.clone())));
     }
+    let nodes: Informer<Node> = Informer::default();
+    if controllers.contains("nodeipam") && flags.allocate_node_cidrs {
+        let blocks = Blocks::parse(&flags.cluster_cidr, flags.node_cidr_mask_size).map_err(anyhow::Error::msg)?;
+        let c = NodeIpamController::new(client.clone(), &nodes, blocks);
+        let queue = c.queue.clone();
+        tasks.spawn(work("nodeipam", queue, 1, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    if controllers.contains("nodelifecycle") {
+        let leases: Informer<Lease> = Informer::default();
+        let c = NodeLifecycleController::new(
+            client.clone(),
+            &nodes,
+            &leases,
+            &pods,
+            events.clone(),
+            flags.node_monitor_grace_period,
+            flags.node_monitor_period,
+        );
+        tasks.spawn(c.run(stop.clone()));
+        tasks.spawn(leases.run(Api::namespaced(client.clone(), "kube-node-lease")));
+    }
+    tasks.spawn(nodes.clone().run(Api::all(client.clone())));
     let namespaces: Informer<Namespace> = Informer::default();
     if controllers.contains("namespace") {
         let c = NamespaceController::new(client.clone(), &namespaces);

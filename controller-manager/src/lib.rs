@@ -11,6 +11,8 @@ pub mod garbagecollector;
 pub mod informer;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;

@@ -174,7 +174,9 @@ impl Store {
                 }
             }
         };
-        admit_pod(obj, &resolved).map_err(|why| forbidden(info, meta::name(obj), why))
+        admit_pod(obj, &resolved).map_err(|why| forbidden(info, meta::name(obj), why))?;
+        crate::kinds::default_toleration_seconds(obj);
+        Ok(())
     }
 
     /// Checks a PriorityClass about to be written (`creating` or updating) against the others:

@@ -765,3 +765,84 @@ async fn services_get_endpoints_and_endpoint_slices_that_follow_their_pods() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn nodes_get_distinct_pod_cidrs_and_silent_nodes_become_unknown_tainted_and_drained() {
+    let flags = controller_manager::app::Flags {
+        allocate_node_cidrs: true,
+        node_monitor_grace_period: Duration::from_secs(2),
+        node_monitor_period: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let h = harness_with(&["nodeipam", "nodelifecycle"], flags).await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(h.client.clone());
+    let node = |name: &str, cidr: Option<&str>| -> k8s_openapi::api::core::v1::Node {
+        let now = jiff::Timestamp::now().to_string();
+        let mut n = serde_json::json!({"metadata": {"name": name}, "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+        if let Some(c) = cidr {
+            n["spec"] = serde_json::json!({"podCIDR": c, "podCIDRs": [c]});
+        }
+        serde_json::from_value(n).expect("node")
+    };
+    nodes.create(&PostParams::default(), &node("taken", Some("10.244.0.0/24"))).await.expect("node");
+    for name in ["n1", "n2", "n3"] {
+        nodes.create(&PostParams::default(), &node(name, None)).await.expect("node");
+    }
+    let cidrs = eventually(Duration::from_secs(10), "every node with a pod CIDR", || async {
+        let list = nodes.list(&ListParams::default()).await.ok()?.items;
+        let cidrs: BTreeSet<String> = list.iter().filter_map(|n| n.spec.as_ref()?.pod_cidr.clone()).collect();
+        (cidrs.len() == 4).then_some(cidrs)
+    })
+    .await;
+    assert_eq!(
+        cidrs,
+        BTreeSet::from(["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"].map(String::from))
+    );
+
+    // Pods on n1: one tolerates the unreachable taint for 1 s, one forever, one has the 300 s
+    // the apiserver gives every pod.
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let pod = |name: &str, tolerations: serde_json::Value| -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+            "spec": {"nodeName": "n1", "tolerations": tolerations, "containers": [{"name": "c", "image": "busybox"}]}}))
+        .expect("pod")
+    };
+    let brief = serde_json::json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 1}]);
+    pods.create(&PostParams::default(), &pod("brief", brief)).await.expect("pod");
+    pods.create(&PostParams::default(), &pod("forever", serde_json::json!([{"operator": "Exists"}])))
+        .await
+        .expect("pod");
+    pods.create(&PostParams::default(), &pod("default", serde_json::json!([]))).await.expect("pod");
+    let defaulted = pods.get("default").await.expect("pod");
+    let tolerations = defaulted.spec.and_then(|s| s.tolerations).unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some("node.kubernetes.io/unreachable") && t.toleration_seconds == Some(300))
+    );
+
+    // Nobody renews n1..n3: after the grace period they are Unknown and tainted unreachable.
+    eventually(Duration::from_secs(15), "n1 Unknown and tainted unreachable:NoExecute", || async {
+        let n = nodes.get("n1").await.ok()?;
+        let ready = n.status?.conditions?.into_iter().find(|c| c.type_ == "Ready")?;
+        let tainted =
+            n.spec?.taints?.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute");
+        (ready.status == "Unknown" && ready.reason.as_deref() == Some("NodeStatusUnknown") && tainted).then_some(())
+    })
+    .await;
+    let evicted = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            match pods.get_opt(name).await.ok()? {
+                None => Some(()),
+                Some(p) => p.metadata.deletion_timestamp.map(|_| ()),
+            }
+        }
+    };
+    eventually(Duration::from_secs(10), "brief evicted", || evicted("brief")).await;
+    for name in ["forever", "default"] {
+        let p = pods.get(name).await.expect("still there");
+        assert!(p.metadata.deletion_timestamp.is_none(), "{name} tolerates the taint for longer");
+    }
+}
