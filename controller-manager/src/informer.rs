@@ -106,6 +106,13 @@ impl<K: Object> Informer<K> {
         let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
         let mut relist: Option<Objects<K>> = None;
         while let Some(event) = stream.next().await {
+            // managedFields are kept by the apiserver for apply; no controller reads them, and
+            // they are often the larger part of an object.
+            let event = event.map(|e| {
+                e.modify(|o| {
+                    o.meta_mut().managed_fields = None;
+                })
+            });
             match event {
                 Ok(Event::Init) => relist = Some(Objects::default()),
                 Ok(Event::InitApply(o)) => {

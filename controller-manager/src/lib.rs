@@ -19,4 +19,5 @@ pub mod replicaset;
 pub mod resources;
 pub mod selector;
 pub mod serviceaccount;
+pub mod status;
 pub mod workqueue;

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 use crate::events::{Recorder, reference};
 use crate::expectations::Expectations;
@@ -284,10 +284,13 @@ impl ReplicaSetController {
         let message = failure.as_ref().map(|(_, e)| e.to_string());
         let status = calculate_status(&rs, &owned, failure.as_ref().map(|(r, _)| *r).zip(message.as_deref()), now);
         if rs.status.as_ref() != Some(&status) {
-            let mut updated = (*rs).clone();
-            updated.status = Some(status.clone());
             let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
-            api.replace_status(name, &PostParams::default(), &updated).await.map_err(SyncError::Status)?;
+            let patch = crate::status::status_patch(rs.status.as_ref(), &status);
+            match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+                Err(e) => return Err(SyncError::Status(e)),
+            }
         }
         if let Some((_, e)) = failure {
             return Err(e);

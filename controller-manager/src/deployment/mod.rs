@@ -618,12 +618,19 @@ impl DeploymentController {
     }
 
     async fn write_status(&self, d: &Deployment, status: DeploymentStatus) -> Result<(), kube::Error> {
-        let mut updated = d.clone();
-        updated.status = Some(status);
         let ns = d.metadata.namespace.as_deref().unwrap_or_default();
-        Api::<Deployment>::namespaced(self.client.clone(), ns)
-            .replace_status(d.metadata.name.as_deref().unwrap_or_default(), &PostParams::default(), &updated)
+        let patch = crate::status::status_patch(d.status.as_ref(), &status);
+        match Api::<Deployment>::namespaced(self.client.clone(), ns)
+            .patch_status(
+                d.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
