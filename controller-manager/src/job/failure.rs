@@ -66,6 +66,11 @@ fn matching_container<'a>(pod: &'a Pod, req: &PodFailurePolicyOnExitCodesRequire
     })
 }
 
+/// A pattern's status; the API defaults an empty one to "True".
+fn pattern_status(s: &str) -> &str {
+    if s.is_empty() { "True" } else { s }
+}
+
 /// The verdict of the first rule matching the failed `pod`, or `None` when no rule does (the
 /// failure then counts toward backoffLimit).
 pub fn match_pod_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<Verdict> {
@@ -86,7 +91,7 @@ pub fn match_pod_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<
             let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
             conditions
                 .iter()
-                .find(|c| patterns.iter().any(|p| p.type_ == c.type_ && p.status == c.status))
+                .find(|c| patterns.iter().any(|p| p.type_ == c.type_ && pattern_status(&p.status) == c.status))
                 .map(|c| format!("Pod {ns}/{name} has condition {}", c.type_))
         } else {
             None
@@ -209,6 +214,15 @@ mod tests {
         ]));
         let init = pod(serde_json::json!({"phase": "Failed", "initContainerStatuses": [exited("setup", 3)]}));
         assert!(match_pod_failure_policy(&p, &init).and_then(|v| v.message).is_some_and(|m| m.contains("setup")));
+        let unset =
+            policy(serde_json::json!([{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]));
+        let evicted =
+            pod(serde_json::json!({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True"}]}));
+        assert_eq!(
+            match_pod_failure_policy(&unset, &evicted).map(|v| v.action),
+            Some(Action::Ignore),
+            "status defaults"
+        );
         let cond =
             pod(serde_json::json!({"phase": "Failed", "conditions": [{"type": "ConfigIssue", "status": "True"}]}));
         assert_eq!(

@@ -364,21 +364,21 @@ impl JobController {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         // Recorded before sending, so the informer's event (which clears it) cannot come first.
         self.untracking().extend(pods.iter().map(|p| uid(p).to_string()));
-        let results: Vec<(String, Result<(), kube::Error>)> = futures::stream::iter(pods.iter().map(|p| {
+        let targets: Vec<(String, String)> =
+            pods.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), uid(p).to_string())).collect();
+        let requests = targets.into_iter().map(|(name, id)| {
             let api = api.clone();
             async move {
-                let name = p.metadata.name.as_deref().unwrap_or_default();
-                let r = match api.patch(name, &PatchParams::default(), &Patch::Strategic(untrack_patch())).await {
+                let r = match api.patch(&name, &PatchParams::default(), &Patch::Strategic(untrack_patch())).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
                     Err(e) => Err(e),
                 };
-                (uid(p).to_string(), r)
+                (id, r)
             }
-        }))
-        .buffer_unordered(50)
-        .collect()
-        .await;
+        });
+        let results: Vec<(String, Result<(), kube::Error>)> =
+            futures::stream::iter(requests).buffer_unordered(50).collect().await;
         let mut released = HashSet::new();
         let mut error = None;
         for (id, r) in results {

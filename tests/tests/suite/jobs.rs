@@ -1,1 +1,496 @@
-//! Job and CronJob controllers (being written).
+//! The Job, TTL-after-finished and CronJob controllers in-process against the in-memory
+//! apiserver. No kubelet runs: the tests play its part by patching pod status (Running,
+//! Succeeded, Failed with exit codes and conditions). Tests named `cNNN_` cover the
+//! conformance ledger row of that id as far as it needs no real node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use controller_manager::app::work;
+use controller_manager::cronjob::CronJobController;
+use controller_manager::events::Recorder;
+use controller_manager::informer::Informer;
+use controller_manager::job::JobController;
+use controller_manager::job::ttl::TtlAfterFinishedController;
+use e2e::eventually;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use tokio_util::sync::CancellationToken;
+
+/// The in-memory apiserver and the named controllers ("job", "ttl-after-finished",
+/// "cronjob") with their informers, in-process.
+struct Harness {
+    client: kube::Client,
+    stop: CancellationToken,
+    _api: e2e::server::InProcess,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn harness(controllers: &[&str]) -> Harness {
+    let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
+    let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
+    let client = api.endpoint.kube_client().await;
+    let stop = CancellationToken::new();
+    let events = Recorder::new(client.clone());
+    let jobs: Informer<Job> = Informer::default();
+    let pods: Informer<Pod> = Informer::default();
+    let cronjobs: Informer<CronJob> = Informer::default();
+    if controllers.contains(&"job") {
+        let c = JobController::new(client.clone(), &jobs, &pods, events.clone());
+        tokio::spawn(work("job", c.queue.clone(), 5, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    if controllers.contains(&"ttl-after-finished") {
+        let c = TtlAfterFinishedController::new(client.clone(), &jobs);
+        tokio::spawn(work("ttl-after-finished", c.queue.clone(), 5, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    if controllers.contains(&"cronjob") {
+        let c = CronJobController::new(client.clone(), &cronjobs, &jobs, events.clone());
+        tokio::spawn(work("cronjob", c.queue.clone(), 5, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    for task in [
+        tokio::spawn(jobs.clone().run(Api::all(client.clone()))),
+        tokio::spawn(pods.clone().run(Api::all(client.clone()))),
+        tokio::spawn(cronjobs.clone().run(Api::all(client.clone()))),
+    ] {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            task.abort();
+        });
+    }
+    Harness { client, stop, _api: api }
+}
+
+impl Harness {
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    fn cronjobs(&self) -> Api<CronJob> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// The Job's pods not being deleted, oldest first.
+    async fn live_pods(&self, job: &str) -> Vec<Pod> {
+        let lp = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
+        let mut pods: Vec<Pod> = self.pods().list(&lp).await.map(|l| l.items).unwrap_or_default();
+        pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+        pods.sort_by(|a, b| {
+            (&a.metadata.creation_timestamp, &a.metadata.name).cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+        });
+        pods
+    }
+
+    /// The Job's unfinished pods, once there are exactly `n`.
+    async fn running(&self, job: &str, n: usize) -> Vec<Pod> {
+        eventually(Duration::from_secs(20), &format!("{n} unfinished pods of {job}"), || async {
+            let pods: Vec<Pod> =
+                self.live_pods(job).await.into_iter().filter(|p| !matches!(phase(p), "Succeeded" | "Failed")).collect();
+            (pods.len() == n).then_some(pods)
+        })
+        .await
+    }
+
+    /// Marks the pod finished as a kubelet would: its container exited with `code`.
+    async fn exit(&self, pod: &Pod, code: i32, conditions: serde_json::Value) {
+        let now = jiff::Timestamp::now().to_string();
+        let patch = serde_json::json!({"status": {
+            "phase": if code == 0 { "Succeeded" } else { "Failed" },
+            "conditions": conditions,
+            "containerStatuses": [{"name": "c", "ready": false, "restartCount": 0, "image": "busybox",
+                "imageID": "", "state": {"terminated": {"exitCode": code, "finishedAt": now}}}]}});
+        let name = pod.metadata.name.as_deref().expect("name");
+        self.pods().patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("pod status");
+    }
+
+    async fn wait_job(&self, name: &str, what: &str, check: impl Fn(&Job) -> bool) -> Job {
+        eventually(Duration::from_secs(30), &format!("{name}: {what}"), || async {
+            let j = self.jobs().get(name).await.ok()?;
+            check(&j).then_some(j)
+        })
+        .await
+    }
+
+    /// Waits for an event on `kind/name` with this reason and returns its message.
+    async fn event(&self, kind: &str, name: &str, reason: &str) -> String {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        eventually(Duration::from_secs(20), &format!("a {reason} event on {kind} {name}"), || async {
+            let list = events.list(&ListParams::default()).await.ok()?.items;
+            list.into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.involved_object.kind.as_deref() == Some(kind)
+                        && e.involved_object.name.as_deref() == Some(name)
+                })
+                .and_then(|e| e.message)
+        })
+        .await
+    }
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+}
+
+fn name(p: &Pod) -> &str {
+    p.metadata.name.as_deref().unwrap_or_default()
+}
+
+fn job(name: &str, spec: serde_json::Value) -> Job {
+    let mut s = serde_json::json!({
+        "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}
+    });
+    for (k, v) in spec.as_object().cloned().unwrap_or_default() {
+        s[k] = v;
+    }
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "default"}, "spec": s}))
+        .expect("job")
+}
+
+fn condition<'a>(j: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+    j.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn owned_by(p: &Pod, uid: &str) -> bool {
+    p.metadata.owner_references.iter().flatten().any(|r| r.uid == uid && r.controller == Some(true))
+}
+
+fn has_finalizer(p: &Pod) -> bool {
+    p.metadata.finalizers.iter().flatten().any(|f| f == "batch.kubernetes.io/job-tracking")
+}
+
+#[tokio::test]
+async fn c125_c123_a_job_keeps_parallelism_pods_active_and_completes_three_of_three() {
+    let h = harness(&["job"]).await;
+    let created = h
+        .jobs()
+        .create(&PostParams::default(), &job("pi", serde_json::json!({"completions": 3, "parallelism": 2})))
+        .await
+        .expect("create");
+    let uid = created.metadata.uid.clone().expect("uid");
+    let first = h.running("pi", 2).await;
+    for p in &first {
+        assert!(name(p).starts_with("pi-"), "{}", name(p));
+        let labels = p.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels["batch.kubernetes.io/controller-uid"], uid);
+        assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
+        assert_eq!(labels["controller-uid"], uid);
+        assert_eq!(labels["job-name"], "pi");
+        assert!(has_finalizer(p), "pods are created holding the tracking finalizer");
+        let owner = &p.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Job", uid.as_str(), Some(true)));
+    }
+    let j = h.wait_job("pi", "status.active 2", |j| j.status.as_ref().and_then(|s| s.active) == Some(2)).await;
+    assert!(j.status.as_ref().and_then(|s| s.start_time.as_ref()).is_some());
+
+    // C123: /status takes a patch and an update on a running Job, and the controller keeps them.
+    let started = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 60).expect("time");
+    let patch = serde_json::json!({"status": {"startTime": started.to_string()}});
+    let patched =
+        h.jobs().patch_status("pi", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch status");
+    assert_eq!(patched.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0), Some(started));
+    let mut got = h.jobs().get_status("pi").await.expect("get status");
+    got.status.get_or_insert_default().ready = Some(0);
+    h.jobs().replace_status("pi", &PostParams::default(), &got).await.expect("update status");
+    h.wait_job("pi", "the patched startTime kept", |j| {
+        j.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0) == Some(started)
+            && j.status.as_ref().and_then(|s| s.active) == Some(2)
+    })
+    .await;
+
+    for p in &first {
+        h.exit(p, 0, serde_json::json!([])).await;
+    }
+    let last = h.running("pi", 1).await;
+    assert!(!first.iter().any(|p| name(p) == name(&last[0])), "a third pod, not a restarted one");
+    h.wait_job("pi", "succeeded 2", |j| j.status.as_ref().and_then(|s| s.succeeded) == Some(2)).await;
+    h.exit(&last[0], 0, serde_json::json!([])).await;
+    let done = h.wait_job("pi", "Complete", |j| condition(j, "Complete").is_some()).await;
+    let s = done.status.as_ref().expect("status");
+    assert_eq!(s.succeeded, Some(3));
+    assert_eq!(s.active, None);
+    assert!(s.completion_time.is_some());
+    assert!(condition(&done, "SuccessCriteriaMet").is_some(), "the interim condition stays");
+    assert_eq!(condition(&done, "Complete").and_then(|c| c.reason.as_deref()), Some("CompletionsReached"));
+    assert_eq!(
+        s.uncounted_terminated_pods.as_ref().map(|u| (u.succeeded.is_none(), u.failed.is_none())),
+        Some((true, true))
+    );
+    let pods = h.live_pods("pi").await;
+    assert_eq!(pods.len(), 3, "a finished Job keeps its pods");
+    assert!(pods.iter().all(|p| !has_finalizer(p)), "every pod was counted and released");
+    assert_eq!(h.event("Job", "pi", "Completed").await, "Job completed");
+    assert!(h.event("Job", "pi", "SuccessfulCreate").await.starts_with("Created pod: pi-"));
+}
+
+#[tokio::test]
+async fn a_job_past_its_backoff_limit_fails_after_backing_off_between_failures() {
+    let h = harness(&["job"]).await;
+    h.jobs()
+        .create(&PostParams::default(), &job("flaky", serde_json::json!({"backoffLimit": 1})))
+        .await
+        .expect("create");
+    let first = h.running("flaky", 1).await;
+    h.exit(&first[0], 1, serde_json::json!([])).await;
+    let failed_at = Instant::now();
+    let second = h.running("flaky", 1).await;
+    assert_ne!(name(&second[0]), name(&first[0]));
+    assert!(failed_at.elapsed() >= Duration::from_secs(8), "the replacement waited the 10 s backoff");
+    h.exit(&second[0], 1, serde_json::json!([])).await;
+    let j = h.wait_job("flaky", "Failed", |j| condition(j, "Failed").is_some()).await;
+    let c = condition(&j, "Failed").expect("Failed");
+    assert_eq!(c.reason.as_deref(), Some("BackoffLimitExceeded"));
+    assert_eq!(c.message.as_deref(), Some("Job has reached the specified backoff limit"));
+    assert!(condition(&j, "FailureTarget").is_some());
+    assert_eq!(j.status.as_ref().and_then(|s| s.failed), Some(2));
+    assert_eq!(h.event("Job", "flaky", "BackoffLimitExceeded").await, "Job has reached the specified backoff limit");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.live_pods("flaky").await.len(), 2, "no pod after the Job failed; the failed ones stay");
+}
+
+#[tokio::test]
+async fn c124_an_indexed_job_gives_each_pod_its_index_and_reports_completed_indexes() {
+    let h = harness(&["job"]).await;
+    let spec = serde_json::json!({"completionMode": "Indexed", "completions": 3, "parallelism": 3});
+    h.jobs().create(&PostParams::default(), &job("idx", spec)).await.expect("create");
+    let pods = h.running("idx", 3).await;
+    let mut by_index: BTreeMap<String, Pod> = BTreeMap::new();
+    for p in pods {
+        let index =
+            p.metadata.annotations.as_ref().expect("annotations")["batch.kubernetes.io/job-completion-index"].clone();
+        assert_eq!(p.metadata.labels.as_ref().expect("labels")["batch.kubernetes.io/job-completion-index"], index);
+        assert!(name(&p).starts_with(&format!("idx-{index}-")), "{}", name(&p));
+        let spec = p.spec.as_ref().expect("spec");
+        assert_eq!(spec.hostname.as_deref(), Some(format!("idx-{index}").as_str()));
+        let env = spec.containers[0].env.as_ref().expect("env");
+        let var = env.iter().find(|e| e.name == "JOB_COMPLETION_INDEX").expect("JOB_COMPLETION_INDEX");
+        assert_eq!(
+            var.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()),
+            Some("metadata.annotations['batch.kubernetes.io/job-completion-index']")
+        );
+        by_index.insert(index, p);
+    }
+    assert_eq!(by_index.keys().map(String::as_str).collect::<Vec<_>>(), ["0", "1", "2"], "unique indexes");
+    h.exit(&by_index["0"], 0, serde_json::json!([])).await;
+    h.exit(&by_index["2"], 0, serde_json::json!([])).await;
+    h.wait_job("idx", "completedIndexes 0,2", |j| {
+        j.status.as_ref().and_then(|s| s.completed_indexes.as_deref()) == Some("0,2")
+    })
+    .await;
+    h.exit(&by_index["1"], 0, serde_json::json!([])).await;
+    let j = h.wait_job("idx", "Complete", |j| condition(j, "Complete").is_some()).await;
+    let s = j.status.as_ref().expect("status");
+    assert_eq!((s.completed_indexes.as_deref(), s.succeeded), (Some("0-2"), Some(3)));
+}
+
+#[tokio::test]
+async fn c126_a_suspended_job_starts_nothing_until_resumed_and_suspending_again_stops_its_pods() {
+    let h = harness(&["job"]).await;
+    let spec = serde_json::json!({"suspend": true, "parallelism": 2, "completions": 4});
+    let mut j = job("sus", spec);
+    j.metadata.labels = Some([("batch".to_string(), "c126".to_string())].into());
+    h.jobs().create(&PostParams::default(), &j).await.expect("create");
+    let j = h.wait_job("sus", "Suspended", |j| condition(j, "Suspended").is_some()).await;
+    let c = condition(&j, "Suspended").expect("Suspended");
+    assert_eq!((c.reason.as_deref(), c.message.as_deref()), (Some("JobSuspended"), Some("Job suspended")));
+    assert!(j.status.as_ref().and_then(|s| s.start_time.as_ref()).is_none(), "no clock while suspended");
+    assert!(h.live_pods("sus").await.is_empty());
+
+    // C126: listed by label across namespaces, replaced while suspended.
+    let all: Api<Job> = Api::all(h.client.clone());
+    let listed = all.list(&ListParams::default().labels("batch=c126")).await.expect("list");
+    assert_eq!(listed.items.len(), 1);
+    let mut replaced = h.jobs().get("sus").await.expect("get");
+    replaced.metadata.annotations = Some([("updated".to_string(), "true".to_string())].into());
+    h.jobs().replace("sus", &PostParams::default(), &replaced).await.expect("replace");
+
+    let resume = serde_json::json!({"spec": {"suspend": false}});
+    h.jobs().patch("sus", &PatchParams::default(), &Patch::Merge(&resume)).await.expect("resume");
+    h.running("sus", 2).await;
+    let j = h
+        .wait_job("sus", "resumed", |j| {
+            j.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Suspended" && c.status == "False" && c.reason.as_deref() == Some("JobResumed"))
+            })
+        })
+        .await;
+    assert!(j.status.as_ref().and_then(|s| s.start_time.as_ref()).is_some(), "the clock starts on resume");
+    assert_eq!(h.event("Job", "sus", "Resumed").await, "Job resumed");
+
+    let suspend = serde_json::json!({"spec": {"suspend": true}});
+    h.jobs().patch("sus", &PatchParams::default(), &Patch::Merge(&suspend)).await.expect("suspend");
+    eventually(Duration::from_secs(20), "the suspended Job's pods gone", || async {
+        let lp = ListParams::default().labels("batch.kubernetes.io/job-name=sus");
+        h.pods().list(&lp).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    h.wait_job("sus", "Suspended again, none active", |j| {
+        condition(j, "Suspended").is_some() && j.status.as_ref().and_then(|s| s.active).is_none()
+    })
+    .await;
+
+    // C126: deleted by collection.
+    h.jobs()
+        .delete_collection(&DeleteParams::default(), &ListParams::default().labels("batch=c126"))
+        .await
+        .expect("delete");
+    eventually(Duration::from_secs(10), "the Job gone", || async {
+        h.jobs().get_opt("sus").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_active_deadline_fails_and_its_pods_are_stopped() {
+    let h = harness(&["job"]).await;
+    h.jobs()
+        .create(
+            &PostParams::default(),
+            &job("slow", serde_json::json!({"activeDeadlineSeconds": 2, "parallelism": 2, "completions": 2})),
+        )
+        .await
+        .expect("create");
+    h.running("slow", 2).await;
+    let j = h.wait_job("slow", "Failed", |j| condition(j, "Failed").is_some()).await;
+    let c = condition(&j, "Failed").expect("Failed");
+    assert_eq!(c.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(c.message.as_deref(), Some("Job was active longer than specified deadline"));
+    assert_eq!(j.status.as_ref().and_then(|s| s.failed), Some(2), "the stopped pods count as failed");
+    assert!(h.live_pods("slow").await.is_empty(), "the active pods were deleted");
+    assert_eq!(h.event("Job", "slow", "DeadlineExceeded").await, "Job was active longer than specified deadline");
+}
+
+#[tokio::test]
+async fn c122_a_fail_job_rule_on_an_exit_code_fails_the_job_at_once() {
+    let h = harness(&["job"]).await;
+    let spec = serde_json::json!({"parallelism": 2, "completions": 4, "backoffLimit": 6,
+        "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"containerName": "c", "operator": "In", "values": [42]}}]}});
+    h.jobs().create(&PostParams::default(), &job("pfp", spec)).await.expect("create");
+    let pods = h.running("pfp", 2).await;
+    h.exit(&pods[0], 42, serde_json::json!([])).await;
+    let j = h.wait_job("pfp", "Failed", |j| condition(j, "Failed").is_some()).await;
+    let c = condition(&j, "Failed").expect("Failed");
+    assert_eq!(c.reason.as_deref(), Some("PodFailurePolicy"));
+    assert_eq!(
+        c.message.clone().unwrap_or_default(),
+        format!(
+            "Container c for pod default/{} failed with exit code 42 matching FailJob rule at index 0",
+            name(&pods[0])
+        )
+    );
+    assert!(h.live_pods("pfp").await.iter().all(|p| name(p) == name(&pods[0])), "the other pod was stopped");
+}
+
+#[tokio::test]
+async fn c121_an_indexed_job_ignores_failures_of_disrupted_pods() {
+    let h = harness(&["job"]).await;
+    let spec = serde_json::json!({"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}});
+    h.jobs().create(&PostParams::default(), &job("evict", spec)).await.expect("create");
+    let pods = h.running("evict", 2).await;
+    let evicted =
+        serde_json::json!([{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]);
+    h.exit(&pods[0], 137, evicted).await;
+    let index =
+        |p: &Pod| p.metadata.annotations.as_ref().map(|a| a["batch.kubernetes.io/job-completion-index"].clone());
+    let replacement = eventually(Duration::from_secs(20), "a replacement for the evicted index", || async {
+        let live = h.live_pods("evict").await;
+        live.into_iter().find(|p| name(p) != name(&pods[0]) && index(p) == index(&pods[0]) && phase(p) != "Failed")
+    })
+    .await;
+    h.exit(&replacement, 0, serde_json::json!([])).await;
+    h.exit(&pods[1], 0, serde_json::json!([])).await;
+    let j = h.wait_job("evict", "Complete", |j| condition(j, "Complete").is_some()).await;
+    assert_eq!(j.status.as_ref().and_then(|s| s.failed), None, "the disruption was not counted");
+}
+
+#[tokio::test]
+async fn c127_a_job_whose_pod_restarted_after_a_failure_still_completes() {
+    let h = harness(&["job"]).await;
+    let spec = serde_json::json!({"template": {"spec": {"restartPolicy": "OnFailure",
+        "containers": [{"name": "c", "image": "busybox"}]}}});
+    h.jobs().create(&PostParams::default(), &job("again", spec)).await.expect("create");
+    let pods = h.running("again", 1).await;
+    let restarted = serde_json::json!({"status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": true,
+        "restartCount": 1, "image": "busybox", "imageID": "", "state": {"running": {}},
+        "lastState": {"terminated": {"exitCode": 1}}}]}});
+    h.pods().patch_status(name(&pods[0]), &PatchParams::default(), &Patch::Merge(&restarted)).await.expect("restart");
+    h.exit(&pods[0], 0, serde_json::json!([])).await;
+    let j = h.wait_job("again", "Complete", |j| condition(j, "Complete").is_some()).await;
+    assert_eq!(j.status.as_ref().map(|s| (s.succeeded, s.failed)), Some((Some(1), None)));
+}
+
+#[tokio::test]
+async fn c120_a_job_readopts_an_orphaned_pod_and_releases_a_relabelled_one() {
+    let h = harness(&["job"]).await;
+    let created = h
+        .jobs()
+        .create(&PostParams::default(), &job("adopt", serde_json::json!({"parallelism": 2, "completions": 2})))
+        .await
+        .expect("create");
+    let uid = created.metadata.uid.clone().expect("uid");
+    let pods = h.running("adopt", 2).await;
+    let orphan = name(&pods[0]).to_string();
+    let patch = serde_json::json!({"metadata": {"ownerReferences": null}});
+    h.pods().patch(&orphan, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("orphan");
+    eventually(Duration::from_secs(20), "the orphan adopted again", || async {
+        let p = h.pods().get(&orphan).await.ok()?;
+        owned_by(&p, &uid).then_some(())
+    })
+    .await;
+
+    let relabelled = name(&pods[1]).to_string();
+    let patch = serde_json::json!({"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "someone-else"}}});
+    h.pods().patch(&relabelled, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("relabel");
+    eventually(Duration::from_secs(20), "the relabelled pod released", || async {
+        let p = h.pods().get(&relabelled).await.ok()?;
+        (p.metadata.owner_references.as_ref().is_none_or(|r| r.is_empty()) && !has_finalizer(&p)).then_some(())
+    })
+    .await;
+    let owned = eventually(Duration::from_secs(20), "two pods owned again", || async {
+        let pods: Vec<Pod> = h.live_pods("adopt").await.into_iter().filter(|p| owned_by(p, &uid)).collect();
+        (pods.len() == 2).then_some(pods)
+    })
+    .await;
+    assert!(owned.iter().any(|p| name(p) == orphan) && !owned.iter().any(|p| name(p) == relabelled), "replaced");
+}
+
+#[tokio::test]
+async fn ttl_seconds_after_finished_0_deletes_a_job_once_it_completes() {
+    let h = harness(&["job", "ttl-after-finished"]).await;
+    h.jobs()
+        .create(&PostParams::default(), &job("short", serde_json::json!({"ttlSecondsAfterFinished": 0})))
+        .await
+        .expect("create");
+    let pods = h.running("short", 1).await;
+    h.exit(&pods[0], 0, serde_json::json!([])).await;
+    eventually(Duration::from_secs(20), "the finished Job deleted", || async {
+        match h.jobs().get_opt("short").await.ok()? {
+            None => Some(()),
+            // Foreground deletion: the Job waits for the garbage collector to remove its pods.
+            Some(j) => j.metadata.deletion_timestamp.is_some().then_some(()),
+        }
+    })
+    .await;
+}
