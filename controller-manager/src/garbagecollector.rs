@@ -318,8 +318,8 @@ impl GarbageCollector {
         self.remove_finalizer(uid, node, ORPHAN).await
     }
 
-    /// `foregroundDeletion`: dependents are deleted (foreground too); the finalizer goes when
-    /// no dependent that blocks owner deletion is left.
+    /// `foregroundDeletion`: dependents are deleted (foreground too) unless another owner keeps
+    /// them; the finalizer goes when no dependent that blocks owner deletion is left.
     async fn delete_dependents(&self, uid: &str, node: &Node) -> Result<Option<Duration>, kube::Error> {
         let dependents = self.graph().dependents_of(uid);
         let blocking: Vec<&(String, Node)> = dependents
@@ -330,20 +330,11 @@ impl GarbageCollector {
             // Non-blocking dependents are collected later as ordinary orphans of a gone owner.
             return self.remove_finalizer(uid, node, FOREGROUND).await;
         }
+        // Each dependent is judged by all its owners: one with another live owner only drops
+        // its reference to this one; one owned by nothing else is deleted in the foreground.
         for (duid, d) in &dependents {
-            if d.deleting {
-                continue;
-            }
-            let Some(api) = self.api_for(&d.api_version, &d.kind, &d.namespace) else { continue };
-            let dp = DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Foreground),
-                preconditions: Some(Preconditions { uid: Some(duid.clone()), resource_version: None }),
-                ..Default::default()
-            };
-            match api.delete(&d.name, &dp).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => return Err(e),
+            if !d.deleting {
+                self.queue.add(duid.clone());
             }
         }
         // Dependents going away requeue the owner; look again anyway in case one is stuck.

@@ -318,7 +318,8 @@ impl ReplicaSetController {
                 Claim::Adopt => match adopt(&api, rs, p.as_ref()).await {
                     Ok(adopted) => owned.push(Arc::new(adopted)),
                     // Changed or gone meanwhile: the next sync sees it as it is.
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    // Gone meanwhile; a conflict (it changed) fails the sync, which retries at once.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 },
                 Claim::Release => release(&api, rs.metadata.uid.as_deref().unwrap_or_default(), p.as_ref()).await?,

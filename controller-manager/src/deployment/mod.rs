@@ -262,7 +262,8 @@ impl DeploymentController {
                 Claim::Own => owned.push(rs),
                 Claim::Adopt => match adopt(&api, d, rs.as_ref()).await {
                     Ok(a) => owned.push(Arc::new(a)),
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    // Gone meanwhile; a conflict (it changed) fails the sync, which retries at once.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 },
                 Claim::Release => release(&api, d.metadata.uid.as_deref().unwrap_or_default(), rs.as_ref()).await?,
@@ -293,14 +294,13 @@ impl DeploymentController {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
         let olds: Vec<&ReplicaSet> = old.iter().map(Arc::as_ref).collect();
         let max_old = max_revision(&olds);
-        let (surge, _) = surge_unavailable(d)?;
         let revision = match &new {
             Some(rs) if revision::revision_of(rs) > max_old => revision::revision_of(rs),
             _ => max_old + 1,
         };
         let result = match new {
             Some(rs) => {
-                let annotations = revision::replica_set_annotations(d, &rs, revision, replicas(d), replicas(d) + surge);
+                let annotations = revision::replica_set_annotations(d, &rs, revision, None);
                 if rs.metadata.annotations.as_ref() != Some(&annotations) {
                     let mut updated = (*rs).clone();
                     updated.metadata.annotations = Some(annotations);
@@ -374,7 +374,7 @@ impl DeploymentController {
             status: None,
         };
         rs.metadata.annotations =
-            Some(revision::replica_set_annotations(d, &rs, revision, replicas(d), replicas(d) + surge));
+            Some(revision::replica_set_annotations(d, &rs, revision, Some((replicas(d), replicas(d) + surge))));
         match api.create(&PostParams::default(), &rs).await {
             Ok(created) => {
                 if size > 0 {

@@ -75,14 +75,14 @@ pub fn max_revision(sets: &[&ReplicaSet]) -> i64 {
 }
 
 /// The annotations a ReplicaSet of `d` carries: the Deployment's own (less the ones kept per
-/// set), its revision (recording the revisions it had before when it is rolled back to), and
-/// the replica counts proportional scaling reads.
+/// set), its revision (recording the revisions it had before when it is rolled back to), and,
+/// for a set being created, the replica counts (desired, max) proportional scaling reads; an
+/// existing set's counts change only when it is scaled.
 pub fn replica_set_annotations(
     d: &Deployment,
     rs: &ReplicaSet,
     revision: i64,
-    desired: i32,
-    max: i32,
+    replicas: Option<(i32, i32)>,
 ) -> BTreeMap<String, String> {
     let mut a = rs.metadata.annotations.clone().unwrap_or_default();
     for (k, v) in d.metadata.annotations.iter().flatten() {
@@ -100,8 +100,10 @@ pub fn replica_set_annotations(
     if old < revision {
         a.insert(REVISION.into(), revision.to_string());
     }
-    a.insert(DESIRED_REPLICAS.into(), desired.to_string());
-    a.insert(MAX_REPLICAS.into(), max.to_string());
+    if let Some((desired, max)) = replicas {
+        a.insert(DESIRED_REPLICAS.into(), desired.to_string());
+        a.insert(MAX_REPLICAS.into(), max.to_string());
+    }
     a
 }
 
@@ -143,11 +145,12 @@ mod tests {
         let rs: ReplicaSet =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "r", "annotations": {REVISION: "2"}}}))
                 .expect("rs");
-        let a = replica_set_annotations(&d, &rs, 5, 3, 4);
+        let a = replica_set_annotations(&d, &rs, 5, Some((3, 4)));
         assert_eq!(a[REVISION], "5");
         assert_eq!(a[REVISION_HISTORY], "2");
         assert_eq!(a["kubernetes.io/change-cause"], "v1");
         assert_eq!((a[DESIRED_REPLICAS].as_str(), a[MAX_REPLICAS].as_str()), ("3", "4"));
         assert!(!a.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+        assert!(!replica_set_annotations(&d, &rs, 5, None).contains_key(DESIRED_REPLICAS), "only set when created");
     }
 }

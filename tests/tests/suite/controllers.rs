@@ -72,7 +72,7 @@ async fn wait_owned(pods: &Api<Pod>, uid: &str, n: usize) -> Vec<Pod> {
 }
 
 #[tokio::test]
-async fn a_replica_set_creates_scales_adopts_releases_and_reports_status() {
+async fn c130_a_replica_set_creates_scales_adopts_releases_and_reports_status() {
     let h = harness(&["replicaset"]).await;
     let sets: Api<ReplicaSet> = Api::namespaced(h.client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
@@ -170,7 +170,7 @@ async fn a_replica_set_records_successful_create_events() {
 }
 
 /// Plays the kubelets' part for pods that no node runs: every live pod is marked Running and
-/// Ready shortly after it appears.
+/// Ready shortly after it appears (except those whose image says "never-ready").
 fn fake_kubelet(client: kube::Client, stop: CancellationToken) {
     tokio::spawn(async move {
         let pods: Api<Pod> = Api::namespaced(client, "default");
@@ -182,7 +182,12 @@ fn fake_kubelet(client: kube::Client, stop: CancellationToken) {
                         .as_ref()
                         .and_then(|s| s.conditions.as_ref())
                         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready"));
-                    if ready || p.metadata.deletion_timestamp.is_some() {
+                    let never = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.containers[0].image.as_deref())
+                        .is_some_and(|i| i.contains("never-ready"));
+                    if ready || never || p.metadata.deletion_timestamp.is_some() {
                         continue;
                     }
                     let now = jiff::Timestamp::now().to_string();
@@ -358,7 +363,7 @@ async fn a_deployment_rolls_out_keeps_availability_rolls_back_scales_and_pauses(
 }
 
 #[tokio::test]
-async fn a_recreate_deployment_removes_every_old_pod_before_starting_new_ones() {
+async fn c108_a_recreate_deployment_removes_every_old_pod_before_starting_new_ones() {
     let h = harness(&["replicaset", "deployment"]).await;
     fake_kubelet(h.client.clone(), h.stop.clone());
     let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "default");
@@ -580,7 +585,7 @@ async fn the_garbage_collector_deletes_in_the_background_orphans_and_deletes_in_
 }
 
 #[tokio::test]
-async fn deleting_a_namespace_deletes_everything_in_it_then_the_namespace() {
+async fn c066_c067_deleting_a_namespace_deletes_everything_in_it_then_the_namespace() {
     let h = harness(&["replicaset", "namespace", "garbagecollector"]).await;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(h.client.clone());
     let ns: k8s_openapi::api::core::v1::Namespace =
@@ -606,7 +611,7 @@ async fn deleting_a_namespace_deletes_everything_in_it_then_the_namespace() {
 }
 
 #[tokio::test]
-async fn every_namespace_gets_a_default_service_account_and_the_root_ca_config_map() {
+async fn c152_every_namespace_gets_a_default_service_account_and_the_root_ca_config_map() {
     let dir = e2e::TempDir::new("root-ca").expect("dir");
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n").expect("ca");
@@ -674,7 +679,7 @@ fn slice_summary(slices: &[EndpointSlice]) -> Vec<(usize, Vec<(String, bool)>)> 
 }
 
 #[tokio::test]
-async fn services_get_endpoints_and_endpoint_slices_that_follow_their_pods() {
+async fn c188_c191_services_get_endpoints_and_endpoint_slices_that_follow_their_pods() {
     let flags = controller_manager::app::Flags { max_endpoints_per_slice: 2, ..Default::default() };
     let h = harness_with(&["endpoint", "endpointslice", "endpointslicemirroring", "garbagecollector"], flags).await;
     let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
@@ -845,4 +850,161 @@ async fn nodes_get_distinct_pod_cidrs_and_silent_nodes_become_unknown_tainted_an
         let p = pods.get(name).await.expect("still there");
         assert!(p.metadata.deletion_timestamp.is_none(), "{name} tolerates the taint for longer");
     }
+}
+
+/// Owner references by hand, for the garbage collector rows.
+fn owned_config_map(name: &str, owners: &[(&str, &str, &str)]) -> k8s_openapi::api::core::v1::ConfigMap {
+    let refs: Vec<serde_json::Value> = owners
+        .iter()
+        .map(|(kind, name, uid)| serde_json::json!({"apiVersion": "v1", "kind": kind, "name": name, "uid": uid, "blockOwnerDeletion": true}))
+        .collect();
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name, "ownerReferences": refs}})).expect("configmap")
+}
+
+#[tokio::test]
+async fn c059_c060_cycles_do_not_block_collection_and_a_live_second_owner_keeps_a_dependent() {
+    let h = harness(&["garbagecollector"]).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    let uid = |cm: &k8s_openapi::api::core::v1::ConfigMap| cm.metadata.uid.clone().expect("uid");
+    // A cycle a -> b -> c -> a (each owned by the previous).
+    let a = cms.create(&PostParams::default(), &owned_config_map("a", &[])).await.expect("a");
+    let b =
+        cms.create(&PostParams::default(), &owned_config_map("b", &[("ConfigMap", "a", &uid(&a))])).await.expect("b");
+    let c =
+        cms.create(&PostParams::default(), &owned_config_map("c", &[("ConfigMap", "b", &uid(&b))])).await.expect("c");
+    let refs = serde_json::json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": uid(&c)}]}});
+    cms.patch("a", &PatchParams::default(), &Patch::Merge(&refs)).await.expect("close the cycle");
+    cms.delete("a", &DeleteParams::background()).await.expect("delete a");
+    for name in ["a", "b", "c"] {
+        gone(&cms, name).await;
+    }
+    // Two owners; one deleted in the foreground: the dependent stays, untouched.
+    let o1 = cms.create(&PostParams::default(), &owned_config_map("owner-1", &[])).await.expect("o1");
+    let o2 = cms.create(&PostParams::default(), &owned_config_map("owner-2", &[])).await.expect("o2");
+    cms.create(
+        &PostParams::default(),
+        &owned_config_map("shared", &[("ConfigMap", "owner-1", &uid(&o1)), ("ConfigMap", "owner-2", &uid(&o2))]),
+    )
+    .await
+    .expect("shared");
+    cms.delete("owner-1", &DeleteParams::foreground()).await.expect("delete owner-1");
+    gone(&cms, "owner-1").await;
+    let shared = cms.get("shared").await.expect("the dependent with a live owner stays");
+    assert!(shared.metadata.deletion_timestamp.is_none());
+    let owners: Vec<String> = shared.metadata.owner_references.iter().flatten().map(|r| r.name.clone()).collect();
+    assert_eq!(owners, ["owner-2"], "the reference to the deleted owner is dropped");
+}
+
+#[tokio::test]
+async fn c056_c061_deleting_a_deployment_in_the_background_collects_its_sets_and_pods_and_orphan_keeps_them() {
+    let h = harness(&["replicaset", "deployment", "garbagecollector"]).await;
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    for name in ["bg", "orphan"] {
+        deployments
+            .create(&PostParams::default(), &deployment(name, 2, "x:v1", serde_json::json!({})))
+            .await
+            .expect("create");
+    }
+    for name in ["bg", "orphan"] {
+        let selector = ListParams::default().labels(&format!("app={name}"));
+        eventually(Duration::from_secs(20), &format!("2 pods of {name}"), || async {
+            (pods.list(&selector).await.ok()?.items.len() == 2).then_some(())
+        })
+        .await;
+    }
+    deployments.delete("bg", &DeleteParams::background()).await.expect("delete");
+    eventually(Duration::from_secs(20), "bg's set and pods collected", || async {
+        let selector = ListParams::default().labels("app=bg");
+        (sets.list(&selector).await.ok()?.items.is_empty() && pods.list(&selector).await.ok()?.items.is_empty())
+            .then_some(())
+    })
+    .await;
+    deployments.delete("orphan", &DeleteParams::orphan()).await.expect("delete");
+    gone(&deployments, "orphan").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let selector = ListParams::default().labels("app=orphan");
+    let left = sets.list(&selector).await.expect("sets").items;
+    assert_eq!(left.len(), 1, "the set stays");
+    assert!(left[0].metadata.owner_references.as_ref().is_none_or(|r| r.is_empty()), "without its owner reference");
+    assert_eq!(pods.list(&selector).await.expect("pods").items.len(), 2, "and so do its pods");
+}
+
+#[tokio::test]
+async fn c109_c110_c111_c112_rolling_updates_adopt_clean_up_scale_proportionally_and_roll_over() {
+    let h = harness(&["replicaset", "deployment"]).await;
+    fake_kubelet(h.client.clone(), h.stop.clone());
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(h.client.clone(), "default");
+    // C109: a matching ReplicaSet made beforehand is adopted (it runs the same template).
+    let mut pre = replica_set("web", 2);
+    pre.spec.as_mut().expect("spec").template.as_mut().expect("t").spec.as_mut().expect("s").containers[0].image =
+        Some("web:v1".into());
+    pre.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    sets.create(&PostParams::default(), &pre).await.expect("orphan set");
+    let mut d = deployment("web", 2, "web:v1", serde_json::json!({}));
+    d.spec.as_mut().expect("spec").revision_history_limit = Some(1);
+    deployments.create(&PostParams::default(), &d).await.expect("create");
+    rolled_out(&deployments, "web", 2).await;
+    let adopted = sets.get("web").await.expect("the orphan set");
+    assert_eq!(adopted.metadata.owner_references.as_ref().map(|r| r[0].kind.as_str()), Some("Deployment"));
+
+    // C110: after three more rollouts only revisionHistoryLimit (1) old sets remain.
+    let image =
+        |i: &str| serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": i}]}}}});
+    for v in ["web:v2", "web:v3", "web:v4"] {
+        deployments.patch("web", &PatchParams::default(), &Patch::Strategic(image(v))).await.expect("rollout");
+        rolled_out(&deployments, "web", 2).await;
+    }
+    eventually(Duration::from_secs(20), "one old set kept", || async {
+        let all = sets.list(&ListParams::default()).await.ok()?.items;
+        (all.len() == 2).then_some(())
+    })
+    .await;
+
+    // C112: a rollout that cannot finish (its pods never become ready) is rolled over by the
+    // next template; the stuck set goes to zero.
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Strategic(image("web:never-ready-1")))
+        .await
+        .expect("stuck");
+    eventually(Duration::from_secs(20), "the stuck set surged", || async {
+        let all = sets.list(&ListParams::default()).await.ok()?.items;
+        all.iter()
+            .any(|rs| image_of(rs) == "web:never-ready-1" && rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0)
+            .then_some(())
+    })
+    .await;
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(image("web:v5"))).await.expect("rollover");
+    rolled_out(&deployments, "web", 2).await;
+    let size_of = |all: &[ReplicaSet], image: &str| {
+        all.iter().find(|rs| image_of(rs) == image).and_then(|rs| rs.spec.as_ref()?.replicas)
+    };
+    let all = sets.list(&ListParams::default()).await.expect("sets").items;
+    assert_eq!(size_of(&all, "web:never-ready-1"), Some(0));
+
+    // C111: 10 replicas (surge 3, unavailable 2) stuck mid-rollout at 8 old + 5 new; resized to
+    // 20, the 10 extra go 6 to the old set and 4 to the new, in proportion.
+    let ten = serde_json::json!({"spec": {"replicas": 10, "strategy": {"rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Merge(&ten)).await.expect("resize");
+    rolled_out(&deployments, "web", 10).await;
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Strategic(image("web:never-ready-2")))
+        .await
+        .expect("stuck");
+    eventually(Duration::from_secs(20), "8 old and 5 new", || async {
+        let all = sets.list(&ListParams::default()).await.ok()?.items;
+        (size_of(&all, "web:v5") == Some(8) && size_of(&all, "web:never-ready-2") == Some(5)).then_some(())
+    })
+    .await;
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 20}})))
+        .await
+        .expect("scale");
+    eventually(Duration::from_secs(20), "14 old and 9 new", || async {
+        let all = sets.list(&ListParams::default()).await.ok()?.items;
+        (size_of(&all, "web:v5") == Some(14) && size_of(&all, "web:never-ready-2") == Some(9)).then_some(())
+    })
+    .await;
 }
