@@ -49,7 +49,7 @@ pub fn taints_for(n: &Node, now: Timestamp) -> Vec<Taint> {
             out.push(kept.unwrap_or_else(|| Taint {
                 key: k.into(),
                 effect: effect.into(),
-                time_added: (effect == "NoExecute").then(|| Time(now)),
+                time_added: (effect == "NoExecute").then_some(Time(now)),
                 value: None,
             }));
         }
