@@ -308,7 +308,7 @@ mod tests {
         };
         let now: Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
         assert_eq!(
-            eviction_time(&pod(serde_json::json!([])), &[taint.clone()], now),
+            eviction_time(&pod(serde_json::json!([])), std::slice::from_ref(&taint), now),
             Some(now),
             "not tolerated: at once"
         );
@@ -316,7 +316,7 @@ mod tests {
             serde_json::json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]),
         );
         assert_eq!(
-            eviction_time(&five_minutes, &[taint.clone()], now),
+            eviction_time(&five_minutes, std::slice::from_ref(&taint), now),
             Some("2026-01-01T00:05:00Z".parse().expect("time"))
         );
         let forever = pod(serde_json::json!([{"operator": "Exists"}]));
