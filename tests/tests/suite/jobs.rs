@@ -494,3 +494,217 @@ async fn ttl_seconds_after_finished_0_deletes_a_job_once_it_completes() {
     })
     .await;
 }
+
+fn cronjob(name: &str, spec: serde_json::Value) -> CronJob {
+    let mut s = serde_json::json!({
+        "schedule": "* * * * *",
+        "jobTemplate": {"metadata": {"labels": {"cron": name}}, "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox"}]}}}}
+    });
+    for (k, v) in spec.as_object().cloned().unwrap_or_default() {
+        s[k] = v;
+    }
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "default"}, "spec": s}))
+        .expect("cronjob")
+}
+
+/// The start of the current minute and of three minutes before.
+fn minutes() -> (jiff::Timestamp, jiff::Timestamp) {
+    let m = jiff::Timestamp::now().as_second().div_euclid(60) * 60;
+    (jiff::Timestamp::from_second(m).expect("time"), jiff::Timestamp::from_second(m - 180).expect("time"))
+}
+
+impl Harness {
+    /// Creates the CronJob and, by hand, an unfinished Job it owns; then makes the CronJob's
+    /// status say it last ran three minutes ago with that Job active, so a schedule of every
+    /// minute is due at once. Returns the CronJob's UID.
+    async fn cronjob_with_running_job(&self, cj: &CronJob) -> String {
+        let name = cj.metadata.name.clone().expect("name");
+        let created = self.cronjobs().create(&PostParams::default(), cj).await.expect("cronjob");
+        let uid = created.metadata.uid.clone().expect("uid");
+        let mut manual = job(&format!("{name}-manual"), serde_json::json!({}));
+        manual.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "batch/v1".into(),
+            kind: "CronJob".into(),
+            name: name.clone(),
+            uid: uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+        let manual = self.jobs().create(&PostParams::default(), &manual).await.expect("job");
+        let (_, earlier) = minutes();
+        let patch = serde_json::json!({"status": {"lastScheduleTime": earlier.to_string(), "active": [{
+            "apiVersion": "batch/v1", "kind": "Job", "namespace": "default",
+            "name": manual.metadata.name, "uid": manual.metadata.uid}]}});
+        self.cronjobs().patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("status");
+        uid
+    }
+
+    /// The Jobs the CronJob owns, by name.
+    async fn jobs_of(&self, uid: &str) -> BTreeMap<String, Job> {
+        let list = self.jobs().list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+        list.into_iter()
+            .filter(|j| j.metadata.owner_references.iter().flatten().any(|r| r.uid == uid))
+            .map(|j| (j.metadata.name.clone().unwrap_or_default(), j))
+            .collect()
+    }
+
+    async fn active_names(&self, name: &str) -> Vec<String> {
+        let cj = self.cronjobs().get(name).await.expect("cronjob");
+        cj.status.and_then(|s| s.active).unwrap_or_default().into_iter().filter_map(|r| r.name).collect()
+    }
+}
+
+#[tokio::test]
+async fn c098_allow_starts_the_due_job_while_another_runs() {
+    let h = harness(&["cronjob"]).await;
+    let uid = h.cronjob_with_running_job(&cronjob("allow", serde_json::json!({"concurrencyPolicy": "Allow"}))).await;
+    let jobs = eventually(Duration::from_secs(20), "the due Job", || async {
+        let jobs = h.jobs_of(&uid).await;
+        (jobs.len() == 2).then_some(jobs)
+    })
+    .await;
+    let (due, job) = jobs.iter().find(|(n, _)| n.as_str() != "allow-manual").expect("the new Job");
+    let scheduled: jiff::Timestamp =
+        job.metadata.annotations.as_ref().expect("annotations")["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+            .parse()
+            .expect("an RFC 3339 time");
+    assert_eq!(scheduled.as_second() % 60, 0, "a schedule time is a whole minute");
+    assert!(scheduled > minutes().1 && scheduled <= jiff::Timestamp::now(), "the latest due time: {scheduled}");
+    assert_eq!(due, &format!("allow-{}", scheduled.as_second() / 60), "named for its minute");
+    assert_eq!(job.metadata.labels.as_ref().expect("labels")["cron"], "allow");
+    let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!((owner.kind.as_str(), owner.controller), ("CronJob", Some(true)));
+    eventually(Duration::from_secs(10), "both Jobs active", || async {
+        let mut active = h.active_names("allow").await;
+        active.sort();
+        let mut want = vec!["allow-manual".to_string(), due.clone()];
+        want.sort();
+        (active == want).then_some(())
+    })
+    .await;
+    let cj = h.cronjobs().get("allow").await.expect("cronjob");
+    assert!(cj.status.and_then(|s| s.last_schedule_time).is_some_and(|t| t.0 >= scheduled));
+    assert_eq!(h.event("CronJob", "allow", "SuccessfulCreate").await, format!("Created job {due}"));
+}
+
+#[tokio::test]
+async fn c096_forbid_skips_the_due_job_while_one_runs_and_starts_it_once_that_finished() {
+    let h = harness(&["cronjob"]).await;
+    let uid = h.cronjob_with_running_job(&cronjob("forbid", serde_json::json!({"concurrencyPolicy": "Forbid"}))).await;
+    assert_eq!(
+        h.event("CronJob", "forbid", "JobAlreadyActive").await,
+        "Not starting job because prior execution is running and concurrency policy is Forbid"
+    );
+    assert_eq!(h.jobs_of(&uid).await.len(), 1, "nothing started while the Job runs");
+    let now = jiff::Timestamp::now().to_string();
+    let done = serde_json::json!({"status": {"startTime": now, "completionTime": now, "conditions": [
+        {"type": "Complete", "status": "True", "lastTransitionTime": now}]}});
+    h.jobs().patch_status("forbid-manual", &PatchParams::default(), &Patch::Merge(&done)).await.expect("finish");
+    assert_eq!(
+        h.event("CronJob", "forbid", "SawCompletedJob").await,
+        "Saw completed job: forbid-manual, condition: Complete"
+    );
+    eventually(Duration::from_secs(20), "the due Job, alone in the active list", || async {
+        let active = h.active_names("forbid").await;
+        (active.len() == 1 && active[0].starts_with("forbid-") && active[0] != "forbid-manual").then_some(())
+    })
+    .await;
+    let cj = h.cronjobs().get("forbid").await.expect("cronjob");
+    assert!(cj.status.and_then(|s| s.last_successful_time).is_some());
+}
+
+#[tokio::test]
+async fn c097_replace_deletes_the_running_job_and_starts_the_due_one() {
+    let h = harness(&["cronjob"]).await;
+    let uid = h.cronjob_with_running_job(&cronjob("swap", serde_json::json!({"concurrencyPolicy": "Replace"}))).await;
+    eventually(Duration::from_secs(20), "only the due Job", || async {
+        let jobs = h.jobs_of(&uid).await;
+        (jobs.len() == 1 && !jobs.contains_key("swap-manual")).then_some(())
+    })
+    .await;
+    assert_eq!(h.event("CronJob", "swap", "SuccessfulDelete").await, "Deleted job swap-manual");
+    eventually(Duration::from_secs(10), "the new Job active", || async {
+        let active = h.active_names("swap").await;
+        (active.len() == 1 && active[0] != "swap-manual").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn c095_a_suspended_cronjob_creates_no_jobs_until_resumed() {
+    let h = harness(&["cronjob"]).await;
+    let cj = cronjob("paused", serde_json::json!({"suspend": true}));
+    let created = h.cronjobs().create(&PostParams::default(), &cj).await.expect("cronjob");
+    let uid = created.metadata.uid.clone().expect("uid");
+    let (_, earlier) = minutes();
+    let patch = serde_json::json!({"status": {"lastScheduleTime": earlier.to_string()}});
+    h.cronjobs().patch_status("paused", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("status");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(h.jobs_of(&uid).await.is_empty(), "a due time passes while suspended");
+    let resume = serde_json::json!({"spec": {"suspend": false}});
+    h.cronjobs().patch("paused", &PatchParams::default(), &Patch::Merge(&resume)).await.expect("resume");
+    eventually(Duration::from_secs(20), "a Job once resumed", || async {
+        (h.jobs_of(&uid).await.len() == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cronjob_keeps_only_its_history_limit_of_finished_jobs() {
+    let h = harness(&["cronjob"]).await;
+    let spec = serde_json::json!({"suspend": true, "successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 1});
+    let created = h.cronjobs().create(&PostParams::default(), &cronjob("hist", spec)).await.expect("cronjob");
+    let uid = created.metadata.uid.clone().expect("uid");
+    for (i, outcome) in ["Complete", "Complete", "Complete", "Failed"].iter().enumerate() {
+        let mut j = job(&format!("hist-{i}"), serde_json::json!({}));
+        j.metadata.owner_references = created.metadata.uid.as_ref().map(|u| {
+            vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "CronJob".into(),
+                name: "hist".into(),
+                uid: u.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]
+        });
+        h.jobs().create(&PostParams::default(), &j).await.expect("job");
+        let at = jiff::Timestamp::from_second(1_700_000_000 + i as i64 * 60).expect("time").to_string();
+        let status = serde_json::json!({"status": {"startTime": at, "completionTime": at, "conditions": [
+            {"type": outcome, "status": "True", "lastTransitionTime": at}]}});
+        h.jobs()
+            .patch_status(&format!("hist-{i}"), &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("status");
+    }
+    eventually(Duration::from_secs(20), "the newest success and the failure kept", || async {
+        let names: Vec<String> = h.jobs_of(&uid).await.into_keys().collect();
+        (names == ["hist-2", "hist-3"]).then_some(())
+    })
+    .await;
+    assert!(h.event("CronJob", "hist", "SuccessfulDelete").await.starts_with("Deleted job hist-"));
+}
+
+#[tokio::test]
+async fn a_scheduled_job_runs_to_completion_and_the_cronjob_records_its_success() {
+    let h = harness(&["cronjob", "job"]).await;
+    let cj = cronjob("nightly", serde_json::json!({}));
+    h.cronjobs().create(&PostParams::default(), &cj).await.expect("cronjob");
+    let (_, earlier) = minutes();
+    let patch = serde_json::json!({"status": {"lastScheduleTime": earlier.to_string()}});
+    h.cronjobs().patch_status("nightly", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("status");
+    let job_name = eventually(Duration::from_secs(20), "the scheduled Job active", || async {
+        h.active_names("nightly").await.into_iter().next()
+    })
+    .await;
+    let pods = h.running(&job_name, 1).await;
+    h.exit(&pods[0], 0, serde_json::json!([])).await;
+    eventually(Duration::from_secs(20), "the success recorded", || async {
+        let cj = h.cronjobs().get("nightly").await.ok()?;
+        let s = cj.status?;
+        (s.active.is_none_or(|a| a.is_empty()) && s.last_successful_time.is_some()).then_some(())
+    })
+    .await;
+    let j = h.jobs().get(&job_name).await.expect("job");
+    assert!(condition(&j, "Complete").is_some());
+}
