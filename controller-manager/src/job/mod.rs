@@ -19,8 +19,11 @@
 //! finished pods that still exist (failures since the last success, from the last failure's
 //! finish), not from memory: a restarted controller keeps waiting where the last one stopped.
 //!
-//! Not done: `managedBy` other than the default is left alone (as upstream), but there are no
-//! metrics; `podReplacementPolicy` is honoured for Failed only through counting.
+//! As upstream: a Job whose `spec.managedBy` names another controller is left alone; pods
+//! deleted by a suspension count as failed (unless a pod failure policy or
+//! `podReplacementPolicy: Failed` says only pods that reached Failed count, in which case
+//! terminating pods also hold back their replacements). Not done: metrics, and upstream's
+//! batching of pod-triggered syncs into one per second.
 
 pub mod failure;
 pub mod indexes;
@@ -199,7 +202,8 @@ impl JobController {
             }
             None => {
                 let Some(p) = new else { return };
-                if has_tracking_finalizer(p) && controller_of(&p.metadata).is_some_and(|r| r.kind == "Job") {
+                // No Job we know counts it: released (an adopting Job puts the finalizer back).
+                if has_tracking_finalizer(p) {
                     self.queue.add(format!("{ORPHAN_PREFIX}{}", key_of(p)));
                 }
                 if controller_of(&p.metadata).is_none() {

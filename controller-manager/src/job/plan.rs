@@ -475,7 +475,8 @@ pub fn plan(job: &Job, o: &Observed) -> Plan {
     status.ready = Some((ready - deleted_ready) as i32);
     status.terminating = Some((terminating + delete.len()) as i32);
     if indexed {
-        status.completed_indexes = Some(succeeded_indexes.to_string());
+        // Empty is left out, as upstream's omitempty string.
+        status.completed_indexes = Some(succeeded_indexes.to_string()).filter(|s| !s.is_empty());
         status.succeeded = nonzero(succeeded_indexes.total());
     }
     if per_index.is_some() {
