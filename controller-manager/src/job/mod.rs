@@ -447,7 +447,9 @@ impl JobController {
                     let name = p.metadata.name.as_deref().unwrap_or_default();
                     match api.patch(name, &PatchParams::default(), &Patch::Strategic(patch)).await {
                         Ok(adopted) => owned.push(Arc::new(adopted)),
-                        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        // Changed meanwhile (maybe released by the orphan path): the sync fails
+                        // and is retried, as no further event may come to trigger it.
                         Err(e) => return Err(e),
                     }
                 }
