@@ -9,17 +9,21 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cronjob::CronJobController;
 use crate::deployment::DeploymentController;
 use crate::endpoints::{EndpointSliceController, EndpointSliceMirroringController, EndpointsController};
 use crate::events::Recorder;
 use crate::garbagecollector::GarbageCollector;
 use crate::informer::Informer;
+use crate::job::JobController;
+use crate::job::ttl::TtlAfterFinishedController;
 use crate::namespace::NamespaceController;
 use crate::nodeipam::{Blocks, NodeIpamController};
 use crate::nodelifecycle::NodeLifecycleController;
@@ -58,6 +62,15 @@ pub struct Flags {
     /// Workers syncing Deployments at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
+    /// Workers syncing Jobs at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_job_syncs: usize,
+    /// Workers syncing CronJobs at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_cronjob_syncs: usize,
+    /// Workers deleting finished Jobs after ttlSecondsAfterFinished.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_ttl_after_finished_syncs: usize,
     /// Workers syncing Services' Endpoints at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_endpoint_syncs: usize,
@@ -104,6 +117,11 @@ impl Default for Flags {
     }
 }
 
+/// A flag or configuration that cannot work; the process says so in one line and exits 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 /// Upstream's controllers by name. Those not in [`IMPLEMENTED`] are not run yet; the log says so.
 pub const UPSTREAM: &[&str] = &[
     "attachdetach",
@@ -147,17 +165,20 @@ pub const UPSTREAM: &[&str] = &[
 const OFF_BY_DEFAULT: &[&str] = &["bootstrapsigner", "tokencleaner"];
 
 pub const IMPLEMENTED: &[&str] = &[
+    "cronjob",
     "deployment",
     "endpoint",
     "endpointslice",
     "endpointslicemirroring",
     "garbagecollector",
+    "job",
     "namespace",
     "nodeipam",
     "nodelifecycle",
     "replicaset",
     "root-ca-cert-publisher",
     "serviceaccount",
+    "ttl-after-finished",
 ];
 
 /// The controllers `--controllers` turns on, or why the list is wrong.
@@ -191,7 +212,7 @@ pub fn enabled(list: &[String]) -> Result<BTreeSet<&'static str>, String> {
 }
 
 pub async fn client_for(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let Some(path) = kubeconfig else { anyhow::bail!("--kubeconfig is required") };
+    let Some(path) = kubeconfig else { return Err(ConfigError("--kubeconfig is required".into()).into()) };
     let kc =
         kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
     let c = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -201,7 +222,10 @@ pub async fn client_for(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Cl
 }
 
 pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-    let controllers = enabled(&flags.controllers).map_err(anyhow::Error::msg)?;
+    let controllers = enabled(&flags.controllers).map_err(ConfigError)?;
+    if flags.allocate_node_cidrs {
+        Blocks::parse(&flags.cluster_cidr, flags.node_cidr_mask_size).map_err(ConfigError)?;
+    }
     let client = client_for(flags.kubeconfig.as_ref()).await?;
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -270,6 +294,37 @@ pub async fn start(
             let c = c.clone();
             async move { c.sync(&key).await }
         }));
+    }
+    let jobs: Informer<Job> = Informer::default();
+    if controllers.contains("job") {
+        let c = JobController::new(client.clone(), &jobs, &pods, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("job", queue, flags.concurrent_job_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    if controllers.contains("cronjob") {
+        let cronjobs: Informer<CronJob> = Informer::default();
+        let c = CronJobController::new(client.clone(), &cronjobs, &jobs, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("cronjob", queue, flags.concurrent_cronjob_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+        tasks.spawn(cronjobs.run(Api::all(client.clone())));
+    }
+    if controllers.contains("ttl-after-finished") {
+        let c = TtlAfterFinishedController::new(client.clone(), &jobs);
+        let queue = c.queue.clone();
+        let workers = flags.concurrent_ttl_after_finished_syncs;
+        tasks.spawn(work("ttl-after-finished", queue, workers, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+    }
+    if ["job", "cronjob", "ttl-after-finished"].iter().any(|c| controllers.contains(c)) {
+        tasks.spawn(jobs.clone().run(Api::all(client.clone())));
     }
     let network = crate::endpoints::Informers { pods: pods.clone(), ..Default::default() };
     let max_per_slice = flags.max_endpoints_per_slice as usize;

@@ -21,7 +21,11 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("controller-manager: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<controller_manager::app::ConfigError>().is_some() {
+                std::process::ExitCode::from(64)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

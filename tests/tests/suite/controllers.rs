@@ -1008,3 +1008,52 @@ async fn c109_c110_c111_c112_rolling_updates_adopt_clean_up_scale_proportionally
     })
     .await;
 }
+
+#[tokio::test]
+async fn jobs_run_to_completion_or_fail_at_their_backoff_limit_on_a_real_cluster() {
+    let c = Cluster::start().await;
+    let jobs = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: ok}
+spec:
+  completions: 2
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "echo done"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: bad}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "exit 3"]}]
+"#;
+    c.k.run_stdin(&["apply", "-f", "-"], jobs).ok();
+    let waited = c.k.run(&["wait", "--for=condition=Complete", "job/ok", "--timeout=90s"]);
+    assert_eq!(waited.code, 0, "{waited:?}\n{}", c.cm.log());
+    let ok = c.k.run(&["get", "job", "ok", "-o", "jsonpath={.status.succeeded}"]).ok().stdout;
+    assert_eq!(ok, "2");
+    let logs = c.k.run(&["logs", "-l", "job-name=ok"]).ok().stdout;
+    assert_eq!(logs.lines().filter(|l| *l == "done").count(), 2, "{logs}");
+    let failed = c.k.run(&["wait", "--for=condition=Failed", "job/bad", "--timeout=120s"]);
+    assert_eq!(failed.code, 0, "{failed:?}\n{}", c.cm.log());
+    let reason =
+        c.k.run(&[
+            "get",
+            "job",
+            "bad",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason} {.status.failed}",
+        ])
+        .ok()
+        .stdout;
+    assert_eq!(reason, "BackoffLimitExceeded 2");
+}

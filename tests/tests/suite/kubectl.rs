@@ -256,10 +256,36 @@ async fn bad_flags_are_one_line_and_exit_64() {
 
 #[tokio::test]
 async fn components_not_built_yet_refuse_to_run() {
-    for bin in ["controller-manager", "kube-proxy", "ctl"] {
+    for bin in ["kube-proxy", "ctl"] {
         let out = std::process::Command::new(e2e::binary(bin)).output().expect("runs");
         assert!(!out.status.success(), "{bin} must not pretend to work");
         assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"), "{bin}");
+    }
+}
+
+#[tokio::test]
+async fn the_controller_manager_refuses_a_bad_configuration_in_one_line() {
+    for (args, says) in [
+        (vec![], "--kubeconfig is required"),
+        (vec!["--kubeconfig", "/nonexistent", "--controllers", "*,nope"], "unknown controller \"nope\""),
+        (
+            vec![
+                "--kubeconfig",
+                "/nonexistent",
+                "--allocate-node-cidrs",
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--node-cidr-mask-size",
+                "8",
+            ],
+            "--node-cidr-mask-size 8",
+        ),
+    ] {
+        let out = std::process::Command::new(e2e::binary("controller-manager")).args(&args).output().expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
     }
 }
 

@@ -124,8 +124,14 @@ async fn kubelet_registers_a_ready_node_with_capacity_labels_taints_and_lease() 
     assert_eq!(info.kubelet_version, "v1.33.0");
     assert!(info.container_runtime_version.starts_with("docker://"), "{}", info.container_runtime_version);
     let conditions = status.conditions.expect("conditions");
-    for (t, want) in
-        [("Ready", "True"), ("MemoryPressure", "False"), ("DiskPressure", "False"), ("PIDPressure", "False")]
+    // DiskPressure is whatever this machine's disk says: under 10 % free is pressure, as upstream's
+    // nodefs.available<10% (CI machines and long-lived build machines do get there).
+    let df = std::process::Command::new("df").arg("-Pk").arg(c.kubelet.dir.path()).output().expect("df");
+    let df = String::from_utf8_lossy(&df.stdout).to_string();
+    let f: Vec<i64> = df.lines().nth(1).expect("df line").split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let short = f[2] * 10 < f[0];
+    let disk = if short { "True" } else { "False" };
+    for (t, want) in [("Ready", "True"), ("MemoryPressure", "False"), ("DiskPressure", disk), ("PIDPressure", "False")]
     {
         let cond = conditions.iter().find(|x| x.type_ == t).unwrap_or_else(|| panic!("{t}"));
         assert_eq!(cond.status, want, "{t}: {:?}", cond.message);

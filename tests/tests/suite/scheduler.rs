@@ -249,7 +249,10 @@ spec:
     let low = wait_pod(&pods, "low", "Running", running).await;
     assert_eq!(low.spec.as_ref().and_then(|s| s.priority), Some(1));
     k.run_stdin(&["apply", "-f", "-"], &pod("high", "default", "high", 1)).ok();
-    let victim = wait_pod(&pods, "low", "DisruptionTarget", |p| condition(p, "DisruptionTarget").is_some()).await;
+    let victim = wait_pod(&pods, "low", "DisruptionTarget and deletion", |p| {
+        condition(p, "DisruptionTarget").is_some() && p.metadata.deletion_timestamp.is_some()
+    })
+    .await;
     let c = condition(&victim, "DisruptionTarget").expect("condition");
     assert_eq!((c.status.as_str(), c.reason.as_deref()), ("True", Some("PreemptionByScheduler")));
     assert!(victim.metadata.deletion_timestamp.is_some(), "the victim is being deleted");
