@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
@@ -19,5 +20,6 @@ pub mod replicaset;
 pub mod resources;
 pub mod selector;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod status;
 pub mod workqueue;

@@ -1,0 +1,1 @@
+//! The DaemonSet controller (being written).

@@ -1,0 +1,1 @@
+//! The StatefulSet controller (being written).
