@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::cronjob::CronJobController;
 use crate::deployment::DeploymentController;
+use crate::disruption::DisruptionController;
 use crate::endpoints::{EndpointSliceController, EndpointSliceMirroringController, EndpointsController};
 use crate::events::Recorder;
 use crate::garbagecollector::GarbageCollector;
@@ -62,6 +63,9 @@ pub struct Flags {
     /// Workers syncing Deployments at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
+    /// Workers syncing PodDisruptionBudgets' status at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_disruption_syncs: usize,
     /// Workers syncing Jobs at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
@@ -167,6 +171,7 @@ const OFF_BY_DEFAULT: &[&str] = &["bootstrapsigner", "tokencleaner"];
 pub const IMPLEMENTED: &[&str] = &[
     "cronjob",
     "deployment",
+    "disruption",
     "endpoint",
     "endpointslice",
     "endpointslicemirroring",
@@ -419,6 +424,26 @@ pub async fn start(
     }
     tasks.spawn(namespaces.clone().run(Api::all(client.clone())));
     tasks.spawn(pods.clone().run(Api::all(client.clone())));
+    let stateful_sets: Informer<StatefulSet> = Informer::default();
+    if controllers.contains("disruption") {
+        let informers = crate::disruption::Informers {
+            budgets: Informer::default(),
+            pods: pods.clone(),
+            replica_sets: sets.clone(),
+            deployments: deployments.clone(),
+            stateful_sets: stateful_sets.clone(),
+        };
+        let c = DisruptionController::new(client.clone(), &informers, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("disruption", queue, flags.concurrent_disruption_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+        tasks.spawn(informers.budgets.run(Api::all(client.clone())));
+    }
+    if ["disruption", "statefulset"].iter().any(|c| controllers.contains(c)) {
+        tasks.spawn(stateful_sets.clone().run(Api::all(client.clone())));
+    }
     tasks.spawn(sets.clone().run(Api::all(client.clone())));
     tasks.spawn(deployments.clone().run(Api::all(client.clone())));
     tokio::join!(pods.synced(), sets.synced(), deployments.synced(), namespaces.synced());

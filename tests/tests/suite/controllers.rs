@@ -1057,3 +1057,54 @@ spec:
         .stdout;
     assert_eq!(reason, "BackoffLimitExceeded 2");
 }
+
+#[tokio::test]
+async fn c117_c118_budgets_get_their_status_from_the_healthy_pods_and_the_owners_scale() {
+    let h = harness(&["replicaset", "deployment", "disruption"]).await;
+    fake_kubelet(h.client.clone(), h.stop.clone());
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "default");
+    deployments
+        .create(&PostParams::default(), &deployment("guarded", 3, "x:v1", serde_json::json!({})))
+        .await
+        .expect("create");
+    rolled_out(&deployments, "guarded", 3).await;
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = Api::namespaced(h.client.clone(), "default");
+    let budget = |name: &str, spec: serde_json::Value| {
+        let mut spec = spec;
+        spec["selector"] = serde_json::json!({"matchLabels": {"app": "guarded"}});
+        serde_json::from_value::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
+            serde_json::json!({"metadata": {"name": name}, "spec": spec}),
+        )
+        .expect("pdb")
+    };
+    budgets.create(&PostParams::default(), &budget("min", serde_json::json!({"minAvailable": 2}))).await.expect("pdb");
+    budgets
+        .create(&PostParams::default(), &budget("max", serde_json::json!({"maxUnavailable": "34%"})))
+        .await
+        .expect("pdb");
+    let status_of = |name: &'static str| {
+        let budgets = budgets.clone();
+        async move {
+            let s = budgets.get(name).await.ok()?.status?;
+            let c = s.conditions.as_ref()?.first()?.clone();
+            Some((s.current_healthy, s.desired_healthy, s.expected_pods, s.disruptions_allowed, c.status, c.reason))
+        }
+    };
+    eventually(Duration::from_secs(10), "min: 3 healthy, 2 desired, 1 allowed", || async {
+        (status_of("min").await? == (3, 2, 3, 1, "True".into(), "SufficientPods".into())).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "max: 34% of 3 rounds up to 2 unavailable", || async {
+        (status_of("max").await? == (3, 1, 3, 2, "True".into(), "SufficientPods".into())).then_some(())
+    })
+    .await;
+    // C117: an update is processed again; no room left makes DisruptionAllowed False.
+    budgets
+        .patch("min", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"minAvailable": 3}})))
+        .await
+        .expect("patch");
+    eventually(Duration::from_secs(10), "min: no disruption allowed", || async {
+        (status_of("min").await? == (3, 3, 3, 0, "False".into(), "InsufficientPods".into())).then_some(())
+    })
+    .await;
+}
