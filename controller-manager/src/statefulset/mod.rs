@@ -1,1 +1,483 @@
-//! The StatefulSet controller (being written).
+//! The StatefulSet controller: pods with a stable identity, `<set>-<ordinal>`, created, scaled
+//! and updated in order, as upstream's (1.33):
+//!
+//! - a sync claims the namespace's pods whose names make them members of the set (adopting
+//!   orphans it selects, releasing what it no longer selects), runs the ladder of `plan`
+//!   (create in order / scale down from the highest / replace failed pods / roll updates down
+//!   to the partition), executes its steps and recomputes the status;
+//! - each pod carries the template's labels plus `statefulset.kubernetes.io/pod-name`,
+//!   `apps.kubernetes.io/pod-index` and `controller-revision-hash`, `spec.hostname` = its name
+//!   and `spec.subdomain` = `spec.serviceName` (its DNS name through the headless Service);
+//! - a revision is named `<set>-<hash of the template and collisionCount>`. The apiserver does
+//!   not serve apps/v1 ControllerRevisions, so revisions live only in pod labels and in
+//!   `status.currentRevision`/`updateRevision`: a pod that must come back at the current (old)
+//!   revision (below a partition) is built from a surviving pod of that revision, or from the
+//!   new template when none survives;
+//! - no expectations, as upstream: the walk is one pod at a time where order matters, and a
+//!   create that finds the pod already there (a stale cache) counts as done.
+//!
+//! Left out: PersistentVolumeClaims are not served by the apiserver, so `volumeClaimTemplates`
+//! and `persistentVolumeClaimRetentionPolicy` are ignored (no claims are created or deleted);
+//! `maxUnavailable` (alpha) is ignored: a rolling update replaces one pod at a time.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+
+use crate::events::{Recorder, reference};
+use crate::informer::{Informer, key_of, split_key};
+use crate::ownership::{Claim, adopt, claim, controller_of, controller_reference, release};
+use crate::pods::{self, is_ready};
+use crate::selector;
+use crate::workqueue::WorkQueue;
+use plan::{POD_INDEX_LABEL, POD_NAME_LABEL, Policy, REVISION_LABEL, Revision, Step, ordinal_of, revision_of};
+
+/// Upstream's default for `--concurrent-statefulset-syncs`.
+pub const DEFAULT_WORKERS: usize = 5;
+
+pub struct StatefulSetController {
+    client: kube::Client,
+    sets: Informer<StatefulSet>,
+    pods: Informer<Pod>,
+    pub queue: Arc<WorkQueue>,
+    events: Recorder,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("claiming pods: {0}")]
+    Claim(#[source] kube::Error),
+    #[error("creating pod {0}: {1}")]
+    Create(String, #[source] kube::Error),
+    #[error("deleting pod {0}: {1}")]
+    Delete(String, #[source] kube::Error),
+    #[error("updating status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+/// The policy the ladder reads off a set's spec.
+pub fn policy_of(set: &StatefulSet) -> Policy {
+    let spec = set.spec.clone().unwrap_or_default();
+    let strategy = spec.update_strategy.unwrap_or_default();
+    let partition = strategy.rolling_update.as_ref().and_then(|r| r.partition).unwrap_or(0).max(0);
+    Policy {
+        replicas: spec.replicas.unwrap_or(1).max(0),
+        start: spec.ordinals.and_then(|o| o.start).unwrap_or(0).max(0),
+        parallel: spec.pod_management_policy.as_deref() == Some("Parallel"),
+        rolling: (strategy.type_.as_deref() != Some("OnDelete")).then_some(partition),
+        partition,
+        min_ready: Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64),
+    }
+}
+
+/// FNV-1a, 32 bits: stable across builds, unlike std's hasher.
+fn fnv32a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+/// The revision name of a set's template: `<set>-<hash>`, the hash's decimal digits spelt in
+/// an alphabet without vowels (so no words), as upstream's revision names look.
+pub fn revision_name(set: &StatefulSet) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let template = set.spec.as_ref().map(|s| &s.template);
+    let mut bytes = serde_json::to_vec(&template).unwrap_or_default();
+    let collisions = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
+    if collisions > 0 {
+        bytes.extend_from_slice(&collisions.to_le_bytes());
+    }
+    let hash: String =
+        fnv32a(&bytes).to_string().bytes().map(|d| ALPHABET[usize::from(d) % ALPHABET.len()] as char).collect();
+    format!("{}-{hash}", set.metadata.name.as_deref().unwrap_or_default())
+}
+
+/// A template recovered from a pod of an old revision: its labels, annotations and spec without
+/// what the set, the scheduler and the kubelet add per pod.
+pub fn template_from_pod(pod: &Pod) -> PodTemplateSpec {
+    let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+    for k in [POD_NAME_LABEL, POD_INDEX_LABEL, REVISION_LABEL] {
+        labels.remove(k);
+    }
+    let mut spec = pod.spec.clone().unwrap_or_default();
+    spec.node_name = None;
+    spec.hostname = None;
+    spec.subdomain = None;
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: pod.metadata.annotations.clone(),
+            ..Default::default()
+        }),
+        spec: Some(spec),
+    }
+}
+
+/// The pod for `ordinal` from `template`, at `revision`, owned by the set.
+pub fn new_stateful_pod(set: &StatefulSet, template: &PodTemplateSpec, ordinal: i32, revision: &str) -> Pod {
+    let set_name = set.metadata.name.as_deref().unwrap_or_default();
+    let name = format!("{set_name}-{ordinal}");
+    let meta = template.metadata.clone().unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = meta.labels.unwrap_or_default();
+    labels.insert(POD_NAME_LABEL.into(), name.clone());
+    labels.insert(POD_INDEX_LABEL.into(), ordinal.to_string());
+    labels.insert(REVISION_LABEL.into(), revision.into());
+    let mut spec = template.spec.clone().unwrap_or_default();
+    spec.hostname = Some(name.clone());
+    spec.subdomain = set.spec.as_ref().and_then(|s| s.service_name.clone()).filter(|s| !s.is_empty());
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: set.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: meta.annotations,
+            finalizers: meta.finalizers,
+            owner_references: Some(vec![controller_reference(set)]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+impl StatefulSetController {
+    pub fn new(
+        client: kube::Client,
+        sets: &Informer<StatefulSet>,
+        pods: &Informer<Pod>,
+        events: Recorder,
+    ) -> Arc<StatefulSetController> {
+        let c = Arc::new(StatefulSetController {
+            client,
+            sets: sets.clone(),
+            pods: pods.clone(),
+            queue: Arc::new(WorkQueue::default()),
+            events,
+        });
+        let w: Weak<StatefulSetController> = Arc::downgrade(&c);
+        sets.on_change(move |old, new| {
+            if let (Some(c), Some(o)) = (w.upgrade(), new.or(old)) {
+                c.queue.add(key_of(o.as_ref()));
+            }
+        });
+        let w = Arc::downgrade(&c);
+        pods.on_change(move |old, new| {
+            if let Some(c) = w.upgrade() {
+                c.pod_changed(old.map(Arc::as_ref), new.map(Arc::as_ref));
+            }
+        });
+        c
+    }
+
+    /// The set that controls `pod`, if it is a StatefulSet we know (same UID).
+    fn owner_of(&self, pod: &Pod) -> Option<Arc<StatefulSet>> {
+        let r = controller_of(&pod.metadata).filter(|r| r.kind == "StatefulSet")?;
+        let set = self.sets.get(pod.metadata.namespace.as_deref().unwrap_or_default(), &r.name)?;
+        (set.metadata.uid.as_deref() == Some(r.uid.as_str())).then_some(set)
+    }
+
+    /// Sets whose selector matches an orphan (they may adopt it).
+    fn selecting(&self, pod: &Pod) -> Vec<Arc<StatefulSet>> {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        self.sets
+            .list(pod.metadata.namespace.as_deref().unwrap_or_default())
+            .into_iter()
+            .filter(|s| {
+                s.spec
+                    .as_ref()
+                    .is_some_and(|s| !selector::is_empty(&s.selector) && selector::matches(&s.selector, &labels))
+            })
+            .collect()
+    }
+
+    fn pod_changed(&self, old: Option<&Pod>, new: Option<&Pod>) {
+        if let (Some(o), Some(n)) = (old, new)
+            && o.metadata.resource_version == n.metadata.resource_version
+        {
+            return;
+        }
+        let mut keys = Vec::new();
+        for p in old.into_iter().chain(new) {
+            match self.owner_of(p) {
+                Some(set) => keys.push(key_of(set.as_ref())),
+                None if controller_of(&p.metadata).is_none() => {
+                    keys.extend(self.selecting(p).iter().map(|s| key_of(s.as_ref())));
+                }
+                None => {}
+            }
+        }
+        if let (Some(o), Some(n)) = (old, new)
+            && !is_ready(o)
+            && is_ready(n)
+            && let Some(set) = self.owner_of(n)
+        {
+            // Available minReadySeconds after ready: look again then.
+            let min_ready = policy_of(&set).min_ready;
+            if !min_ready.is_zero() {
+                self.queue.add_after(key_of(set.as_ref()), min_ready + Duration::from_secs(1));
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            self.queue.add(k);
+        }
+    }
+
+    /// Syncs one set; `Ok(Some(d))` asks to be synced again after `d`.
+    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        let (ns, name) = split_key(key);
+        let Some(set) = self.sets.get(ns, name) else { return Ok(None) };
+        if set.spec.is_none() {
+            return Ok(None);
+        }
+        let owned = self.claim_pods(&set).await.map_err(SyncError::Claim)?;
+        let policy = policy_of(&set);
+        let update_revision = revision_name(&set);
+        let current_revision = set
+            .status
+            .as_ref()
+            .and_then(|s| s.current_revision.clone())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| update_revision.clone());
+        let now = Timestamp::now();
+        let mut result = Ok(());
+        if set.metadata.deletion_timestamp.is_none() {
+            let steps = plan::plan(name, &policy, &owned, &update_revision, now);
+            result = self.execute(&set, &owned, steps, &current_revision, &update_revision).await;
+        }
+        let collisions = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
+        let status = plan::calculate_status(
+            set.metadata.generation,
+            &policy,
+            &owned,
+            &current_revision,
+            &update_revision,
+            collisions,
+            now,
+        );
+        if set.status.as_ref() != Some(&status) {
+            let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), ns);
+            let patch = crate::status::status_patch(set.status.as_ref(), &status);
+            match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+                Err(e) => return Err(SyncError::Status(e)),
+            }
+        }
+        result?;
+        let wait = owned.iter().filter_map(|p| pods::until_available(p, policy.min_ready, now)).min();
+        Ok(wait.map(|d| d + Duration::from_millis(100)))
+    }
+
+    /// The set's member pods (any phase) after adopting orphans it selects and releasing pods
+    /// it no longer selects.
+    async fn claim_pods(&self, set: &StatefulSet) -> Result<Vec<Arc<Pod>>, kube::Error> {
+        let ns = set.metadata.namespace.as_deref().unwrap_or_default();
+        let set_name = set.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let selector = set.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
+        let mut owned = Vec::new();
+        for p in self.pods.list(ns) {
+            if ordinal_of(set_name, &p).is_none() {
+                continue;
+            }
+            let selected = !selector::is_empty(&selector)
+                && selector::matches(&selector, p.metadata.labels.as_ref().unwrap_or(&Default::default()));
+            match claim(&set.metadata, selected, &p.metadata) {
+                Claim::Own => owned.push(p),
+                Claim::Adopt => match adopt(&api, set, p.as_ref()).await {
+                    Ok(adopted) => owned.push(Arc::new(adopted)),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                },
+                Claim::Release => release(&api, set.metadata.uid.as_deref().unwrap_or_default(), p.as_ref()).await?,
+                Claim::Ignore => {}
+            }
+        }
+        Ok(owned)
+    }
+
+    /// The template of the current revision: the set's own when it is the update revision,
+    /// else recovered from a pod still at the current revision.
+    fn current_template(set: &StatefulSet, owned: &[Arc<Pod>], current: &str, update: &str) -> PodTemplateSpec {
+        let own = set.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+        if current == update {
+            return own;
+        }
+        owned.iter().find(|p| revision_of(p) == current).map_or(own, |p| template_from_pod(p))
+    }
+
+    async fn execute(
+        &self,
+        set: &StatefulSet,
+        owned: &[Arc<Pod>],
+        steps: Vec<Step>,
+        current: &str,
+        update: &str,
+    ) -> Result<(), SyncError> {
+        let ns = set.metadata.namespace.as_deref().unwrap_or_default();
+        let set_name = set.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let mut first_error = None;
+        for step in steps {
+            let r = match step {
+                Step::Create { ordinal, revision } => {
+                    let (template, rev) = match revision {
+                        Revision::Current => (Self::current_template(set, owned, current, update), current),
+                        Revision::Update => (set.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default(), update),
+                    };
+                    let pod = new_stateful_pod(set, &template, ordinal, rev);
+                    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                    match api.create(&PostParams::default(), &pod).await {
+                        Ok(_) => {
+                            self.events.normal(
+                                reference(set),
+                                "SuccessfulCreate",
+                                format!("create Pod {pod_name} in StatefulSet {set_name} successful"),
+                            );
+                            Ok(())
+                        }
+                        // Created already; the cache had not seen it yet.
+                        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                        Err(e) => {
+                            self.events.warning(
+                                reference(set),
+                                "FailedCreate",
+                                format!("create Pod {pod_name} in StatefulSet {set_name} failed error: {e}"),
+                            );
+                            Err(SyncError::Create(pod_name, e))
+                        }
+                    }
+                }
+                Step::DeleteFailed(p) => {
+                    let pod_name = p.metadata.name.clone().unwrap_or_default();
+                    self.events.warning(
+                        reference(set),
+                        "RecreatingFailedPod",
+                        format!("StatefulSet {ns}/{set_name} is recreating failed Pod {pod_name}"),
+                    );
+                    self.delete(&api, set, &p).await
+                }
+                Step::DeleteCondemned(p) | Step::DeleteForUpdate(p) => self.delete(&api, set, &p).await,
+            };
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Deletes `pod` if it is still the pod we saw (same UID).
+    async fn delete(&self, api: &Api<Pod>, set: &StatefulSet, pod: &Pod) -> Result<(), SyncError> {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let set_name = set.metadata.name.as_deref().unwrap_or_default();
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(&pod_name, &params).await {
+            Ok(_) => {
+                self.events.normal(
+                    reference(set),
+                    "SuccessfulDelete",
+                    format!("delete Pod {pod_name} in StatefulSet {set_name} successful"),
+                );
+                Ok(())
+            }
+            // Gone already, or replaced by another pod of that name: the next sync sees it.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => {
+                self.events.warning(
+                    reference(set),
+                    "FailedDelete",
+                    format!("delete Pod {pod_name} in StatefulSet {set_name} failed error: {e}"),
+                );
+                Err(SyncError::Delete(pod_name, e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: serde_json::Value) -> StatefulSet {
+        let mut base = serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "set-uid", "generation": 2},
+            "spec": {"replicas": 3, "serviceName": "nginx",
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx:1"}]}}}
+        });
+        if let (Some(b), Some(extra)) = (base["spec"].as_object_mut(), v.as_object()) {
+            for (k, v) in extra {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(base).expect("set")
+    }
+
+    #[test]
+    fn a_stateful_pod_has_its_name_labels_hostname_subdomain_and_owner() {
+        let s = set(serde_json::json!({}));
+        let template = s.spec.as_ref().expect("spec").template.clone();
+        let p = new_stateful_pod(&s, &template, 2, "web-abc");
+        assert_eq!(p.metadata.name.as_deref(), Some("web-2"));
+        let labels = p.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels["app"], "web");
+        assert_eq!(labels[POD_NAME_LABEL], "web-2");
+        assert_eq!(labels[POD_INDEX_LABEL], "2");
+        assert_eq!(labels[REVISION_LABEL], "web-abc");
+        let spec = p.spec.as_ref().expect("spec");
+        assert_eq!((spec.hostname.as_deref(), spec.subdomain.as_deref()), (Some("web-2"), Some("nginx")));
+        let owner = &p.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("StatefulSet", "set-uid", Some(true)));
+    }
+
+    #[test]
+    fn the_revision_follows_the_template_and_comes_back_when_it_is_reverted() {
+        let v1 = set(serde_json::json!({}));
+        let scaled = set(serde_json::json!({"replicas": 5}));
+        let v2 = set(serde_json::json!({"template": {"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx:2"}]}}}));
+        let r1 = revision_name(&v1);
+        assert!(r1.starts_with("web-") && r1.len() > 4, "{r1}");
+        assert_eq!(r1, revision_name(&scaled), "scaling is no new revision");
+        assert_ne!(r1, revision_name(&v2));
+        assert_eq!(r1, revision_name(&v1.clone()), "reverting is the old revision again");
+    }
+
+    #[test]
+    fn a_pod_of_an_old_revision_gives_back_its_template() {
+        let s = set(serde_json::json!({}));
+        let template = s.spec.as_ref().expect("spec").template.clone();
+        let mut p = new_stateful_pod(&s, &template, 0, "web-old");
+        if let Some(spec) = p.spec.as_mut() {
+            spec.node_name = Some("n1".into());
+        }
+        let t = template_from_pod(&p);
+        let again = new_stateful_pod(&s, &t, 1, "web-old");
+        assert_eq!(again.spec.as_ref().and_then(|s| s.node_name.clone()), None);
+        assert_eq!(again.metadata.labels.as_ref().expect("labels")[POD_NAME_LABEL], "web-1");
+        assert_eq!(t.metadata.and_then(|m| m.labels), template.metadata.and_then(|m| m.labels));
+    }
+
+    #[test]
+    fn the_policy_reads_the_spec_with_upstream_defaults() {
+        let p = policy_of(&set(serde_json::json!({})));
+        assert_eq!((p.replicas, p.start, p.parallel, p.rolling, p.partition), (3, 0, false, Some(0), 0));
+        let p = policy_of(&set(serde_json::json!({"podManagementPolicy": "Parallel", "ordinals": {"start": 3},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}}, "minReadySeconds": 5})));
+        assert_eq!((p.start, p.parallel, p.rolling, p.min_ready), (3, true, Some(2), Duration::from_secs(5)));
+        let p = policy_of(&set(serde_json::json!({"updateStrategy": {"type": "OnDelete"}})));
+        assert_eq!(p.rolling, None);
+    }
+}
