@@ -66,6 +66,9 @@ pub struct Flags {
     /// Workers syncing PodDisruptionBudgets' status at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_disruption_syncs: usize,
+    /// Finished pods kept before the oldest are deleted (0: never).
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: usize,
     /// Workers syncing Jobs at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
@@ -180,6 +183,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "namespace",
     "nodeipam",
     "nodelifecycle",
+    "podgc",
     "replicaset",
     "root-ca-cert-publisher",
     "serviceaccount",
@@ -386,6 +390,10 @@ pub async fn start(
         );
         tasks.spawn(c.run(stop.clone()));
         tasks.spawn(leases.run(Api::namespaced(client.clone(), "kube-node-lease")));
+    }
+    if controllers.contains("podgc") {
+        let gc = crate::podgc::PodGc::new(client.clone(), &pods, &nodes, flags.terminated_pod_gc_threshold);
+        tasks.spawn(gc.run(Duration::from_secs(20), stop.clone()));
     }
     tasks.spawn(nodes.clone().run(Api::all(client.clone())));
     let namespaces: Informer<Namespace> = Informer::default();
