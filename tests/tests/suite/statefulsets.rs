@@ -1,1 +1,376 @@
-//! StatefulSet controller tests (being written).
+//! The StatefulSet controller in-process against the in-memory apiserver. No kubelet runs: the
+//! tests mark pods Running and Ready by patching their status, by hand where order matters, or
+//! through a tiny fake kubelet that readies every pod. Tests named `cNNN_` cover the conformance
+//! ledger row of that id as far as it needs no real node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use controller_manager::app::work;
+use controller_manager::events::Recorder;
+use controller_manager::informer::Informer;
+use controller_manager::statefulset::StatefulSetController;
+use e2e::eventually;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use tokio_util::sync::CancellationToken;
+
+struct Harness {
+    client: kube::Client,
+    stop: CancellationToken,
+    _api: e2e::server::InProcess,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The in-memory apiserver, the StatefulSet controller and its informers; with `kubelet`, a
+/// fake kubelet readies every pod.
+async fn harness(kubelet: bool) -> Harness {
+    let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
+    let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
+    let client = api.endpoint.kube_client().await;
+    let stop = CancellationToken::new();
+    let sets: Informer<StatefulSet> = Informer::default();
+    let pods: Informer<Pod> = Informer::default();
+    let c = StatefulSetController::new(client.clone(), &sets, &pods, Recorder::new(client.clone()));
+    tokio::spawn(work("statefulset", c.queue.clone(), 5, stop.clone(), move |key| {
+        let c = c.clone();
+        async move { c.sync(&key).await }
+    }));
+    for task in [
+        tokio::spawn(sets.clone().run(Api::all(client.clone()))),
+        tokio::spawn(pods.clone().run(Api::all(client.clone()))),
+    ] {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            task.abort();
+        });
+    }
+    if kubelet {
+        fake_kubelet(client.clone(), stop.clone());
+    }
+    Harness { client, stop, _api: api }
+}
+
+/// Marks every live pod Running and Ready, as a kubelet would once its containers run.
+fn fake_kubelet(client: kube::Client, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        while !stop.is_cancelled() {
+            if let Ok(list) = pods.list(&ListParams::default()).await {
+                for p in list.items {
+                    if is_ready(&p) || p.metadata.deletion_timestamp.is_some() || phase(&p) == "Failed" {
+                        continue;
+                    }
+                    let _ = set_ready(&pods, p.metadata.name.as_deref().unwrap_or_default(), true).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn set_ready(pods: &Api<Pod>, name: &str, ready: bool) -> Result<Pod, kube::Error> {
+    let now = jiff::Timestamp::now().to_string();
+    let status = if ready { "True" } else { "False" };
+    let patch = serde_json::json!({"status": {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": status, "lastTransitionTime": now}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await
+}
+
+fn stateful_set(name: &str, replicas: i32, image: &str, extra: serde_json::Value) -> StatefulSet {
+    let mut v = serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"replicas": replicas, "serviceName": "nginx",
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": image}]}}}
+    });
+    if let (Some(spec), Some(extra)) = (v["spec"].as_object_mut(), extra.as_object()) {
+        for (k, x) in extra {
+            spec.insert(k.clone(), x.clone());
+        }
+    }
+    serde_json::from_value(v).expect("stateful set")
+}
+
+/// The names of the live (not terminating) pods, sorted.
+async fn live(pods: &Api<Pod>) -> Vec<String> {
+    let mut names: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    names
+}
+
+async fn wait_live(pods: &Api<Pod>, want: &[&str]) {
+    eventually(Duration::from_secs(20), &format!("live pods {want:?}"), || async {
+        (live(pods).await == want).then_some(())
+    })
+    .await;
+}
+
+/// Checks that the live pods stay `want` for a while (the controller is waiting).
+async fn stays(pods: &Api<Pod>, want: &[&str]) {
+    for _ in 0..10 {
+        assert_eq!(live(pods).await, want);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn image(p: &Pod) -> String {
+    p.spec.as_ref().and_then(|s| s.containers[0].image.clone()).unwrap_or_default()
+}
+
+fn revision(p: &Pod) -> String {
+    p.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash").cloned()).unwrap_or_default()
+}
+
+async fn set_image(sets: &Api<StatefulSet>, name: &str, image: &str) {
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}});
+    sets.patch(name, &PatchParams::default(), &Patch::Strategic(&patch)).await.expect("new image");
+}
+
+async fn patch_spec(sets: &Api<StatefulSet>, name: &str, spec: serde_json::Value) {
+    sets.patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "spec": spec }))).await.expect("patch");
+}
+
+/// Waits for the pods `web-0..n` to all run `image`, be ready, and returns them in order.
+async fn rolled(pods: &Api<Pod>, set: &str, images: &[&str]) -> Vec<Pod> {
+    eventually(Duration::from_secs(30), &format!("pods at images {images:?}"), || async {
+        let mut out = Vec::new();
+        for (i, want) in images.iter().enumerate() {
+            let p = pods.get_opt(&format!("{set}-{i}")).await.ok()??;
+            (p.metadata.deletion_timestamp.is_none() && image(&p) == *want && is_ready(&p)).then_some(())?;
+            out.push(p);
+        }
+        Some(out)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn c141_ordered_ready_creates_pods_in_order_and_deletes_in_reverse_halting_while_one_is_unhealthy() {
+    let h = harness(false).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    sets.create(&PostParams::default(), &stateful_set("web", 3, "nginx:1", serde_json::json!({})))
+        .await
+        .expect("create");
+
+    wait_live(&pods, &["web-0"]).await;
+    stays(&pods, &["web-0"]).await;
+    set_ready(&pods, "web-0", true).await.expect("ready");
+    wait_live(&pods, &["web-0", "web-1"]).await;
+    stays(&pods, &["web-0", "web-1"]).await;
+    set_ready(&pods, "web-1", true).await.expect("ready");
+    wait_live(&pods, &["web-0", "web-1", "web-2"]).await;
+    set_ready(&pods, "web-2", true).await.expect("ready");
+
+    // The stable identity: name, labels, hostname and subdomain, owner.
+    let p = pods.get("web-1").await.expect("web-1");
+    let labels = p.metadata.labels.clone().expect("labels");
+    assert_eq!(labels["app"], "web");
+    assert_eq!(labels["statefulset.kubernetes.io/pod-name"], "web-1");
+    assert_eq!(labels["apps.kubernetes.io/pod-index"], "1");
+    let spec = p.spec.clone().expect("spec");
+    assert_eq!((spec.hostname.as_deref(), spec.subdomain.as_deref()), (Some("web-1"), Some("nginx")));
+    let set = sets.get("web").await.expect("set");
+    let owner = &p.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(Some(&owner.uid), set.metadata.uid.as_ref());
+
+    let status = eventually(Duration::from_secs(10), "status: 3 ready", || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.ready_replicas == Some(3) && s.available_replicas == Some(3)).then_some(s)
+    })
+    .await;
+    assert_eq!((status.replicas, status.current_replicas, status.updated_replicas), (3, Some(3), Some(3)));
+    assert_eq!(status.current_revision, status.update_revision);
+    assert_eq!(status.update_revision.as_deref(), Some(revision(&p).as_str()));
+    assert_eq!(status.observed_generation, Some(1));
+
+    // Scaling down halts while a pod is unhealthy...
+    set_ready(&pods, "web-0", false).await.expect("unready");
+    patch_spec(&sets, "web", serde_json::json!({"replicas": 1})).await;
+    stays(&pods, &["web-0", "web-1", "web-2"]).await;
+    // ...and then goes from the highest ordinal, one at a time.
+    set_ready(&pods, "web-0", true).await.expect("ready");
+    wait_live(&pods, &["web-0", "web-1"]).await;
+    wait_live(&pods, &["web-0"]).await;
+
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
+    let messages = eventually(Duration::from_secs(10), "the create and delete events", || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        let m: Vec<String> = list.into_iter().filter_map(|e| e.message).collect();
+        (m.iter().any(|m| m.starts_with("delete Pod web-1"))).then_some(m)
+    })
+    .await;
+    assert!(messages.contains(&"create Pod web-0 in StatefulSet web successful".to_string()), "{messages:?}");
+    assert!(messages.contains(&"delete Pod web-2 in StatefulSet web successful".to_string()), "{messages:?}");
+}
+
+#[tokio::test]
+async fn c140_parallel_creates_and_deletes_all_pods_at_once_even_while_unready() {
+    let h = harness(false).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let parallel = serde_json::json!({"podManagementPolicy": "Parallel"});
+    sets.create(&PostParams::default(), &stateful_set("web", 3, "nginx:1", parallel)).await.expect("create");
+    wait_live(&pods, &["web-0", "web-1", "web-2"]).await;
+    patch_spec(&sets, "web", serde_json::json!({"replicas": 1})).await;
+    wait_live(&pods, &["web-0"]).await;
+    eventually(Duration::from_secs(10), "status.replicas 1", || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.replicas == 1 && s.ready_replicas == Some(0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_or_failed_pod_comes_back_with_its_name() {
+    let h = harness(true).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    sets.create(&PostParams::default(), &stateful_set("web", 2, "nginx:1", serde_json::json!({})))
+        .await
+        .expect("create");
+    let before = rolled(&pods, "web", &["nginx:1", "nginx:1"]).await;
+
+    pods.delete("web-1", &DeleteParams::default()).await.expect("delete");
+    let after = rolled(&pods, "web", &["nginx:1", "nginx:1"]).await;
+    assert_ne!(after[1].metadata.uid, before[1].metadata.uid, "web-1 is a new pod");
+
+    let failed = serde_json::json!({"status": {"phase": "Failed", "conditions": []}});
+    pods.patch_status("web-0", &PatchParams::default(), &Patch::Merge(&failed)).await.expect("fail");
+    let again = rolled(&pods, "web", &["nginx:1", "nginx:1"]).await;
+    assert_ne!(again[0].metadata.uid, after[0].metadata.uid, "web-0 is a new pod");
+
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
+    eventually(Duration::from_secs(10), "a RecreatingFailedPod event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        list.iter().any(|e| e.reason.as_deref() == Some("RecreatingFailedPod")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn c145_rolling_update_with_partition_updates_only_ordinals_at_or_above_it() {
+    let h = harness(true).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let strategy = serde_json::json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}}});
+    sets.create(&PostParams::default(), &stateful_set("web", 3, "nginx:1", strategy)).await.expect("create");
+    let old = rolled(&pods, "web", &["nginx:1", "nginx:1", "nginx:1"]).await;
+
+    set_image(&sets, "web", "nginx:2").await;
+    let now = rolled(&pods, "web", &["nginx:1", "nginx:1", "nginx:2"]).await;
+    assert_eq!(revision(&now[0]), revision(&old[0]));
+    assert_ne!(revision(&now[2]), revision(&old[2]));
+    let status = eventually(Duration::from_secs(10), "status: 1 updated", || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.updated_replicas == Some(1) && s.ready_replicas == Some(3)).then_some(s)
+    })
+    .await;
+    assert_eq!(status.current_revision.as_deref(), Some(revision(&old[0]).as_str()));
+    assert_eq!(status.update_revision.as_deref(), Some(revision(&now[2]).as_str()));
+    assert_eq!(status.current_replicas, Some(2));
+    stays(&pods, &["web-0", "web-1", "web-2"]).await;
+    assert_eq!(image(&pods.get("web-1").await.expect("web-1")), "nginx:1", "below the partition");
+
+    // A pod below the partition comes back at the current revision.
+    pods.delete("web-0", &DeleteParams::default()).await.expect("delete");
+    let back = rolled(&pods, "web", &["nginx:1", "nginx:1", "nginx:2"]).await;
+    assert_ne!(back[0].metadata.uid, now[0].metadata.uid);
+    assert_eq!(revision(&back[0]), revision(&old[0]));
+
+    // Lowering the partition finishes the rollout; the current revision catches up.
+    patch_spec(&sets, "web", serde_json::json!({"updateStrategy": {"rollingUpdate": {"partition": 0}}})).await;
+    let done = rolled(&pods, "web", &["nginx:2", "nginx:2", "nginx:2"]).await;
+    eventually(Duration::from_secs(10), "currentRevision = updateRevision", || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.current_revision.as_deref() == Some(revision(&done[0]).as_str()) && s.current_replicas == Some(3))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn c146_rolling_update_replaces_pods_from_the_highest_and_reverting_is_the_old_revision() {
+    let h = harness(true).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    sets.create(&PostParams::default(), &stateful_set("web", 3, "nginx:1", serde_json::json!({})))
+        .await
+        .expect("create");
+    let old = rolled(&pods, "web", &["nginx:1", "nginx:1", "nginx:1"]).await;
+    set_image(&sets, "web", "nginx:2").await;
+    // Watched through the rollout, the updated pods are always the highest ordinals.
+    eventually(Duration::from_secs(30), "all pods at nginx:2", || async {
+        let list = pods.list(&ListParams::default()).await.ok()?.items;
+        let mut at: Vec<(String, bool)> = list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| (p.metadata.name.clone().unwrap_or_default(), image(p) == "nginx:2"))
+            .collect();
+        at.sort();
+        let first_updated = at.iter().position(|(_, updated)| *updated).unwrap_or(at.len());
+        assert!(at[first_updated..].iter().all(|(_, updated)| *updated), "updated out of order: {at:?}");
+        (at.len() == 3 && first_updated == 0).then_some(())
+    })
+    .await;
+    rolled(&pods, "web", &["nginx:2", "nginx:2", "nginx:2"]).await;
+    set_image(&sets, "web", "nginx:1").await;
+    let back = rolled(&pods, "web", &["nginx:1", "nginx:1", "nginx:1"]).await;
+    assert_eq!(revision(&back[0]), revision(&old[0]), "the reverted template is the first revision");
+    eventually(Duration::from_secs(10), "status at the first revision", || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.update_revision.as_deref() == Some(revision(&old[0]).as_str())
+            && s.current_revision == s.update_revision
+            && s.updated_replicas == Some(3))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn on_delete_updates_a_pod_only_when_it_is_deleted() {
+    let h = harness(true).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let strategy = serde_json::json!({"updateStrategy": {"type": "OnDelete"}});
+    sets.create(&PostParams::default(), &stateful_set("web", 2, "nginx:1", strategy)).await.expect("create");
+    rolled(&pods, "web", &["nginx:1", "nginx:1"]).await;
+    set_image(&sets, "web", "nginx:2").await;
+    eventually(Duration::from_secs(10), "a new update revision", || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.update_revision != s.current_revision && s.observed_generation == Some(2)).then_some(())
+    })
+    .await;
+    stays(&pods, &["web-0", "web-1"]).await;
+    rolled(&pods, "web", &["nginx:1", "nginx:1"]).await;
+    pods.delete("web-1", &DeleteParams::default()).await.expect("delete");
+    rolled(&pods, "web", &["nginx:1", "nginx:2"]).await;
+}
