@@ -1,1 +1,415 @@
-//! DaemonSet controller tests (being written).
+//! The DaemonSet controller in-process against the in-memory apiserver, with Node objects made
+//! through the API and no kubelet or scheduler: daemon pods stay pinned to their node by node
+//! affinity (unbound), and the tests play the kubelet's part by patching pod status. Tests named
+//! `cNNN_` cover the conformance ledger row of that id as far as it needs no real node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use controller_manager::app::work;
+use controller_manager::daemonset::DaemonSetController;
+use controller_manager::events::Recorder;
+use controller_manager::informer::Informer;
+use e2e::eventually;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use tokio_util::sync::CancellationToken;
+
+/// The in-memory apiserver and the DaemonSet controller with its informers, in-process.
+struct Harness {
+    client: kube::Client,
+    stop: CancellationToken,
+    _api: e2e::server::InProcess,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn harness() -> Harness {
+    let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
+    let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
+    let client = api.endpoint.kube_client().await;
+    let stop = CancellationToken::new();
+    let sets: Informer<DaemonSet> = Informer::default();
+    let pods: Informer<Pod> = Informer::default();
+    let nodes: Informer<Node> = Informer::default();
+    let c = DaemonSetController::new(client.clone(), &sets, &pods, &nodes, Recorder::new(client.clone()));
+    tokio::spawn(work("daemonset", c.queue.clone(), 2, stop.clone(), move |key| {
+        let c = c.clone();
+        async move { c.sync(&key).await }
+    }));
+    for task in [
+        tokio::spawn(sets.clone().run(Api::all(client.clone()))),
+        tokio::spawn(pods.clone().run(Api::all(client.clone()))),
+        tokio::spawn(nodes.clone().run(Api::all(client.clone()))),
+    ] {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            task.abort();
+        });
+    }
+    Harness { client, stop, _api: api }
+}
+
+impl Harness {
+    /// Creates a Ready node with these labels and taints (`key=value:Effect`).
+    async fn node(&self, name: &str, labels: &[(&str, &str)], taints: &[&str]) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let taints: Vec<serde_json::Value> = taints
+            .iter()
+            .map(|t| {
+                let (kv, effect) = t.split_once(':').expect("key=value:Effect");
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                serde_json::json!({"key": k, "value": v, "effect": effect})
+            })
+            .collect();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}}))
+        .expect("node");
+        nodes.create(&PostParams::default(), &node).await.expect("create node");
+        let ready = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+            "lastHeartbeatTime": jiff::Timestamp::now().to_string(),
+            "lastTransitionTime": jiff::Timestamp::now().to_string()}]}});
+        nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(&ready)).await.expect("node ready");
+    }
+
+    fn sets(&self) -> Api<DaemonSet> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// The live pods the DaemonSet owns, by the node they are pinned to.
+    async fn by_node(&self, uid: &str) -> Option<BTreeMap<String, Vec<Pod>>> {
+        let list = self.pods().list(&ListParams::default()).await.ok()?.items;
+        let mut m: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+        for p in list {
+            let owned =
+                p.metadata.owner_references.iter().flatten().any(|r| r.uid == uid && r.controller == Some(true));
+            if owned && p.metadata.deletion_timestamp.is_none() {
+                m.entry(node_of(&p)).or_default().push(p);
+            }
+        }
+        Some(m)
+    }
+
+    /// Waits until the DaemonSet has exactly one pod on each of `nodes` and none elsewhere.
+    async fn wait_one_per_node(&self, uid: &str, nodes: &[&str]) -> BTreeMap<String, Pod> {
+        eventually(Duration::from_secs(20), &format!("one daemon pod on each of {nodes:?}"), || async {
+            let m = self.by_node(uid).await?;
+            let placed: Vec<&str> = m.keys().map(String::as_str).collect();
+            (placed == nodes && m.values().all(|v| v.len() == 1))
+                .then(|| m.into_iter().map(|(n, mut v)| (n, v.remove(0))).collect())
+        })
+        .await
+    }
+
+    /// Marks the pod Running and Ready now.
+    async fn ready(&self, name: &str) {
+        let now = jiff::Timestamp::now().to_string();
+        let patch = serde_json::json!({"status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+        let _ = self.pods().patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+    }
+
+    /// Plays the kubelets: marks every live pod Running and Ready shortly after it appears.
+    fn fake_kubelet(&self) {
+        let (pods, stop) = (self.pods(), self.stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                for p in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+                    let ready = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready"));
+                    if ready || p.metadata.deletion_timestamp.is_some() {
+                        continue;
+                    }
+                    let now = jiff::Timestamp::now().to_string();
+                    let patch = serde_json::json!({"status": {"phase": "Running", "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+}
+
+/// The node a daemon pod is bound or pinned to (by its `metadata.name` matchFields).
+fn node_of(p: &Pod) -> String {
+    let spec = p.spec.as_ref().expect("spec");
+    if let Some(n) = spec.node_name.clone() {
+        return n;
+    }
+    let terms = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+        .map(|s| s.node_selector_terms.clone())
+        .unwrap_or_default();
+    terms
+        .iter()
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|r| r.key == "metadata.name" && r.operator == "In")
+        .and_then(|r| r.values.as_ref()?.first().cloned())
+        .unwrap_or_default()
+}
+
+fn image_of(p: &Pod) -> String {
+    p.spec.as_ref().and_then(|s| s.containers[0].image.clone()).unwrap_or_default()
+}
+
+fn daemon_set(name: &str, pod_spec: serde_json::Value, strategy: serde_json::Value) -> DaemonSet {
+    let mut spec = serde_json::json!({"containers": [{"name": "c", "image": "httpd:1"}]});
+    if let (Some(s), Some(extra)) = (spec.as_object_mut(), pod_spec.as_object()) {
+        s.extend(extra.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "updateStrategy": strategy,
+            "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}
+    }))
+    .expect("daemon set")
+}
+
+async fn set_image(sets: &Api<DaemonSet>, name: &str, image: &str) {
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}});
+    sets.patch(name, &PatchParams::default(), &Patch::Strategic(patch)).await.expect("new image");
+}
+
+#[tokio::test]
+async fn c104_a_daemon_set_runs_one_pod_per_node_and_replaces_a_deleted_one() {
+    let h = harness().await;
+    h.node("n1", &[], &[]).await;
+    h.node("n2", &[], &[]).await;
+    let ds = h
+        .sets()
+        .create(&PostParams::default(), &daemon_set("agent", serde_json::json!({}), serde_json::json!({})))
+        .await
+        .expect("create");
+    let uid = ds.metadata.uid.clone().expect("uid");
+    let pods = h.wait_one_per_node(&uid, &["n1", "n2"]).await;
+    for p in pods.values() {
+        assert!(p.metadata.name.as_deref().is_some_and(|n| n.starts_with("agent-")), "{:?}", p.metadata.name);
+        let labels = p.metadata.labels.clone().expect("labels");
+        assert!(labels.contains_key("controller-revision-hash") && labels.contains_key("pod-template-generation"));
+        assert!(p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none(), "left to the scheduler");
+        let tolerations = p.spec.as_ref().and_then(|s| s.tolerations.clone()).expect("tolerations");
+        assert!(tolerations.iter().any(|t| t.key.as_deref() == Some("node.kubernetes.io/not-ready")));
+    }
+
+    // A new node gets its pod.
+    h.node("n3", &[], &[]).await;
+    let pods = h.wait_one_per_node(&uid, &["n1", "n2", "n3"]).await;
+
+    // Status follows readiness.
+    for p in pods.values() {
+        h.ready(p.metadata.name.as_deref().expect("name")).await;
+    }
+    eventually(Duration::from_secs(10), "3 desired, scheduled, ready, available and updated", || async {
+        let s = h.sets().get("agent").await.ok()?.status?;
+        (s.desired_number_scheduled == 3
+            && s.current_number_scheduled == 3
+            && s.number_ready == 3
+            && s.number_available == Some(3)
+            && s.updated_number_scheduled == Some(3)
+            && s.number_unavailable.is_none()
+            && s.number_misscheduled == 0
+            && s.observed_generation == Some(1))
+        .then_some(())
+    })
+    .await;
+
+    // A deleted daemon pod is replaced on its node.
+    let victim = pods["n2"].metadata.name.clone().expect("name");
+    h.pods().delete(&victim, &DeleteParams::default()).await.expect("delete");
+    let after = h.wait_one_per_node(&uid, &["n1", "n2", "n3"]).await;
+    assert_ne!(after["n2"].metadata.name.as_deref(), Some(victim.as_str()));
+
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
+    eventually(Duration::from_secs(10), "SuccessfulCreate events", || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        let n = list
+            .iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("SuccessfulCreate")
+                    && e.involved_object.kind.as_deref() == Some("DaemonSet")
+            })
+            .count();
+        (n >= 4).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn c103_daemon_pods_follow_the_node_selector_as_node_labels_change() {
+    let h = harness().await;
+    h.node("blue", &[("color", "blue")], &[]).await;
+    h.node("green", &[("color", "green")], &[]).await;
+    let ds = daemon_set("picky", serde_json::json!({"nodeSelector": {"color": "blue"}}), serde_json::json!({}));
+    let uid = h.sets().create(&PostParams::default(), &ds).await.expect("create").metadata.uid.expect("uid");
+    h.wait_one_per_node(&uid, &["blue"]).await;
+    eventually(Duration::from_secs(10), "desiredNumberScheduled 1", || async {
+        let s = h.sets().get("picky").await.ok()?.status?;
+        (s.desired_number_scheduled == 1 && s.current_number_scheduled == 1).then_some(())
+    })
+    .await;
+
+    // Relabelling moves the daemon pod: green gains one, blue loses its.
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    let label = |c: &str| serde_json::json!({"metadata": {"labels": {"color": c}}});
+    nodes.patch("green", &PatchParams::default(), &Patch::Merge(label("blue"))).await.expect("label green");
+    h.wait_one_per_node(&uid, &["blue", "green"]).await;
+    nodes.patch("blue", &PatchParams::default(), &Patch::Merge(label("red"))).await.expect("label blue");
+    h.wait_one_per_node(&uid, &["green"]).await;
+}
+
+#[tokio::test]
+async fn a_tainted_node_gets_no_daemon_pod_unless_the_template_tolerates_the_taint() {
+    let h = harness().await;
+    h.node("plain", &[], &[]).await;
+    h.node("infra", &[], &["dedicated=infra:NoSchedule"]).await;
+    let plain = daemon_set("plain", serde_json::json!({}), serde_json::json!({}));
+    let plain_uid = h.sets().create(&PostParams::default(), &plain).await.expect("create").metadata.uid.expect("uid");
+    let tolerant = daemon_set(
+        "tolerant",
+        serde_json::json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}]}),
+        serde_json::json!({}),
+    );
+    let tolerant_uid =
+        h.sets().create(&PostParams::default(), &tolerant).await.expect("create").metadata.uid.expect("uid");
+    h.wait_one_per_node(&tolerant_uid, &["infra", "plain"]).await;
+    h.wait_one_per_node(&plain_uid, &["plain"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.wait_one_per_node(&plain_uid, &["plain"]).await;
+
+    // A NoExecute taint no daemon pod tolerates evicts the running ones.
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    let taint = serde_json::json!({"spec": {"taints": [{"key": "evict", "value": "", "effect": "NoExecute"}]}});
+    nodes.patch("plain", &PatchParams::default(), &Patch::Merge(taint)).await.expect("taint");
+    h.wait_one_per_node(&plain_uid, &[]).await;
+    h.wait_one_per_node(&tolerant_uid, &["infra"]).await;
+}
+
+#[tokio::test]
+async fn c105_a_rolling_update_replaces_pods_node_by_node_within_max_unavailable() {
+    let h = harness().await;
+    let names = ["n1", "n2", "n3", "n4"];
+    for n in names {
+        h.node(n, &[], &[]).await;
+    }
+    h.fake_kubelet();
+    let ds = daemon_set(
+        "roll",
+        serde_json::json!({}),
+        serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}),
+    );
+    let uid = h.sets().create(&PostParams::default(), &ds).await.expect("create").metadata.uid.expect("uid");
+    h.wait_one_per_node(&uid, &names).await;
+    eventually(Duration::from_secs(10), "all 4 available", || async {
+        let s = h.sets().get("roll").await.ok()?.status?;
+        (s.number_available == Some(4)).then_some(())
+    })
+    .await;
+
+    set_image(&h.sets(), "roll", "httpd:2").await;
+    let mut worst = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = h.by_node(&uid).await.expect("pods");
+        let ready = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        let down = names.iter().filter(|n| !m.get(**n).is_some_and(|v| v.iter().any(ready))).count();
+        worst = worst.max(down);
+        let done = names
+            .iter()
+            .all(|n| m.get(*n).is_some_and(|v| v.len() == 1 && image_of(&v[0]) == "httpd:2" && ready(&v[0])));
+        if done {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rollout did not finish: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(worst <= 1, "at most maxUnavailable (1) nodes without a ready pod, saw {worst}");
+    eventually(Duration::from_secs(10), "status: 4 updated", || async {
+        let s = h.sets().get("roll").await.ok()?.status?;
+        (s.updated_number_scheduled == Some(4) && s.observed_generation == Some(2)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_on_delete_daemon_set_replaces_a_pod_only_once_it_is_deleted() {
+    let h = harness().await;
+    h.node("n1", &[], &[]).await;
+    h.node("n2", &[], &[]).await;
+    h.fake_kubelet();
+    let ds = daemon_set("manual", serde_json::json!({}), serde_json::json!({"type": "OnDelete"}));
+    let uid = h.sets().create(&PostParams::default(), &ds).await.expect("create").metadata.uid.expect("uid");
+    let before = h.wait_one_per_node(&uid, &["n1", "n2"]).await;
+    set_image(&h.sets(), "manual", "httpd:2").await;
+    eventually(Duration::from_secs(10), "observedGeneration 2, none updated", || async {
+        let s = h.sets().get("manual").await.ok()?.status?;
+        (s.observed_generation == Some(2) && s.updated_number_scheduled.is_none()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let same = h.wait_one_per_node(&uid, &["n1", "n2"]).await;
+    for n in ["n1", "n2"] {
+        assert_eq!(same[n].metadata.uid, before[n].metadata.uid, "OnDelete keeps the old pod on {n}");
+    }
+
+    h.pods()
+        .delete(before["n1"].metadata.name.as_deref().expect("name"), &DeleteParams::default())
+        .await
+        .expect("delete");
+    let (_, n2) = eventually(Duration::from_secs(10), "n1 replaced with the new template", || async {
+        let m = h.by_node(&uid).await?;
+        let (n1, n2) = (m.get("n1")?, m.get("n2")?);
+        (n1.len() == 1 && n2.len() == 1 && image_of(&n1[0]) == "httpd:2").then(|| (n1[0].clone(), n2[0].clone()))
+    })
+    .await;
+    assert_eq!(image_of(&n2), "httpd:1");
+    assert_eq!(n2.metadata.uid, before["n2"].metadata.uid);
+}
+
+#[tokio::test]
+async fn c101_a_failed_daemon_pod_is_deleted_and_replaced() {
+    let h = harness().await;
+    h.node("n1", &[], &[]).await;
+    let ds = daemon_set("phoenix", serde_json::json!({}), serde_json::json!({}));
+    let uid = h.sets().create(&PostParams::default(), &ds).await.expect("create").metadata.uid.expect("uid");
+    let first = h.wait_one_per_node(&uid, &["n1"]).await;
+    let name = first["n1"].metadata.name.clone().expect("name");
+    let failed = serde_json::json!({"status": {"phase": "Failed"}});
+    h.pods().patch_status(&name, &PatchParams::default(), &Patch::Merge(&failed)).await.expect("fail");
+    eventually(Duration::from_secs(15), "a new pod replaces the failed one", || async {
+        let m = h.by_node(&uid).await?;
+        let v = m.get("n1")?;
+        (v.len() == 1 && v[0].metadata.name.as_deref() != Some(name.as_str())).then_some(())
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
+    eventually(Duration::from_secs(10), "a FailedDaemonPod event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        list.iter().any(|e| e.reason.as_deref() == Some("FailedDaemonPod")).then_some(())
+    })
+    .await;
+}
