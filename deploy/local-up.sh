@@ -96,6 +96,8 @@ echo $! >"$CLUSTER_DIR/controller-manager.pid"
 if command -v kubectl >/dev/null 2>&1; then
   export KUBECONFIG=$KUBECONFIG_OUT
   echo "==> Waiting for node $NODE_NAME to be Ready"
+  # `kubectl wait` fails at once on a node that has not registered yet: wait for it to exist.
+  for _ in $(seq 120); do kubectl get "node/$NODE_NAME" >/dev/null 2>&1 && break; sleep 0.5; done
   if ! kubectl wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s; then
     echo "The node did not become Ready; last kubelet log lines:" >&2; tail -20 "$CLUSTER_DIR/logs/kubelet.log" >&2; exit 1
   fi

@@ -351,6 +351,8 @@ impl ReplicaSetController {
                 self.expectations.lower_creations(key, n - created);
                 match error {
                     None => Ok(()),
+                    // The namespace is being deleted: its content goes, nothing to report.
+                    Some(kube::Error::Api(e)) if e.code == 403 && e.message.contains("being terminated") => Ok(()),
                     Some(e) => {
                         self.events.warning(reference(rs), "FailedCreate", format!("Error creating: {e}"));
                         Err(SyncError::Create(e))
