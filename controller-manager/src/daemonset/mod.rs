@@ -249,6 +249,8 @@ impl DaemonSetController {
             return Ok(None);
         };
         let Some(spec) = ds.spec.as_ref() else { return Ok(None) };
+        // Until the first lists arrive, every node would look empty or gone.
+        tokio::join!(self.pods.synced(), self.nodes.synced());
         if selector::is_empty(&spec.selector) {
             // An empty selector would claim every pod of the namespace; upstream refuses it.
             let message = "This daemon set is selecting all pods. A non-empty selector is required.";

@@ -144,10 +144,12 @@ pub fn manage(
             plan.delete.extend(pods.iter().filter(|p| !pods::is_terminating(p)).cloned());
         }
     }
-    // Pods on nodes that are gone entirely.
+    // Pods still waiting for a node that is gone (bound ones are the pod GC's).
     for (node, pods) in by_node {
         if !fits.contains_key(node) {
-            plan.delete.extend(pods.iter().filter(|p| !pods::is_terminating(p)).cloned());
+            let unbound =
+                |p: &&Arc<Pod>| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_none_or(str::is_empty);
+            plan.delete.extend(pods.iter().filter(|p| !pods::is_terminating(p)).filter(unbound).cloned());
         }
     }
     plan
@@ -247,7 +249,8 @@ pub fn rolling_update(
 }
 
 /// Upstream's status: per node that should run the pod, whether one is scheduled there and
-/// whether the oldest is ready, available and updated; pods on other nodes are misscheduled.
+/// whether the oldest is ready, available and updated; pods on other nodes are misscheduled
+/// (pods on nodes that no longer exist are not counted).
 pub fn calculate_status(
     ds: &DaemonSet,
     fits: &BTreeMap<String, Fit>,
@@ -266,7 +269,8 @@ pub fn calculate_status(
         if pods.is_empty() {
             continue;
         }
-        if fits.get(node).is_some_and(|f| f.run) {
+        let Some(fit) = fits.get(node) else { continue };
+        if fit.run {
             current += 1;
             oldest_first(&mut pods);
             let oldest = &pods[0];
@@ -346,10 +350,20 @@ mod tests {
     fn by_node(pods: &[Arc<Pod>]) -> BTreeMap<String, Vec<Arc<Pod>>> {
         let mut m: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
         for p in pods {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-            m.entry(node).or_default().push(p.clone());
+            let node = super::super::eligibility::target_node(p).unwrap_or_default();
+            m.entry(node.to_string()).or_default().push(p.clone());
         }
         m
+    }
+
+    /// The pod pinned to its node by affinity instead of bound to it.
+    fn unbound(p: Arc<Pod>) -> Arc<Pod> {
+        let mut p = (*p).clone();
+        if let Some(s) = p.spec.as_mut() {
+            let node = s.node_name.take().unwrap_or_default();
+            super::super::eligibility::pin_to_node(s, &node);
+        }
+        Arc::new(p)
     }
 
     fn names(pods: &[Arc<Pod>]) -> Vec<&str> {
@@ -378,12 +392,13 @@ mod tests {
             daemon_pod("dup", "n2", "h", "Running", true, T1),
             daemon_pod("misplaced", "n3", "h", "Running", true, T0),
             daemon_pod("tolerated-stays", "n4", "h", "Running", true, T0),
-            daemon_pod("node-gone", "n9", "h", "Running", true, T0),
+            daemon_pod("node-gone-bound", "n9", "h", "Running", true, T0),
+            unbound(daemon_pod("node-gone-unbound", "n8", "h", "Pending", false, T0)),
         ];
         let fits = fits_of(&[("n1", true, true), ("n2", true, true), ("n3", false, false), ("n4", false, true)]);
         let plan = manage(&fits, &by_node(&pods), "h", None, false, Duration::ZERO, now());
         assert_eq!(plan.create, ["n1"]);
-        assert_eq!(names(&plan.delete), ["dup", "misplaced", "node-gone"]);
+        assert_eq!(names(&plan.delete), ["dup", "misplaced", "node-gone-unbound"], "bound pods are the pod GC's");
         assert!(plan.failed.is_empty());
     }
 

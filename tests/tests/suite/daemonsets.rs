@@ -121,7 +121,8 @@ impl Harness {
         let _ = self.pods().patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await;
     }
 
-    /// Plays the kubelets: marks every live pod Running and Ready shortly after it appears.
+    /// Plays the kubelets: marks every live pod Running and Ready shortly after it appears
+    /// (except those whose image says "never-ready", as an unpullable image would stay).
     fn fake_kubelet(&self) {
         let (pods, stop) = (self.pods(), self.stop.clone());
         tokio::spawn(async move {
@@ -132,7 +133,7 @@ impl Harness {
                         .as_ref()
                         .and_then(|s| s.conditions.as_ref())
                         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready"));
-                    if ready || p.metadata.deletion_timestamp.is_some() {
+                    if ready || p.metadata.deletion_timestamp.is_some() || image_of(&p).contains("never-ready") {
                         continue;
                     }
                     let now = jiff::Timestamp::now().to_string();
@@ -412,4 +413,91 @@ async fn c101_a_failed_daemon_pod_is_deleted_and_replaced() {
         list.iter().any(|e| e.reason.as_deref() == Some("FailedDaemonPod")).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn c102_rolling_back_from_a_broken_image_keeps_the_pods_never_updated() {
+    let h = harness().await;
+    let names = ["n1", "n2", "n3"];
+    for n in names {
+        h.node(n, &[], &[]).await;
+    }
+    h.fake_kubelet();
+    let ds = daemon_set("back", serde_json::json!({}), serde_json::json!({}));
+    let uid = h.sets().create(&PostParams::default(), &ds).await.expect("create").metadata.uid.expect("uid");
+    h.wait_one_per_node(&uid, &names).await;
+    let before = eventually(Duration::from_secs(10), "all 3 available", || async {
+        let s = h.sets().get("back").await.ok()?.status?;
+        (s.number_available == Some(3)).then_some(())?;
+        h.by_node(&uid).await
+    })
+    .await;
+
+    // The broken image replaces one pod (maxUnavailable 1) and the rollout stalls there.
+    set_image(&h.sets(), "back", "never-ready:1").await;
+    let broken = eventually(Duration::from_secs(10), "one pod on the broken image", || async {
+        let m = h.by_node(&uid).await?;
+        let broken: Vec<String> = m
+            .iter()
+            .filter(|(_, v)| v.iter().any(|p| image_of(p) == "never-ready:1"))
+            .map(|(n, _)| n.clone())
+            .collect();
+        (broken.len() == 1).then(|| broken[0].clone())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = h.by_node(&uid).await.expect("pods");
+    let on_broken = m.values().flatten().filter(|p| image_of(p) == "never-ready:1").count();
+    assert_eq!(on_broken, 1, "the rollout waits for the unavailable node");
+
+    // Rolling back: the broken pod is replaced; the others are never restarted.
+    set_image(&h.sets(), "back", "httpd:1").await;
+    let after = eventually(Duration::from_secs(15), "every node back on httpd:1", || async {
+        let m = h.by_node(&uid).await?;
+        names.iter().all(|n| m.get(*n).is_some_and(|v| v.len() == 1 && image_of(&v[0]) == "httpd:1")).then_some(m)
+    })
+    .await;
+    for n in names.iter().filter(|n| **n != broken) {
+        assert_eq!(after[*n][0].metadata.uid, before[*n][0].metadata.uid, "{n} kept its pod");
+    }
+}
+
+#[tokio::test]
+async fn a_surge_rolling_update_starts_the_new_pod_before_stopping_the_old_one() {
+    let h = harness().await;
+    let names = ["n1", "n2", "n3"];
+    for n in names {
+        h.node(n, &[], &[]).await;
+    }
+    h.fake_kubelet();
+    let ds = daemon_set(
+        "surge",
+        serde_json::json!({}),
+        serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}),
+    );
+    let uid = h.sets().create(&PostParams::default(), &ds).await.expect("create").metadata.uid.expect("uid");
+    h.wait_one_per_node(&uid, &names).await;
+    eventually(Duration::from_secs(10), "all 3 available", || async {
+        let s = h.sets().get("surge").await.ok()?.status?;
+        (s.number_available == Some(3)).then_some(())
+    })
+    .await;
+
+    set_image(&h.sets(), "surge", "httpd:2").await;
+    let (mut most_pods, mut doubled) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = h.by_node(&uid).await.expect("pods");
+        assert!(names.iter().all(|n| m.contains_key(*n)), "a node was left without a daemon pod: {m:?}");
+        most_pods = most_pods.max(m.values().map(Vec::len).sum::<usize>());
+        doubled = doubled.max(m.values().filter(|v| v.len() > 1).count());
+        let done = names.iter().all(|n| m.get(*n).is_some_and(|v| v.len() == 1 && image_of(&v[0]) == "httpd:2"));
+        if done {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rollout did not finish: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(doubled <= 1, "at most maxSurge (1) nodes with two pods, saw {doubled}");
+    assert!(most_pods <= 4);
 }
