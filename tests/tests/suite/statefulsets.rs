@@ -374,3 +374,76 @@ async fn on_delete_updates_a_pod_only_when_it_is_deleted() {
     pods.delete("web-1", &DeleteParams::default()).await.expect("delete");
     rolled(&pods, "web", &["nginx:1", "nginx:2"]).await;
 }
+
+#[tokio::test]
+async fn c143_the_scale_subresource_reports_and_changes_the_replicas() {
+    let h = harness(true).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    sets.create(&PostParams::default(), &stateful_set("web", 1, "nginx:1", serde_json::json!({})))
+        .await
+        .expect("create");
+    rolled(&pods, "web", &["nginx:1"]).await;
+    let scale = sets.get_scale("web").await.expect("scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(1));
+    let patch = serde_json::json!({"spec": {"replicas": 2}});
+    sets.patch_scale("web", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch scale");
+    rolled(&pods, "web", &["nginx:1", "nginx:1"]).await;
+    eventually(Duration::from_secs(10), "status.replicas 2 in the scale", || async {
+        let s = sets.get_scale("web").await.ok()?;
+        (s.status?.replicas == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_orphan_with_a_member_name_is_adopted_and_others_are_left_alone() {
+    let h = harness(false).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    for name in ["web-0", "stray"] {
+        let orphan: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx:1"}]}}))
+        .expect("pod");
+        pods.create(&PostParams::default(), &orphan).await.expect("orphan");
+    }
+    let set = sets
+        .create(&PostParams::default(), &stateful_set("web", 1, "nginx:1", serde_json::json!({})))
+        .await
+        .expect("create");
+    let uid = set.metadata.uid.clone().expect("uid");
+    eventually(Duration::from_secs(10), "web-0 adopted", || async {
+        let p = pods.get("web-0").await.ok()?;
+        p.metadata.owner_references?.iter().any(|r| r.uid == uid && r.controller == Some(true)).then_some(())
+    })
+    .await;
+    stays(&pods, &["stray", "web-0"]).await;
+    let stray = pods.get("stray").await.expect("stray");
+    assert!(stray.metadata.owner_references.is_none_or(|r| r.is_empty()), "not a member by name");
+}
+
+#[tokio::test]
+async fn ordered_ready_waits_min_ready_seconds_before_the_next_pod() {
+    let h = harness(true).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let slow = serde_json::json!({"minReadySeconds": 2});
+    sets.create(&PostParams::default(), &stateful_set("web", 2, "nginx:1", slow)).await.expect("create");
+    rolled(&pods, "web", &["nginx:1"]).await;
+    let ready_at = std::time::Instant::now();
+    let s = sets.get("web").await.expect("set").status.unwrap_or_default();
+    assert_eq!(s.available_replicas.unwrap_or(0), 0, "ready, not yet available");
+    rolled(&pods, "web", &["nginx:1", "nginx:1"]).await;
+    // Readiness times are kept to the second, so "2 s after" may be as little as just over 1 s.
+    assert!(
+        ready_at.elapsed() >= Duration::from_millis(900),
+        "web-1 came {:?} after web-0 was ready",
+        ready_at.elapsed()
+    );
+    eventually(Duration::from_secs(10), "2 available", || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.available_replicas == Some(2)).then_some(())
+    })
+    .await;
+}
