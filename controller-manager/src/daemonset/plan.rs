@@ -197,7 +197,7 @@ fn updated_and_old(pods: &[Arc<Pod>], hash: &str, generation: Option<i64>) -> Op
     Some((new, old))
 }
 
-/// Upstream's rollingUpdate over the nodes that should run the daemon pod: without surge, old
+/// Upstream's rollingUpdate over the nodes that have daemon pods: without surge, old
 /// pods are deleted (unavailable ones at once, available ones while fewer than maxUnavailable
 /// nodes are unavailable) and `manage` recreates them; with surge, new pods are created beside
 /// old ones (within maxSurge) and an old pod goes once its node's new pod is available.
@@ -213,8 +213,9 @@ pub fn rolling_update(
     let available = |p: &Pod| pods::is_available(p, min_ready, now);
     let desired = fits.values().filter(|f| f.run).count();
     let (max_surge, max_unavailable) = surge_and_unavailable(ds, desired);
-    let none = Vec::new();
-    let nodes = fits.iter().filter(|(_, f)| f.keep).map(|(n, _)| (n, by_node.get(n).unwrap_or(&none)));
+    // As upstream, the nodes that have daemon pods: `manage` has already given every node
+    // that should run one its pod, and a node that may not get one must not hold the rollout.
+    let nodes = by_node.iter();
     let mut plan = Rolling::default();
     if max_surge == 0 {
         let (mut unavailable, mut at_once, mut candidates) = (0, Vec::new(), Vec::new());
@@ -465,12 +466,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tainted_node_without_a_daemon_pod_does_not_hold_the_rollout() {
+        let ds = daemon_set(serde_json::json!({"type": "RollingUpdate"}));
+        let h = template_hash(&ds);
+        let fits = fits_of(&[("tainted", false, true), ("n2", true, true)]);
+        let pods = vec![daemon_pod("old", "n2", "old", "Running", true, T0)];
+        assert_eq!(names(&rolling_update(&ds, &fits, &by_node(&pods), &h, now()).delete), ["old"]);
+    }
+
+    #[test]
     fn a_rolling_update_waits_while_max_unavailable_nodes_are_down() {
         let ds = daemon_set(serde_json::json!({"type": "RollingUpdate"}));
         let h = template_hash(&ds);
         let fits = fits_of(&[("n1", true, true), ("n2", true, true)]);
-        let pods = vec![daemon_pod("old", "n2", "old", "Running", true, T0)];
-        assert!(rolling_update(&ds, &fits, &by_node(&pods), &h, now()).delete.is_empty(), "n1 has no pod yet");
+        let pods = vec![
+            daemon_pod("old", "n2", "old", "Running", true, T0),
+            daemon_pod("new-starting", "n1", &h, "Pending", false, T1),
+        ];
+        assert!(rolling_update(&ds, &fits, &by_node(&pods), &h, now()).delete.is_empty(), "n1 is not available yet");
     }
 
     #[test]
