@@ -166,9 +166,11 @@ pub fn plan(set: &str, policy: &Policy, owned: &[Arc<Pod>], update_revision: &st
     steps
 }
 
-/// Pure: the status a sync writes, given the pods it owns after its writes were planned, and
-/// the revisions. The current revision becomes the update revision once every replica is at
-/// the update revision (and, under RollingUpdate, ready).
+/// Pure: the status a sync writes, given the pods it owns and the revisions, counted as
+/// upstream does: replicas and readiness over every pod created (terminating ones too), revisions
+/// over the pods not terminating. Under RollingUpdate the current revision becomes the update
+/// revision once every pod is updated and ready; under OnDelete once every pod is updated
+/// (upstream leaves it behind there, a known bug nothing relies on).
 pub fn calculate_status(
     generation: Option<i64>,
     policy: &Policy,
@@ -178,13 +180,13 @@ pub fn calculate_status(
     collision_count: i32,
     now: Timestamp,
 ) -> StatefulSetStatus {
-    let live: Vec<&Arc<Pod>> = owned.iter().filter(|p| !is_terminating(p)).collect();
-    let count = |f: &dyn Fn(&Pod) -> bool| live.iter().filter(|p| f(p)).count() as i32;
+    let count = |f: &dyn Fn(&Pod) -> bool| owned.iter().filter(|p| f(p)).count() as i32;
+    let replicas = owned.len() as i32;
     let ready = count(&|p| pods::phase(p) == "Running" && is_ready(p));
     let available = count(&|p| pods::phase(p) == "Running" && is_available(p, policy.min_ready, now));
-    let mut current = count(&|p| revision_of(p) == current_revision);
-    let updated = count(&|p| revision_of(p) == update_revision);
-    let done = updated == policy.replicas && (policy.rolling.is_none() || ready == policy.replicas);
+    let mut current = count(&|p| !is_terminating(p) && revision_of(p) == current_revision);
+    let updated = count(&|p| !is_terminating(p) && revision_of(p) == update_revision);
+    let done = updated == replicas && (policy.rolling.is_none() || ready == replicas);
     let current_revision = if done || current_revision.is_empty() {
         current = updated;
         update_revision
@@ -192,7 +194,7 @@ pub fn calculate_status(
         current_revision
     };
     StatefulSetStatus {
-        replicas: live.len() as i32,
+        replicas,
         ready_replicas: Some(ready),
         available_replicas: Some(available),
         current_replicas: Some(current),
@@ -368,7 +370,7 @@ mod tests {
         let p = ordered(3);
         let pods = [pod(0, "r1", "ready"), pod(1, "r1", "running"), pod(2, "r2", "ready"), pod(3, "r1", "terminating")];
         let s = calculate_status(Some(4), &p, &pods, "r1", "r2", 0, now());
-        assert_eq!(s.replicas, 3, "a terminating pod is not counted");
+        assert_eq!(s.replicas, 4, "a terminating pod counts until it is gone");
         assert_eq!((s.ready_replicas, s.available_replicas), (Some(2), Some(2)));
         assert_eq!((s.current_replicas, s.updated_replicas), (Some(2), Some(1)));
         assert_eq!((s.current_revision.as_deref(), s.update_revision.as_deref()), (Some("r1"), Some("r2")));
