@@ -18,10 +18,11 @@
 //! by a template hash label alone, so rollback is re-applying the old template), and the
 //! history limit that goes with them.
 
+pub mod backoff;
 pub mod eligibility;
 pub mod plan;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,14 +41,12 @@ use crate::pods::{self, is_ready};
 use crate::replicaset::slow_start;
 use crate::selector;
 use crate::workqueue::WorkQueue;
+use backoff::FailedPodsBackoff;
 use eligibility::{pin_to_node, target_node};
 use plan::{REVISION_HASH_LABEL, TEMPLATE_GENERATION_LABEL};
 
 /// Upstream's burstReplicas: the most pods one sync creates or deletes.
 pub const BURST: usize = 250;
-
-const FAILED_BACKOFF_START: Duration = Duration::from_secs(1);
-const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 
 pub struct DaemonSetController {
     client: kube::Client,
@@ -57,8 +56,7 @@ pub struct DaemonSetController {
     pub queue: Arc<WorkQueue>,
     expectations: Expectations,
     events: Recorder,
-    /// Per `<ds key>/<node>`: when the last failed pod there was deleted and the current delay.
-    failed_backoff: Mutex<HashMap<String, (Instant, Duration)>>,
+    failed_backoff: Mutex<FailedPodsBackoff>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +127,7 @@ impl DaemonSetController {
             queue: Arc::new(WorkQueue::default()),
             expectations: Expectations::default(),
             events,
-            failed_backoff: Mutex::new(HashMap::new()),
+            failed_backoff: Mutex::new(FailedPodsBackoff::default()),
         });
         let w: Weak<DaemonSetController> = Arc::downgrade(&c);
         sets.on_change(move |old, new| {
@@ -246,6 +244,7 @@ impl DaemonSetController {
         let (ns, name) = split_key(key);
         let Some(ds) = self.sets.get(ns, name) else {
             self.expectations.forget(key);
+            self.backoff().forget(key);
             return Ok(None);
         };
         let Some(spec) = ds.spec.as_ref() else { return Ok(None) };
@@ -285,7 +284,8 @@ impl DaemonSetController {
                 create = manage.create;
                 delete = manage.delete;
                 for (node, pod) in manage.failed {
-                    match self.failed_pod_backoff(key, &node) {
+                    let wait = self.backoff().next(key, &node, Instant::now());
+                    match wait {
                         Some(wait) => again = Some(again.map_or(wait, |a| a.min(wait))),
                         None => {
                             self.events.warning(
@@ -327,32 +327,8 @@ impl DaemonSetController {
         Ok(wait)
     }
 
-    /// `None` if a failed pod on `node` may be deleted now (and starts the next, doubled, delay);
-    /// otherwise how long until it may.
-    fn failed_pod_backoff(&self, key: &str, node: &str) -> Option<Duration> {
-        let mut backoff = self.failed_backoff.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let entry = backoff.entry(format!("{key}/{node}"));
-        match entry {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                let (since, delay) = *o.get();
-                // Quiet for twice the longest delay: start over.
-                if now.duration_since(since) > 2 * FAILED_BACKOFF_MAX {
-                    o.insert((now, FAILED_BACKOFF_START));
-                    return None;
-                }
-                let until = since + delay;
-                if now < until {
-                    return Some(until - now);
-                }
-                o.insert((now, (delay * 2).min(FAILED_BACKOFF_MAX)));
-                None
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert((now, FAILED_BACKOFF_START));
-                None
-            }
-        }
+    fn backoff(&self) -> std::sync::MutexGuard<'_, FailedPodsBackoff> {
+        self.failed_backoff.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The pods the DaemonSet owns (deleting and finished ones included) after adopting orphans
