@@ -59,6 +59,8 @@ pub enum SyncError {
     Create(String, #[source] kube::Error),
     #[error("deleting pod {0}: {1}")]
     Delete(String, #[source] kube::Error),
+    #[error("updating pod {0}: {1}")]
+    Update(String, #[source] kube::Error),
     #[error("updating status: {0}")]
     Status(#[source] kube::Error),
 }
@@ -366,12 +368,29 @@ impl StatefulSetController {
                     self.delete(&api, set, &p).await
                 }
                 Step::DeleteCondemned(p) | Step::DeleteForUpdate(p) => self.delete(&api, set, &p).await,
+                Step::FixIdentity(p) => Self::fix_identity(&api, &p).await,
             };
             if let Err(e) = r {
                 first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Puts back the identity labels of a member pod; the resourceVersion makes it a
+    /// compare-and-swap, so a conflict only means the next sync looks again.
+    async fn fix_identity(api: &Api<Pod>, pod: &Pod) -> Result<(), SyncError> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let set_name = name.rsplit_once('-').map(|(s, _)| s).unwrap_or_default();
+        let ordinal = ordinal_of(set_name, pod).unwrap_or_default();
+        let patch = serde_json::json!({"metadata": {
+            "labels": {POD_NAME_LABEL: name, POD_INDEX_LABEL: ordinal.to_string()},
+            "resourceVersion": pod.metadata.resource_version}});
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(SyncError::Update(name, e)),
+        }
     }
 
     /// Deletes `pod` if it is still the pod we saw (same UID).

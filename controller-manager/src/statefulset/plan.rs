@@ -7,7 +7,8 @@
 //! 1. replicas (ordinals `start..start+replicas`), lowest first: a failed or succeeded pod is
 //!    deleted (to be re-created under the same name); a missing pod is created; with
 //!    OrderedReady the walk stops at the first pod it creates or deletes, at a terminating pod
-//!    and at a pod not Running, Ready and available, so pod N+1 waits for 0..N;
+//!    and at a pod not Running, Ready and available, so pod N+1 waits for 0..N; a pod that lost
+//!    its identity labels (`pod-name`, `pod-index`) gets them back;
 //! 2. condemned pods (ordinals outside the range), highest first: deleted one at a time with
 //!    OrderedReady (waiting for each to go, and halting on an unhealthy pod that is not the
 //!    first unhealthy one), all at once with Parallel;
@@ -64,6 +65,8 @@ pub enum Step {
     DeleteCondemned(Arc<Pod>),
     /// A pod at an old revision, replaced by the rolling update.
     DeleteForUpdate(Arc<Pod>),
+    /// A pod whose identity labels (`pod-name`, `pod-index`) were changed or lost: put back.
+    FixIdentity(Arc<Pod>),
 }
 
 /// The ordinal in a pod's name `<set>-<ordinal>`, if the pod is a member of the set.
@@ -75,6 +78,13 @@ pub fn ordinal_of(set: &str, pod: &Pod) -> Option<i32> {
         return None;
     }
     suffix.parse().ok()
+}
+
+/// Whether the pod still carries the identity labels of its ordinal.
+pub fn identity_matches(pod: &Pod, ordinal: i32) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    label(POD_NAME_LABEL) == pod.metadata.name.as_deref() && label(POD_INDEX_LABEL) == Some(&ordinal.to_string())
 }
 
 pub fn revision_of(pod: &Pod) -> &str {
@@ -127,6 +137,9 @@ pub fn plan(set: &str, policy: &Policy, owned: &[Arc<Pod>], update_revision: &st
                 }
             }
             Some(p) if monotonic && !healthy(p) => return steps,
+            Some(p) if !is_terminating(p) && !identity_matches(p, ordinal) => {
+                steps.push(Step::FixIdentity(Arc::clone(p)))
+            }
             Some(_) => {}
         }
     }
@@ -222,7 +235,8 @@ mod tests {
     fn pod(ordinal: i32, revision: &str, state: &str) -> Arc<Pod> {
         let mut v = serde_json::json!({
             "metadata": {"name": format!("web-{ordinal}"), "namespace": "ns", "uid": format!("uid-{ordinal}"),
-                "labels": {"app": "web", REVISION_LABEL: revision}},
+                "labels": {"app": "web", REVISION_LABEL: revision,
+                    POD_NAME_LABEL: format!("web-{ordinal}"), POD_INDEX_LABEL: ordinal.to_string()}},
             "spec": {"containers": [{"name": "c", "image": "busybox"}]},
             "status": {"phase": "Running"}
         });
@@ -257,6 +271,7 @@ mod tests {
                 Step::DeleteFailed(p) => format!("delete-failed {}", name(p)),
                 Step::DeleteCondemned(p) => format!("delete {}", name(p)),
                 Step::DeleteForUpdate(p) => format!("update {}", name(p)),
+                Step::FixIdentity(p) => format!("fix {}", name(p)),
             })
             .collect()
     }
@@ -355,6 +370,17 @@ mod tests {
         assert_eq!(run(&p, &pods), ["create 1 current"], "a deleted pod below the partition keeps its revision");
         let pods = [pod(0, "r1", "ready"), pod(1, "r1", "ready")];
         assert_eq!(run(&p, &pods), ["create 2 update"]);
+    }
+
+    #[test]
+    fn lost_identity_labels_are_put_back() {
+        let mut stripped = (*pod(1, "r2", "ready")).clone();
+        stripped.metadata.labels.as_mut().expect("labels").remove(POD_NAME_LABEL);
+        let pods = [pod(0, "r2", "ready"), Arc::new(stripped)];
+        assert_eq!(run(&ordered(2), &pods), ["fix web-1"]);
+        let mut wrong = (*pod(0, "r2", "ready")).clone();
+        wrong.metadata.labels.as_mut().expect("labels").insert(POD_INDEX_LABEL.into(), "7".into());
+        assert_eq!(run(&ordered(1), &[Arc::new(wrong)]), ["fix web-0"]);
     }
 
     #[test]

@@ -447,3 +447,23 @@ async fn ordered_ready_waits_min_ready_seconds_before_the_next_pod() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_pod_that_lost_its_identity_label_gets_it_back() {
+    let h = harness(true).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    sets.create(&PostParams::default(), &stateful_set("web", 1, "nginx:1", serde_json::json!({})))
+        .await
+        .expect("create");
+    let before = rolled(&pods, "web", &["nginx:1"]).await;
+    let strip = serde_json::json!({"metadata": {"labels": {"statefulset.kubernetes.io/pod-name": null}}});
+    pods.patch("web-0", &PatchParams::default(), &Patch::Merge(&strip)).await.expect("strip");
+    let p = eventually(Duration::from_secs(10), "the pod-name label back", || async {
+        let p = pods.get("web-0").await.ok()?;
+        let labels = p.metadata.labels.clone()?;
+        (labels.get("statefulset.kubernetes.io/pod-name").map(String::as_str) == Some("web-0")).then_some(p)
+    })
+    .await;
+    assert_eq!(p.metadata.uid, before[0].metadata.uid, "the same pod, not a new one");
+}
