@@ -501,3 +501,78 @@ async fn a_surge_rolling_update_starts_the_new_pod_before_stopping_the_old_one()
     assert!(doubled <= 1, "at most maxSurge (1) nodes with two pods, saw {doubled}");
     assert!(most_pods <= 4);
 }
+
+#[tokio::test]
+async fn c106_the_status_subresource_reads_updates_and_patches_and_the_controller_keeps_conditions() {
+    let h = harness().await;
+    h.node("n1", &[], &[]).await;
+    let ds = daemon_set("stat", serde_json::json!({}), serde_json::json!({}));
+    let uid = h.sets().create(&PostParams::default(), &ds).await.expect("create").metadata.uid.expect("uid");
+    h.wait_one_per_node(&uid, &["n1"]).await;
+    eventually(Duration::from_secs(10), "status from the controller", || async {
+        let ds = h.sets().get_status("stat").await.ok()?;
+        (ds.status.as_ref()?.desired_number_scheduled == 1).then_some(ds)
+    })
+    .await;
+
+    // Update: a condition added to the whole status (read again on a conflict with the
+    // controller's own write).
+    let condition = k8s_openapi::api::apps::v1::DaemonSetCondition {
+        type_: "StatusUpdate".into(),
+        status: "True".into(),
+        reason: Some("E2E".into()),
+        message: Some("set by the test".into()),
+        last_transition_time: None,
+    };
+    eventually(Duration::from_secs(10), "status updated", || async {
+        let mut ds = h.sets().get_status("stat").await.ok()?;
+        ds.status.get_or_insert_default().conditions = Some(vec![condition.clone()]);
+        h.sets().replace_status("stat", &PostParams::default(), &ds).await.ok()
+    })
+    .await;
+
+    // Patch: another condition, merged.
+    let patch = serde_json::json!({"status": {"conditions": [
+        {"type": "StatusUpdate", "status": "True", "reason": "E2E", "message": "set by the test"},
+        {"type": "StatusPatched", "status": "True"}]}});
+    h.sets().patch_status("stat", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch status");
+
+    // A new node makes the controller write status again; the conditions stay.
+    h.node("n2", &[], &[]).await;
+    eventually(Duration::from_secs(10), "desired 2 with both conditions kept", || async {
+        let s = h.sets().get_status("stat").await.ok()?.status?;
+        let types: Vec<String> = s.conditions.iter().flatten().map(|c| c.type_.clone()).collect();
+        (s.desired_number_scheduled == 2 && types == ["StatusUpdate", "StatusPatched"]).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn c100_daemon_sets_are_listed_by_label_and_removed_by_delete_collection() {
+    let h = harness().await;
+    for name in ["one", "two"] {
+        let mut ds = daemon_set(name, serde_json::json!({}), serde_json::json!({}));
+        ds.metadata.labels = Some([("e2e".to_string(), "collection".to_string())].into());
+        h.sets().create(&PostParams::default(), &ds).await.expect("create");
+    }
+    h.sets()
+        .create(&PostParams::default(), &daemon_set("other", serde_json::json!({}), serde_json::json!({})))
+        .await
+        .expect("create");
+    let selected = ListParams::default().labels("e2e=collection");
+    assert_eq!(h.sets().list(&selected).await.expect("list").items.len(), 2);
+    h.sets().delete_collection(&DeleteParams::default(), &selected).await.expect("delete collection");
+    eventually(Duration::from_secs(10), "only the unlabelled DaemonSet left", || async {
+        let names: Vec<String> = h
+            .sets()
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|d| d.metadata.name)
+            .collect();
+        (names == ["other"]).then_some(())
+    })
+    .await;
+}
