@@ -255,7 +255,7 @@ impl StatefulSetController {
             result = self.execute(&set, &owned, steps, &current_revision, &update_revision).await;
         }
         let collisions = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
-        let status = plan::calculate_status(
+        let mut status = plan::calculate_status(
             set.metadata.generation,
             &policy,
             &owned,
@@ -264,6 +264,8 @@ impl StatefulSetController {
             collisions,
             now,
         );
+        // The controller sets no conditions; those others set are kept.
+        status.conditions = set.status.as_ref().and_then(|s| s.conditions.clone());
         if set.status.as_ref() != Some(&status) {
             let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), ns);
             let patch = crate::status::status_patch(set.status.as_ref(), &status);

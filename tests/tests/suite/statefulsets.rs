@@ -467,3 +467,63 @@ async fn a_pod_that_lost_its_identity_label_gets_it_back() {
     .await;
     assert_eq!(p.metadata.uid, before[0].metadata.uid, "the same pod, not a new one");
 }
+
+#[tokio::test]
+async fn c147_the_status_subresource_is_read_updated_and_patched_and_the_controller_keeps_conditions() {
+    let h = harness(true).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    sets.create(&PostParams::default(), &stateful_set("web", 1, "nginx:1", serde_json::json!({})))
+        .await
+        .expect("create");
+    rolled(&pods, "web", &["nginx:1"]).await;
+    eventually(Duration::from_secs(10), "ready in the status", || async {
+        let s = sets.get_status("web").await.ok()?.status?;
+        (s.ready_replicas == Some(1)).then_some(())
+    })
+    .await;
+    let mut set = sets.get_status("web").await.expect("get status");
+    let status = set.status.get_or_insert_with(Default::default);
+    status.conditions = Some(vec![
+        serde_json::from_value(serde_json::json!(
+        {"type": "StatusUpdate", "status": "True", "reason": "E2E", "message": "Set from an e2e test"}))
+        .expect("condition"),
+    ]);
+    sets.replace_status("web", &PostParams::default(), &set).await.expect("update status");
+    let patch = serde_json::json!({"status": {"conditions": [
+        {"type": "StatusUpdate", "status": "True", "reason": "E2E", "message": "Set from an e2e test"},
+        {"type": "StatusPatched", "status": "True"}]}});
+    sets.patch_status("web", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch status");
+    // A change that makes the controller write the status again.
+    patch_spec(&sets, "web", serde_json::json!({"replicas": 2})).await;
+    rolled(&pods, "web", &["nginx:1", "nginx:1"]).await;
+    let s = eventually(Duration::from_secs(10), "status for 2 replicas", || async {
+        let s = sets.get_status("web").await.ok()?.status?;
+        (s.ready_replicas == Some(2)).then_some(s)
+    })
+    .await;
+    let types: Vec<String> = s.conditions.unwrap_or_default().into_iter().map(|c| c.type_).collect();
+    assert_eq!(types, ["StatusUpdate", "StatusPatched"]);
+}
+
+#[tokio::test]
+async fn c144_stateful_sets_are_listed_by_label_patched_and_deleted_as_a_collection() {
+    let h = harness(false).await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    for name in ["a", "b"] {
+        let mut s = stateful_set(name, 0, "nginx:1", serde_json::json!({}));
+        s.metadata.labels = Some([("e2e".to_string(), "sts".to_string())].into());
+        sets.create(&PostParams::default(), &s).await.expect("create");
+    }
+    let by_label = ListParams::default().labels("e2e=sts");
+    assert_eq!(sets.list(&by_label).await.expect("list").items.len(), 2);
+    let patch = serde_json::json!({"metadata": {"labels": {"patched": "yes"}}});
+    sets.patch("a", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+    let patched = sets.list(&ListParams::default().labels("patched=yes")).await.expect("list").items;
+    assert_eq!(patched.len(), 1);
+    sets.delete_collection(&DeleteParams::default(), &by_label).await.expect("deletecollection");
+    eventually(Duration::from_secs(10), "no sets left", || async {
+        sets.list(&by_label).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+}
