@@ -80,7 +80,7 @@ pub fn new_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
     pin_to_node(&mut spec, node);
     let mut labels = meta.labels.unwrap_or_default();
     labels.insert(REVISION_HASH_LABEL.into(), hash.into());
-    if let Some(g) = ds.metadata.generation {
+    if let Some(g) = plan::template_generation(ds) {
         labels.insert(TEMPLATE_GENERATION_LABEL.into(), g.to_string());
     }
     Pod {
@@ -271,7 +271,8 @@ impl DaemonSetController {
         let mut failure = None;
         if self.expectations.satisfied(key) && ds.metadata.deletion_timestamp.is_none() {
             let surge = plan::allows_surge(&ds);
-            let manage = plan::manage(&fits, &by_node, &hash, ds.metadata.generation, surge, plan::min_ready(&ds), now);
+            let manage =
+                plan::manage(&fits, &by_node, &hash, plan::template_generation(&ds), surge, plan::min_ready(&ds), now);
             let (mut create, mut delete) = (Vec::new(), Vec::new());
             if manage.is_empty() {
                 let rolling = spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()).unwrap_or("RollingUpdate")

@@ -38,6 +38,18 @@ pub fn template_hash(ds: &DaemonSet) -> String {
     h.to_string().bytes().map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char).collect()
 }
 
+/// The annotation upstream's apiserver keeps on a DaemonSet: the generation its template last
+/// changed at.
+pub const TEMPLATE_GENERATION_ANNOTATION: &str = "deprecated.daemonset.template.generation";
+
+/// The generation the `pod-template-generation` label carries: the annotation where the
+/// apiserver sets it, else the DaemonSet's generation (a pod created at the current generation
+/// has the current template either way).
+pub fn template_generation(ds: &DaemonSet) -> Option<i64> {
+    let annotation = ds.metadata.annotations.as_ref().and_then(|a| a.get(TEMPLATE_GENERATION_ANNOTATION));
+    annotation.and_then(|g| g.parse().ok()).or(ds.metadata.generation)
+}
+
 /// Whether `pod` runs the DaemonSet's current template (by hash or by template generation).
 pub fn is_updated(pod: &Pod, hash: &str, generation: Option<i64>) -> bool {
     let labels = pod.metadata.labels.as_ref();
@@ -208,7 +220,7 @@ pub fn rolling_update(
     hash: &str,
     now: Timestamp,
 ) -> Rolling {
-    let generation = ds.metadata.generation;
+    let generation = template_generation(ds);
     let min_ready = min_ready(ds);
     let available = |p: &Pod| pods::is_available(p, min_ready, now);
     let desired = fits.values().filter(|f| f.run).count();
@@ -279,7 +291,7 @@ pub fn calculate_status(
                 ready += 1;
                 available += i32::from(pods::is_available(oldest, min_ready, now));
             }
-            updated += i32::from(is_updated(oldest, hash, ds.metadata.generation));
+            updated += i32::from(is_updated(oldest, hash, template_generation(ds)));
         } else {
             misscheduled += 1;
         }
@@ -384,6 +396,18 @@ mod tests {
         c.status = Some(DaemonSetStatus { collision_count: Some(1), ..Default::default() });
         assert_ne!(template_hash(&a), template_hash(&c));
         assert!(template_hash(&a).chars().all(|ch| "bcdfghjklmnpqrstvwxz2456789".contains(ch)));
+    }
+
+    #[test]
+    fn a_pod_is_updated_by_its_hash_or_its_template_generation() {
+        let mut ds = daemon_set(serde_json::json!({}));
+        let h = template_hash(&ds);
+        assert!(is_updated(&daemon_pod("p", "n", &h, "Running", true, T0), &h, template_generation(&ds)));
+        let mut by_generation = (*daemon_pod("q", "n", "other", "Running", true, T0)).clone();
+        by_generation.metadata.labels.get_or_insert_default().insert(TEMPLATE_GENERATION_LABEL.into(), "2".into());
+        assert!(is_updated(&by_generation, &h, template_generation(&ds)));
+        ds.metadata.annotations = Some([(TEMPLATE_GENERATION_ANNOTATION.to_string(), "1".to_string())].into());
+        assert!(!is_updated(&by_generation, &h, template_generation(&ds)), "the annotation wins");
     }
 
     #[test]
