@@ -214,6 +214,12 @@ async fn c141_ordered_ready_creates_pods_in_order_and_deletes_in_reverse_halting
 
     // Scaling down halts while a pod is unhealthy...
     set_ready(&pods, "web-0", false).await.expect("unready");
+    // The controller has seen it (pods and sets are separate watches, so wait before scaling).
+    eventually(Duration::from_secs(10), "status: 2 ready", || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.ready_replicas == Some(2)).then_some(())
+    })
+    .await;
     patch_spec(&sets, "web", serde_json::json!({"replicas": 1})).await;
     stays(&pods, &["web-0", "web-1", "web-2"]).await;
     // ...and then goes from the highest ordinal, one at a time.
