@@ -111,6 +111,17 @@ pub fn template_from_pod(pod: &Pod) -> PodTemplateSpec {
     spec.node_name = None;
     spec.hostname = None;
     spec.subdomain = None;
+    spec.ephemeral_containers = None;
+    // The service-account token volume admission adds (upstream's name for it) is added again.
+    let injected = |name: &str| name.starts_with("kube-api-access-");
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|v| !injected(&v.name));
+    }
+    for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+        if let Some(mounts) = c.volume_mounts.as_mut() {
+            mounts.retain(|m| !injected(&m.name));
+        }
+    }
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
