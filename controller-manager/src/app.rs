@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cronjob::CronJobController;
+use crate::daemonset::DaemonSetController;
 use crate::deployment::DeploymentController;
 use crate::disruption::DisruptionController;
 use crate::endpoints::{EndpointSliceController, EndpointSliceMirroringController, EndpointsController};
@@ -69,6 +70,9 @@ pub struct Flags {
     /// Finished pods kept before the oldest are deleted (0: never).
     #[arg(long, default_value_t = 12500)]
     pub terminated_pod_gc_threshold: usize,
+    /// Workers syncing DaemonSets at once.
+    #[arg(long, env = "CONTROLLER_MANAGER_CONCURRENT_DAEMONSET_SYNCS", default_value_t = 2)]
+    pub concurrent_daemonset_syncs: usize,
     /// Workers syncing Jobs at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
@@ -173,6 +177,7 @@ const OFF_BY_DEFAULT: &[&str] = &["bootstrapsigner", "tokencleaner"];
 
 pub const IMPLEMENTED: &[&str] = &[
     "cronjob",
+    "daemonset",
     "deployment",
     "disruption",
     "endpoint",
@@ -390,6 +395,16 @@ pub async fn start(
         );
         tasks.spawn(c.run(stop.clone()));
         tasks.spawn(leases.run(Api::namespaced(client.clone(), "kube-node-lease")));
+    }
+    if controllers.contains("daemonset") {
+        let daemon_sets: Informer<DaemonSet> = Informer::default();
+        let c = DaemonSetController::new(client.clone(), &daemon_sets, &pods, &nodes, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("daemonset", queue, flags.concurrent_daemonset_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+        tasks.spawn(daemon_sets.run(Api::all(client.clone())));
     }
     if controllers.contains("podgc") {
         let gc = crate::podgc::PodGc::new(client.clone(), &pods, &nodes, flags.terminated_pod_gc_threshold);

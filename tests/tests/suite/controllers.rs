@@ -1108,3 +1108,35 @@ async fn c117_c118_budgets_get_their_status_from_the_healthy_pods_and_the_owners
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_daemon_set_runs_on_the_node_through_the_scheduler_and_rolls_out() {
+    let c = Cluster::start().await;
+    let ds = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: agent, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"]}]
+"#;
+    c.k.run_stdin(&["apply", "-f", "-"], ds).ok();
+    let out = c.k.run(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    assert!(out.code == 0 && out.stdout.contains("successfully rolled out"), "{out:?}\n{}", c.cm.log());
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let list = pods.list(&ListParams::default().labels("app=agent")).await.expect("pods").items;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(c.node.name.as_str()));
+    c.k.run(&["set", "image", "daemonset/agent", "agent=busybox:1.36"]).ok();
+    let out = c.k.run(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    assert!(out.code == 0 && out.stdout.contains("successfully rolled out"), "{out:?}\n{}", c.cm.log());
+    eventually(Duration::from_secs(60), "one agent pod, the new image", || async {
+        let live = images_of_live_pods(&pods.list(&ListParams::default().labels("app=agent")).await.ok()?.items);
+        (live == ["busybox:1.36"]).then_some(())
+    })
+    .await;
+}
