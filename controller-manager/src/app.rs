@@ -31,6 +31,7 @@ use crate::nodeipam::{Blocks, NodeIpamController};
 use crate::nodelifecycle::NodeLifecycleController;
 use crate::replicaset::ReplicaSetController;
 use crate::serviceaccount::{RootCaPublisher, ServiceAccountController, root_ca};
+use crate::statefulset::StatefulSetController;
 use crate::workqueue::WorkQueue;
 
 #[derive(Parser, Debug, Clone)]
@@ -73,6 +74,9 @@ pub struct Flags {
     /// Workers syncing DaemonSets at once.
     #[arg(long, env = "CONTROLLER_MANAGER_CONCURRENT_DAEMONSET_SYNCS", default_value_t = 2)]
     pub concurrent_daemonset_syncs: usize,
+    /// Workers syncing StatefulSets at once.
+    #[arg(long, env = "CONTROLLER_MANAGER_CONCURRENT_STATEFULSET_SYNCS", default_value_t = 5)]
+    pub concurrent_statefulset_syncs: usize,
     /// Workers syncing Jobs at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
@@ -192,6 +196,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "replicaset",
     "root-ca-cert-publisher",
     "serviceaccount",
+    "statefulset",
     "ttl-after-finished",
 ];
 
@@ -463,6 +468,14 @@ pub async fn start(
             async move { c.sync(&key).await }
         }));
         tasks.spawn(informers.budgets.run(Api::all(client.clone())));
+    }
+    if controllers.contains("statefulset") {
+        let c = StatefulSetController::new(client.clone(), &stateful_sets, &pods, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("statefulset", queue, flags.concurrent_statefulset_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
     }
     if ["disruption", "statefulset"].iter().any(|c| controllers.contains(c)) {
         tasks.spawn(stateful_sets.clone().run(Api::all(client.clone())));

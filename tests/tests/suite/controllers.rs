@@ -1140,3 +1140,57 @@ spec:
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stateful_set_starts_its_pods_in_order_with_stable_names_and_scales_down_from_the_top() {
+    let c = Cluster::start().await;
+    let manifest = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {clusterIP: None, selector: {app: db}, ports: [{port: 80}]}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 2
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: db, image: busybox, imagePullPolicy: IfNotPresent, command: ["sleep", "3600"]}]
+"#;
+    c.k.run_stdin(&["apply", "-f", "-"], manifest).ok();
+    let out = c.k.run(&["rollout", "status", "statefulset/db", "--timeout=90s"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", c.cm.log());
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let p0 = pods.get("db-0").await.expect("db-0");
+    let p1 = pods.get("db-1").await.expect("db-1");
+    let started = |p: &Pod| p.metadata.creation_timestamp.clone().expect("created").0;
+    assert!(started(&p0) <= started(&p1), "db-0 first");
+    // The pod's hostname is its name, under the headless Service's subdomain.
+    let hostname = c.k.run(&["exec", "db-0", "--", "hostname"]).ok().stdout;
+    assert_eq!(hostname.trim(), "db-0");
+    assert_eq!(p0.spec.as_ref().and_then(|s| s.subdomain.as_deref()), Some("db"));
+    // The headless Service's Endpoints carry the hostnames.
+    let endpoints: Api<Endpoints> = Api::namespaced(c.client.clone(), "default");
+    eventually(Duration::from_secs(30), "db's endpoints with hostnames", || async {
+        let e = endpoints.get_opt("db").await.ok()??;
+        let mut names: Vec<String> =
+            e.subsets?.iter().flat_map(|s| s.addresses.iter().flatten()).filter_map(|a| a.hostname.clone()).collect();
+        names.sort();
+        (names == ["db-0", "db-1"]).then_some(())
+    })
+    .await;
+    let uid0 = p0.metadata.uid.clone();
+    c.k.run(&["scale", "statefulset/db", "--replicas=1"]).ok();
+    eventually(Duration::from_secs(60), "db-1 gone, the same db-0 kept", || async {
+        let p1 = pods.get_opt("db-1").await.ok()?;
+        let p0 = pods.get_opt("db-0").await.ok()??;
+        (p1.is_none() && p0.metadata.uid == uid0).then_some(())
+    })
+    .await;
+}
