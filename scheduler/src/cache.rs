@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 
 use crate::framework::{NodeInfo, PodInfo};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Cache {
     /// Every node, and nodes that are gone but still have pods on them ("ghosts", not in `order`).
     nodes: HashMap<String, NodeInfo>,

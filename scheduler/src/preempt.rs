@@ -4,14 +4,17 @@
 //! the node as upstream does: fewest budget violations, lowest highest victim priority,
 //! smallest priority sum, fewest victims.
 //!
-//! The dry run checks the node-local filters (resources, ports, ...): a pod blocked by
-//! inter-pod anti-affinity or topology spread is not helped by preemption here.
+//! The dry run checks the node-local filters (resources, ports, ...) on a copy of the node;
+//! when inter-pod (anti-)affinity or topology spread can be what keeps the pod off, it runs every
+//! filter against a scratch copy of the cache with the victims removed, so evicting a
+//! lower-priority pod that the pod's anti-affinity (or an existing pod's) rules out helps too.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
-use crate::cycle::{Ctx, FitFailure};
+use crate::cache::Cache;
+use crate::cycle::{Ctx, FitFailure, PreFilter};
 use crate::framework::{NodeInfo, PodInfo};
 use crate::interpod::selector_matches;
 use crate::plugins::{NodeFilters, filter_node};
@@ -82,22 +85,80 @@ impl<'a> Budgets<'a> {
     }
 }
 
-fn fits(ctx: &Ctx, pod: &PodInfo, n: &NodeInfo) -> bool {
-    filter_node(pod, n, NodeFilters::new(|name| ctx.profile.filter_enabled(name))).is_ok()
+/// A dry run on one node: take pods off, put them back, ask whether the pod fits.
+trait Trial {
+    fn remove(&mut self, p: &Arc<PodInfo>);
+    fn add(&mut self, p: &Arc<PodInfo>);
+    fn fits(&self) -> bool;
 }
 
-/// The fewest pods to evict from `n` so that `pod` fits, or none if evicting every
-/// lower-priority pod would not be enough.
-fn victims_on(ctx: &Ctx, pod: &PodInfo, n: &NodeInfo, pdbs: &[&PodDisruptionBudget]) -> Option<Victims> {
-    let mut lower: Vec<Arc<PodInfo>> = n.pods.iter().filter(|p| p.priority < pod.priority).cloned().collect();
+/// Node-local filters on a copy of the node.
+struct NodeTrial<'a> {
+    ctx: &'a Ctx<'a>,
+    pod: &'a PodInfo,
+    node: NodeInfo,
+}
+
+impl Trial for NodeTrial<'_> {
+    fn remove(&mut self, p: &Arc<PodInfo>) {
+        self.node.remove(&p.uid);
+    }
+    fn add(&mut self, p: &Arc<PodInfo>) {
+        self.node.add(p.clone());
+    }
+    fn fits(&self) -> bool {
+        filter_node(self.pod, &self.node, NodeFilters::new(|name| self.ctx.profile.filter_enabled(name))).is_ok()
+    }
+}
+
+/// Every filter, against a scratch cache (the cluster-wide counts change with the victims).
+struct ClusterTrial<'a> {
+    ctx: &'a Ctx<'a>,
+    pod: &'a PodInfo,
+    scratch: &'a mut Cache,
+    node: String,
+}
+
+impl Trial for ClusterTrial<'_> {
+    fn remove(&mut self, p: &Arc<PodInfo>) {
+        self.scratch.remove_pod(&p.uid);
+    }
+    fn add(&mut self, p: &Arc<PodInfo>) {
+        self.scratch.assume(p.clone(), &self.node);
+    }
+    fn fits(&self) -> bool {
+        let ctx = Ctx { cache: self.scratch, ..*self.ctx };
+        let Some(n) = self.scratch.node(&self.node) else { return false };
+        PreFilter::new(&ctx, self.pod).filter(&ctx, self.pod, n).is_ok()
+    }
+}
+
+/// Whether inter-pod (anti-)affinity or topology spread can be what keeps `pod` off a node.
+fn cluster_wide(ctx: &Ctx, pod: &PodInfo) -> bool {
+    pod.has_affinity
+        || pod.pod.spec.as_ref().and_then(|s| s.topology_spread_constraints.as_ref()).is_some_and(|c| !c.is_empty())
+        || ctx.cache.pods_with_required_anti_affinity().next().is_some()
+}
+
+/// The fewest pods to evict from the trial's node so that the pod fits, or none if evicting
+/// every lower-priority pod would not be enough. The trial is left as it was found.
+fn victims_on(
+    trial: &mut impl Trial,
+    node: &NodeInfo,
+    pod: &PodInfo,
+    pdbs: &[&PodDisruptionBudget],
+) -> Option<Victims> {
+    let mut lower: Vec<Arc<PodInfo>> = node.pods.iter().filter(|p| p.priority < pod.priority).cloned().collect();
     if lower.is_empty() {
         return None;
     }
-    let mut trial = n.clone();
     for p in &lower {
-        trial.remove(&p.uid);
+        trial.remove(p);
     }
-    if !fits(ctx, pod, &trial) {
+    if !trial.fits() {
+        for p in &lower {
+            trial.add(p);
+        }
         return None;
     }
     // Most important first: higher priority, then the one that started earlier.
@@ -109,27 +170,38 @@ fn victims_on(ctx: &Ctx, pod: &PodInfo, n: &NodeInfo, pdbs: &[&PodDisruptionBudg
     let mut pdb_violations = 0;
     let guarded = protected.into_iter().map(|p| (p, true));
     for (p, is_guarded) in guarded.chain(free.into_iter().map(|p| (p, false))) {
-        trial.add(p.clone());
-        if fits(ctx, pod, &trial) {
+        trial.add(&p);
+        if trial.fits() {
             continue;
         }
-        trial.remove(&p.uid);
+        trial.remove(&p);
         if is_guarded && budgets.violates(&p) {
             pdb_violations += 1;
         }
         victims.push(p);
     }
-    Some(Victims { node: n.name().to_string(), pods: victims, pdb_violations })
+    for p in &victims {
+        trial.add(p);
+    }
+    Some(Victims { node: node.name().to_string(), pods: victims, pdb_violations })
 }
 
 /// Where to preempt, and whom.
 pub fn select(ctx: &Ctx, pod: &PodInfo, failure: &FitFailure, pdbs: &[&PodDisruptionBudget]) -> Option<Victims> {
     let mut candidates: Vec<Victims> = Vec::new();
+    // One scratch copy of the cache for every node's dry run, only when it matters.
+    let mut scratch = cluster_wide(ctx, pod).then(|| ctx.cache.clone());
     for n in ctx.cache.nodes() {
         if failure.misfits.get(n.name()).is_some_and(|m| !m.resolvable) {
             continue;
         }
-        if let Some(v) = victims_on(ctx, pod, n, pdbs).filter(|v| !v.pods.is_empty()) {
+        let found = match scratch.as_mut() {
+            Some(scratch) => {
+                victims_on(&mut ClusterTrial { ctx, pod, scratch, node: n.name().to_string() }, n, pod, pdbs)
+            }
+            None => victims_on(&mut NodeTrial { ctx, pod, node: n.clone() }, n, pod, pdbs),
+        };
+        if let Some(v) = found.filter(|v| !v.pods.is_empty()) {
             candidates.push(v);
             if candidates.len() >= MAX_CANDIDATES {
                 break;
@@ -192,6 +264,48 @@ mod tests {
         let mut names: Vec<String> = v.pods.iter().map(|p| p.uid.clone()).collect();
         names.sort();
         Some((v.node, names, v.pdb_violations))
+    }
+
+    #[test]
+    fn evicting_a_pod_that_anti_affinity_rules_out_makes_room() {
+        let mut c = Cache::default();
+        c.set_node(
+            serde_json::from_value::<Node>(
+                serde_json::json!({"metadata": {"name": "a", "labels": {"kubernetes.io/hostname": "a"}},
+                "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}}),
+            )
+            .expect("node"),
+        );
+        let with_anti = |name: &str, priority: i32, app: &str, away_from: &str| {
+            Arc::new(PodInfo::new(
+                serde_json::from_value::<Pod>(serde_json::json!({
+                    "metadata": {"name": name, "uid": name, "namespace": "d", "labels": {"app": app}},
+                    "spec": {"priority": priority, "containers": [{"name": "c"}],
+                        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                            {"labelSelector": {"matchLabels": {"app": away_from}}, "topologyKey": "kubernetes.io/hostname"}]}}}}))
+                .expect("pod"),
+            ))
+        };
+        // The incoming pod's own anti-affinity rules out the low-priority pod's node.
+        c.assume(pod("blocker", "1", 1, "x"), "a");
+        let high = with_anti("high", 10, "y", "x");
+        assert_eq!(run(&c, &high, &[]), Some(("a".into(), vec!["blocker".into()], 0)));
+        // An existing low-priority pod's anti-affinity rules the incoming pod out.
+        let mut c2 = Cache::default();
+        c2.set_node(
+            serde_json::from_value::<Node>(
+                serde_json::json!({"metadata": {"name": "a", "labels": {"kubernetes.io/hostname": "a"}},
+                "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}}),
+            )
+            .expect("node"),
+        );
+        c2.assume(with_anti("grumpy", 1, "x", "y"), "a");
+        c2.assume(pod("bystander", "1", 1, "z"), "a");
+        assert_eq!(
+            run(&c2, &pod("high", "1", 10, "y"), &[]),
+            Some(("a".into(), vec!["grumpy".into()], 0)),
+            "only grumpy goes"
+        );
     }
 
     #[test]
