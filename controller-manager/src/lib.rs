@@ -16,6 +16,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod ownership;
+pub mod podautoscaler;
 pub mod podgc;
 pub mod pods;
 pub mod replicaset;
