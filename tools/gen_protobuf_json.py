@@ -61,6 +61,7 @@ ROOTS = [
     ("api::scheduling::v1", "PriorityClass", "scheduling.k8s.io/v1"),
     ("api::policy::v1", "Eviction", "policy/v1"),
     ("api::autoscaling::v1", "Scale", "autoscaling/v1"),
+    ("api::autoscaling::v2", "HorizontalPodAutoscaler", "autoscaling/v2"),
     ("api::authentication::v1", "TokenRequest", "authentication.k8s.io/v1"),
     ("api::authentication::v1", "SelfSubjectReview", "authentication.k8s.io/v1"),
     ("api::authorization::v1", "SelfSubjectAccessReview", "authorization.k8s.io/v1"),

@@ -683,6 +683,48 @@ printer_only!(ServiceAccountStrategy, table::SERVICE_ACCOUNT);
 printer_only!(LeaseStrategy, table::LEASE);
 printer_only!(IngressStrategy, table::INGRESS);
 
+/// autoscaling/v2 HorizontalPodAutoscalers: minReplicas 1 and, with no metrics, 80 % CPU
+/// utilization, as upstream defaults them.
+pub struct HorizontalPodAutoscalerStrategy;
+impl Strategy for HorizontalPodAutoscalerStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let spec = obj_mut(obj, "spec");
+        set_default(spec, "minReplicas", json!(1));
+        if spec.get("metrics").and_then(Value::as_array).is_none_or(|m| m.is_empty()) {
+            spec.insert(
+                "metrics".into(),
+                json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+            );
+        }
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        for f in ["kind", "name"] {
+            if str_at(obj, &format!("spec.scaleTargetRef.{f}")).is_empty() {
+                causes.push(Cause::required(format!("spec.scaleTargetRef.{f}")));
+            }
+        }
+        let max = get(obj, "spec.maxReplicas").and_then(Value::as_i64).unwrap_or(0);
+        let min = get(obj, "spec.minReplicas").and_then(Value::as_i64).unwrap_or(1);
+        if max < 1 {
+            causes.push(Cause::invalid("spec.maxReplicas", &max.to_string(), "must be greater than or equal to 1"));
+        } else if min > max {
+            causes.push(Cause::invalid(
+                "spec.maxReplicas",
+                &max.to_string(),
+                "must be greater than or equal to `minReplicas`",
+            ));
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::HORIZONTAL_POD_AUTOSCALER)
+    }
+}
+
 pub struct PodDisruptionBudgetStrategy;
 impl Strategy for PodDisruptionBudgetStrategy {
     fn validate(&self, obj: &Value) -> Vec<Cause> {

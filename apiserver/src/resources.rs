@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, batch, coordination, core, discovery, networking, policy, scheduling,
+    apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, networking, policy,
+    scheduling,
 };
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
@@ -505,6 +506,12 @@ impl Registry {
                 .status()
                 .generation()
                 .strategy(&kinds::CronJobStrategy),
+            entry::<autoscaling::v2::HorizontalPodAutoscaler>()
+                .short(&["hpa"])
+                .categories(ALL)
+                .status()
+                .generation()
+                .strategy(&kinds::HorizontalPodAutoscalerStrategy),
             entry::<coordination::v1::Lease>().names(PathSegment).create_on_update().strategy(&kinds::LeaseStrategy),
             entry::<discovery::v1::EndpointSlice>().strategy(&kinds::EndpointSliceStrategy),
             entry::<policy::v1::PodDisruptionBudget>()

@@ -802,6 +802,58 @@ pub const LEASE: TableDef = TableDef {
     row: |o, now| vec![name(o), s(o, "spec.holderIdentity").into(), meta::age(o, now).into()],
 };
 
+pub const HORIZONTAL_POD_AUTOSCALER: TableDef = TableDef {
+    columns: &[
+        NAME,
+        col("Reference", "The scaled object: kind/name."),
+        col("Targets", "Current and target value of each metric."),
+        col("MinPods", "The lower limit of replicas."),
+        int("MaxPods", "The upper limit of replicas."),
+        int("Replicas", "The current number of replicas."),
+        AGE,
+    ],
+    row: |o, now| {
+        let target = o.pointer("/spec/scaleTargetRef").unwrap_or(&Value::Null);
+        let reference = format!("{}/{}", s(target, "kind"), s(target, "name"));
+        let current = o.pointer("/status/currentMetrics").and_then(Value::as_array).cloned().unwrap_or_default();
+        let targets: Vec<String> = o
+            .pointer("/spec/metrics")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|m| s(m, "type") == "Resource")
+            .map(|m| {
+                let r = m.get("resource").unwrap_or(&Value::Null);
+                let name = s(r, "name");
+                let t = r.get("target").unwrap_or(&Value::Null);
+                let now = current
+                    .iter()
+                    .find(|c| c.pointer("/resource/name").and_then(Value::as_str) == Some(name))
+                    .and_then(|c| c.pointer("/resource/current"));
+                if let Some(want) = t.get("averageUtilization").and_then(Value::as_i64) {
+                    let have = now.and_then(|c| c.get("averageUtilization")).and_then(Value::as_i64);
+                    format!("{name}: {}/{want}%", have.map_or("<unknown>".to_string(), |h| format!("{h}%")))
+                } else {
+                    let want = t.get("averageValue").and_then(Value::as_str).unwrap_or("");
+                    let have = now.and_then(|c| c.get("averageValue")).and_then(Value::as_str);
+                    format!("{name}: {}/{want}", have.unwrap_or("<unknown>"))
+                }
+            })
+            .collect();
+        let min =
+            o.pointer("/spec/minReplicas").and_then(Value::as_i64).map_or("<unset>".to_string(), |m| m.to_string());
+        vec![
+            name(o),
+            reference.into(),
+            if targets.is_empty() { "<none>".to_string() } else { targets.join(", ") }.into(),
+            min.into(),
+            n(o, "spec.maxReplicas").into(),
+            n(o, "status.currentReplicas").into(),
+            meta::age(o, now).into(),
+        ]
+    },
+};
+
 pub const POD_DISRUPTION_BUDGET: TableDef = TableDef {
     columns: &[
         NAME,
@@ -1016,6 +1068,7 @@ mod tests {
             &LEASE,
             &INGRESS,
             &POD_DISRUPTION_BUDGET,
+            &HORIZONTAL_POD_AUTOSCALER,
             &PRIORITY_CLASS,
         ] {
             assert_eq!((def.row)(&empty, now()).len(), def.columns.len());

@@ -429,6 +429,22 @@ impl ToJson for k8s_pb::api::autoscaling::v1::Scale {
     }
 }
 
+impl ToJson for k8s_pb::api::autoscaling::v2::HorizontalPodAutoscaler {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metadata {
+            put(&mut m, "metadata", v.to_json());
+        }
+        if let Some(v) = &self.spec {
+            put(&mut m, "spec", v.to_json());
+        }
+        if let Some(v) = &self.status {
+            put(&mut m, "status", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::api::authentication::v1::TokenRequest {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -1664,6 +1680,53 @@ impl ToJson for k8s_pb::api::autoscaling::v1::ScaleStatus {
         }
         if let Some(v) = &self.selector {
             put(&mut m, "selector", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::HorizontalPodAutoscalerSpec {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.scale_target_ref {
+            put(&mut m, "scaleTargetRef", v.to_json());
+        }
+        if let Some(v) = self.min_replicas {
+            m.insert("minReplicas".into(), v.into());
+        }
+        if let Some(v) = self.max_replicas {
+            m.insert("maxReplicas".into(), v.into());
+        }
+        if !self.metrics.is_empty() {
+            m.insert("metrics".into(), Value::Array(self.metrics.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = &self.behavior {
+            put(&mut m, "behavior", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::HorizontalPodAutoscalerStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = self.observed_generation {
+            m.insert("observedGeneration".into(), v.into());
+        }
+        if let Some(v) = &self.last_scale_time {
+            put(&mut m, "lastScaleTime", v.to_json());
+        }
+        if let Some(v) = self.current_replicas {
+            m.insert("currentReplicas".into(), v.into());
+        }
+        if let Some(v) = self.desired_replicas {
+            m.insert("desiredReplicas".into(), v.into());
+        }
+        if !self.current_metrics.is_empty() {
+            m.insert("currentMetrics".into(), Value::Array(self.current_metrics.iter().map(|v| v.to_json()).collect()));
+        }
+        if !self.conditions.is_empty() {
+            m.insert("conditions".into(), Value::Array(self.conditions.iter().map(|v| v.to_json()).collect()));
         }
         Value::Object(m)
     }
@@ -2989,6 +3052,107 @@ impl ToJson for k8s_pb::api::networking::v1::IngressLoadBalancerStatus {
     }
 }
 
+impl ToJson for k8s_pb::api::autoscaling::v2::CrossVersionObjectReference {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.kind {
+            put(&mut m, "kind", v.to_json());
+        }
+        if let Some(v) = &self.name {
+            put(&mut m, "name", v.to_json());
+        }
+        if let Some(v) = &self.api_version {
+            put(&mut m, "apiVersion", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::MetricSpec {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.r#type {
+            put(&mut m, "type", v.to_json());
+        }
+        if let Some(v) = &self.object {
+            put(&mut m, "object", v.to_json());
+        }
+        if let Some(v) = &self.pods {
+            put(&mut m, "pods", v.to_json());
+        }
+        if let Some(v) = &self.resource {
+            put(&mut m, "resource", v.to_json());
+        }
+        if let Some(v) = &self.container_resource {
+            put(&mut m, "containerResource", v.to_json());
+        }
+        if let Some(v) = &self.external {
+            put(&mut m, "external", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::HorizontalPodAutoscalerBehavior {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.scale_up {
+            put(&mut m, "scaleUp", v.to_json());
+        }
+        if let Some(v) = &self.scale_down {
+            put(&mut m, "scaleDown", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::MetricStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.r#type {
+            put(&mut m, "type", v.to_json());
+        }
+        if let Some(v) = &self.object {
+            put(&mut m, "object", v.to_json());
+        }
+        if let Some(v) = &self.pods {
+            put(&mut m, "pods", v.to_json());
+        }
+        if let Some(v) = &self.resource {
+            put(&mut m, "resource", v.to_json());
+        }
+        if let Some(v) = &self.container_resource {
+            put(&mut m, "containerResource", v.to_json());
+        }
+        if let Some(v) = &self.external {
+            put(&mut m, "external", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::HorizontalPodAutoscalerCondition {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.r#type {
+            put(&mut m, "type", v.to_json());
+        }
+        if let Some(v) = &self.status {
+            put(&mut m, "status", v.to_json());
+        }
+        if let Some(v) = &self.last_transition_time {
+            put(&mut m, "lastTransitionTime", v.to_json());
+        }
+        if let Some(v) = &self.reason {
+            put(&mut m, "reason", v.to_json());
+        }
+        if let Some(v) = &self.message {
+            put(&mut m, "message", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::api::authentication::v1::BoundObjectReference {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -4062,6 +4226,167 @@ impl ToJson for k8s_pb::api::networking::v1::IngressLoadBalancerIngress {
     }
 }
 
+impl ToJson for k8s_pb::api::autoscaling::v2::ObjectMetricSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.described_object {
+            put(&mut m, "describedObject", v.to_json());
+        }
+        if let Some(v) = &self.target {
+            put(&mut m, "target", v.to_json());
+        }
+        if let Some(v) = &self.metric {
+            put(&mut m, "metric", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::PodsMetricSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metric {
+            put(&mut m, "metric", v.to_json());
+        }
+        if let Some(v) = &self.target {
+            put(&mut m, "target", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::ResourceMetricSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.name {
+            put(&mut m, "name", v.to_json());
+        }
+        if let Some(v) = &self.target {
+            put(&mut m, "target", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::ContainerResourceMetricSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.name {
+            put(&mut m, "name", v.to_json());
+        }
+        if let Some(v) = &self.target {
+            put(&mut m, "target", v.to_json());
+        }
+        if let Some(v) = &self.container {
+            put(&mut m, "container", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::ExternalMetricSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metric {
+            put(&mut m, "metric", v.to_json());
+        }
+        if let Some(v) = &self.target {
+            put(&mut m, "target", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::HpaScalingRules {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = self.stabilization_window_seconds {
+            m.insert("stabilizationWindowSeconds".into(), v.into());
+        }
+        if let Some(v) = &self.select_policy {
+            put(&mut m, "selectPolicy", v.to_json());
+        }
+        if !self.policies.is_empty() {
+            m.insert("policies".into(), Value::Array(self.policies.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = &self.tolerance {
+            put(&mut m, "tolerance", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::ObjectMetricStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metric {
+            put(&mut m, "metric", v.to_json());
+        }
+        if let Some(v) = &self.current {
+            put(&mut m, "current", v.to_json());
+        }
+        if let Some(v) = &self.described_object {
+            put(&mut m, "describedObject", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::PodsMetricStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metric {
+            put(&mut m, "metric", v.to_json());
+        }
+        if let Some(v) = &self.current {
+            put(&mut m, "current", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::ResourceMetricStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.name {
+            put(&mut m, "name", v.to_json());
+        }
+        if let Some(v) = &self.current {
+            put(&mut m, "current", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::ContainerResourceMetricStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.name {
+            put(&mut m, "name", v.to_json());
+        }
+        if let Some(v) = &self.current {
+            put(&mut m, "current", v.to_json());
+        }
+        if let Some(v) = &self.container {
+            put(&mut m, "container", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::ExternalMetricStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metric {
+            put(&mut m, "metric", v.to_json());
+        }
+        if let Some(v) = &self.current {
+            put(&mut m, "current", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::api::authorization::v1::FieldSelectorAttributes {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -5104,6 +5429,70 @@ impl ToJson for k8s_pb::api::networking::v1::IngressPortStatus {
     }
 }
 
+impl ToJson for k8s_pb::api::autoscaling::v2::MetricTarget {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.r#type {
+            put(&mut m, "type", v.to_json());
+        }
+        if let Some(v) = &self.value {
+            put(&mut m, "value", v.to_json());
+        }
+        if let Some(v) = &self.average_value {
+            put(&mut m, "averageValue", v.to_json());
+        }
+        if let Some(v) = self.average_utilization {
+            m.insert("averageUtilization".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::MetricIdentifier {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.name {
+            put(&mut m, "name", v.to_json());
+        }
+        if let Some(v) = &self.selector {
+            put(&mut m, "selector", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::HpaScalingPolicy {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.r#type {
+            put(&mut m, "type", v.to_json());
+        }
+        if let Some(v) = self.value {
+            m.insert("value".into(), v.into());
+        }
+        if let Some(v) = self.period_seconds {
+            m.insert("periodSeconds".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v2::MetricValueStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.value {
+            put(&mut m, "value", v.to_json());
+        }
+        if let Some(v) = &self.average_value {
+            put(&mut m, "averageValue", v.to_json());
+        }
+        if let Some(v) = self.average_utilization {
+            m.insert("averageUtilization".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::apimachinery::pkg::apis::meta::v1::FieldSelectorRequirement {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -5554,6 +5943,9 @@ pub fn decode(api_version: &str, kind: &str, raw: &[u8]) -> Option<Result<Value,
         }
         ("policy/v1", "Eviction") => k8s_pb::api::policy::v1::Eviction::decode(raw).map(|o| o.to_json()),
         ("autoscaling/v1", "Scale") => k8s_pb::api::autoscaling::v1::Scale::decode(raw).map(|o| o.to_json()),
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => {
+            k8s_pb::api::autoscaling::v2::HorizontalPodAutoscaler::decode(raw).map(|o| o.to_json())
+        }
         ("authentication.k8s.io/v1", "TokenRequest") => {
             k8s_pb::api::authentication::v1::TokenRequest::decode(raw).map(|o| o.to_json())
         }

@@ -351,3 +351,27 @@ async fn kubectl_creates_priority_classes_and_pods_get_their_priority() {
     assert_ne!(kept.code, 0);
     assert!(kept.stderr.contains("cannot be deleted"), "{}", kept.stderr);
 }
+
+#[tokio::test]
+async fn kubectl_autoscale_creates_an_autoscaling_v2_horizontal_pod_autoscaler() {
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let k = Kubectl::new(&api.endpoint);
+    k.run(&["create", "deployment", "web", "--image=busybox"]).ok();
+    k.run(&["autoscale", "deployment", "web", "--min=2", "--max=5", "--cpu-percent=50"]).ok();
+    let hpa: Value = serde_json::from_str(&k.run(&["get", "hpa", "web", "-o", "json"]).ok().stdout).expect("json");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(2), Some(5)));
+    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50);
+    let table = k.run(&["get", "hpa"]).ok().stdout;
+    let row = rows(&table).into_iter().nth(1).expect("a row");
+    assert_eq!(row[..5], ["web", "Deployment/web", "cpu: <unknown>/50%", "2", "5"], "{table}");
+    // Without metrics the default is 80 % CPU; maxReplicas below minReplicas is refused.
+    let bad = k.run_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: bad}\nspec: {scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}, minReplicas: 3, maxReplicas: 2}\n",
+    );
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("must be greater than or equal to `minReplicas`"), "{}", bad.stderr);
+}
