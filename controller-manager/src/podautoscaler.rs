@@ -7,8 +7,11 @@
 //!   times the ready pods with metrics, unchanged within a 10 % tolerance. Pods without metrics
 //!   count as at target when scaling down and as idle when scaling up; pods not yet ready are left
 //!   out, and counted as idle when the recommendation is to scale up;
-//! - the recommendation is stabilized (the highest one in the scale-down window, 300 s by default),
-//!   limited to doubling (at least 4 pods) per sync and clamped to [minReplicas, maxReplicas];
+//! - the recommendation is stabilized (the highest one in the scale-down window, 300 s by default;
+//!   the lowest one in the scale-up window, none by default), limited in rate and clamped to
+//!   [minReplicas, maxReplicas]: without `spec.behavior` to doubling (at least 4 pods) per sync,
+//!   with it by its policies over the scale changes this controller made within their periods
+//!   (unset parts default to 4 pods or 100 % per 15 s up, 100 % per 15 s down);
 //! - a change is written to the target's `/scale` with a `SuccessfulRescale` event, and status
 //!   (replicas, current metrics, lastScaleTime, the AbleToScale, ScalingActive and ScalingLimited
 //!   conditions) is recomputed on every sync.
@@ -19,8 +22,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::autoscaling::v2::{
-    HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus, MetricSpec, MetricStatus,
-    MetricValueStatus, ResourceMetricStatus,
+    HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerCondition,
+    HorizontalPodAutoscalerStatus, MetricSpec, MetricStatus, MetricValueStatus, ResourceMetricStatus,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -207,6 +210,100 @@ pub fn limit(current: i32, desired: i32, min: i32, max: i32) -> (i32, Cond) {
     }
 }
 
+/// One direction's scaling rules from `spec.behavior`, upstream's defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rules {
+    pub window: Duration,
+    /// (type "Pods" or "Percent", value, period).
+    pub policies: Vec<(String, i32, Duration)>,
+    /// "Max" (the policy allowing the most change), "Min" or "Disabled".
+    pub select: String,
+}
+
+/// Pure: the (scale-up, scale-down) rules of a behavior: scaling up by 4 pods or 100 % per 15 s
+/// with no stabilization, scaling down by 100 % per 15 s after 300 s of stabilization, unless
+/// the spec says otherwise.
+pub fn rules(behavior: &HorizontalPodAutoscalerBehavior) -> (Rules, Rules) {
+    let fill = |r: Option<&HPAScalingRules>, window: u64, defaults: &[(&str, i32)]| {
+        let policies = r.and_then(|r| r.policies.as_ref()).filter(|p| !p.is_empty()).map_or_else(
+            || defaults.iter().map(|(t, v)| (t.to_string(), *v, Duration::from_secs(15))).collect(),
+            |ps| {
+                ps.iter()
+                    .map(|p| (p.type_.clone(), p.value, Duration::from_secs(p.period_seconds.max(0) as u64)))
+                    .collect()
+            },
+        );
+        Rules {
+            window: Duration::from_secs(
+                r.and_then(|r| r.stabilization_window_seconds).map_or(window, |w| w.max(0) as u64),
+            ),
+            policies,
+            select: r.and_then(|r| r.select_policy.clone()).unwrap_or_else(|| "Max".into()),
+        }
+    };
+    (
+        fill(behavior.scale_up.as_ref(), 0, &[("Pods", 4), ("Percent", 100)]),
+        fill(behavior.scale_down.as_ref(), DOWNSCALE_STABILIZATION.as_secs(), &[("Percent", 100)]),
+    )
+}
+
+/// Pure: the replica count each policy allows from where its period started (the current count
+/// less the changes made within the period, `events` being (time, signed change)); the most
+/// permissive policy for "Max", the least for "Min", the current count for "Disabled".
+pub fn rate_limit(current: i32, events: &[(Timestamp, i32)], rules: &Rules, up: bool, now: Timestamp) -> i32 {
+    if rules.select == "Disabled" {
+        return current;
+    }
+    let limits = rules.policies.iter().map(|(kind, value, period)| {
+        let changed: i32 =
+            events.iter().filter(|(at, _)| now.duration_since(*at).unsigned_abs() < *period).map(|(_, c)| c).sum();
+        let start = f64::from(current - changed);
+        let value = f64::from(*value);
+        match (kind.as_str(), up) {
+            ("Pods", true) => (start + value) as i32,
+            ("Pods", false) => (start - value) as i32,
+            (_, true) => (start * (1.0 + value / 100.0)).ceil() as i32,
+            (_, false) => (start * (1.0 - value / 100.0)) as i32,
+        }
+    });
+    // "Max" means the most change: the highest limit up, the lowest down.
+    let most_change = (rules.select == "Max") == up;
+    let limit = if most_change { limits.max() } else { limits.min() };
+    limit.unwrap_or(current)
+}
+
+/// Pure: `desired` limited by the behavior's rates and [min, max], with the ScalingLimited
+/// condition.
+pub fn limit_with_behavior(
+    current: i32,
+    desired: i32,
+    (min, max): (i32, i32),
+    (up_limit, down_limit): (i32, i32),
+) -> (i32, Cond) {
+    if desired > current {
+        let up_limit = up_limit.max(current);
+        let (ceiling, reason, message) = if up_limit < max {
+            (up_limit, "ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate")
+        } else {
+            (max, "TooManyReplicas", "the desired replica count is more than the maximum replica count")
+        };
+        if desired > ceiling {
+            return (ceiling, ("True", reason, message.into()));
+        }
+    } else if desired < current {
+        let down_limit = down_limit.min(current);
+        let (floor, reason, message) = if down_limit > min {
+            (down_limit, "ScaleDownLimit", "the desired replica count is decreasing faster than the maximum scale rate")
+        } else {
+            (min, "TooFewReplicas", "the desired replica count is less than the minimum replica count")
+        };
+        if desired < floor {
+            return (floor, ("True", reason, message.into()));
+        }
+    }
+    (desired, ("False", "DesiredWithinRange", "the desired count is within the acceptable range".into()))
+}
+
 /// Pure: the pods' CPU as the calculation sees it. Pods failed, succeeded or being deleted are
 /// left out; `usage` maps pod names to millicores.
 pub fn pod_cpu(pods: &[Arc<Pod>], usage: &HashMap<String, i64>) -> Vec<PodCpu> {
@@ -349,8 +446,17 @@ pub struct HorizontalController {
     pub queue: Arc<WorkQueue>,
     events: Recorder,
     sync_period: Duration,
-    /// Per HPA key: recent (time, recommendation) pairs for stabilization.
-    recommendations: Mutex<HashMap<String, Vec<(Timestamp, i32)>>>,
+    /// Per HPA key: what this controller remembers between syncs.
+    history: Mutex<HashMap<String, History>>,
+}
+
+/// An HPA's recent recommendations (stabilization), its recent scale changes (rate limits) and
+/// when its periodic resync is due.
+#[derive(Default)]
+struct History {
+    recommendations: Vec<(Timestamp, i32)>,
+    scale_events: Vec<(Timestamp, i32)>,
+    resync_due: Option<Timestamp>,
 }
 
 /// The API resource a `scaleTargetRef` names (Deployment, ReplicaSet, StatefulSet,
@@ -376,7 +482,7 @@ impl HorizontalController {
             queue: Arc::new(WorkQueue::default()),
             events,
             sync_period,
-            recommendations: Mutex::new(HashMap::new()),
+            history: Mutex::new(HashMap::new()),
         });
         let w: Weak<HorizontalController> = Arc::downgrade(&c);
         hpas.on_change(move |old, new| {
@@ -421,8 +527,8 @@ impl HorizontalController {
     pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
         let (ns, name) = split_key(key);
         let Some(hpa) = self.hpas.get(ns, name) else {
-            if let Ok(mut r) = self.recommendations.lock() {
-                r.remove(key);
+            if let Ok(mut h) = self.history.lock() {
+                h.remove(key);
             }
             return Ok(None);
         };
@@ -473,10 +579,15 @@ impl HorizontalController {
             match self.recommend(&hpa, &scale, current, &mut status, &mut conditions, now).await {
                 None => current,
                 Some((recommended, metric)) => {
-                    let stabilized = self.stabilized(key, &hpa, current, recommended, now);
-                    let (limited, cond) = limit(current, stabilized, min, max);
+                    let (stabilized, limited, cond) = self.normalize(key, &hpa, current, recommended, now);
                     set_condition(&mut conditions, "ScalingLimited", cond, now);
-                    let able = if stabilized != recommended {
+                    let able = if stabilized < recommended {
+                        (
+                            "True",
+                            "ScaleUpStabilized",
+                            "recent recommendations were lower than current one, applying the lowest recent recommendation".into(),
+                        )
+                    } else if stabilized > recommended {
                         (
                             "True",
                             "ScaleDownStabilized",
@@ -509,6 +620,9 @@ impl HorizontalController {
                     let msg = format!("the HPA controller was able to update the target scale to {desired}");
                     set_condition(&mut conditions, "AbleToScale", ("True", "SucceededRescale", msg), now);
                     status.last_scale_time = Some(Time(now));
+                    if let Ok(mut h) = self.history.lock() {
+                        h.entry(key.to_string()).or_default().scale_events.push((now, desired - current));
+                    }
                 }
                 Err(e) => {
                     self.events.warning(
@@ -528,7 +642,19 @@ impl HorizontalController {
         status.desired_replicas = desired;
         status.conditions = (!conditions.is_empty()).then_some(conditions);
         self.write_status(&hpa, status).await?;
-        Ok(Some(self.sync_period))
+        Ok(self.resync(key, now))
+    }
+
+    /// The periodic resync: one timer per HPA, so syncs triggered by spec changes do not start
+    /// more of them.
+    fn resync(&self, key: &str, now: Timestamp) -> Option<Duration> {
+        let Ok(mut all) = self.history.lock() else { return Some(self.sync_period) };
+        let h = all.entry(key.to_string()).or_default();
+        if h.resync_due.is_some_and(|due| due > now) {
+            return None;
+        }
+        h.resync_due = now.checked_add(self.sync_period).ok();
+        Some(self.sync_period)
     }
 
     /// The metric's recommendation and the metric's description, or None (with ScalingActive
@@ -607,32 +733,43 @@ impl HorizontalController {
         }
     }
 
-    /// Records `recommended` and returns it stabilized over the HPA's windows.
-    fn stabilized(
+    /// Records `recommended` and returns it stabilized, then limited in rate and to
+    /// [min, max] with the ScalingLimited condition: upstream's rules without `spec.behavior`,
+    /// the behavior's otherwise.
+    fn normalize(
         &self,
         key: &str,
         hpa: &HorizontalPodAutoscaler,
         current: i32,
         recommended: i32,
         now: Timestamp,
-    ) -> i32 {
-        let behavior = hpa.spec.as_ref().and_then(|s| s.behavior.as_ref());
-        let window = |w: Option<i32>, default: Duration| w.map_or(default, |s| Duration::from_secs(s.max(0) as u64));
-        let up = window(
-            behavior.and_then(|b| b.scale_up.as_ref()).and_then(|r| r.stabilization_window_seconds),
-            Duration::ZERO,
+    ) -> (i32, i32, Cond) {
+        let spec = hpa.spec.as_ref();
+        let (min, max) = (spec.and_then(|s| s.min_replicas).unwrap_or(1), spec.map_or(0, |s| s.max_replicas));
+        let behavior = spec.and_then(|s| s.behavior.as_ref()).map(rules);
+        let (up_window, down_window) =
+            behavior.as_ref().map_or((Duration::ZERO, DOWNSCALE_STABILIZATION), |(u, d)| (u.window, d.window));
+        let Ok(mut all) = self.history.lock() else {
+            let (n, cond) = limit(current, recommended, min, max);
+            return (recommended, n, cond);
+        };
+        let h = all.entry(key.to_string()).or_default();
+        let keep = up_window.max(down_window);
+        h.recommendations.retain(|(at, _)| now.duration_since(*at).unsigned_abs() < keep);
+        let stabilized = stabilize(&h.recommendations, now, up_window, down_window, current, recommended);
+        h.recommendations.push((now, recommended));
+        let Some((up, down)) = behavior else {
+            let (n, cond) = limit(current, stabilized, min, max);
+            return (stabilized, n, cond);
+        };
+        let longest = up.policies.iter().chain(&down.policies).map(|(_, _, p)| *p).max().unwrap_or_default();
+        h.scale_events.retain(|(at, _)| now.duration_since(*at).unsigned_abs() < longest);
+        let limits = (
+            rate_limit(current, &h.scale_events, &up, true, now),
+            rate_limit(current, &h.scale_events, &down, false, now),
         );
-        let down = window(
-            behavior.and_then(|b| b.scale_down.as_ref()).and_then(|r| r.stabilization_window_seconds),
-            DOWNSCALE_STABILIZATION,
-        );
-        let Ok(mut all) = self.recommendations.lock() else { return recommended };
-        let history = all.entry(key.to_string()).or_default();
-        let keep = up.max(down);
-        history.retain(|(at, _)| now.duration_since(*at).unsigned_abs() < keep);
-        let result = stabilize(history, now, up, down, current, recommended);
-        history.push((now, recommended));
-        result
+        let (n, cond) = limit_with_behavior(current, stabilized, (min, max), limits);
+        (stabilized, n, cond)
     }
 
     async fn write_status(
@@ -849,6 +986,72 @@ mod tests {
             "resource": {"name": "memory", "target": {"type": "Utilization", "averageUtilization": 50}}}))
         .expect("metric");
         assert_eq!(cpu_target(Some(&[memory])), None);
+    }
+
+    #[test]
+    fn behavior_defaults_are_upstreams() {
+        let (up, down) = rules(&HorizontalPodAutoscalerBehavior::default());
+        let s15 = Duration::from_secs(15);
+        assert_eq!(
+            up,
+            Rules {
+                window: Duration::ZERO,
+                policies: vec![("Pods".into(), 4, s15), ("Percent".into(), 100, s15)],
+                select: "Max".into()
+            }
+        );
+        assert_eq!(
+            down,
+            Rules {
+                window: Duration::from_secs(300),
+                policies: vec![("Percent".into(), 100, s15)],
+                select: "Max".into()
+            }
+        );
+    }
+
+    #[test]
+    fn scaling_policies_limit_the_change_per_period() {
+        let now = at("2026-01-01T00:01:00Z");
+        let s60 = Duration::from_secs(60);
+        let rules = |select: &str, policies: &[(&str, i32)]| Rules {
+            window: Duration::ZERO,
+            policies: policies.iter().map(|(t, v)| (t.to_string(), *v, s60)).collect(),
+            select: select.into(),
+        };
+        let recent = [(at("2026-01-01T00:00:30Z"), 2)];
+        let old = [(at("2026-01-01T00:00:00Z"), 2)];
+        type Case<'a> = (&'a str, i32, &'a [(Timestamp, i32)], Rules, bool, i32);
+        let cases: Vec<Case> = vec![
+            ("up: the larger of 4 pods and 100 %", 10, &[], rules("Max", &[("Pods", 4), ("Percent", 100)]), true, 20),
+            ("up: min select takes the smaller", 10, &[], rules("Min", &[("Pods", 4), ("Percent", 100)]), true, 14),
+            ("up: changes within the period count", 4, &recent, rules("Max", &[("Pods", 3)]), true, 5),
+            ("up: older changes do not", 4, &old, rules("Max", &[("Pods", 3)]), true, 7),
+            ("up: percent rounds up", 3, &[], rules("Max", &[("Percent", 50)]), true, 5),
+            ("down: 100 % allows zero", 10, &[], rules("Max", &[("Percent", 100)]), false, 0),
+            ("down: max select takes the lowest", 10, &[], rules("Max", &[("Pods", 1), ("Percent", 50)]), false, 5),
+            ("down: min select takes the highest", 10, &[], rules("Min", &[("Pods", 1), ("Percent", 50)]), false, 9),
+            ("disabled", 10, &[], rules("Disabled", &[("Pods", 1)]), false, 10),
+        ];
+        for (name, current, events, rules, up, want) in cases {
+            assert_eq!(rate_limit(current, events, &rules, up, now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn behavior_limits_name_what_held_the_count_back() {
+        let cases = [
+            (2, 9, (1, 10), (4, 0), 4, "ScaleUpLimit"),
+            (2, 20, (1, 10), (40, 0), 10, "TooManyReplicas"),
+            (10, 2, (1, 20), (40, 5), 5, "ScaleDownLimit"),
+            (10, 0, (3, 20), (40, 0), 3, "TooFewReplicas"),
+            (10, 7, (1, 20), (40, 5), 7, "DesiredWithinRange"),
+            (5, 5, (1, 20), (5, 5), 5, "DesiredWithinRange"),
+        ];
+        for (current, desired, bounds, limits, want, reason) in cases {
+            let (n, (_, r, _)) = limit_with_behavior(current, desired, bounds, limits);
+            assert_eq!((n, r), (want, reason), "{current} -> {desired}");
+        }
     }
 
     #[test]
