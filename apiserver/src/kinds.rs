@@ -710,11 +710,11 @@ impl Strategy for HorizontalPodAutoscalerStrategy {
         let max = get(obj, "spec.maxReplicas").and_then(Value::as_i64).unwrap_or(0);
         let min = get(obj, "spec.minReplicas").and_then(Value::as_i64).unwrap_or(1);
         if max < 1 {
-            causes.push(Cause::invalid("spec.maxReplicas", &max.to_string(), "must be greater than or equal to 1"));
+            causes.push(Cause::invalid("spec.maxReplicas", max.to_string(), "must be greater than or equal to 1"));
         } else if min > max {
             causes.push(Cause::invalid(
                 "spec.maxReplicas",
-                &max.to_string(),
+                max.to_string(),
                 "must be greater than or equal to `minReplicas`",
             ));
         }
