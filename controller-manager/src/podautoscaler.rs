@@ -1068,4 +1068,150 @@ mod tests {
         set_condition(&mut cs, "ScalingActive", ("False", "FailedGetResourceMetric", "x".into()), t1);
         assert_eq!(cs[0].last_transition_time, Some(Time(t1)));
     }
+
+    /// A fake apiserver on 127.0.0.1:0 answering the HPA controller's requests; records
+    /// (method, path, body) of each.
+    async fn fake_apiserver(
+        replicas: i32,
+        cpu: &'static str,
+    ) -> (kube::Client, Arc<Mutex<Vec<(String, String, String)>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head, body) = loop {
+                        let n = conn.read(&mut chunk).await.expect("read");
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                                })
+                                .and_then(|v| v.parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if body.len() >= len || n == 0 {
+                                break (head.to_string(), body.to_string());
+                            }
+                        }
+                    };
+                    let mut words = head.split_whitespace();
+                    let (method, path) =
+                        (words.next().unwrap_or("").to_string(), words.next().unwrap_or("").to_string());
+                    let path = path.split('?').next().unwrap_or("").to_string();
+                    let scale = |n: i32| {
+                        serde_json::json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                        "metadata": {"name": "web", "namespace": "ns"},
+                        "spec": {"replicas": n}, "status": {"replicas": n, "selector": "app=web"}})
+                    };
+                    let reply = match (method.as_str(), path.as_str()) {
+                        ("GET", "/apis/apps/v1/namespaces/ns/deployments/web/scale") => scale(replicas),
+                        ("PATCH", "/apis/apps/v1/namespaces/ns/deployments/web/scale") => {
+                            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                            scale(v["spec"]["replicas"].as_i64().unwrap_or(0) as i32)
+                        }
+                        ("GET", "/apis/metrics.k8s.io/v1beta1/namespaces/ns/pods") => serde_json::json!({"items": [
+                            {"metadata": {"name": "a"}, "containers": [{"name": "c", "usage": {"cpu": cpu}}]},
+                            {"metadata": {"name": "b"}, "containers": [{"name": "c", "usage": {"cpu": cpu}}]},
+                        ]}),
+                        _ => serde_json::json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                            "metadata": {"name": "web", "namespace": "ns"}}),
+                    };
+                    log.lock().expect("log").push((method, path, body));
+                    let reply = reply.to_string();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        let url = format!("http://{addr}").parse().expect("url");
+        let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+        (client, seen)
+    }
+
+    fn hpa_and_pods() -> (Informer<HorizontalPodAutoscaler>, Informer<Pod>) {
+        let hpas = Informer::default();
+        hpas.apply(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "ns", "generation": 1},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                    "minReplicas": 1, "maxReplicas": 10,
+                    "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 50}}}]}
+            }))
+            .expect("hpa"),
+        );
+        let pods = Informer::default();
+        for name in ["a", "b"] {
+            pods.apply(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "ns", "labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "100m"}}}]},
+                    "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+                }))
+                .expect("pod"),
+            );
+        }
+        (hpas, pods)
+    }
+
+    #[tokio::test]
+    async fn a_busy_target_is_scaled_up_at_most_to_double_and_status_says_why() {
+        // Two pods using 200m of 100m requested: 200 % against 50 % asks for 8, limited to 4.
+        let (client, seen) = fake_apiserver(2, "200000000n").await;
+        let (hpas, pods) = hpa_and_pods();
+        let c = HorizontalController::new(client, &hpas, &pods, Recorder::discard(), Duration::from_secs(15));
+        assert_eq!(c.sync("ns/web").await.expect("sync"), Some(Duration::from_secs(15)));
+        let seen = seen.lock().expect("log").clone();
+        let scale_patch = seen.iter().find(|(m, p, _)| m == "PATCH" && p.ends_with("/scale")).expect("scale written");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&scale_patch.2).expect("json")["spec"]["replicas"], 4);
+        let (_, path, body) = seen.iter().find(|(m, p, _)| m == "PATCH" && p.ends_with("/status")).expect("status");
+        assert_eq!(path, "/apis/autoscaling/v2/namespaces/ns/horizontalpodautoscalers/web/status");
+        let status: serde_json::Value = serde_json::from_str(body).expect("json");
+        let status = &status["status"];
+        assert_eq!((status["currentReplicas"].as_i64(), status["desiredReplicas"].as_i64()), (Some(2), Some(4)));
+        assert_eq!(status["currentMetrics"][0]["resource"]["current"]["averageUtilization"], 200);
+        let reason = |t: &str| {
+            status["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == t).map(|c| c["reason"].clone())
+        };
+        assert_eq!(reason("AbleToScale"), Some("SucceededRescale".into()));
+        assert_eq!(reason("ScalingActive"), Some("ValidMetricFound".into()));
+        assert_eq!(reason("ScalingLimited"), Some("ScaleUpLimit".into()));
+        assert!(status["lastScaleTime"].is_string());
+    }
+
+    #[tokio::test]
+    async fn a_target_without_metrics_is_not_scaled() {
+        let (client, seen) = fake_apiserver(2, "").await;
+        let (hpas, pods) = hpa_and_pods();
+        let c = HorizontalController::new(client, &hpas, &pods, Recorder::discard(), Duration::from_secs(15));
+        c.sync("ns/web").await.expect("sync");
+        let seen = seen.lock().expect("log").clone();
+        assert!(!seen.iter().any(|(m, p, _)| m == "PATCH" && p.ends_with("/scale")));
+        let (_, _, body) = seen.iter().find(|(m, p, _)| m == "PATCH" && p.ends_with("/status")).expect("status");
+        let status: serde_json::Value = serde_json::from_str(body).expect("json");
+        let active = status["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "ScalingActive")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            (active["status"].as_str(), active["reason"].as_str()),
+            (Some("False"), Some("FailedGetResourceMetric"))
+        );
+        assert_eq!(status["status"]["desiredReplicas"], 2);
+    }
 }
