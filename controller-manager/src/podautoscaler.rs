@@ -431,10 +431,6 @@ pub fn set_condition(
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("getting the target's scale: {0}")]
-    GetScale(#[source] kube::Error),
-    #[error("updating the target's scale: {0}")]
-    UpdateScale(#[source] kube::Error),
     #[error("updating status: {0}")]
     Status(#[source] kube::Error),
 }
@@ -555,11 +551,13 @@ impl HorizontalController {
                 set_condition(&mut conditions, "AbleToScale", ("False", "FailedGetScale", msg), now);
                 status.conditions = Some(conditions);
                 self.write_status(&hpa, status).await?;
-                return Err(SyncError::GetScale(e));
+                // Recorded in an event and a condition; tried again next period, as upstream.
+                tracing::warn!(hpa = %key, error = %e, "Could not get the target's scale");
+                return Ok(self.resync(key, now));
             }
         };
         let current = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        status.current_replicas = Some(scale.status.as_ref().map(|s| s.replicas).unwrap_or(current));
+        status.current_replicas = Some(current);
         let min = spec.min_replicas.unwrap_or(1);
         let max = spec.max_replicas;
 
@@ -635,7 +633,8 @@ impl HorizontalController {
                     status.conditions = Some(conditions);
                     status.desired_replicas = current;
                     self.write_status(&hpa, status).await?;
-                    return Err(SyncError::UpdateScale(e));
+                    tracing::warn!(hpa = %key, error = %e, "Could not update the target's scale");
+                    return Ok(self.resync(key, now));
                 }
             }
         }
