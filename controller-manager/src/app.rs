@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
@@ -77,6 +78,13 @@ pub struct Flags {
     /// Workers syncing StatefulSets at once.
     #[arg(long, env = "CONTROLLER_MANAGER_CONCURRENT_STATEFULSET_SYNCS", default_value_t = 5)]
     pub concurrent_statefulset_syncs: usize,
+    /// How often every HorizontalPodAutoscaler is re-evaluated: shorter reacts to load sooner,
+    /// at the cost of more metrics reads.
+    #[arg(long, env = "CONTROLLER_MANAGER_HORIZONTAL_POD_AUTOSCALER_SYNC_PERIOD", default_value = "15s", value_parser = leader::parse_duration)]
+    pub horizontal_pod_autoscaler_sync_period: Duration,
+    /// Workers syncing HorizontalPodAutoscalers at once.
+    #[arg(long, env = "CONTROLLER_MANAGER_CONCURRENT_HORIZONTAL_POD_AUTOSCALER_SYNCS", default_value_t = 5)]
+    pub concurrent_horizontal_pod_autoscaler_syncs: usize,
     /// Workers syncing Jobs at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
@@ -188,6 +196,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "endpointslice",
     "endpointslicemirroring",
     "garbagecollector",
+    "horizontalpodautoscaling",
     "job",
     "namespace",
     "nodeipam",
@@ -410,6 +419,18 @@ pub async fn start(
             async move { c.sync(&key).await }
         }));
         tasks.spawn(daemon_sets.run(Api::all(client.clone())));
+    }
+    if controllers.contains("horizontalpodautoscaling") {
+        let hpas: Informer<HorizontalPodAutoscaler> = Informer::default();
+        let period = flags.horizontal_pod_autoscaler_sync_period;
+        let c = crate::podautoscaler::HorizontalController::new(client.clone(), &hpas, &pods, events.clone(), period);
+        let queue = c.queue.clone();
+        let workers = flags.concurrent_horizontal_pod_autoscaler_syncs;
+        tasks.spawn(work("horizontalpodautoscaling", queue, workers, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+        tasks.spawn(hpas.run(Api::all(client.clone())));
     }
     if controllers.contains("podgc") {
         let gc = crate::podgc::PodGc::new(client.clone(), &pods, &nodes, flags.terminated_pod_gc_threshold);

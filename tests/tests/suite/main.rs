@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod autoscaling;
 mod clients;
 mod conformance;
 mod controllers;
