@@ -945,6 +945,54 @@ fn default_template(obj: &mut Value) {
     }
 }
 
+/// core/v1 ReplicationControllers: replicas 1, and a selector and labels taken from the
+/// template's labels when left out, as upstream defaults them.
+pub struct ReplicationControllerStrategy;
+impl Strategy for ReplicationControllerStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let labels = get(obj, "spec.template.metadata.labels").cloned();
+        if let Some(labels) = labels.filter(|l| l.as_object().is_some_and(|m| !m.is_empty())) {
+            let spec = obj_mut(obj, "spec");
+            if spec.get("selector").and_then(Value::as_object).is_none_or(Map::is_empty) {
+                spec.insert("selector".into(), labels.clone());
+            }
+            let meta = obj_mut(obj, "metadata");
+            if meta.get("labels").and_then(Value::as_object).is_none_or(Map::is_empty) {
+                meta.insert("labels".into(), labels);
+            }
+        }
+        set_default(obj_mut(obj, "spec"), "replicas", json!(1));
+        default_template(obj);
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        let selector = get(obj, "spec.selector").and_then(Value::as_object);
+        if selector.is_none_or(Map::is_empty) {
+            causes.push(Cause::required("spec.selector"));
+        }
+        let template_labels = get(obj, "spec.template.metadata.labels").and_then(Value::as_object);
+        if let Some(sel) = selector
+            && !sel.iter().all(|(k, v)| template_labels.and_then(|t| t.get(k)) == Some(v))
+        {
+            causes.push(Cause::invalid(
+                "spec.template.metadata.labels",
+                crate::meta::field_value(obj, "spec.template.metadata.labels"),
+                "`selector` does not match template `labels`",
+            ));
+        }
+        if let Some(spec) = get(obj, "spec.template.spec") {
+            validate_pod_spec(spec, "spec.template.spec", &mut causes);
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::REPLICATION_CONTROLLER)
+    }
+}
+
 pub struct DeploymentStrategy;
 impl Strategy for DeploymentStrategy {
     fn prepare_for_create(&self, obj: &mut Value) {

@@ -466,6 +466,13 @@ impl Registry {
                 .returns_deleted()
                 .subresources(SERVICE_ACCOUNT_TOKEN)
                 .strategy(&kinds::ServiceAccountStrategy),
+            entry::<core::v1::ReplicationController>()
+                .short(&["rc"])
+                .categories(ALL)
+                .status()
+                .generation()
+                .subresources(SCALE)
+                .strategy(&kinds::ReplicationControllerStrategy),
             entry::<apps::v1::Deployment>()
                 .short(&["deploy"])
                 .categories(ALL)

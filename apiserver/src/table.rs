@@ -388,6 +388,39 @@ pub const REPLICA_SET: TableDef = TableDef {
     },
 };
 
+pub const REPLICATION_CONTROLLER: TableDef = TableDef {
+    columns: &[
+        NAME,
+        int("Desired", "Number of desired pods."),
+        int("Current", "Number of actual pods observed."),
+        int("Ready", "Number of ready pods."),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+        SELECTOR,
+    ],
+    row: |o, now| {
+        let (c, i) = containers_and_images(template_spec(o));
+        let selector: Vec<String> = o
+            .pointer("/spec/selector")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        vec![
+            name(o),
+            n(o, "spec.replicas").into(),
+            n(o, "status.replicas").into(),
+            n(o, "status.readyReplicas").into(),
+            meta::age(o, now).into(),
+            c,
+            i,
+            selector.join(",").into(),
+        ]
+    },
+};
+
 pub const STATEFUL_SET: TableDef = TableDef {
     columns: &[NAME, col("Ready", "Number of the pod with ready state"), AGE, CONTAINERS, IMAGES],
     row: |o, now| {
@@ -1069,6 +1102,7 @@ mod tests {
             &INGRESS,
             &POD_DISRUPTION_BUDGET,
             &HORIZONTAL_POD_AUTOSCALER,
+            &REPLICATION_CONTROLLER,
             &PRIORITY_CLASS,
         ] {
             assert_eq!((def.row)(&empty, now()).len(), def.columns.len());

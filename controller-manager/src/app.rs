@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ReplicationController, ServiceAccount};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -63,6 +63,9 @@ pub struct Flags {
     /// Workers syncing ReplicaSets at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_replicaset_syncs: usize,
+    /// Workers syncing ReplicationControllers at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_rc_syncs: usize,
     /// Workers syncing Deployments at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
@@ -203,6 +206,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "nodelifecycle",
     "podgc",
     "replicaset",
+    "replicationcontroller",
     "root-ca-cert-publisher",
     "serviceaccount",
     "statefulset",
@@ -313,6 +317,16 @@ pub async fn start(
             let c = c.clone();
             async move { c.sync(&key).await }
         }));
+    }
+    if controllers.contains("replicationcontroller") {
+        let rcs: Informer<ReplicationController> = Informer::default();
+        let c = ReplicaSetController::<ReplicationController>::new(client.clone(), &rcs, &pods, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("replicationcontroller", queue, flags.concurrent_rc_syncs, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+        tasks.spawn(rcs.run(Api::all(client.clone())));
     }
     let deployments: Informer<Deployment> = Informer::default();
     if controllers.contains("deployment") {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
@@ -30,9 +30,43 @@ use crate::workqueue::WorkQueue;
 /// Upstream's burstReplicas: the most pods one sync creates or deletes.
 pub const BURST: usize = 500;
 
-pub struct ReplicaSetController {
+/// What the controller keeps replicas of: a ReplicaSet, or a ReplicationController (the same
+/// controller upstream, with a map for a selector) seen as one.
+pub trait Replicated:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn as_replica_set(&self) -> ReplicaSet;
+}
+
+impl Replicated for ReplicaSet {
+    fn as_replica_set(&self) -> ReplicaSet {
+        self.clone()
+    }
+}
+
+impl Replicated for ReplicationController {
+    fn as_replica_set(&self) -> ReplicaSet {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut()) {
+            let labels = spec.remove("selector").unwrap_or_else(|| serde_json::json!({}));
+            spec.insert("selector".into(), serde_json::json!({ "matchLabels": labels }));
+        }
+        v["apiVersion"] = serde_json::json!("apps/v1");
+        v["kind"] = serde_json::json!("ReplicaSet");
+        serde_json::from_value(v).unwrap_or_default()
+    }
+}
+
+pub struct ReplicaSetController<K: Replicated = ReplicaSet> {
     client: kube::Client,
-    sets: Informer<ReplicaSet>,
+    sets: Informer<K>,
     pods: Informer<Pod>,
     pub queue: Arc<WorkQueue>,
     expectations: Expectations,
@@ -148,13 +182,8 @@ pub enum SyncError {
     Status(#[source] kube::Error),
 }
 
-impl ReplicaSetController {
-    pub fn new(
-        client: kube::Client,
-        sets: &Informer<ReplicaSet>,
-        pods: &Informer<Pod>,
-        events: Recorder,
-    ) -> Arc<ReplicaSetController> {
+impl<K: Replicated> ReplicaSetController<K> {
+    pub fn new(client: kube::Client, sets: &Informer<K>, pods: &Informer<Pod>, events: Recorder) -> Arc<Self> {
         let c = Arc::new(ReplicaSetController {
             client,
             sets: sets.clone(),
@@ -163,7 +192,7 @@ impl ReplicaSetController {
             expectations: Expectations::default(),
             events,
         });
-        let w: Weak<ReplicaSetController> = Arc::downgrade(&c);
+        let w: Weak<Self> = Arc::downgrade(&c);
         sets.on_change(move |old, new| {
             if let (Some(c), Some(o)) = (w.upgrade(), new.or(old)) {
                 c.queue.add(key_of(o.as_ref()));
@@ -178,21 +207,22 @@ impl ReplicaSetController {
         c
     }
 
-    /// The set that controls `pod`, if it is a ReplicaSet we know (same UID).
-    fn owner_of(&self, pod: &Pod) -> Option<Arc<ReplicaSet>> {
-        let r = controller_of(&pod.metadata).filter(|r| r.kind == "ReplicaSet")?;
+    /// The set that controls `pod`, if it is one of ours we know (same kind and UID).
+    fn owner_of(&self, pod: &Pod) -> Option<Arc<K>> {
+        let r = controller_of(&pod.metadata).filter(|r| r.kind == K::kind(&()))?;
         let rs = self.sets.get(pod.metadata.namespace.as_deref().unwrap_or_default(), &r.name)?;
-        (rs.metadata.uid.as_deref() == Some(r.uid.as_str())).then_some(rs)
+        (rs.meta().uid.as_deref() == Some(r.uid.as_str())).then_some(rs)
     }
 
     /// Sets whose selector matches an orphan (they may adopt it).
-    fn selecting(&self, pod: &Pod) -> Vec<Arc<ReplicaSet>> {
+    fn selecting(&self, pod: &Pod) -> Vec<Arc<K>> {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         self.sets
             .list(pod.metadata.namespace.as_deref().unwrap_or_default())
             .into_iter()
-            .filter(|rs| {
-                rs.spec
+            .filter(|o| {
+                o.as_replica_set()
+                    .spec
                     .as_ref()
                     .is_some_and(|s| !selector::is_empty(&s.selector) && selector::matches(&s.selector, &labels))
             })
@@ -238,7 +268,7 @@ impl ReplicaSetController {
                             // Deletion has begun: for the set, the pod is gone.
                             self.expectations.deletion_observed(&key, &uid(n));
                         }
-                        let min_ready = min_ready(&rs);
+                        let min_ready = min_ready(&rs.as_replica_set());
                         if !min_ready.is_zero() && !is_ready(o) && is_ready(n) {
                             self.queue.add_after(key.clone(), min_ready + Duration::from_secs(1));
                         }
@@ -266,16 +296,17 @@ impl ReplicaSetController {
     /// Syncs one set; `Ok(Some(d))` asks to be synced again after `d`.
     pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
         let (ns, name) = split_key(key);
-        let Some(rs) = self.sets.get(ns, name) else {
+        let Some(obj) = self.sets.get(ns, name) else {
             self.expectations.forget(key);
             return Ok(None);
         };
+        let rs = obj.as_replica_set();
         let Some(spec) = rs.spec.as_ref() else { return Ok(None) };
-        let owned = self.claim_pods(&rs).await.map_err(SyncError::Claim)?;
+        let owned = self.claim_pods(obj.as_ref(), &rs).await.map_err(SyncError::Claim)?;
         let mut failure: Option<(&'static str, SyncError)> = None;
         if self.expectations.satisfied(key) && rs.metadata.deletion_timestamp.is_none() {
             let want = spec.replicas.unwrap_or(1).max(0) as usize;
-            if let Err(e) = self.execute(key, &rs, manage_replicas(want, &owned)).await {
+            if let Err(e) = self.execute(key, obj.as_ref(), &rs, manage_replicas(want, &owned)).await {
                 let reason = if matches!(e, SyncError::Create(_)) { "FailedCreate" } else { "FailedDelete" };
                 failure = Some((reason, e));
             }
@@ -284,7 +315,7 @@ impl ReplicaSetController {
         let message = failure.as_ref().map(|(_, e)| e.to_string());
         let status = calculate_status(&rs, &owned, failure.as_ref().map(|(r, _)| *r).zip(message.as_deref()), now);
         if rs.status.as_ref() != Some(&status) {
-            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
+            let api: Api<K> = Api::namespaced(self.client.clone(), ns);
             let patch = crate::status::status_patch(rs.status.as_ref(), &status);
             match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {}
@@ -302,7 +333,7 @@ impl ReplicaSetController {
 
     /// The active pods the set owns after adopting orphans it selects and releasing pods it no
     /// longer selects.
-    async fn claim_pods(&self, rs: &ReplicaSet) -> Result<Vec<Arc<Pod>>, kube::Error> {
+    async fn claim_pods(&self, obj: &K, rs: &ReplicaSet) -> Result<Vec<Arc<Pod>>, kube::Error> {
         let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let selector = rs.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
@@ -315,7 +346,7 @@ impl ReplicaSetController {
                 && selector::matches(&selector, p.metadata.labels.as_ref().unwrap_or(&Default::default()));
             match claim(&rs.metadata, selected, &p.metadata) {
                 Claim::Own => owned.push(p),
-                Claim::Adopt => match adopt(&api, rs, p.as_ref()).await {
+                Claim::Adopt => match adopt(&api, obj, p.as_ref()).await {
                     Ok(adopted) => owned.push(Arc::new(adopted)),
                     // Changed or gone meanwhile: the next sync sees it as it is.
                     // Gone meanwhile; a conflict (it changed) fails the sync, which retries at once.
@@ -329,18 +360,19 @@ impl ReplicaSetController {
         Ok(owned)
     }
 
-    async fn execute(&self, key: &str, rs: &ReplicaSet, plan: Manage) -> Result<(), SyncError> {
+    async fn execute(&self, key: &str, obj: &K, rs: &ReplicaSet, plan: Manage) -> Result<(), SyncError> {
         let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         match plan {
             Manage::Nothing => Ok(()),
             Manage::Create(n) => {
                 self.expectations.expect_creations(key, n);
-                let template = pod_from_template(rs);
+                let mut template = pod_from_template(rs);
+                template.metadata.owner_references = Some(vec![controller_reference(obj)]);
                 let (created, error) = slow_start(n, || async {
                     let pod = api.create(&PostParams::default(), &template).await?;
                     self.events.normal(
-                        reference(rs),
+                        reference(obj),
                         "SuccessfulCreate",
                         format!("Created pod: {}", pod.metadata.name.unwrap_or_default()),
                     );
@@ -354,7 +386,7 @@ impl ReplicaSetController {
                     // The namespace is being deleted: its content goes, nothing to report.
                     Some(kube::Error::Api(e)) if e.code == 403 && e.message.contains("being terminated") => Ok(()),
                     Some(e) => {
-                        self.events.warning(reference(rs), "FailedCreate", format!("Error creating: {e}"));
+                        self.events.warning(reference(obj), "FailedCreate", format!("Error creating: {e}"));
                         Err(SyncError::Create(e))
                     }
                 }
@@ -373,13 +405,13 @@ impl ReplicaSetController {
                 for (p, r) in results {
                     let name = p.metadata.name.clone().unwrap_or_default();
                     match r {
-                        Ok(_) => self.events.normal(reference(rs), "SuccessfulDelete", format!("Deleted pod: {name}")),
+                        Ok(_) => self.events.normal(reference(obj), "SuccessfulDelete", format!("Deleted pod: {name}")),
                         Err(kube::Error::Api(e)) if e.code == 404 => {
                             self.expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default())
                         }
                         Err(e) => {
                             self.expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default());
-                            self.events.warning(reference(rs), "FailedDelete", format!("Error deleting: {e}"));
+                            self.events.warning(reference(obj), "FailedDelete", format!("Error deleting: {e}"));
                             first_error.get_or_insert(e);
                         }
                     }
@@ -434,6 +466,21 @@ mod tests {
                     "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
         }))
         .expect("rs")
+    }
+
+    #[test]
+    fn a_replication_controller_is_seen_as_a_replica_set_with_its_labels_as_the_selector() {
+        let rc: ReplicationController = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "rc", "uid": "u"},
+            "spec": {"replicas": 2, "selector": {"app": "web"}, "template": {"metadata": {"labels": {"app": "web"}}}},
+            "status": {"replicas": 1, "readyReplicas": 1}
+        }))
+        .expect("rc");
+        let rs = rc.as_replica_set();
+        let spec = rs.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(spec.selector.match_labels.expect("labels")["app"], "web");
+        assert_eq!(rs.status.map(|s| (s.replicas, s.ready_replicas)), Some((1, Some(1))));
     }
 
     #[test]

@@ -12,6 +12,13 @@ use crate::selectors::{LabelSelector, Selectors};
 
 /// `matchLabels` and `matchExpressions` as a label selector string.
 pub fn selector_string(sel: &Value) -> String {
+    // A ReplicationController's selector is a plain map of labels.
+    if let Some(m) = sel.as_object()
+        && !m.contains_key("matchLabels")
+        && !m.contains_key("matchExpressions")
+    {
+        return m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",");
+    }
     let mut parts: Vec<String> = Vec::new();
     if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
         parts.extend(ml.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))));

@@ -1194,3 +1194,73 @@ spec:
     })
     .await;
 }
+
+#[tokio::test]
+async fn c057_c134_c135_c136_replication_controllers_adopt_scale_release_and_are_collected() {
+    let h = harness(&["replicationcontroller", "garbagecollector"]).await;
+    let rcs: Api<k8s_openapi::api::core::v1::ReplicationController> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    // C134: an ownerless pod the selector matches is adopted.
+    let orphan: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "pod-adoption", "labels": {"name": "pod-adoption"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+    .expect("pod");
+    pods.create(&PostParams::default(), &orphan).await.expect("orphan");
+    let rc: k8s_openapi::api::core::v1::ReplicationController = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "pod-adoption"},
+        "spec": {"replicas": 1, "template": {"metadata": {"labels": {"name": "pod-adoption"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))
+    .expect("rc");
+    let rc = rcs.create(&PostParams::default(), &rc).await.expect("rc");
+    let spec = rc.spec.clone().expect("spec");
+    assert_eq!(
+        spec.selector.as_ref().map(|s| s["name"].as_str()),
+        Some("pod-adoption"),
+        "selector defaulted from the template"
+    );
+    let uid = rc.metadata.uid.clone().expect("uid");
+    eventually(Duration::from_secs(10), "the orphan adopted", || async {
+        let p = pods.get("pod-adoption").await.ok()?;
+        let r = p.metadata.owner_references?.into_iter().next()?;
+        (r.kind == "ReplicationController" && r.uid == uid).then_some(())
+    })
+    .await;
+    // C135: the scale subresource resizes it.
+    let scale = rcs.get_scale("pod-adoption").await.expect("scale");
+    assert_eq!(scale.status.as_ref().and_then(|s| s.selector.clone()).as_deref(), Some("name=pod-adoption"));
+    rcs.patch_scale(
+        "pod-adoption",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+    )
+    .await
+    .expect("scale");
+    let owned = wait_owned(&pods, &uid, 2).await;
+    eventually(Duration::from_secs(10), "status.replicas 2", || async {
+        (rcs.get("pod-adoption").await.ok()?.status?.replicas == 2).then_some(())
+    })
+    .await;
+    // C136: relabelled out of the selector, a pod is released (and replaced).
+    let released = owned[0].metadata.name.clone().expect("name");
+    pods.patch(
+        &released,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"name": "gone"}}})),
+    )
+    .await
+    .expect("relabel");
+    eventually(Duration::from_secs(10), "released", || async {
+        let p = pods.get(&released).await.ok()?;
+        p.metadata.owner_references.as_ref().is_none_or(|r| r.is_empty()).then_some(())
+    })
+    .await;
+    wait_owned(&pods, &uid, 2).await;
+    // C057: deleted in the background, its pods are collected.
+    rcs.delete("pod-adoption", &DeleteParams::background()).await.expect("delete");
+    eventually(Duration::from_secs(20), "the rc's pods collected", || async {
+        let list = pods.list(&ListParams::default()).await.ok()?.items;
+        owned_by(&list, &uid).is_empty().then_some(())
+    })
+    .await;
+    assert!(pods.get_opt(&released).await.expect("get").is_some(), "the released pod stays");
+}
