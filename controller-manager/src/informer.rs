@@ -75,6 +75,29 @@ impl<K: Object> Informer<K> {
         self.read().values().flat_map(|m| m.values().cloned()).collect()
     }
 
+    /// The object of this kind that controls `meta` (its controller reference, same UID).
+    pub fn controller_of(&self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Arc<K>> {
+        let r = crate::ownership::controller_of(meta).filter(|r| r.kind == K::kind(&()))?;
+        let o = self.get(meta.namespace.as_deref().unwrap_or_default(), &r.name)?;
+        (o.meta().uid.as_deref() == Some(r.uid.as_str())).then_some(o)
+    }
+
+    /// The objects in `meta`'s namespace whose selector matches its labels (candidates to adopt
+    /// an orphan); an empty or missing selector matches nothing.
+    pub fn selecting(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        selector_of: impl Fn(&K) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    ) -> Vec<Arc<K>> {
+        let labels = meta.labels.clone().unwrap_or_default();
+        self.list(meta.namespace.as_deref().unwrap_or_default())
+            .into_iter()
+            .filter(|o| {
+                selector_of(o).is_some_and(|s| !crate::selector::is_empty(s) && crate::selector::matches(s, &labels))
+            })
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.read().values().map(HashMap::len).sum()
     }

@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod garbagecollector;
+pub mod hash;
 pub mod informer;
 pub mod job;
 pub mod namespace;

@@ -209,9 +209,7 @@ impl<K: Replicated> ReplicaSetController<K> {
 
     /// The set that controls `pod`, if it is one of ours we know (same kind and UID).
     fn owner_of(&self, pod: &Pod) -> Option<Arc<K>> {
-        let r = controller_of(&pod.metadata).filter(|r| r.kind == K::kind(&()))?;
-        let rs = self.sets.get(pod.metadata.namespace.as_deref().unwrap_or_default(), &r.name)?;
-        (rs.meta().uid.as_deref() == Some(r.uid.as_str())).then_some(rs)
+        self.sets.controller_of(&pod.metadata)
     }
 
     /// Sets whose selector matches an orphan (they may adopt it).

@@ -97,9 +97,7 @@ impl CronJobController {
 
     /// The CronJob that controls `job`, if we know it (same UID).
     fn owner_of(&self, job: &Job) -> Option<Arc<CronJob>> {
-        let r = controller_of(&job.metadata).filter(|r| r.kind == "CronJob")?;
-        let cj = self.cronjobs.get(job.metadata.namespace.as_deref().unwrap_or_default(), &r.name)?;
-        (cj.metadata.uid.as_deref() == Some(r.uid.as_str())).then_some(cj)
+        self.cronjobs.controller_of(&job.metadata)
     }
 
     /// Syncs one CronJob; `Ok(Some(d))` asks to be synced again after `d`.

@@ -158,23 +158,12 @@ impl DaemonSetController {
 
     /// The DaemonSet that controls `pod`, if we know it (same UID).
     fn owner_of(&self, pod: &Pod) -> Option<Arc<DaemonSet>> {
-        let r = controller_of(&pod.metadata).filter(|r| r.kind == "DaemonSet")?;
-        let ds = self.sets.get(pod.metadata.namespace.as_deref().unwrap_or_default(), &r.name)?;
-        (ds.metadata.uid.as_deref() == Some(r.uid.as_str())).then_some(ds)
+        self.sets.controller_of(&pod.metadata)
     }
 
     /// DaemonSets whose selector matches an orphan (they may adopt it).
     fn selecting(&self, pod: &Pod) -> Vec<Arc<DaemonSet>> {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        self.sets
-            .list(pod.metadata.namespace.as_deref().unwrap_or_default())
-            .into_iter()
-            .filter(|ds| {
-                ds.spec
-                    .as_ref()
-                    .is_some_and(|s| !selector::is_empty(&s.selector) && selector::matches(&s.selector, &labels))
-            })
-            .collect()
+        self.sets.selecting(&pod.metadata, |ds| ds.spec.as_ref().map(|s| &s.selector))
     }
 
     fn pod_changed(&self, old: Option<&Pod>, new: Option<&Pod>) {

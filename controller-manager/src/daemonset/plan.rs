@@ -24,18 +24,7 @@ pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
 /// The hash naming the DaemonSet's current template revision.
 pub fn template_hash(ds: &DaemonSet) -> String {
     let template = ds.spec.as_ref().map(|s| &s.template);
-    let mut bytes = serde_json::to_vec(&template).unwrap_or_default();
-    if let Some(c) = ds.status.as_ref().and_then(|s| s.collision_count) {
-        bytes.extend_from_slice(&c.to_le_bytes());
-    }
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    // Upstream's safe encoding: no vowels (no words), no look-alike characters.
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    h.to_string().bytes().map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char).collect()
+    crate::hash::template_hash(&template, ds.status.as_ref().and_then(|s| s.collision_count))
 }
 
 /// The annotation upstream's apiserver keeps on a DaemonSet: the generation its template last

@@ -158,22 +158,11 @@ impl DeploymentController {
     }
 
     fn owner_of(&self, meta: &ObjectMeta) -> Option<Arc<Deployment>> {
-        let r = controller_of(meta).filter(|r| r.kind == "Deployment")?;
-        let d = self.deployments.get(meta.namespace.as_deref().unwrap_or_default(), &r.name)?;
-        (d.metadata.uid.as_deref() == Some(r.uid.as_str())).then_some(d)
+        self.deployments.controller_of(meta)
     }
 
     fn selecting(&self, rs: &ReplicaSet) -> Vec<Arc<Deployment>> {
-        let labels = rs.metadata.labels.clone().unwrap_or_default();
-        self.deployments
-            .list(rs.metadata.namespace.as_deref().unwrap_or_default())
-            .into_iter()
-            .filter(|d| {
-                d.spec
-                    .as_ref()
-                    .is_some_and(|s| !selector::is_empty(&s.selector) && selector::matches(&s.selector, &labels))
-            })
-            .collect()
+        self.deployments.selecting(&rs.metadata, |d| d.spec.as_ref().map(|s| &s.selector))
     }
 
     /// Syncs one Deployment; `Ok(Some(d))` asks to be synced again after `d`.

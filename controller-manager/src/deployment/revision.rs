@@ -23,22 +23,9 @@ const NOT_COPIED: &[&str] = &[
     "deprecated.deployment.rollback.to",
 ];
 
-/// The template's hash with the collision count mixed in (FNV-1a over its JSON), written with
-/// upstream's alphabet of consonants and digits so it never spells words.
+/// The template's `pod-template-hash`, with the collision count mixed in.
 pub fn pod_template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let mut h: u32 = 0x811c9dc5;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= *b as u32;
-            h = h.wrapping_mul(0x01000193);
-        }
-    };
-    feed(serde_json::to_string(template).unwrap_or_default().as_bytes());
-    if let Some(c) = collision_count {
-        feed(&c.to_le_bytes());
-    }
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    h.to_string().bytes().map(|b| ALPHABET[b as usize % ALPHABET.len()] as char).collect()
+    crate::hash::template_hash(template, collision_count)
 }
 
 fn without_hash(t: &PodTemplateSpec) -> serde_json::Value {

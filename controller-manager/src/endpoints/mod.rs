@@ -55,14 +55,25 @@ fn labels_for(svc: &Service) -> BTreeMap<String, String> {
     l
 }
 
-/// Queues the Services selecting a pod (before or after a change).
-fn enqueue_services(queue: &WorkQueue, services: &Informer<Service>, old: Option<&Arc<Pod>>, new: Option<&Arc<Pod>>) {
-    let Some(ns) = new.or(old).and_then(|p| p.metadata.namespace.clone()) else { return };
-    for svc in services.list(&ns) {
-        if [old, new].into_iter().flatten().any(|p| desired::selects(&svc, p)) {
-            queue.add(key_of(svc.as_ref()));
+/// Queues a Service's key when it changes and when a pod it selects (before or after the
+/// change) does: what both the Endpoints and the EndpointSlice controller follow.
+fn follow_services_and_pods(informers: &Informers, queue: &Arc<WorkQueue>) {
+    let q: Weak<WorkQueue> = Arc::downgrade(queue);
+    informers.services.on_change(move |old, new| {
+        if let (Some(q), Some(s)) = (q.upgrade(), new.or(old)) {
+            q.add(key_of(s.as_ref()));
         }
-    }
+    });
+    let q = Arc::downgrade(queue);
+    let services = informers.services.clone();
+    informers.pods.on_change(move |old, new| {
+        let (Some(q), Some(ns)) = (q.upgrade(), new.or(old).and_then(|p| p.metadata.namespace.clone())) else { return };
+        for svc in services.list(&ns) {
+            if [old, new].into_iter().flatten().any(|p| desired::selects(&svc, p)) {
+                q.add(key_of(svc.as_ref()));
+            }
+        }
+    });
 }
 
 pub struct EndpointsController {
@@ -78,19 +89,8 @@ impl EndpointsController {
             informers: informers.clone(),
             queue: Arc::new(WorkQueue::default()),
         });
+        follow_services_and_pods(informers, &c.queue);
         let w: Weak<EndpointsController> = Arc::downgrade(&c);
-        informers.services.on_change(move |old, new| {
-            if let (Some(c), Some(s)) = (w.upgrade(), new.or(old)) {
-                c.queue.add(key_of(s.as_ref()));
-            }
-        });
-        let w = Arc::downgrade(&c);
-        informers.pods.on_change(move |old, new| {
-            if let Some(c) = w.upgrade() {
-                enqueue_services(&c.queue, &c.informers.services, old, new);
-            }
-        });
-        let w = Arc::downgrade(&c);
         informers.endpoints.on_change(move |old, new| {
             if let (Some(c), Some(e), None) = (w.upgrade(), old, new) {
                 c.queue.add(key_of(e.as_ref()));
@@ -283,20 +283,9 @@ impl EndpointSliceController {
             max_per_slice,
             queue: Arc::new(WorkQueue::default()),
         });
-        let w: Weak<EndpointSliceController> = Arc::downgrade(&c);
-        informers.services.on_change(move |old, new| {
-            if let (Some(c), Some(s)) = (w.upgrade(), new.or(old)) {
-                c.queue.add(key_of(s.as_ref()));
-            }
-        });
-        let w = Arc::downgrade(&c);
-        informers.pods.on_change(move |old, new| {
-            if let Some(c) = w.upgrade() {
-                enqueue_services(&c.queue, &c.informers.services, old, new);
-            }
-        });
+        follow_services_and_pods(informers, &c.queue);
         // A slice of ours changed or deleted by someone else is put right.
-        let w = Arc::downgrade(&c);
+        let w: Weak<EndpointSliceController> = Arc::downgrade(&c);
         informers.slices.on_change(move |old, new| {
             let (Some(c), Some(s)) = (w.upgrade(), new.or(old)) else { return };
             let l = s.metadata.labels.as_ref();

@@ -148,24 +148,12 @@ impl JobController {
 
     /// The Job that controls `pod`, if we know it (same UID).
     fn owner_of(&self, pod: &Pod) -> Option<Arc<Job>> {
-        let r = controller_of(&pod.metadata).filter(|r| r.kind == "Job")?;
-        let job = self.jobs.get(pod.metadata.namespace.as_deref().unwrap_or_default(), &r.name)?;
-        (job.metadata.uid.as_deref() == Some(r.uid.as_str())).then_some(job)
+        self.jobs.controller_of(&pod.metadata)
     }
 
     /// Jobs whose selector matches an orphan (they may adopt it).
     fn selecting(&self, pod: &Pod) -> Vec<Arc<Job>> {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        self.jobs
-            .list(pod.metadata.namespace.as_deref().unwrap_or_default())
-            .into_iter()
-            .filter(|j| {
-                j.spec
-                    .as_ref()
-                    .and_then(|s| s.selector.as_ref())
-                    .is_some_and(|s| !selector::is_empty(s) && selector::matches(s, &labels))
-            })
-            .collect()
+        self.jobs.selecting(&pod.metadata, |j| j.spec.as_ref().and_then(|s| s.selector.as_ref()))
     }
 
     fn pod_changed(&self, old: Option<&Pod>, new: Option<&Pod>) {

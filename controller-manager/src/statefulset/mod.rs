@@ -80,23 +80,12 @@ pub fn policy_of(set: &StatefulSet) -> Policy {
     }
 }
 
-/// FNV-1a, 32 bits: stable across builds, unlike std's hasher.
-fn fnv32a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
-}
-
 /// The revision name of a set's template: `<set>-<hash>`, the hash's decimal digits spelt in
 /// an alphabet without vowels (so no words), as upstream's revision names look.
 pub fn revision_name(set: &StatefulSet) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let template = set.spec.as_ref().map(|s| &s.template);
-    let mut bytes = serde_json::to_vec(&template).unwrap_or_default();
-    let collisions = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
-    if collisions > 0 {
-        bytes.extend_from_slice(&collisions.to_le_bytes());
-    }
-    let hash: String =
-        fnv32a(&bytes).to_string().bytes().map(|d| ALPHABET[usize::from(d) % ALPHABET.len()] as char).collect();
+    let collisions = set.status.as_ref().and_then(|s| s.collision_count).filter(|c| *c > 0);
+    let hash = crate::hash::template_hash(&template, collisions);
     format!("{}-{hash}", set.metadata.name.as_deref().unwrap_or_default())
 }
 
@@ -190,23 +179,12 @@ impl StatefulSetController {
 
     /// The set that controls `pod`, if it is a StatefulSet we know (same UID).
     fn owner_of(&self, pod: &Pod) -> Option<Arc<StatefulSet>> {
-        let r = controller_of(&pod.metadata).filter(|r| r.kind == "StatefulSet")?;
-        let set = self.sets.get(pod.metadata.namespace.as_deref().unwrap_or_default(), &r.name)?;
-        (set.metadata.uid.as_deref() == Some(r.uid.as_str())).then_some(set)
+        self.sets.controller_of(&pod.metadata)
     }
 
     /// Sets whose selector matches an orphan (they may adopt it).
     fn selecting(&self, pod: &Pod) -> Vec<Arc<StatefulSet>> {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        self.sets
-            .list(pod.metadata.namespace.as_deref().unwrap_or_default())
-            .into_iter()
-            .filter(|s| {
-                s.spec
-                    .as_ref()
-                    .is_some_and(|s| !selector::is_empty(&s.selector) && selector::matches(&s.selector, &labels))
-            })
-            .collect()
+        self.sets.selecting(&pod.metadata, |s| s.spec.as_ref().map(|s| &s.selector))
     }
 
     fn pod_changed(&self, old: Option<&Pod>, new: Option<&Pod>) {
