@@ -2,8 +2,6 @@
 //! enforced on the target, and a target without metrics left alone with a condition saying so
 //! (there are no kubelets here, so the metrics API has nothing to serve).
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::eventually;
@@ -11,23 +9,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
-use tokio_util::sync::CancellationToken;
 
-async fn start() -> (kube::Client, CancellationToken, e2e::server::InProcess) {
-    let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
-    let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
-    let client = api.endpoint.kube_client().await;
-    let stop = CancellationToken::new();
+/// The in-memory apiserver and the autoscaler, re-evaluating every second.
+async fn start() -> crate::controllers::Harness {
     let flags = controller_manager::app::Flags {
         horizontal_pod_autoscaler_sync_period: Duration::from_secs(1),
         ..Default::default()
     };
-    let enabled: BTreeSet<&'static str> = ["horizontalpodautoscaling"].into_iter().collect();
-    tokio::spawn({
-        let (client, stop) = (client.clone(), stop.clone());
-        async move { controller_manager::app::start(client, &flags, &enabled, stop).await }
-    });
-    (client, stop, api)
+    crate::controllers::harness_with(&["horizontalpodautoscaling"], flags).await
 }
 
 fn deployment(replicas: i32) -> Deployment {
@@ -62,7 +51,8 @@ fn condition(h: &HorizontalPodAutoscaler, t: &str) -> Option<(String, String)> {
 
 #[tokio::test]
 async fn an_autoscaler_brings_a_target_above_its_maximum_down_to_it_and_says_so() {
-    let (client, stop, _api) = start().await;
+    let h = start().await;
+    let client = h.client.clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), "default");
     deployments.create(&PostParams::default(), &deployment(5)).await.expect("deployment");
@@ -92,12 +82,12 @@ async fn an_autoscaler_brings_a_target_above_its_maximum_down_to_it_and_says_so(
             .then_some(())
     })
     .await;
-    stop.cancel();
 }
 
 #[tokio::test]
 async fn an_autoscaler_without_metrics_reports_it_and_leaves_the_target_alone() {
-    let (client, stop, _api) = start().await;
+    let h = start().await;
+    let client = h.client.clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), "default");
     deployments.create(&PostParams::default(), &deployment(2)).await.expect("deployment");
@@ -111,5 +101,4 @@ async fn an_autoscaler_without_metrics_reports_it_and_leaves_the_target_alone() 
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(deployments.get("web").await.expect("get").spec.and_then(|s| s.replicas), Some(2));
-    stop.cancel();
 }

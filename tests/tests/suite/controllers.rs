@@ -12,10 +12,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
 
-/// The in-memory apiserver and the controllers named, in-process.
-struct Harness {
-    client: kube::Client,
-    stop: CancellationToken,
+/// The in-memory apiserver and the controllers named, in-process (through
+/// `controller_manager::app::start`, as the binary runs them); shared by the controller test files.
+pub(crate) struct Harness {
+    pub(crate) client: kube::Client,
+    pub(crate) stop: CancellationToken,
     _api: e2e::server::InProcess,
 }
 
@@ -25,11 +26,18 @@ impl Drop for Harness {
     }
 }
 
-async fn harness(controllers: &[&'static str]) -> Harness {
+impl Harness {
+    /// Pods in `default`, where these tests work.
+    pub(crate) fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+}
+
+pub(crate) async fn harness(controllers: &[&'static str]) -> Harness {
     harness_with(controllers, controller_manager::app::Flags::default()).await
 }
 
-async fn harness_with(controllers: &[&'static str], flags: controller_manager::app::Flags) -> Harness {
+pub(crate) async fn harness_with(controllers: &[&'static str], flags: controller_manager::app::Flags) -> Harness {
     let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
     let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
     let client = api.endpoint.kube_client().await;

@@ -4,57 +4,18 @@
 //! `cNNN_` cover the conformance ledger row of that id as far as it needs no real node.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use controller_manager::app::work;
-use controller_manager::daemonset::DaemonSetController;
-use controller_manager::events::Recorder;
-use controller_manager::informer::Informer;
 use e2e::eventually;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use tokio_util::sync::CancellationToken;
 
-/// The in-memory apiserver and the DaemonSet controller with its informers, in-process.
-struct Harness {
-    client: kube::Client,
-    stop: CancellationToken,
-    _api: e2e::server::InProcess,
-}
+use crate::controllers::Harness;
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
+/// The in-memory apiserver and the DaemonSet controller, in-process.
 async fn harness() -> Harness {
-    let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
-    let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
-    let client = api.endpoint.kube_client().await;
-    let stop = CancellationToken::new();
-    let sets: Informer<DaemonSet> = Informer::default();
-    let pods: Informer<Pod> = Informer::default();
-    let nodes: Informer<Node> = Informer::default();
-    let c = DaemonSetController::new(client.clone(), &sets, &pods, &nodes, Recorder::new(client.clone()));
-    tokio::spawn(work("daemonset", c.queue.clone(), 2, stop.clone(), move |key| {
-        let c = c.clone();
-        async move { c.sync(&key).await }
-    }));
-    for task in [
-        tokio::spawn(sets.clone().run(Api::all(client.clone()))),
-        tokio::spawn(pods.clone().run(Api::all(client.clone()))),
-        tokio::spawn(nodes.clone().run(Api::all(client.clone()))),
-    ] {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            task.abort();
-        });
-    }
-    Harness { client, stop, _api: api }
+    crate::controllers::harness(&["daemonset"]).await
 }
 
 impl Harness {
@@ -81,10 +42,6 @@ impl Harness {
     }
 
     fn sets(&self) -> Api<DaemonSet> {
-        Api::namespaced(self.client.clone(), "default")
-    }
-
-    fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), "default")
     }
 

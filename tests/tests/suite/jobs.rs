@@ -4,85 +4,17 @@
 //! conformance ledger row of that id as far as it needs no real node.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use controller_manager::app::work;
-use controller_manager::cronjob::CronJobController;
-use controller_manager::events::Recorder;
-use controller_manager::informer::Informer;
-use controller_manager::job::JobController;
-use controller_manager::job::ttl::TtlAfterFinishedController;
 use e2e::eventually;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use tokio_util::sync::CancellationToken;
 
-/// The in-memory apiserver and the named controllers ("job", "ttl-after-finished",
-/// "cronjob") with their informers, in-process.
-struct Harness {
-    client: kube::Client,
-    stop: CancellationToken,
-    _api: e2e::server::InProcess,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn harness(controllers: &[&str]) -> Harness {
-    let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
-    let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
-    let client = api.endpoint.kube_client().await;
-    let stop = CancellationToken::new();
-    let events = Recorder::new(client.clone());
-    let jobs: Informer<Job> = Informer::default();
-    let pods: Informer<Pod> = Informer::default();
-    let cronjobs: Informer<CronJob> = Informer::default();
-    if controllers.contains(&"job") {
-        let c = JobController::new(client.clone(), &jobs, &pods, events.clone());
-        tokio::spawn(work("job", c.queue.clone(), 5, stop.clone(), move |key| {
-            let c = c.clone();
-            async move { c.sync(&key).await }
-        }));
-    }
-    if controllers.contains(&"ttl-after-finished") {
-        let c = TtlAfterFinishedController::new(client.clone(), &jobs);
-        tokio::spawn(work("ttl-after-finished", c.queue.clone(), 5, stop.clone(), move |key| {
-            let c = c.clone();
-            async move { c.sync(&key).await }
-        }));
-    }
-    if controllers.contains(&"cronjob") {
-        let c = CronJobController::new(client.clone(), &cronjobs, &jobs, events.clone());
-        tokio::spawn(work("cronjob", c.queue.clone(), 5, stop.clone(), move |key| {
-            let c = c.clone();
-            async move { c.sync(&key).await }
-        }));
-    }
-    for task in [
-        tokio::spawn(jobs.clone().run(Api::all(client.clone()))),
-        tokio::spawn(pods.clone().run(Api::all(client.clone()))),
-        tokio::spawn(cronjobs.clone().run(Api::all(client.clone()))),
-    ] {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            task.abort();
-        });
-    }
-    Harness { client, stop, _api: api }
-}
+use crate::controllers::{Harness, harness};
 
 impl Harness {
     fn jobs(&self) -> Api<Job> {
-        Api::namespaced(self.client.clone(), "default")
-    }
-
-    fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), "default")
     }
 

@@ -3,59 +3,24 @@
 //! through a tiny fake kubelet that readies every pod. Tests named `cNNN_` cover the conformance
 //! ledger row of that id as far as it needs no real node.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use controller_manager::app::work;
-use controller_manager::events::Recorder;
-use controller_manager::informer::Informer;
-use controller_manager::statefulset::StatefulSetController;
 use e2e::eventually;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
 
-struct Harness {
-    client: kube::Client,
-    stop: CancellationToken,
-    _api: e2e::server::InProcess,
-}
+use crate::controllers::Harness;
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// The in-memory apiserver, the StatefulSet controller and its informers; with `kubelet`, a
-/// fake kubelet readies every pod.
+/// The in-memory apiserver and the StatefulSet controller, in-process; with `kubelet`, a fake
+/// kubelet readies every pod.
 async fn harness(kubelet: bool) -> Harness {
-    let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
-    let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
-    let client = api.endpoint.kube_client().await;
-    let stop = CancellationToken::new();
-    let sets: Informer<StatefulSet> = Informer::default();
-    let pods: Informer<Pod> = Informer::default();
-    let c = StatefulSetController::new(client.clone(), &sets, &pods, Recorder::new(client.clone()));
-    tokio::spawn(work("statefulset", c.queue.clone(), 5, stop.clone(), move |key| {
-        let c = c.clone();
-        async move { c.sync(&key).await }
-    }));
-    for task in [
-        tokio::spawn(sets.clone().run(Api::all(client.clone()))),
-        tokio::spawn(pods.clone().run(Api::all(client.clone()))),
-    ] {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            task.abort();
-        });
-    }
+    let h = crate::controllers::harness(&["statefulset"]).await;
     if kubelet {
-        fake_kubelet(client.clone(), stop.clone());
+        fake_kubelet(h.client.clone(), h.stop.clone());
     }
-    Harness { client, stop, _api: api }
+    h
 }
 
 /// Marks every live pod Running and Ready, as a kubelet would once its containers run.
