@@ -93,7 +93,8 @@ impl WorkQueue {
         self.lock().failures.remove(key);
     }
 
-    pub fn failures(&self, key: &str) -> u32 {
+    #[cfg(test)]
+    fn failures(&self, key: &str) -> u32 {
         self.lock().failures.get(key).copied().unwrap_or(0)
     }
 

@@ -1272,3 +1272,29 @@ async fn c057_c134_c135_c136_replication_controllers_adopt_scale_release_and_are
     .await;
     assert!(pods.get_opt(&released).await.expect("get").is_some(), "the released pod stays");
 }
+
+#[tokio::test]
+async fn a_repeated_event_is_counted_on_the_first_instead_of_written_again() {
+    let h = harness(&[]).await;
+    let recorder = controller_manager::events::Recorder::new(h.client.clone());
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    let cm = cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "noisy"}})).expect("cm"),
+        )
+        .await
+        .expect("configmap");
+    for _ in 0..3 {
+        recorder.warning(controller_manager::events::reference(&cm), "Repeated", "the same thing again".into());
+    }
+    recorder.normal(controller_manager::events::reference(&cm), "Other", "something else".into());
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(h.client.clone(), "default");
+    eventually(Duration::from_secs(10), "one Repeated event with count 3, one Other", || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        let mine: Vec<_> = list.iter().filter(|e| e.involved_object.name.as_deref() == Some("noisy")).collect();
+        let repeated: Vec<_> = mine.iter().filter(|e| e.reason.as_deref() == Some("Repeated")).collect();
+        (mine.len() == 2 && repeated.len() == 1 && repeated[0].count == Some(3)).then_some(())
+    })
+    .await;
+}
