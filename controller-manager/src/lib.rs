@@ -26,4 +26,5 @@ pub mod selector;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod status;
+pub mod tokens;
 pub mod workqueue;

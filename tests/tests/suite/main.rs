@@ -14,5 +14,6 @@ mod kubelet;
 mod leader;
 mod outage;
 mod patching;
+mod sa_tokens;
 mod scheduler;
 mod statefulsets;

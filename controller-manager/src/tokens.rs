@@ -1,0 +1,1 @@
+//! The ServiceAccount token controller (`serviceaccount-token`): being built.

@@ -1,0 +1,1 @@
+//! ServiceAccount token Secrets and event aggregation: being built.
