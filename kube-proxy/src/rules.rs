@@ -1,0 +1,697 @@
+//! The iptables rule set for a node, rendered as `iptables-restore` input.
+//!
+//! [`render`] is pure: Service ports + this node + config in, the whole `filter` and `nat` rule
+//! set out, as text and as per-chain rule lists. The structure is upstream kube-proxy's iptables
+//! mode, so `iptables-save` on a node reads the way Kubernetes users expect:
+//!
+//! ```text
+//! nat    PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-x (cluster IP) or KUBE-SVL-x (Local policy)
+//!                                          -> KUBE-EXT-x (external IPs, load-balancer IPs)
+//!                                          -> KUBE-NODEPORTS -> KUBE-EXT-x   (must stay last)
+//!        KUBE-EXT-x -> KUBE-MARK-MASQ, then KUBE-SVC-x or KUBE-SVL-x
+//!        KUBE-FW-x  (loadBalancerSourceRanges) -> KUBE-EXT-x for allowed sources
+//!        KUBE-SVC-x/KUBE-SVL-x -> KUBE-SEP-y (random spread, optional ClientIP affinity) -> DNAT
+//!        POSTROUTING -> KUBE-POSTROUTING: MASQUERADE what KUBE-MARK-MASQ marked (0x4000)
+//! filter KUBE-SERVICES / KUBE-EXTERNAL-SERVICES: REJECT (no endpoints) or DROP (no local ones)
+//!        KUBE-FORWARD: accept marked and established forwarded traffic
+//!        KUBE-NODEPORTS: accept health-check node ports; KUBE-PROXY-FIREWALL: source ranges
+//!        KUBE-FIREWALL: the localnet guard that makes route_localnet safe
+//! ```
+//!
+//! Invariants (tested): every chain name is at most 28 characters; every `-j` target is a built-in
+//! target or a chain declared in the same table; the output depends only on the inputs (services
+//! sorted, endpoints in address order). The jumps from the built-in chains are not part of the
+//! restore text (a `--noflush` restore must not rewrite PREROUTING and friends); [`jump_rules`]
+//! lists them for the runner to ensure one by one.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use ring::digest::{SHA256, digest};
+
+use crate::model::{Endpoint, Ipv4Cidr, ServicePort, TrafficPolicy};
+
+pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
+pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
+pub const KUBE_NODEPORTS: &str = "KUBE-NODEPORTS";
+pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
+pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
+pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
+pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
+
+/// The packet mark meaning "masquerade this in POSTROUTING" (bit 14, upstream's default).
+pub const MASQ_MARK: &str = "0x4000";
+
+const SVC_PREFIX: &str = "KUBE-SVC-";
+const SVL_PREFIX: &str = "KUBE-SVL-";
+const EXT_PREFIX: &str = "KUBE-EXT-";
+const FW_PREFIX: &str = "KUBE-FW-";
+const SEP_PREFIX: &str = "KUBE-SEP-";
+
+/// Longest chain name iptables accepts.
+pub const MAX_CHAIN_NAME: usize = 28;
+
+/// What the renderer needs to know about the node it runs on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The Node's name, compared with endpoints' `nodeName` to find local endpoints.
+    pub name: String,
+    /// The node's own IPs; a load-balancer source range that contains one lets the node in.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Where the filter table's FORWARD-path chains are hooked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardHook {
+    /// Straight from FORWARD, for hosts where no dockerd manages iptables.
+    Forward,
+    /// From DOCKER-USER: dockerd re-inserts its own jumps at the top of FORWARD whenever it
+    /// creates a network, which would push ours below its isolation DROPs.
+    #[default]
+    DockerUser,
+}
+
+impl ForwardHook {
+    fn chain(self) -> &'static str {
+        match self {
+            ForwardHook::Forward => "FORWARD",
+            ForwardHook::DockerUser => "DOCKER-USER",
+        }
+    }
+}
+
+/// Proxy-wide settings that shape the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The pod network. Traffic to a cluster IP from outside it is masqueraded; pod traffic to an
+    /// external destination of an `externalTrafficPolicy: Local` Service may use any endpoint.
+    /// `None` disables both (as upstream without a local-traffic detector).
+    pub cluster_cidr: Option<Ipv4Cidr>,
+    /// Masquerade all cluster-IP traffic, not just traffic from outside the pod network.
+    pub masquerade_all: bool,
+    /// NodePorts also answer on 127.0.0.1. Needs `net.ipv4.conf.all.route_localnet=1`, which the
+    /// runner sets; the rules add the localnet guard (KUBE-FIREWALL) that upstream adds with it.
+    pub local_nodeport_loopback: bool,
+    /// Use `MASQUERADE --random-fully` (verified with iptables 1.8.9 nft on these machines).
+    pub masquerade_random_fully: bool,
+    /// `net.netfilter.nf_conntrack_tcp_be_liberal` is set: no DROP of INVALID forwarded packets.
+    pub conntrack_tcp_liberal: bool,
+    /// Accept forwarded traffic from and to `cluster_cidr` in KUBE-FORWARD. Upstream leaves that to
+    /// the network plugin; here dockerd's FORWARD policy DROP would otherwise block cross-node pod
+    /// traffic (networking recipe, section 1.4).
+    pub forward_accept_cluster_cidr: bool,
+    /// Where the FORWARD-path filter chains are hooked (only used by [`jump_rules`]).
+    pub forward_hook: ForwardHook,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            cluster_cidr: None,
+            masquerade_all: false,
+            local_nodeport_loopback: true,
+            masquerade_random_fully: true,
+            conntrack_tcp_liberal: false,
+            forward_accept_cluster_cidr: true,
+            forward_hook: ForwardHook::default(),
+        }
+    }
+}
+
+/// One chain and its rules, each a complete `-A CHAIN ...` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub rules: Vec<String>,
+}
+
+/// The chains of one table, in the order they are declared in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub name: &'static str,
+    pub chains: Vec<Chain>,
+}
+
+impl Table {
+    /// The chain called `name`, if this table has it.
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    /// The names of all chains, in declaration order.
+    pub fn chain_names(&self) -> Vec<String> {
+        self.chains.iter().map(|c| c.name.clone()).collect()
+    }
+
+    fn by_name(&self) -> HashMap<&str, &Chain> {
+        self.chains.iter().map(|c| (c.name.as_str(), c)).collect()
+    }
+}
+
+/// A rendered rule set: the full restore text and the same rules per chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub filter: Table,
+    pub nat: Table,
+    /// `*filter ... COMMIT *nat ... COMMIT`, for `iptables-restore --noflush`.
+    pub text: String,
+}
+
+/// A jump from a built-in chain to one of ours, ensured with `iptables -C` / `-I`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JumpRule {
+    pub table: &'static str,
+    /// The built-in (or Docker's DOCKER-USER) chain that holds the jump.
+    pub chain: &'static str,
+    /// The rule's arguments, one per argv element (no shell quoting), ending in `-j TARGET`.
+    pub args: Vec<String>,
+}
+
+/// The whole `filter` and `nat` rule set for `services` on `node`.
+pub fn render(services: &[ServicePort], node: &NodeInfo, cfg: &Config) -> Rendered {
+    let mut filter = TableBuilder::new(
+        "filter",
+        &[KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL],
+    );
+    let mut nat = TableBuilder::new("nat", &[KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ]);
+
+    let masq = format!("{MASQ_MARK}/{MASQ_MARK}");
+    nat.add(KUBE_POSTROUTING, format!("-m mark ! --mark {masq} -j RETURN"));
+    // Clear the mark so a packet that goes through the stack again is not masqueraded twice.
+    nat.add(KUBE_POSTROUTING, format!("-j MARK --xor-mark {MASQ_MARK}"));
+    let random_fully = if cfg.masquerade_random_fully { " --random-fully" } else { "" };
+    nat.add(
+        KUBE_POSTROUTING,
+        format!("{} -j MASQUERADE{random_fully}", comment("kubernetes service traffic requiring SNAT")),
+    );
+    nat.add(KUBE_MARK_MASQ, format!("-j MARK --or-mark {MASQ_MARK}"));
+
+    if cfg.local_nodeport_loopback {
+        // route_localnet lets any host send to 127.0.0.0/8 on this node; only allow what a DNAT
+        // made or what already belongs to an accepted connection.
+        filter.add(
+            KUBE_FIREWALL,
+            format!(
+                "{} -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+                comment("block incoming localnet connections")
+            ),
+        );
+    }
+
+    let mut sorted: Vec<&ServicePort> = services.iter().collect();
+    sorted.sort_by(|a, b| {
+        (&a.namespace, &a.name, &a.port_name, a.protocol).cmp(&(&b.namespace, &b.name, &b.port_name, b.protocol))
+    });
+    for sp in sorted {
+        render_service(sp, node, cfg, &mut filter, &mut nat);
+    }
+
+    // Node ports come last in KUBE-SERVICES: a node IP may also be an external IP of a Service,
+    // and the more specific rule must win.
+    let loopback = if cfg.local_nodeport_loopback { "" } else { " ! -d 127.0.0.0/8" };
+    nat.add(
+        KUBE_SERVICES,
+        format!(
+            "{} -m addrtype --dst-type LOCAL{loopback} -j {KUBE_NODEPORTS}",
+            comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+        ),
+    );
+
+    if !cfg.conntrack_tcp_liberal {
+        // An out-of-window packet would otherwise be forwarded un-NATed and reset the connection.
+        filter.add(KUBE_FORWARD, "-m conntrack --ctstate INVALID -j DROP".to_string());
+    }
+    filter.add(KUBE_FORWARD, format!("{} -m mark --mark {masq} -j ACCEPT", comment("kubernetes forwarding rules")));
+    filter.add(
+        KUBE_FORWARD,
+        format!(
+            "{} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            comment("kubernetes forwarding conntrack rule")
+        ),
+    );
+    if let (true, Some(cidr)) = (cfg.forward_accept_cluster_cidr, cfg.cluster_cidr) {
+        filter.add(KUBE_FORWARD, format!("-s {cidr} {} -j ACCEPT", comment("kubernetes forwarding pod source rule")));
+        filter.add(
+            KUBE_FORWARD,
+            format!("-d {cidr} {} -j ACCEPT", comment("kubernetes forwarding pod destination rule")),
+        );
+    }
+
+    let filter = filter.finish();
+    let nat = nat.finish();
+    let mut text = String::new();
+    write_table(&mut text, &filter, filter.chains.iter(), &[], &[]);
+    write_table(&mut text, &nat, nat.chains.iter(), &[], &[]);
+    Rendered { filter, nat, text }
+}
+
+/// Service chains (KUBE-SVC/SVL/EXT/FW/SEP) named in `previous` that `current` no longer has, sorted.
+///
+/// `previous` is the nat chain names of the last applied render, or, after a restart, the chain
+/// names `iptables-save -t nat` lists. Chains of other owners are never returned.
+pub fn stale_chains<'a>(previous: impl IntoIterator<Item = &'a str>, current: &Rendered) -> Vec<String> {
+    let now: HashSet<&str> = current.nat.chains.iter().map(|c| c.name.as_str()).collect();
+    let mut stale: Vec<String> =
+        previous.into_iter().filter(|c| is_service_chain(c) && !now.contains(c)).map(String::from).collect();
+    stale.sort();
+    stale.dedup();
+    stale
+}
+
+/// The full rule set of `next` plus flush-and-delete lines for the `stale` nat chains: the input
+/// for a full sync with `iptables-restore --noflush`.
+pub fn full_sync_text(next: &Rendered, stale: &[String]) -> String {
+    let mut text = String::new();
+    write_table(&mut text, &next.filter, next.filter.chains.iter(), &[], &[]);
+    write_table(&mut text, &next.nat, next.nat.chains.iter(), &[], stale);
+    text
+}
+
+/// Restore input that turns the rules of `prev` into those of `next`, for
+/// `iptables-restore --noflush`: only chains that are new or whose rules changed, plus stale
+/// service chains flushed and deleted. Other stale chains (say KUBE-FIREWALL after loopback node
+/// ports were turned off) are flushed but kept, because a built-in chain may still jump to them.
+/// Empty when nothing changed.
+///
+/// This is correct only if the kernel still holds `prev`; after a failed restore, or when the
+/// runner is unsure, it must do a full sync instead.
+pub fn render_changed(prev: &Rendered, next: &Rendered) -> String {
+    let mut text = String::new();
+    for (old, new) in [(&prev.filter, &next.filter), (&prev.nat, &next.nat)] {
+        let old_chains = old.by_name();
+        let new_names: HashSet<&str> = new.chains.iter().map(|c| c.name.as_str()).collect();
+        let changed: Vec<&Chain> =
+            new.chains.iter().filter(|c| old_chains.get(c.name.as_str()).is_none_or(|o| o.rules != c.rules)).collect();
+        let gone: Vec<&str> =
+            old.chains.iter().map(|c| c.name.as_str()).filter(|name| !new_names.contains(name)).collect();
+        let (delete, flush): (Vec<String>, Vec<String>) =
+            gone.into_iter().map(String::from).partition(|name| is_service_chain(name));
+        if changed.is_empty() && delete.is_empty() && flush.is_empty() {
+            continue;
+        }
+        write_table(&mut text, new, changed.into_iter(), &flush, &delete);
+    }
+    text
+}
+
+/// The jumps from built-in chains into ours, top to bottom per chain. Ensure each with
+/// `iptables -t TABLE -C CHAIN ARGS...`, and insert missing ones in reverse list order with
+/// `-I CHAIN 1` so they end up first and in this order.
+pub fn jump_rules(cfg: &Config) -> Vec<JumpRule> {
+    let new_only = ["-m", "conntrack", "--ctstate", "NEW"];
+    let jump = |table, chain, extra: &[&str], comment: &str, target: &str| {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !comment.is_empty() {
+            args.extend(["-m", "comment", "--comment", comment].map(String::from));
+        }
+        args.extend(["-j".to_string(), target.to_string()]);
+        JumpRule { table, chain, args }
+    };
+    let forward = cfg.forward_hook.chain();
+    let mut rules = vec![
+        jump("filter", "INPUT", &new_only, "kubernetes load balancer firewall", KUBE_PROXY_FIREWALL),
+        jump("filter", "INPUT", &[], "kubernetes health check service ports", KUBE_NODEPORTS),
+        jump("filter", "INPUT", &new_only, "kubernetes externally-visible service portals", KUBE_EXTERNAL_SERVICES),
+        jump("filter", forward, &new_only, "kubernetes load balancer firewall", KUBE_PROXY_FIREWALL),
+        jump("filter", forward, &[], "kubernetes forwarding rules", KUBE_FORWARD),
+        jump("filter", forward, &new_only, "kubernetes service portals", KUBE_SERVICES),
+        jump("filter", forward, &new_only, "kubernetes externally-visible service portals", KUBE_EXTERNAL_SERVICES),
+        jump("filter", "OUTPUT", &new_only, "kubernetes load balancer firewall", KUBE_PROXY_FIREWALL),
+        jump("filter", "OUTPUT", &new_only, "kubernetes service portals", KUBE_SERVICES),
+        jump("nat", "PREROUTING", &[], "kubernetes service portals", KUBE_SERVICES),
+        jump("nat", "OUTPUT", &[], "kubernetes service portals", KUBE_SERVICES),
+        jump("nat", "POSTROUTING", &[], "kubernetes postrouting rules", KUBE_POSTROUTING),
+    ];
+    if cfg.local_nodeport_loopback {
+        rules.push(jump("filter", "INPUT", &[], "", KUBE_FIREWALL));
+        rules.push(jump("filter", "OUTPUT", &[], "", KUBE_FIREWALL));
+    }
+    rules
+}
+
+/// Whether `name` is a per-service chain this renderer creates and may delete.
+pub fn is_service_chain(name: &str) -> bool {
+    [SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, FW_PREFIX, SEP_PREFIX].iter().any(|p| name.starts_with(p))
+}
+
+/// `prefix` + the first 16 base32 characters of SHA-256(`port_name` + `protocol`): upstream's
+/// names, so chains are stable across restarts and match what other tools expect.
+pub fn service_chain_name(prefix: &str, port_name: &str, protocol: &str) -> String {
+    format!("{prefix}{}", hash16(&format!("{port_name}{protocol}")))
+}
+
+/// The KUBE-SEP chain of one endpoint (`ip:port`) of a Service port.
+pub fn endpoint_chain_name(port_name: &str, protocol: &str, endpoint: &str) -> String {
+    format!("{SEP_PREFIX}{}", hash16(&format!("{port_name}{protocol}{endpoint}")))
+}
+
+/// Base32 (RFC 4648 alphabet) of the first 10 bytes of the SHA-256 of `input`: 16 characters.
+fn hash16(input: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let sum = digest(&SHA256, input.as_bytes());
+    let mut out = String::with_capacity(16);
+    for group in sum.as_ref()[..10].chunks(5) {
+        let bits = group.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        for i in (0..8).rev() {
+            out.push(char::from(ALPHABET[((bits >> (i * 5)) & 31) as usize]));
+        }
+    }
+    out
+}
+
+/// Upstream's probability text for picking 1 of `n` remaining endpoints.
+fn probability(n: usize) -> String {
+    format!("{:.10}", 1.0 / n as f64)
+}
+
+/// A comment match. Quotes and line breaks are dropped so a name can never break the restore
+/// syntax (names are validated by the apiserver, so this only matters for bad input).
+fn comment(text: &str) -> String {
+    let clean: String = text.chars().filter(|c| !matches!(c, '"' | '\\' | '\n' | '\r')).collect();
+    format!("-m comment --comment \"{clean}\"")
+}
+
+/// Which endpoints each traffic policy uses, as upstream's CategorizeEndpoints (without topology
+/// hints).
+struct Categorized<'a> {
+    /// For Cluster policy: the ready endpoints, or else the serving terminating ones.
+    cluster: Vec<&'a Endpoint>,
+    /// For Local policy: this node's ready endpoints, or else its serving terminating ones.
+    local: Vec<&'a Endpoint>,
+    /// Union of the two, in address order: the endpoints that get a KUBE-SEP chain.
+    all: Vec<&'a Endpoint>,
+    /// Whether any node has a usable endpoint.
+    any: bool,
+}
+
+fn uses_cluster_endpoints(sp: &ServicePort) -> bool {
+    // Even with Local external policy, traffic from this node short-circuits to all endpoints.
+    sp.internal_traffic_policy == TrafficPolicy::Cluster || sp.externally_accessible()
+}
+
+fn uses_local_endpoints(sp: &ServicePort) -> bool {
+    sp.internal_traffic_policy == TrafficPolicy::Local
+        || (sp.external_traffic_policy == TrafficPolicy::Local && sp.externally_accessible())
+}
+
+fn categorize<'a>(sp: &'a ServicePort, node: &str) -> Categorized<'a> {
+    let usable_terminating = |e: &Endpoint| !e.ready && e.serving && e.terminating;
+    let is_local = |e: &Endpoint| !node.is_empty() && e.node_name.as_deref() == Some(node);
+    let pick = |filter: &dyn Fn(&Endpoint) -> bool| -> Vec<&'a Endpoint> {
+        let ready: Vec<&Endpoint> = sp.endpoints.iter().filter(|e| e.ready && filter(e)).collect();
+        if !ready.is_empty() {
+            return ready;
+        }
+        sp.endpoints.iter().filter(|e| usable_terminating(e) && filter(e)).collect()
+    };
+    let any = sp.endpoints.iter().any(|e| e.ready || usable_terminating(e));
+    let cluster = if uses_cluster_endpoints(sp) { pick(&|_| true) } else { Vec::new() };
+    let local = if uses_local_endpoints(sp) { pick(&is_local) } else { Vec::new() };
+    let mut all: Vec<&Endpoint> = cluster.iter().chain(local.iter()).copied().collect();
+    all.sort_by_key(|e| (e.ip, e.port));
+    all.dedup_by_key(|e| (e.ip, e.port));
+    Categorized { cluster, local, all, any }
+}
+
+fn render_service(sp: &ServicePort, node: &NodeInfo, cfg: &Config, filter: &mut TableBuilder, nat: &mut TableBuilder) {
+    let proto = sp.protocol.as_iptables();
+    let name = sp.port_name_string();
+    let svc_chain = service_chain_name(SVC_PREFIX, &name, proto);
+    let svl_chain = service_chain_name(SVL_PREFIX, &name, proto);
+    let ext_chain = service_chain_name(EXT_PREFIX, &name, proto);
+    let fw_chain = service_chain_name(FW_PREFIX, &name, proto);
+    let eps = categorize(sp, &node.name);
+
+    let uses_svc = !eps.cluster.is_empty() && uses_cluster_endpoints(sp);
+    let uses_svl = !eps.local.is_empty() && uses_local_endpoints(sp);
+    let (internal_chain, has_internal) = match sp.internal_traffic_policy {
+        TrafficPolicy::Cluster => (&svc_chain, eps.any),
+        TrafficPolicy::Local => (&svl_chain, eps.any && !eps.local.is_empty()),
+    };
+    let (external_policy_chain, has_external) = match sp.external_traffic_policy {
+        TrafficPolicy::Cluster => (&svc_chain, eps.any),
+        TrafficPolicy::Local => (&svl_chain, eps.any && !eps.local.is_empty()),
+    };
+    // The EXT chain exists whenever there are endpoints anywhere: even with no local endpoint,
+    // traffic from this node and its pods still short-circuits to the cluster-wide ones.
+    let uses_ext = eps.any && sp.externally_accessible();
+    let uses_fw = eps.any && !sp.load_balancer_ips.is_empty() && !sp.load_balancer_source_ranges.is_empty();
+    let lb_chain = if uses_fw { &fw_chain } else { &ext_chain };
+
+    // No endpoints anywhere: REJECT, so clients fail fast. Endpoints, but none for this policy on
+    // this node: DROP, as the traffic may be retried through another node.
+    let (missing_target, missing_comment) = if eps.any {
+        ("DROP", format!("{name} has no local endpoints"))
+    } else {
+        ("REJECT", format!("{name} has no endpoints"))
+    };
+    let dest = |ip: Ipv4Addr, port: u16| format!("-d {ip}/32 -p {proto} -m {proto} --dport {port}");
+
+    // Declare this Service's nat chains up front so the text lists them in a fixed order.
+    for (used, chain) in [(uses_ext, &ext_chain), (uses_fw, &fw_chain), (uses_svc, &svc_chain), (uses_svl, &svl_chain)]
+    {
+        if used {
+            nat.declare(chain);
+        }
+    }
+    let sep_chains: Vec<(String, &Endpoint)> =
+        eps.all.iter().map(|e| (endpoint_chain_name(&name, proto, &e.addr()), *e)).collect();
+    for (chain, _) in &sep_chains {
+        nat.declare(chain);
+    }
+
+    // Cluster IP.
+    let cluster_dest = dest(sp.cluster_ip, sp.port);
+    if has_internal {
+        nat.add(
+            KUBE_SERVICES,
+            format!("{} {cluster_dest} -j {internal_chain}", comment(&format!("{name} cluster IP"))),
+        );
+    } else {
+        filter.add(KUBE_SERVICES, format!("{} {cluster_dest} -j {missing_target}", comment(&missing_comment)));
+    }
+
+    // External IPs.
+    for ip in &sp.external_ips {
+        let d = dest(*ip, sp.port);
+        if eps.any {
+            nat.add(KUBE_SERVICES, format!("{} {d} -j {ext_chain}", comment(&format!("{name} external IP"))));
+        }
+        if !has_external {
+            filter.add(KUBE_EXTERNAL_SERVICES, format!("{} {d} -j {missing_target}", comment(&missing_comment)));
+        }
+    }
+
+    // Load-balancer IPs.
+    for ip in &sp.load_balancer_ips {
+        let d = dest(*ip, sp.port);
+        if eps.any {
+            nat.add(KUBE_SERVICES, format!("{} {d} -j {lb_chain}", comment(&format!("{name} loadbalancer IP"))));
+        }
+        if uses_fw {
+            // What the FW chain did not send on was not DNATed and ends here.
+            let note = format!("{name} traffic not accepted by {fw_chain}");
+            filter.add(KUBE_PROXY_FIREWALL, format!("{} {d} -j DROP", comment(&note)));
+        }
+    }
+    if !has_external {
+        for ip in &sp.load_balancer_ips {
+            let d = dest(*ip, sp.port);
+            filter.add(KUBE_EXTERNAL_SERVICES, format!("{} {d} -j {missing_target}", comment(&missing_comment)));
+        }
+    }
+
+    // Node port, on every local address (KUBE-SERVICES jumps here for --dst-type LOCAL).
+    if let Some(node_port) = sp.node_port {
+        let m = format!("-p {proto} -m {proto} --dport {node_port}");
+        if eps.any {
+            nat.add(KUBE_NODEPORTS, format!("{} {m} -j {ext_chain}", comment(&name)));
+        }
+        if !has_external {
+            filter.add(
+                KUBE_EXTERNAL_SERVICES,
+                format!("{} -m addrtype --dst-type LOCAL {m} -j {missing_target}", comment(&missing_comment)),
+            );
+        }
+    }
+
+    // The health-check node port is served by the proxy's HTTP server; let it through.
+    if let Some(hc) = sp.health_check_node_port {
+        filter.add(
+            KUBE_NODEPORTS,
+            format!("{} -p tcp -m tcp --dport {hc} -j ACCEPT", comment(&format!("{name} health check node port"))),
+        );
+    }
+
+    // Masquerade cluster-IP traffic that comes from outside the pod network: its replies must
+    // come back through this node.
+    if has_internal {
+        let c = comment(&format!("{name} cluster IP"));
+        if cfg.masquerade_all {
+            nat.add(internal_chain, format!("{c} {cluster_dest} -j {KUBE_MARK_MASQ}"));
+        } else if let Some(cidr) = cfg.cluster_cidr {
+            nat.add(internal_chain, format!("{c} {cluster_dest} ! -s {cidr} -j {KUBE_MARK_MASQ}"));
+        }
+    }
+
+    if uses_ext {
+        match sp.external_traffic_policy {
+            TrafficPolicy::Cluster => {
+                // The endpoint may be on another node; the reply must come back through this one.
+                let c = comment(&format!("masquerade traffic for {name} external destinations"));
+                nat.add(&ext_chain, format!("{c} -j {KUBE_MARK_MASQ}"));
+            }
+            TrafficPolicy::Local => {
+                // Keep the client's source IP. Pods on this node and the node itself are treated as
+                // if they went out to the load balancer and came back: any endpoint will do.
+                if let Some(cidr) = cfg.cluster_cidr {
+                    let c = comment(&format!("pod traffic for {name} external destinations"));
+                    nat.add(&ext_chain, format!("{c} -s {cidr} -j {svc_chain}"));
+                }
+                // The node's own traffic (including 127.0.0.1 node ports) must be masqueraded: its
+                // source is a local address the endpoint cannot answer.
+                let c = comment(&format!("masquerade LOCAL traffic for {name} external destinations"));
+                nat.add(&ext_chain, format!("{c} -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}"));
+                let c = comment(&format!("route LOCAL traffic for {name} external destinations"));
+                nat.add(&ext_chain, format!("{c} -m addrtype --src-type LOCAL -j {svc_chain}"));
+            }
+        }
+        if has_external {
+            nat.add(&ext_chain, format!("{} -j {external_policy_chain}", comment(&name)));
+        }
+    }
+
+    if uses_fw {
+        let c = comment(&format!("{name} loadbalancer IP"));
+        let mut allow_node = false;
+        for range in &sp.load_balancer_source_ranges {
+            nat.add(&fw_chain, format!("{c} -s {range} -j {ext_chain}"));
+            allow_node |= node.addresses.iter().any(|a| range.contains(*a));
+        }
+        if allow_node {
+            // A node that holds the load-balancer IP itself talks to it with that IP as source.
+            for ip in &sp.load_balancer_ips {
+                nat.add(&fw_chain, format!("{c} -s {ip}/32 -j {ext_chain}"));
+            }
+        }
+        // Anything else falls off the end un-DNATed and is dropped by KUBE-PROXY-FIREWALL.
+        let c = comment(&format!("other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"));
+        nat.add(&fw_chain, c);
+    }
+
+    let sep_of = |e: &Endpoint| endpoint_chain_name(&name, proto, &e.addr());
+    if uses_svc {
+        write_balancing(nat, &svc_chain, &name, sp.session_affinity_timeout, &eps.cluster, &sep_of);
+    }
+    if uses_svl {
+        write_balancing(nat, &svl_chain, &name, sp.session_affinity_timeout, &eps.local, &sep_of);
+    }
+
+    for (chain, ep) in &sep_chains {
+        let c = comment(&name);
+        // Hairpin: a pod reaching itself through the Service needs a source it will answer via
+        // the bridge, so masquerade it.
+        nat.add(chain, format!("{c} -s {}/32 -j {KUBE_MARK_MASQ}", ep.ip));
+        let affinity = if sp.session_affinity_timeout.is_some() {
+            format!(" -m recent --name {chain} --set")
+        } else {
+            String::new()
+        };
+        nat.add(chain, format!("{c}{affinity} -p {proto} -m {proto} -j DNAT --to-destination {}", ep.addr()));
+    }
+}
+
+/// The rules of a KUBE-SVC or KUBE-SVL chain: affinity checks first, then an even random spread
+/// where rule i matches with probability 1/(n-i) and the last always matches.
+fn write_balancing(
+    nat: &mut TableBuilder,
+    chain: &str,
+    name: &str,
+    affinity: Option<u32>,
+    endpoints: &[&Endpoint],
+    sep_of: &dyn Fn(&Endpoint) -> String,
+) {
+    if let Some(seconds) = affinity {
+        for ep in endpoints {
+            let sep = sep_of(ep);
+            let c = comment(&format!("{name} -> {}", ep.addr()));
+            nat.add(chain, format!("{c} -m recent --name {sep} --rcheck --seconds {seconds} --reap -j {sep}"));
+        }
+    }
+    let n = endpoints.len();
+    for (i, ep) in endpoints.iter().enumerate() {
+        let c = comment(&format!("{name} -> {}", ep.addr()));
+        let sep = sep_of(ep);
+        if i + 1 < n {
+            let p = probability(n - i);
+            nat.add(chain, format!("{c} -m statistic --mode random --probability {p} -j {sep}"));
+        } else {
+            nat.add(chain, format!("{c} -j {sep}"));
+        }
+    }
+}
+
+/// Collects chains in declaration order and their rules.
+struct TableBuilder {
+    name: &'static str,
+    chains: Vec<Chain>,
+    index: HashMap<String, usize>,
+}
+
+impl TableBuilder {
+    fn new(name: &'static str, top_level: &[&str]) -> TableBuilder {
+        let mut t = TableBuilder { name, chains: Vec::new(), index: HashMap::new() };
+        for chain in top_level {
+            t.declare(chain);
+        }
+        t
+    }
+
+    fn declare(&mut self, chain: &str) -> usize {
+        if let Some(i) = self.index.get(chain) {
+            return *i;
+        }
+        self.chains.push(Chain { name: chain.to_string(), rules: Vec::new() });
+        self.index.insert(chain.to_string(), self.chains.len() - 1);
+        self.chains.len() - 1
+    }
+
+    fn add(&mut self, chain: &str, rule: String) {
+        let i = self.declare(chain);
+        self.chains[i].rules.push(format!("-A {chain} {rule}"));
+    }
+
+    fn finish(self) -> Table {
+        Table { name: self.name, chains: self.chains }
+    }
+}
+
+/// Appends one table's restore section: declarations (which flush), rules, then the deletions.
+fn write_table<'a>(
+    out: &mut String,
+    table: &Table,
+    chains: impl Iterator<Item = &'a Chain> + Clone,
+    flush_only: &[String],
+    delete: &[String],
+) {
+    out.push('*');
+    out.push_str(table.name);
+    out.push('\n');
+    for c in chains.clone() {
+        out.push_str(&format!(":{} - [0:0]\n", c.name));
+    }
+    for name in flush_only.iter().chain(delete) {
+        out.push_str(&format!(":{name} - [0:0]\n"));
+    }
+    for c in chains {
+        for rule in &c.rules {
+            out.push_str(rule);
+            out.push('\n');
+        }
+    }
+    for name in delete {
+        out.push_str(&format!("-X {name}\n"));
+    }
+    out.push_str("COMMIT\n");
+}
