@@ -1,7 +1,8 @@
 //! Authentication by bearer token: static tokens from a token file (upstream's
 //! `--token-auth-file` format: `token,user,uid[,"group1,group2"]`, one per line), and service
 //! account tokens ([`crate::satoken`]) whose service account, and bound pod or secret, still
-//! exist with the uids the token names.
+//! exist with the uids the token names, and legacy tokens while their Secret still holds them and
+//! their service account still exists with the uid named (upstream's legacy lookup).
 //!
 //! Anonymous requests may only reach the health and version endpoints, as upstream's default
 //! RBAC (`system:public-info-viewer`) allows; everything else answers 401.
@@ -14,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::rest::Store;
-use crate::satoken::Signer;
+use crate::satoken::{LegacyClaims, Signer};
 
 pub const AUTHENTICATED: &str = "system:authenticated";
 
@@ -80,6 +81,13 @@ impl Authenticator {
             return Some(u);
         }
         let signer = self.service_accounts.as_ref()?;
+        if let Some(legacy) = signer.verify_legacy(token) {
+            // Legacy tokens name no audience: they are meant for the apiserver alone.
+            if audiences.is_some_and(|wanted| !wanted.iter().any(|a| signer.audiences.contains(a))) {
+                return None;
+            }
+            return authenticate_legacy(legacy, token, store).await;
+        }
         let claims = signer.verify_for(token, jiff::Timestamp::now().as_second(), audiences)?;
         let reg = &store.registry;
         let current = |plural: &'static str, ns: String, name: String, uid: String| async move {
@@ -115,6 +123,50 @@ impl Authenticator {
             extra,
         })
     }
+}
+
+/// The user of a verified legacy token, if its Secret and service account still back it.
+async fn authenticate_legacy(claims: LegacyClaims, token: &str, store: &Store) -> Option<User> {
+    let read = |plural: &'static str, name: String| {
+        let ns = claims.namespace.clone();
+        async move {
+            let info = store.registry.by_plural("", plural)?;
+            store.get_value(info, &ns, &name).await.ok()
+        }
+    };
+    let secret = read("secrets", claims.secret_name.clone()).await;
+    let account = read("serviceaccounts", claims.service_account.clone()).await;
+    if !legacy_token_current(&claims, token, secret.as_ref(), account.as_ref()) {
+        return None;
+    }
+    let ns = &claims.namespace;
+    Some(User {
+        name: format!("system:serviceaccount:{ns}:{}", claims.service_account),
+        uid: claims.service_account_uid.clone(),
+        groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), AUTHENTICATED.into()],
+        extra: BTreeMap::new(),
+    })
+}
+
+/// Whether a legacy token is still good: its Secret exists, is not being deleted and holds
+/// exactly this token, and its service account exists, is not being deleted and has the uid the
+/// token names. Deleting the Secret (or the account) revokes the token.
+pub fn legacy_token_current(
+    claims: &LegacyClaims,
+    token: &str,
+    secret: Option<&serde_json::Value>,
+    account: Option<&serde_json::Value>,
+) -> bool {
+    use base64::Engine;
+    let (Some(secret), Some(account)) = (secret, account) else { return false };
+    let held = secret
+        .pointer("/data/token")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+    held.as_deref() == Some(token.as_bytes())
+        && !crate::meta::is_deleting(secret)
+        && !crate::meta::is_deleting(account)
+        && crate::meta::uid(account) == claims.service_account_uid
 }
 
 impl User {
@@ -243,6 +295,34 @@ mod tests {
     fn malformed_token_lines_name_the_line() {
         let err = TokenAuthenticator::parse("t.csv", "ok,u,1\nbroken\n").expect_err("bad");
         assert_eq!(err.to_string(), "token file t.csv line 2: expected token,user,uid[,\"groups\"]");
+    }
+
+    #[test]
+    fn a_legacy_token_holds_only_while_its_secret_holds_it_and_its_account_keeps_its_uid() {
+        use base64::Engine;
+        let claims = LegacyClaims {
+            namespace: "default".into(),
+            secret_name: "robot-token".into(),
+            service_account: "robot".into(),
+            service_account_uid: "uid-1".into(),
+        };
+        let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        let secret = serde_json::json!({"metadata": {"name": "robot-token"}, "data": {"token": b64("tok")}});
+        let account = serde_json::json!({"metadata": {"name": "robot", "uid": "uid-1"}});
+        let deleting = |mut v: serde_json::Value| {
+            v["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+            v
+        };
+        assert!(legacy_token_current(&claims, "tok", Some(&secret), Some(&account)));
+        assert!(!legacy_token_current(&claims, "other", Some(&secret), Some(&account)), "the secret holds another");
+        assert!(!legacy_token_current(&claims, "tok", None, Some(&account)), "the secret is gone");
+        assert!(!legacy_token_current(&claims, "tok", Some(&secret), None), "the account is gone");
+        assert!(!legacy_token_current(&claims, "tok", Some(&deleting(secret.clone())), Some(&account)));
+        assert!(!legacy_token_current(&claims, "tok", Some(&secret), Some(&deleting(account.clone()))));
+        let recreated = serde_json::json!({"metadata": {"name": "robot", "uid": "uid-2"}});
+        assert!(!legacy_token_current(&claims, "tok", Some(&secret), Some(&recreated)), "a new account of that name");
+        let empty = serde_json::json!({"metadata": {"name": "robot-token"}});
+        assert!(!legacy_token_current(&claims, "", Some(&empty), Some(&account)), "no token in the secret");
     }
 
     #[test]

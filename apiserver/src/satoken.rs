@@ -7,6 +7,11 @@
 //! The key is `--service-account-signing-key-file`, or `sa.key` generated in the certificate
 //! directory on first start. The key id (`kid`) is the unpadded base64url SHA-256 of the public
 //! key's DER SubjectPublicKeyInfo, as upstream computes it; `/openid/v1/jwks` publishes the key.
+//!
+//! Legacy tokens, which the controller-manager's token controller signs with the same key and
+//! writes into `kubernetes.io/service-account-token` Secrets, have issuer [`LEGACY_ISSUER`], flat
+//! `kubernetes.io/serviceaccount/...` claims, no audience and no expiry: they hold for as long as
+//! their Secret holds them ([`crate::auth`] checks that on every request).
 
 use std::path::Path;
 
@@ -17,6 +22,8 @@ use ring::signature::{self, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
 
 pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// `iss` of the legacy tokens held in Secrets, as upstream.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 /// Clock skew tolerated on `nbf` and `exp`, as upstream's validator allows.
 const LEEWAY_SECONDS: i64 = 60;
 
@@ -54,6 +61,16 @@ pub struct TokenClaims {
     pub bound: Option<(String, String, String)>,
     pub node: Option<(String, String)>,
     pub id: String,
+}
+
+/// Who a legacy (Secret-held) token speaks for: every claim is required, as upstream's legacy
+/// validator requires them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyClaims {
+    pub namespace: String,
+    pub secret_name: String,
+    pub service_account: String,
+    pub service_account_uid: String,
 }
 
 impl Signer {
@@ -98,6 +115,10 @@ impl Signer {
             "kubernetes.io": k8s,
             "sub": format!("system:serviceaccount:{}:{}", claims.namespace, claims.service_account),
         });
+        self.sign(&body)
+    }
+
+    fn sign(&self, body: &Value) -> String {
         let header = json!({"alg": "ES256", "kid": self.kid});
         let signing_input = format!("{}.{}", B64.encode(header.to_string()), B64.encode(body.to_string()));
         let sig =
@@ -105,14 +126,8 @@ impl Signer {
         format!("{signing_input}.{sig}")
     }
 
-    /// The claims of a token this signer issued, checked for signature, issuer, audience and
-    /// validity at `now`. The caller still checks that the named objects exist.
-    pub fn verify(&self, token: &str, now: i64) -> Option<TokenClaims> {
-        self.verify_for(token, now, None)
-    }
-
-    /// [`Signer::verify`] for tokens meant for one of `audiences` (`None`: the apiserver's).
-    pub fn verify_for(&self, token: &str, now: i64, audiences: Option<&[String]>) -> Option<TokenClaims> {
+    /// The claims of a token signed with this key, whatever its issuer: the signature alone.
+    fn signed_body(&self, token: &str) -> Option<Value> {
         let mut parts = token.split('.');
         let (h, b, s) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -124,7 +139,40 @@ impl Signer {
         }
         let public = signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, self.key.public_key());
         public.verify(format!("{h}.{b}").as_bytes(), &B64.decode(s).ok()?).ok()?;
-        let body: Value = serde_json::from_slice(&B64.decode(b).ok()?).ok()?;
+        serde_json::from_slice(&B64.decode(b).ok()?).ok()
+    }
+
+    /// The claims of a legacy token signed with this key ([`LEGACY_ISSUER`]). Legacy tokens do
+    /// not expire; the caller checks that the Secret still holds this token and that the service
+    /// account still exists with the uid named.
+    pub fn verify_legacy(&self, token: &str) -> Option<LegacyClaims> {
+        let body = self.signed_body(token)?;
+        if body.get("iss").and_then(Value::as_str) != Some(LEGACY_ISSUER) {
+            return None;
+        }
+        let claim = |name: &str| {
+            body.get(format!("kubernetes.io/serviceaccount/{name}"))
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(String::from)
+        };
+        Some(LegacyClaims {
+            namespace: claim("namespace")?,
+            secret_name: claim("secret.name")?,
+            service_account: claim("service-account.name")?,
+            service_account_uid: claim("service-account.uid")?,
+        })
+    }
+
+    /// The claims of a token this signer issued, checked for signature, issuer, audience and
+    /// validity at `now`. The caller still checks that the named objects exist.
+    pub fn verify(&self, token: &str, now: i64) -> Option<TokenClaims> {
+        self.verify_for(token, now, None)
+    }
+
+    /// [`Signer::verify`] for tokens meant for one of `audiences` (`None`: the apiserver's).
+    pub fn verify_for(&self, token: &str, now: i64, audiences: Option<&[String]>) -> Option<TokenClaims> {
+        let body = self.signed_body(token)?;
         if body.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return None;
         }
@@ -247,6 +295,44 @@ mod tests {
         parts[1] = &forged;
         assert_eq!(s.verify(&parts.join("."), 1_000_100), None);
         assert_eq!(s.verify("not.a.token", 1_000_100), None);
+    }
+
+    fn legacy_body() -> Value {
+        json!({
+            "iss": LEGACY_ISSUER,
+            "sub": "system:serviceaccount:default:robot",
+            "kubernetes.io/serviceaccount/namespace": "default",
+            "kubernetes.io/serviceaccount/secret.name": "robot-token",
+            "kubernetes.io/serviceaccount/service-account.name": "robot",
+            "kubernetes.io/serviceaccount/service-account.uid": "uid-1",
+        })
+    }
+
+    #[test]
+    fn legacy_tokens_verify_with_this_key_without_expiry_and_need_every_claim() {
+        let dir = tempdir("legacy");
+        let s = signer(dir.path());
+        let t = s.sign(&legacy_body());
+        let want = LegacyClaims {
+            namespace: "default".into(),
+            secret_name: "robot-token".into(),
+            service_account: "robot".into(),
+            service_account_uid: "uid-1".into(),
+        };
+        assert_eq!(s.verify_legacy(&t), Some(want));
+        assert_eq!(s.verify(&t, 1_000_000), None, "not a bound token");
+        let other = tempdir("legacy-other");
+        assert_eq!(signer(other.path()).verify_legacy(&t), None, "another key");
+        let bound = s.issue(&claims(), &s.audiences.clone(), 1_000_000, 600);
+        assert_eq!(s.verify_legacy(&bound), None, "a bound token is not a legacy one");
+        for missing in ["namespace", "secret.name", "service-account.name", "service-account.uid"] {
+            let mut body = legacy_body();
+            body.as_object_mut().expect("object").remove(&format!("kubernetes.io/serviceaccount/{missing}"));
+            assert_eq!(s.verify_legacy(&s.sign(&body)), None, "without {missing}");
+        }
+        let mut body = legacy_body();
+        body["iss"] = json!("someone-else");
+        assert_eq!(s.verify_legacy(&s.sign(&body)), None, "another issuer");
     }
 
     #[test]
