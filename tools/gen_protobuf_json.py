@@ -48,9 +48,9 @@ MANUAL = {
 # (module, kind, apiVersion) of the top-level objects a body may hold.
 ROOTS = [
     ("api::core::v1", k, "v1")
-    for k in ["Namespace", "Pod", "Service", "Endpoints", "ConfigMap", "Secret", "Node", "Event", "ServiceAccount", "Binding"]
+    for k in ["Namespace", "Pod", "Service", "Endpoints", "ConfigMap", "Secret", "Node", "Event", "ServiceAccount", "Binding", "PersistentVolume", "PersistentVolumeClaim"]
 ] + [
-    ("api::apps::v1", k, "apps/v1") for k in ["Deployment", "ReplicaSet", "DaemonSet", "StatefulSet"]
+    ("api::apps::v1", k, "apps/v1") for k in ["Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "ControllerRevision"]
 ] + [
     ("api::batch::v1", "Job", "batch/v1"),
     ("api::batch::v1", "CronJob", "batch/v1"),
@@ -59,6 +59,7 @@ ROOTS = [
     ("api::networking::v1", "Ingress", "networking.k8s.io/v1"),
     ("api::policy::v1", "PodDisruptionBudget", "policy/v1"),
     ("api::scheduling::v1", "PriorityClass", "scheduling.k8s.io/v1"),
+    ("api::storage::v1", "StorageClass", "storage.k8s.io/v1"),
     ("api::policy::v1", "Eviction", "policy/v1"),
     ("api::autoscaling::v1", "Scale", "autoscaling/v1"),
     ("api::autoscaling::v2", "HorizontalPodAutoscaler", "autoscaling/v2"),

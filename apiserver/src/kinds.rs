@@ -1121,6 +1121,254 @@ impl Strategy for StatefulSetStrategy {
     }
 }
 
+/// apps/v1 ControllerRevisions: an immutable snapshot (`data`) of a DaemonSet's or StatefulSet's
+/// template at a revision number.
+pub struct ControllerRevisionStrategy;
+impl Strategy for ControllerRevisionStrategy {
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        match obj.get("revision").and_then(Value::as_i64) {
+            Some(r) if r < 0 => vec![Cause::invalid("revision", r, "must be greater than or equal to 0")],
+            _ => Vec::new(),
+        }
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        if new.get("data") != old.get("data") {
+            return vec![Cause::immutable("data", crate::meta::field_value(new, "data"))];
+        }
+        Vec::new()
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::CONTROLLER_REVISION)
+    }
+}
+
+const ACCESS_MODES: &[&str] = &["ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"];
+const VOLUME_MODES: &[&str] = &["Block", "Filesystem"];
+
+fn validate_access_modes(obj: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let modes = array_at(obj, path);
+    if modes.is_empty() {
+        causes.push(Cause::required(path));
+    }
+    for m in modes {
+        let m = m.as_str().unwrap_or("");
+        if !ACCESS_MODES.contains(&m) {
+            causes.push(Cause::not_supported(path, m, ACCESS_MODES));
+        }
+    }
+    if modes.len() > 1 && modes.iter().any(|m| m.as_str() == Some("ReadWriteOncePod")) {
+        causes.push(Cause::forbidden(path, "may not use ReadWriteOncePod with other access modes"));
+    }
+}
+
+fn validate_storage_quantity(obj: &Value, path: &str, causes: &mut Vec<Cause>) {
+    match get(obj, path) {
+        None => causes.push(Cause::required(path)),
+        Some(v) => {
+            let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            match quantity::parse_units(&text) {
+                Some(n) if n > 0 => {}
+                Some(_) => causes.push(Cause::invalid(path, &text, "must be greater than zero")),
+                None => causes.push(Cause::invalid(
+                    path,
+                    &text,
+                    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+                )),
+            }
+        }
+    }
+}
+
+/// The volume sources a PersistentVolume may name, as upstream lists them.
+const PV_SOURCES: &[&str] = &[
+    "awsElasticBlockStore",
+    "azureDisk",
+    "azureFile",
+    "cephfs",
+    "cinder",
+    "csi",
+    "fc",
+    "flexVolume",
+    "flocker",
+    "gcePersistentDisk",
+    "glusterfs",
+    "hostPath",
+    "iscsi",
+    "local",
+    "nfs",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "quobyte",
+    "rbd",
+    "scaleIO",
+    "storageos",
+    "vsphereVolume",
+];
+
+/// core/v1 PersistentVolumes: reclaim policy Retain and volume mode Filesystem by default; a
+/// new volume is `Pending` until the binder makes it `Available`.
+pub struct PersistentVolumeStrategy;
+impl Strategy for PersistentVolumeStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let spec = obj_mut(obj, "spec");
+        set_default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+        set_default(spec, "volumeMode", json!("Filesystem"));
+        obj_mut(obj, "status").insert("phase".into(), json!("Pending"));
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        let spec = obj_mut(new, "spec");
+        set_default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+        set_default(spec, "volumeMode", json!("Filesystem"));
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_access_modes(obj, "spec.accessModes", &mut causes);
+        validate_storage_quantity(obj, "spec.capacity.storage", &mut causes);
+        let sources: Vec<&str> =
+            PV_SOURCES.iter().copied().filter(|s| get(obj, &format!("spec.{s}")).is_some()).collect();
+        match sources.len() {
+            0 => causes.push(Cause {
+                message: "Required value: must specify a volume type".into(),
+                ..Cause::required("spec")
+            }),
+            1 => {}
+            _ => {
+                causes.push(Cause::forbidden(format!("spec.{}", sources[1]), "may not specify more than 1 volume type"))
+            }
+        }
+        if let Some(p) = get(obj, "spec.hostPath.path").and_then(Value::as_str)
+            && p.split('/').any(|seg| seg == "..")
+        {
+            causes.push(Cause::invalid("spec.hostPath.path", p, "must not contain '..'"));
+        }
+        if get(obj, "spec.local").is_some() && get(obj, "spec.nodeAffinity").is_none() {
+            causes.push(Cause {
+                message: "Required value: Local volume requires node affinity".into(),
+                ..Cause::required("spec.nodeAffinity")
+            });
+        }
+        let policy = str_at(obj, "spec.persistentVolumeReclaimPolicy");
+        const POLICIES: &[&str] = &["Delete", "Recycle", "Retain"];
+        if !policy.is_empty() && !POLICIES.contains(&policy) {
+            causes.push(Cause::not_supported("spec.persistentVolumeReclaimPolicy", policy, POLICIES));
+        }
+        let mode = str_at(obj, "spec.volumeMode");
+        if !mode.is_empty() && !VOLUME_MODES.contains(&mode) {
+            causes.push(Cause::not_supported("spec.volumeMode", mode, VOLUME_MODES));
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        for f in PV_SOURCES.iter().map(|s| format!("spec.{s}")).chain(["spec.volumeMode".to_string()]) {
+            if get(old, &f).is_some() && get(new, &f) != get(old, &f) {
+                causes.push(Cause::immutable(&f, crate::meta::field_value(new, &f)));
+            }
+        }
+        if get(old, "spec.nodeAffinity").is_some() && get(new, "spec.nodeAffinity") != get(old, "spec.nodeAffinity") {
+            causes.push(Cause::immutable("spec.nodeAffinity", crate::meta::field_value(new, "spec.nodeAffinity")));
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::PERSISTENT_VOLUME)
+    }
+}
+
+/// core/v1 PersistentVolumeClaims: volume mode Filesystem by default, `Pending` until bound.
+/// Once created, only the storage request (expansion) and, while unbound, the volume name may
+/// change.
+pub struct PersistentVolumeClaimStrategy;
+impl Strategy for PersistentVolumeClaimStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        set_default(obj_mut(obj, "spec"), "volumeMode", json!("Filesystem"));
+        obj_mut(obj, "status").insert("phase".into(), json!("Pending"));
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        set_default(obj_mut(new, "spec"), "volumeMode", json!("Filesystem"));
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_access_modes(obj, "spec.accessModes", &mut causes);
+        validate_storage_quantity(obj, "spec.resources.requests.storage", &mut causes);
+        let mode = str_at(obj, "spec.volumeMode");
+        if !mode.is_empty() && !VOLUME_MODES.contains(&mode) {
+            causes.push(Cause::not_supported("spec.volumeMode", mode, VOLUME_MODES));
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let strip = |o: &Value| {
+            let mut spec = o.get("spec").cloned().unwrap_or(Value::Null);
+            if let Some(m) = spec.as_object_mut() {
+                m.remove("resources");
+                if o.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or("").is_empty() {
+                    m.remove("volumeName");
+                }
+                m.remove("volumeAttributesClassName");
+            }
+            spec
+        };
+        let (mut new_spec, old_spec) = (strip(new), strip(old));
+        // A volume name may be set on an unbound claim (the binder does), not changed after.
+        if old.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or("").is_empty()
+            && let Some(m) = new_spec.as_object_mut()
+        {
+            m.remove("volumeName");
+        }
+        if new_spec != old_spec {
+            return vec![Cause::forbidden(
+                "spec",
+                "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+            )];
+        }
+        Vec::new()
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::PERSISTENT_VOLUME_CLAIM)
+    }
+}
+
+/// storage.k8s.io/v1 StorageClasses: reclaim policy Delete and binding mode Immediate by
+/// default; provisioner and parameters are fixed once created.
+pub struct StorageClassStrategy;
+impl Strategy for StorageClassStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let m = obj.as_object_mut();
+        if let Some(m) = m {
+            set_default(m, "reclaimPolicy", json!("Delete"));
+            set_default(m, "volumeBindingMode", json!("Immediate"));
+        }
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        if str_at(obj, "provisioner").is_empty() {
+            causes.push(Cause::required("provisioner"));
+        }
+        let mode = str_at(obj, "volumeBindingMode");
+        const MODES: &[&str] = &["Immediate", "WaitForFirstConsumer"];
+        if !mode.is_empty() && !MODES.contains(&mode) {
+            causes.push(Cause::not_supported("volumeBindingMode", mode, MODES));
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        for f in ["provisioner", "parameters", "reclaimPolicy", "volumeBindingMode"] {
+            if new.get(f) != old.get(f) {
+                causes.push(Cause::forbidden(f, "updates to ".to_string() + f + " are forbidden."));
+            }
+        }
+        causes
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::STORAGE_CLASS)
+    }
+}
+
 pub struct JobStrategy;
 
 const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::{
     apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, networking, policy,
-    scheduling,
+    scheduling, storage,
 };
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
@@ -473,6 +473,11 @@ impl Registry {
                 .generation()
                 .subresources(SCALE)
                 .strategy(&kinds::ReplicationControllerStrategy),
+            entry::<core::v1::PersistentVolume>().short(&["pv"]).status().strategy(&kinds::PersistentVolumeStrategy),
+            entry::<core::v1::PersistentVolumeClaim>()
+                .short(&["pvc"])
+                .status()
+                .strategy(&kinds::PersistentVolumeClaimStrategy),
             entry::<apps::v1::Deployment>()
                 .short(&["deploy"])
                 .categories(ALL)
@@ -501,6 +506,7 @@ impl Registry {
                 .generation()
                 .subresources(SCALE)
                 .strategy(&kinds::StatefulSetStrategy),
+            entry::<apps::v1::ControllerRevision>().strategy(&kinds::ControllerRevisionStrategy),
             entry::<batch::v1::Job>()
                 .categories(ALL)
                 .status()
@@ -527,6 +533,7 @@ impl Registry {
                 .generation()
                 .strategy(&kinds::PodDisruptionBudgetStrategy),
             entry::<networking::v1::Ingress>().short(&["ing"]).status().generation().strategy(&kinds::IngressStrategy),
+            entry::<storage::v1::StorageClass>().short(&["sc"]).strategy(&kinds::StorageClassStrategy),
             entry::<scheduling::v1::PriorityClass>().short(&["pc"]).strategy(&kinds::PriorityClassStrategy),
             review::<authentication::v1::SelfSubjectReview>(),
             review::<authentication::v1::TokenReview>(),
@@ -616,6 +623,10 @@ mod tests {
             ("apps", "replicasets"),
             ("apps", "daemonsets"),
             ("apps", "statefulsets"),
+            ("apps", "controllerrevisions"),
+            ("", "persistentvolumes"),
+            ("", "persistentvolumeclaims"),
+            ("storage.k8s.io", "storageclasses"),
             ("batch", "jobs"),
             ("batch", "cronjobs"),
             ("coordination.k8s.io", "leases"),

@@ -435,6 +435,156 @@ pub const STATEFUL_SET: TableDef = TableDef {
     },
 };
 
+pub const CONTROLLER_REVISION: TableDef = TableDef {
+    columns: &[
+        NAME,
+        col("Controller", "Controller of the object"),
+        int("Revision", "Revision of the ControllerRevision"),
+        AGE,
+    ],
+    row: |o, now| {
+        let controller = arr(o, "metadata.ownerReferences")
+            .iter()
+            .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+            .map(|r| {
+                let group = s(r, "apiVersion").rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+                let kind = s(r, "kind").to_lowercase();
+                let resource = if group.is_empty() { kind } else { format!("{kind}.{group}") };
+                format!("{resource}/{}", s(r, "name"))
+            })
+            .unwrap_or_default();
+        vec![name(o), or_none(controller), n(o, "revision").into(), meta::age(o, now).into()]
+    },
+};
+
+/// `RWO,ROX` as kubectl abbreviates access modes.
+fn access_modes(modes: &[Value]) -> Value {
+    let short: Vec<&str> = modes
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect();
+    short.join(",").into()
+}
+
+fn quantity_text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(q)) => q.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn unset(text: &str) -> Value {
+    if text.is_empty() { "<unset>".into() } else { text.into() }
+}
+
+pub const PERSISTENT_VOLUME: TableDef = TableDef {
+    columns: &[
+        NAME,
+        col("Capacity", "The storage capacity of the volume."),
+        col("Access Modes", "How the volume may be mounted."),
+        col("Reclaim Policy", "What happens to the volume when its claim is released."),
+        col("Status", "The phase of the volume."),
+        col("Claim", "The claim bound to the volume."),
+        col("StorageClass", "The storage class of the volume."),
+        col("VolumeAttributesClass", "The volume attributes class of the volume."),
+        col("Reason", "Why the volume is in this phase."),
+        AGE,
+        wide("VolumeMode", "Filesystem or Block."),
+    ],
+    row: |o, now| {
+        let claim = match (s(o, "spec.claimRef.namespace"), s(o, "spec.claimRef.name")) {
+            (_, "") => String::new(),
+            (ns, name) => format!("{ns}/{name}"),
+        };
+        vec![
+            name(o),
+            quantity_text(o.pointer("/spec/capacity/storage")).into(),
+            access_modes(arr(o, "spec.accessModes")),
+            s(o, "spec.persistentVolumeReclaimPolicy").into(),
+            s(o, "status.phase").into(),
+            claim.into(),
+            s(o, "spec.storageClassName").into(),
+            unset(s(o, "spec.volumeAttributesClassName")),
+            s(o, "status.reason").into(),
+            meta::age(o, now).into(),
+            s(o, "spec.volumeMode").into(),
+        ]
+    },
+};
+
+pub const PERSISTENT_VOLUME_CLAIM: TableDef = TableDef {
+    columns: &[
+        NAME,
+        col("Status", "The phase of the claim."),
+        col("Volume", "The volume bound to the claim."),
+        col("Capacity", "The storage capacity of the bound volume."),
+        col("Access Modes", "How the volume may be mounted."),
+        col("StorageClass", "The storage class of the claim."),
+        col("VolumeAttributesClass", "The volume attributes class of the claim."),
+        AGE,
+        wide("VolumeMode", "Filesystem or Block."),
+    ],
+    row: |o, now| {
+        let phase =
+            if o.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { s(o, "status.phase") };
+        vec![
+            name(o),
+            phase.into(),
+            s(o, "spec.volumeName").into(),
+            quantity_text(o.pointer("/status/capacity/storage")).into(),
+            access_modes(arr(o, "status.accessModes")),
+            s(o, "spec.storageClassName").into(),
+            unset(s(o, "spec.volumeAttributesClassName")),
+            meta::age(o, now).into(),
+            s(o, "spec.volumeMode").into(),
+        ]
+    },
+};
+
+pub const STORAGE_CLASS: TableDef = TableDef {
+    columns: &[
+        NAME,
+        col("Provisioner", "Indicates the type of the provisioner."),
+        col("ReclaimPolicy", "Indicates the type of the reclaim policy."),
+        col("VolumeBindingMode", "Indicates how PersistentVolumeClaims should be provisioned and bound."),
+        Col {
+            name: "AllowVolumeExpansion",
+            ty: "boolean",
+            format: "",
+            description: "Indicates whether the storage class allow volume expand.",
+            priority: 0,
+        },
+        AGE,
+    ],
+    row: |o, now| {
+        let is_default = o
+            .pointer("/metadata/annotations")
+            .and_then(|a| {
+                a.get("storageclass.kubernetes.io/is-default-class")
+                    .or_else(|| a.get("storageclass.beta.kubernetes.io/is-default-class"))
+            })
+            .and_then(Value::as_str)
+            == Some("true");
+        let shown = if is_default { format!("{} (default)", meta::name(o)) } else { meta::name(o).to_string() };
+        vec![
+            shown.into(),
+            s(o, "provisioner").into(),
+            s(o, "reclaimPolicy").into(),
+            s(o, "volumeBindingMode").into(),
+            o.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).into(),
+            meta::age(o, now).into(),
+        ]
+    },
+};
+
 pub const DAEMON_SET: TableDef = TableDef {
     columns: &[
         NAME,

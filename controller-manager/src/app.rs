@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ReplicationController, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ReplicationController, Secret, ServiceAccount};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -134,6 +134,14 @@ pub struct Flags {
     /// Workers emptying namespaces being deleted.
     #[arg(long, default_value_t = 10)]
     pub concurrent_namespace_syncs: usize,
+    /// The key (PKCS#8 PEM, ECDSA P-256: the apiserver's `sa.key`) that signs the tokens put into
+    /// `kubernetes.io/service-account-token` Secrets. Without it the serviceaccount-token
+    /// controller does not run, and such Secrets stay empty.
+    #[arg(long, env = "CONTROLLER_MANAGER_SERVICE_ACCOUNT_PRIVATE_KEY_FILE")]
+    pub service_account_private_key_file: Option<PathBuf>,
+    /// Workers filling and cleaning up ServiceAccount token Secrets.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_serviceaccount_token_syncs: usize,
 }
 
 impl Default for Flags {
@@ -209,6 +217,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "replicationcontroller",
     "root-ca-cert-publisher",
     "serviceaccount",
+    "serviceaccount-token",
     "statefulset",
     "ttl-after-finished",
 ];
@@ -257,6 +266,9 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
     let controllers = enabled(&flags.controllers).map_err(ConfigError)?;
     if flags.allocate_node_cidrs {
         Blocks::parse(&flags.cluster_cidr, flags.node_cidr_mask_size).map_err(ConfigError)?;
+    }
+    if let (true, Some(key)) = (controllers.contains("serviceaccount-token"), &flags.service_account_private_key_file) {
+        crate::tokens::TokenSigner::load(key).map_err(|e| ConfigError(e.to_string()))?;
     }
     let client = client_for(flags.kubeconfig.as_ref()).await?;
     let stop = CancellationToken::new();
@@ -464,14 +476,42 @@ pub async fn start(
         let gc = GarbageCollector::new(client.clone()).await?;
         tasks.spawn(gc.run(flags.concurrent_gc_syncs, stop.clone()));
     }
+    let accounts: Informer<ServiceAccount> = Informer::default();
     if controllers.contains("serviceaccount") {
-        let accounts: Informer<ServiceAccount> = Informer::default();
         let c = ServiceAccountController::new(client.clone(), &namespaces, &accounts);
         let queue = c.queue.clone();
         tasks.spawn(work("serviceaccount", queue, 1, stop.clone(), move |key| {
             let c = c.clone();
             async move { c.sync(&key).await }
         }));
+    }
+    if controllers.contains("serviceaccount-token") {
+        match &flags.service_account_private_key_file {
+            // As upstream, which does not start this controller without a key.
+            None => tracing::warn!(
+                controller = "serviceaccount-token",
+                "Not running: no --service-account-private-key-file to sign ServiceAccount tokens with"
+            ),
+            Some(key) => {
+                let signer = crate::tokens::TokenSigner::load(key)?;
+                // As upstream: without a CA bundle, the Secrets get no ca.crt.
+                let ca = root_ca(flags.root_ca_file.as_deref(), flags.kubeconfig.as_deref()).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "ServiceAccount token Secrets get no ca.crt");
+                    String::new()
+                });
+                let secrets: Informer<Secret> = Informer::default();
+                let c = crate::tokens::TokensController::new(client.clone(), &accounts, &secrets, signer, ca);
+                let queue = c.queue.clone();
+                let workers = flags.concurrent_serviceaccount_token_syncs;
+                tasks.spawn(work("serviceaccount-token", queue, workers, stop.clone(), move |key| {
+                    let c = c.clone();
+                    async move { c.sync(&key).await }
+                }));
+                tasks.spawn(secrets.run(Api::all(client.clone())));
+            }
+        }
+    }
+    if ["serviceaccount", "serviceaccount-token"].iter().any(|c| controllers.contains(c)) {
         tasks.spawn(accounts.run(Api::all(client.clone())));
     }
     if controllers.contains("root-ca-cert-publisher") {

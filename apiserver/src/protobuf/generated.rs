@@ -218,6 +218,38 @@ impl ToJson for k8s_pb::api::core::v1::Binding {
     }
 }
 
+impl ToJson for k8s_pb::api::core::v1::PersistentVolume {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metadata {
+            put(&mut m, "metadata", v.to_json());
+        }
+        if let Some(v) = &self.spec {
+            put(&mut m, "spec", v.to_json());
+        }
+        if let Some(v) = &self.status {
+            put(&mut m, "status", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::PersistentVolumeClaim {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metadata {
+            put(&mut m, "metadata", v.to_json());
+        }
+        if let Some(v) = &self.spec {
+            put(&mut m, "spec", v.to_json());
+        }
+        if let Some(v) = &self.status {
+            put(&mut m, "status", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::api::apps::v1::Deployment {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -277,6 +309,22 @@ impl ToJson for k8s_pb::api::apps::v1::StatefulSet {
         }
         if let Some(v) = &self.status {
             put(&mut m, "status", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::ControllerRevision {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metadata {
+            put(&mut m, "metadata", v.to_json());
+        }
+        if let Some(v) = &self.data {
+            put(&mut m, "data", v.to_json());
+        }
+        if let Some(v) = self.revision {
+            m.insert("revision".into(), v.into());
         }
         Value::Object(m)
     }
@@ -395,6 +443,43 @@ impl ToJson for k8s_pb::api::scheduling::v1::PriorityClass {
         }
         if let Some(v) = &self.preemption_policy {
             put(&mut m, "preemptionPolicy", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::StorageClass {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metadata {
+            put(&mut m, "metadata", v.to_json());
+        }
+        if let Some(v) = &self.provisioner {
+            put(&mut m, "provisioner", v.to_json());
+        }
+        if !self.parameters.is_empty() {
+            m.insert(
+                "parameters".into(),
+                Value::Object(self.parameters.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            );
+        }
+        if let Some(v) = &self.reclaim_policy {
+            put(&mut m, "reclaimPolicy", v.to_json());
+        }
+        if !self.mount_options.is_empty() {
+            m.insert("mountOptions".into(), Value::Array(self.mount_options.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = self.allow_volume_expansion {
+            m.insert("allowVolumeExpansion".into(), v.into());
+        }
+        if let Some(v) = &self.volume_binding_mode {
+            put(&mut m, "volumeBindingMode", v.to_json());
+        }
+        if !self.allowed_topologies.is_empty() {
+            m.insert(
+                "allowedTopologies".into(),
+                Value::Array(self.allowed_topologies.iter().map(|v| v.to_json()).collect()),
+            );
         }
         Value::Object(m)
     }
@@ -1109,6 +1194,141 @@ impl ToJson for k8s_pb::api::core::v1::LocalObjectReference {
     }
 }
 
+impl ToJson for k8s_pb::api::core::v1::PersistentVolumeSpec {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if !self.capacity.is_empty() {
+            m.insert(
+                "capacity".into(),
+                Value::Object(self.capacity.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            );
+        }
+        if let Some(v) = &self.persistent_volume_source {
+            if let Value::Object(inner) = v.to_json() {
+                m.extend(inner);
+            }
+        }
+        if !self.access_modes.is_empty() {
+            m.insert("accessModes".into(), Value::Array(self.access_modes.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = &self.claim_ref {
+            put(&mut m, "claimRef", v.to_json());
+        }
+        if let Some(v) = &self.persistent_volume_reclaim_policy {
+            put(&mut m, "persistentVolumeReclaimPolicy", v.to_json());
+        }
+        if let Some(v) = &self.storage_class_name {
+            put(&mut m, "storageClassName", v.to_json());
+        }
+        if !self.mount_options.is_empty() {
+            m.insert("mountOptions".into(), Value::Array(self.mount_options.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = &self.volume_mode {
+            put(&mut m, "volumeMode", v.to_json());
+        }
+        if let Some(v) = &self.node_affinity {
+            put(&mut m, "nodeAffinity", v.to_json());
+        }
+        if let Some(v) = &self.volume_attributes_class_name {
+            put(&mut m, "volumeAttributesClassName", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::PersistentVolumeStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.phase {
+            put(&mut m, "phase", v.to_json());
+        }
+        if let Some(v) = &self.message {
+            put(&mut m, "message", v.to_json());
+        }
+        if let Some(v) = &self.reason {
+            put(&mut m, "reason", v.to_json());
+        }
+        if let Some(v) = &self.last_phase_transition_time {
+            put(&mut m, "lastPhaseTransitionTime", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::PersistentVolumeClaimSpec {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if !self.access_modes.is_empty() {
+            m.insert("accessModes".into(), Value::Array(self.access_modes.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = &self.selector {
+            put(&mut m, "selector", v.to_json());
+        }
+        if let Some(v) = &self.resources {
+            put(&mut m, "resources", v.to_json());
+        }
+        if let Some(v) = &self.volume_name {
+            put(&mut m, "volumeName", v.to_json());
+        }
+        if let Some(v) = &self.storage_class_name {
+            put(&mut m, "storageClassName", v.to_json());
+        }
+        if let Some(v) = &self.volume_mode {
+            put(&mut m, "volumeMode", v.to_json());
+        }
+        if let Some(v) = &self.data_source {
+            put(&mut m, "dataSource", v.to_json());
+        }
+        if let Some(v) = &self.data_source_ref {
+            put(&mut m, "dataSourceRef", v.to_json());
+        }
+        if let Some(v) = &self.volume_attributes_class_name {
+            put(&mut m, "volumeAttributesClassName", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::PersistentVolumeClaimStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.phase {
+            put(&mut m, "phase", v.to_json());
+        }
+        if !self.access_modes.is_empty() {
+            m.insert("accessModes".into(), Value::Array(self.access_modes.iter().map(|v| v.to_json()).collect()));
+        }
+        if !self.capacity.is_empty() {
+            m.insert(
+                "capacity".into(),
+                Value::Object(self.capacity.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            );
+        }
+        if !self.conditions.is_empty() {
+            m.insert("conditions".into(), Value::Array(self.conditions.iter().map(|v| v.to_json()).collect()));
+        }
+        if !self.allocated_resources.is_empty() {
+            m.insert(
+                "allocatedResources".into(),
+                Value::Object(self.allocated_resources.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            );
+        }
+        if !self.allocated_resource_statuses.is_empty() {
+            m.insert(
+                "allocatedResourceStatuses".into(),
+                Value::Object(self.allocated_resource_statuses.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            );
+        }
+        if let Some(v) = &self.current_volume_attributes_class_name {
+            put(&mut m, "currentVolumeAttributesClassName", v.to_json());
+        }
+        if let Some(v) = &self.modify_volume_status {
+            put(&mut m, "modifyVolumeStatus", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::api::apps::v1::DeploymentSpec {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -1657,6 +1877,19 @@ impl ToJson for k8s_pb::api::policy::v1::PodDisruptionBudgetStatus {
         }
         if !self.conditions.is_empty() {
             m.insert("conditions".into(), Value::Array(self.conditions.iter().map(|v| v.to_json()).collect()));
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::TopologySelectorTerm {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if !self.match_label_expressions.is_empty() {
+            m.insert(
+                "matchLabelExpressions".into(),
+                Value::Array(self.match_label_expressions.iter().map(|v| v.to_json()).collect()),
+            );
         }
         Value::Object(m)
     }
@@ -2700,6 +2933,89 @@ impl ToJson for k8s_pb::api::core::v1::NodeFeatures {
     }
 }
 
+impl ToJson for k8s_pb::api::core::v1::PersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.gce_persistent_disk {
+            put(&mut m, "gcePersistentDisk", v.to_json());
+        }
+        if let Some(v) = &self.aws_elastic_block_store {
+            put(&mut m, "awsElasticBlockStore", v.to_json());
+        }
+        if let Some(v) = &self.host_path {
+            put(&mut m, "hostPath", v.to_json());
+        }
+        if let Some(v) = &self.glusterfs {
+            put(&mut m, "glusterfs", v.to_json());
+        }
+        if let Some(v) = &self.nfs {
+            put(&mut m, "nfs", v.to_json());
+        }
+        if let Some(v) = &self.rbd {
+            put(&mut m, "rbd", v.to_json());
+        }
+        if let Some(v) = &self.iscsi {
+            put(&mut m, "iscsi", v.to_json());
+        }
+        if let Some(v) = &self.cinder {
+            put(&mut m, "cinder", v.to_json());
+        }
+        if let Some(v) = &self.cephfs {
+            put(&mut m, "cephfs", v.to_json());
+        }
+        if let Some(v) = &self.fc {
+            put(&mut m, "fc", v.to_json());
+        }
+        if let Some(v) = &self.flocker {
+            put(&mut m, "flocker", v.to_json());
+        }
+        if let Some(v) = &self.flex_volume {
+            put(&mut m, "flexVolume", v.to_json());
+        }
+        if let Some(v) = &self.azure_file {
+            put(&mut m, "azureFile", v.to_json());
+        }
+        if let Some(v) = &self.vsphere_volume {
+            put(&mut m, "vsphereVolume", v.to_json());
+        }
+        if let Some(v) = &self.quobyte {
+            put(&mut m, "quobyte", v.to_json());
+        }
+        if let Some(v) = &self.azure_disk {
+            put(&mut m, "azureDisk", v.to_json());
+        }
+        if let Some(v) = &self.photon_persistent_disk {
+            put(&mut m, "photonPersistentDisk", v.to_json());
+        }
+        if let Some(v) = &self.portworx_volume {
+            put(&mut m, "portworxVolume", v.to_json());
+        }
+        if let Some(v) = &self.scale_io {
+            put(&mut m, "scaleIO", v.to_json());
+        }
+        if let Some(v) = &self.local {
+            put(&mut m, "local", v.to_json());
+        }
+        if let Some(v) = &self.storageos {
+            put(&mut m, "storageos", v.to_json());
+        }
+        if let Some(v) = &self.csi {
+            put(&mut m, "csi", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::VolumeNodeAffinity {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.required {
+            put(&mut m, "required", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::apimachinery::pkg::apis::meta::v1::LabelSelector {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -2714,6 +3030,98 @@ impl ToJson for k8s_pb::apimachinery::pkg::apis::meta::v1::LabelSelector {
                 "matchExpressions".into(),
                 Value::Array(self.match_expressions.iter().map(|v| v.to_json()).collect()),
             );
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::VolumeResourceRequirements {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if !self.limits.is_empty() {
+            m.insert(
+                "limits".into(),
+                Value::Object(self.limits.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            );
+        }
+        if !self.requests.is_empty() {
+            m.insert(
+                "requests".into(),
+                Value::Object(self.requests.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::TypedLocalObjectReference {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.api_group {
+            put(&mut m, "apiGroup", v.to_json());
+        }
+        if let Some(v) = &self.kind {
+            put(&mut m, "kind", v.to_json());
+        }
+        if let Some(v) = &self.name {
+            put(&mut m, "name", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::TypedObjectReference {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.api_group {
+            put(&mut m, "apiGroup", v.to_json());
+        }
+        if let Some(v) = &self.kind {
+            put(&mut m, "kind", v.to_json());
+        }
+        if let Some(v) = &self.name {
+            put(&mut m, "name", v.to_json());
+        }
+        if let Some(v) = &self.namespace {
+            put(&mut m, "namespace", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::PersistentVolumeClaimCondition {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.r#type {
+            put(&mut m, "type", v.to_json());
+        }
+        if let Some(v) = &self.status {
+            put(&mut m, "status", v.to_json());
+        }
+        if let Some(v) = &self.last_probe_time {
+            put(&mut m, "lastProbeTime", v.to_json());
+        }
+        if let Some(v) = &self.last_transition_time {
+            put(&mut m, "lastTransitionTime", v.to_json());
+        }
+        if let Some(v) = &self.reason {
+            put(&mut m, "reason", v.to_json());
+        }
+        if let Some(v) = &self.message {
+            put(&mut m, "message", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::ModifyVolumeStatus {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.target_volume_attributes_class_name {
+            put(&mut m, "targetVolumeAttributesClassName", v.to_json());
+        }
+        if let Some(v) = &self.status {
+            put(&mut m, "status", v.to_json());
         }
         Value::Object(m)
     }
@@ -2822,22 +3230,6 @@ impl ToJson for k8s_pb::api::apps::v1::DaemonSetCondition {
         }
         if let Some(v) = &self.message {
             put(&mut m, "message", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::PersistentVolumeClaim {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.metadata {
-            put(&mut m, "metadata", v.to_json());
-        }
-        if let Some(v) = &self.spec {
-            put(&mut m, "spec", v.to_json());
-        }
-        if let Some(v) = &self.status {
-            put(&mut m, "status", v.to_json());
         }
         Value::Object(m)
     }
@@ -3047,6 +3439,19 @@ impl ToJson for k8s_pb::api::networking::v1::IngressLoadBalancerStatus {
         let mut m = Map::new();
         if !self.ingress.is_empty() {
             m.insert("ingress".into(), Value::Array(self.ingress.iter().map(|v| v.to_json()).collect()));
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::TopologySelectorLabelRequirement {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.key {
+            put(&mut m, "key", v.to_json());
+        }
+        if !self.values.is_empty() {
+            m.insert("values".into(), Value::Array(self.values.iter().map(|v| v.to_json()).collect()));
         }
         Value::Object(m)
     }
@@ -3990,6 +4395,509 @@ impl ToJson for k8s_pb::api::core::v1::NodeRuntimeHandlerFeatures {
     }
 }
 
+impl ToJson for k8s_pb::api::core::v1::GcePersistentDiskVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.pd_name {
+            put(&mut m, "pdName", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = self.partition {
+            m.insert("partition".into(), v.into());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::AwsElasticBlockStoreVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.volume_id {
+            put(&mut m, "volumeID", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = self.partition {
+            m.insert("partition".into(), v.into());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::HostPathVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.path {
+            put(&mut m, "path", v.to_json());
+        }
+        if let Some(v) = &self.r#type {
+            put(&mut m, "type", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::GlusterfsPersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.endpoints {
+            put(&mut m, "endpoints", v.to_json());
+        }
+        if let Some(v) = &self.path {
+            put(&mut m, "path", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if let Some(v) = &self.endpoints_namespace {
+            put(&mut m, "endpointsNamespace", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::NfsVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.server {
+            put(&mut m, "server", v.to_json());
+        }
+        if let Some(v) = &self.path {
+            put(&mut m, "path", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::RbdPersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if !self.monitors.is_empty() {
+            m.insert("monitors".into(), Value::Array(self.monitors.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = &self.image {
+            put(&mut m, "image", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = &self.pool {
+            put(&mut m, "pool", v.to_json());
+        }
+        if let Some(v) = &self.user {
+            put(&mut m, "user", v.to_json());
+        }
+        if let Some(v) = &self.keyring {
+            put(&mut m, "keyring", v.to_json());
+        }
+        if let Some(v) = &self.secret_ref {
+            put(&mut m, "secretRef", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::IscsiPersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.target_portal {
+            put(&mut m, "targetPortal", v.to_json());
+        }
+        if let Some(v) = &self.iqn {
+            put(&mut m, "iqn", v.to_json());
+        }
+        if let Some(v) = self.lun {
+            m.insert("lun".into(), v.into());
+        }
+        if let Some(v) = &self.iscsi_interface {
+            put(&mut m, "iscsiInterface", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if !self.portals.is_empty() {
+            m.insert("portals".into(), Value::Array(self.portals.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = self.chap_auth_discovery {
+            m.insert("chapAuthDiscovery".into(), v.into());
+        }
+        if let Some(v) = self.chap_auth_session {
+            m.insert("chapAuthSession".into(), v.into());
+        }
+        if let Some(v) = &self.secret_ref {
+            put(&mut m, "secretRef", v.to_json());
+        }
+        if let Some(v) = &self.initiator_name {
+            put(&mut m, "initiatorName", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::CinderPersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.volume_id {
+            put(&mut m, "volumeID", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if let Some(v) = &self.secret_ref {
+            put(&mut m, "secretRef", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::CephFsPersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if !self.monitors.is_empty() {
+            m.insert("monitors".into(), Value::Array(self.monitors.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = &self.path {
+            put(&mut m, "path", v.to_json());
+        }
+        if let Some(v) = &self.user {
+            put(&mut m, "user", v.to_json());
+        }
+        if let Some(v) = &self.secret_file {
+            put(&mut m, "secretFile", v.to_json());
+        }
+        if let Some(v) = &self.secret_ref {
+            put(&mut m, "secretRef", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::FcVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if !self.target_ww_ns.is_empty() {
+            m.insert("targetWWNs".into(), Value::Array(self.target_ww_ns.iter().map(|v| v.to_json()).collect()));
+        }
+        if let Some(v) = self.lun {
+            m.insert("lun".into(), v.into());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if !self.wwids.is_empty() {
+            m.insert("wwids".into(), Value::Array(self.wwids.iter().map(|v| v.to_json()).collect()));
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::FlockerVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.dataset_name {
+            put(&mut m, "datasetName", v.to_json());
+        }
+        if let Some(v) = &self.dataset_uuid {
+            put(&mut m, "datasetUUID", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::FlexPersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.driver {
+            put(&mut m, "driver", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = &self.secret_ref {
+            put(&mut m, "secretRef", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if !self.options.is_empty() {
+            m.insert(
+                "options".into(),
+                Value::Object(self.options.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::AzureFilePersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.secret_name {
+            put(&mut m, "secretName", v.to_json());
+        }
+        if let Some(v) = &self.share_name {
+            put(&mut m, "shareName", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if let Some(v) = &self.secret_namespace {
+            put(&mut m, "secretNamespace", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::VsphereVirtualDiskVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.volume_path {
+            put(&mut m, "volumePath", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = &self.storage_policy_name {
+            put(&mut m, "storagePolicyName", v.to_json());
+        }
+        if let Some(v) = &self.storage_policy_id {
+            put(&mut m, "storagePolicyID", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::QuobyteVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.registry {
+            put(&mut m, "registry", v.to_json());
+        }
+        if let Some(v) = &self.volume {
+            put(&mut m, "volume", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if let Some(v) = &self.user {
+            put(&mut m, "user", v.to_json());
+        }
+        if let Some(v) = &self.group {
+            put(&mut m, "group", v.to_json());
+        }
+        if let Some(v) = &self.tenant {
+            put(&mut m, "tenant", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::AzureDiskVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.disk_name {
+            put(&mut m, "diskName", v.to_json());
+        }
+        if let Some(v) = &self.disk_uri {
+            put(&mut m, "diskURI", v.to_json());
+        }
+        if let Some(v) = &self.caching_mode {
+            put(&mut m, "cachingMode", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if let Some(v) = &self.kind {
+            put(&mut m, "kind", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::PhotonPersistentDiskVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.pd_id {
+            put(&mut m, "pdID", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::PortworxVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.volume_id {
+            put(&mut m, "volumeID", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::ScaleIoPersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.gateway {
+            put(&mut m, "gateway", v.to_json());
+        }
+        if let Some(v) = &self.system {
+            put(&mut m, "system", v.to_json());
+        }
+        if let Some(v) = &self.secret_ref {
+            put(&mut m, "secretRef", v.to_json());
+        }
+        if let Some(v) = self.ssl_enabled {
+            m.insert("sslEnabled".into(), v.into());
+        }
+        if let Some(v) = &self.protection_domain {
+            put(&mut m, "protectionDomain", v.to_json());
+        }
+        if let Some(v) = &self.storage_pool {
+            put(&mut m, "storagePool", v.to_json());
+        }
+        if let Some(v) = &self.storage_mode {
+            put(&mut m, "storageMode", v.to_json());
+        }
+        if let Some(v) = &self.volume_name {
+            put(&mut m, "volumeName", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::LocalVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.path {
+            put(&mut m, "path", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::StorageOsPersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.volume_name {
+            put(&mut m, "volumeName", v.to_json());
+        }
+        if let Some(v) = &self.volume_namespace {
+            put(&mut m, "volumeNamespace", v.to_json());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if let Some(v) = &self.secret_ref {
+            put(&mut m, "secretRef", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::CSIPersistentVolumeSource {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.driver {
+            put(&mut m, "driver", v.to_json());
+        }
+        if let Some(v) = &self.volume_handle {
+            put(&mut m, "volumeHandle", v.to_json());
+        }
+        if let Some(v) = self.read_only {
+            m.insert("readOnly".into(), v.into());
+        }
+        if let Some(v) = &self.fs_type {
+            put(&mut m, "fsType", v.to_json());
+        }
+        if !self.volume_attributes.is_empty() {
+            m.insert(
+                "volumeAttributes".into(),
+                Value::Object(self.volume_attributes.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            );
+        }
+        if let Some(v) = &self.controller_publish_secret_ref {
+            put(&mut m, "controllerPublishSecretRef", v.to_json());
+        }
+        if let Some(v) = &self.node_stage_secret_ref {
+            put(&mut m, "nodeStageSecretRef", v.to_json());
+        }
+        if let Some(v) = &self.node_publish_secret_ref {
+            put(&mut m, "nodePublishSecretRef", v.to_json());
+        }
+        if let Some(v) = &self.controller_expand_secret_ref {
+            put(&mut m, "controllerExpandSecretRef", v.to_json());
+        }
+        if let Some(v) = &self.node_expand_secret_ref {
+            put(&mut m, "nodeExpandSecretRef", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::NodeSelector {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if !self.node_selector_terms.is_empty() {
+            m.insert(
+                "nodeSelectorTerms".into(),
+                Value::Array(self.node_selector_terms.iter().map(|v| v.to_json()).collect()),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -4027,80 +4935,6 @@ impl ToJson for k8s_pb::api::apps::v1::RollingUpdateDaemonSet {
         }
         if let Some(v) = &self.max_surge {
             put(&mut m, "maxSurge", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::PersistentVolumeClaimSpec {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if !self.access_modes.is_empty() {
-            m.insert("accessModes".into(), Value::Array(self.access_modes.iter().map(|v| v.to_json()).collect()));
-        }
-        if let Some(v) = &self.selector {
-            put(&mut m, "selector", v.to_json());
-        }
-        if let Some(v) = &self.resources {
-            put(&mut m, "resources", v.to_json());
-        }
-        if let Some(v) = &self.volume_name {
-            put(&mut m, "volumeName", v.to_json());
-        }
-        if let Some(v) = &self.storage_class_name {
-            put(&mut m, "storageClassName", v.to_json());
-        }
-        if let Some(v) = &self.volume_mode {
-            put(&mut m, "volumeMode", v.to_json());
-        }
-        if let Some(v) = &self.data_source {
-            put(&mut m, "dataSource", v.to_json());
-        }
-        if let Some(v) = &self.data_source_ref {
-            put(&mut m, "dataSourceRef", v.to_json());
-        }
-        if let Some(v) = &self.volume_attributes_class_name {
-            put(&mut m, "volumeAttributesClassName", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::PersistentVolumeClaimStatus {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.phase {
-            put(&mut m, "phase", v.to_json());
-        }
-        if !self.access_modes.is_empty() {
-            m.insert("accessModes".into(), Value::Array(self.access_modes.iter().map(|v| v.to_json()).collect()));
-        }
-        if !self.capacity.is_empty() {
-            m.insert(
-                "capacity".into(),
-                Value::Object(self.capacity.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
-            );
-        }
-        if !self.conditions.is_empty() {
-            m.insert("conditions".into(), Value::Array(self.conditions.iter().map(|v| v.to_json()).collect()));
-        }
-        if !self.allocated_resources.is_empty() {
-            m.insert(
-                "allocatedResources".into(),
-                Value::Object(self.allocated_resources.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
-            );
-        }
-        if !self.allocated_resource_statuses.is_empty() {
-            m.insert(
-                "allocatedResourceStatuses".into(),
-                Value::Object(self.allocated_resource_statuses.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
-            );
-        }
-        if let Some(v) = &self.current_volume_attributes_class_name {
-            put(&mut m, "currentVolumeAttributesClassName", v.to_json());
-        }
-        if let Some(v) = &self.modify_volume_status {
-            put(&mut m, "modifyVolumeStatus", v.to_json());
         }
         Value::Object(m)
     }
@@ -4179,22 +5013,6 @@ impl ToJson for k8s_pb::api::networking::v1::IngressServiceBackend {
         }
         if let Some(v) = &self.port {
             put(&mut m, "port", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::TypedLocalObjectReference {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.api_group {
-            put(&mut m, "apiGroup", v.to_json());
-        }
-        if let Some(v) = &self.kind {
-            put(&mut m, "kind", v.to_json());
-        }
-        if let Some(v) = &self.name {
-            put(&mut m, "name", v.to_json());
         }
         Value::Object(m)
     }
@@ -4413,19 +5231,6 @@ impl ToJson for k8s_pb::api::authorization::v1::LabelSelectorAttributes {
     }
 }
 
-impl ToJson for k8s_pb::api::core::v1::HostPathVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.path {
-            put(&mut m, "path", v.to_json());
-        }
-        if let Some(v) = &self.r#type {
-            put(&mut m, "type", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
 impl ToJson for k8s_pb::api::core::v1::EmptyDirVolumeSource {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -4434,44 +5239,6 @@ impl ToJson for k8s_pb::api::core::v1::EmptyDirVolumeSource {
         }
         if let Some(v) = &self.size_limit {
             put(&mut m, "sizeLimit", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::GcePersistentDiskVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.pd_name {
-            put(&mut m, "pdName", v.to_json());
-        }
-        if let Some(v) = &self.fs_type {
-            put(&mut m, "fsType", v.to_json());
-        }
-        if let Some(v) = self.partition {
-            m.insert("partition".into(), v.into());
-        }
-        if let Some(v) = self.read_only {
-            m.insert("readOnly".into(), v.into());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::AwsElasticBlockStoreVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.volume_id {
-            put(&mut m, "volumeID", v.to_json());
-        }
-        if let Some(v) = &self.fs_type {
-            put(&mut m, "fsType", v.to_json());
-        }
-        if let Some(v) = self.partition {
-            m.insert("partition".into(), v.into());
-        }
-        if let Some(v) = self.read_only {
-            m.insert("readOnly".into(), v.into());
         }
         Value::Object(m)
     }
@@ -4507,22 +5274,6 @@ impl ToJson for k8s_pb::api::core::v1::SecretVolumeSource {
         }
         if let Some(v) = self.optional {
             m.insert("optional".into(), v.into());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::NfsVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.server {
-            put(&mut m, "server", v.to_json());
-        }
-        if let Some(v) = &self.path {
-            put(&mut m, "path", v.to_json());
-        }
-        if let Some(v) = self.read_only {
-            m.insert("readOnly".into(), v.into());
         }
         Value::Object(m)
     }
@@ -4697,19 +5448,6 @@ impl ToJson for k8s_pb::api::core::v1::CephFsVolumeSource {
     }
 }
 
-impl ToJson for k8s_pb::api::core::v1::FlockerVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.dataset_name {
-            put(&mut m, "datasetName", v.to_json());
-        }
-        if let Some(v) = &self.dataset_uuid {
-            put(&mut m, "datasetUUID", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
 impl ToJson for k8s_pb::api::core::v1::DownwardAPIVolumeSource {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -4718,28 +5456,6 @@ impl ToJson for k8s_pb::api::core::v1::DownwardAPIVolumeSource {
         }
         if let Some(v) = self.default_mode {
             m.insert("defaultMode".into(), v.into());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::FcVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if !self.target_ww_ns.is_empty() {
-            m.insert("targetWWNs".into(), Value::Array(self.target_ww_ns.iter().map(|v| v.to_json()).collect()));
-        }
-        if let Some(v) = self.lun {
-            m.insert("lun".into(), v.into());
-        }
-        if let Some(v) = &self.fs_type {
-            put(&mut m, "fsType", v.to_json());
-        }
-        if let Some(v) = self.read_only {
-            m.insert("readOnly".into(), v.into());
-        }
-        if !self.wwids.is_empty() {
-            m.insert("wwids".into(), Value::Array(self.wwids.iter().map(|v| v.to_json()).collect()));
         }
         Value::Object(m)
     }
@@ -4782,88 +5498,6 @@ impl ToJson for k8s_pb::api::core::v1::ConfigMapVolumeSource {
     }
 }
 
-impl ToJson for k8s_pb::api::core::v1::VsphereVirtualDiskVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.volume_path {
-            put(&mut m, "volumePath", v.to_json());
-        }
-        if let Some(v) = &self.fs_type {
-            put(&mut m, "fsType", v.to_json());
-        }
-        if let Some(v) = &self.storage_policy_name {
-            put(&mut m, "storagePolicyName", v.to_json());
-        }
-        if let Some(v) = &self.storage_policy_id {
-            put(&mut m, "storagePolicyID", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::QuobyteVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.registry {
-            put(&mut m, "registry", v.to_json());
-        }
-        if let Some(v) = &self.volume {
-            put(&mut m, "volume", v.to_json());
-        }
-        if let Some(v) = self.read_only {
-            m.insert("readOnly".into(), v.into());
-        }
-        if let Some(v) = &self.user {
-            put(&mut m, "user", v.to_json());
-        }
-        if let Some(v) = &self.group {
-            put(&mut m, "group", v.to_json());
-        }
-        if let Some(v) = &self.tenant {
-            put(&mut m, "tenant", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::AzureDiskVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.disk_name {
-            put(&mut m, "diskName", v.to_json());
-        }
-        if let Some(v) = &self.disk_uri {
-            put(&mut m, "diskURI", v.to_json());
-        }
-        if let Some(v) = &self.caching_mode {
-            put(&mut m, "cachingMode", v.to_json());
-        }
-        if let Some(v) = &self.fs_type {
-            put(&mut m, "fsType", v.to_json());
-        }
-        if let Some(v) = self.read_only {
-            m.insert("readOnly".into(), v.into());
-        }
-        if let Some(v) = &self.kind {
-            put(&mut m, "kind", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::PhotonPersistentDiskVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.pd_id {
-            put(&mut m, "pdID", v.to_json());
-        }
-        if let Some(v) = &self.fs_type {
-            put(&mut m, "fsType", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
 impl ToJson for k8s_pb::api::core::v1::ProjectedVolumeSource {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -4872,22 +5506,6 @@ impl ToJson for k8s_pb::api::core::v1::ProjectedVolumeSource {
         }
         if let Some(v) = self.default_mode {
             m.insert("defaultMode".into(), v.into());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::PortworxVolumeSource {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.volume_id {
-            put(&mut m, "volumeID", v.to_json());
-        }
-        if let Some(v) = &self.fs_type {
-            put(&mut m, "fsType", v.to_json());
-        }
-        if let Some(v) = self.read_only {
-            m.insert("readOnly".into(), v.into());
         }
         Value::Object(m)
     }
@@ -5116,19 +5734,6 @@ impl ToJson for k8s_pb::api::core::v1::Capabilities {
     }
 }
 
-impl ToJson for k8s_pb::api::core::v1::NodeSelector {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if !self.node_selector_terms.is_empty() {
-            m.insert(
-                "nodeSelectorTerms".into(),
-                Value::Array(self.node_selector_terms.iter().map(|v| v.to_json()).collect()),
-            );
-        }
-        Value::Object(m)
-    }
-}
-
 impl ToJson for k8s_pb::api::core::v1::PreferredSchedulingTerm {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -5285,34 +5890,9 @@ impl ToJson for k8s_pb::api::core::v1::PortStatus {
     }
 }
 
-impl ToJson for k8s_pb::api::core::v1::VolumeResourceRequirements {
+impl ToJson for k8s_pb::api::core::v1::SecretReference {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
-        if !self.limits.is_empty() {
-            m.insert(
-                "limits".into(),
-                Value::Object(self.limits.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
-            );
-        }
-        if !self.requests.is_empty() {
-            m.insert(
-                "requests".into(),
-                Value::Object(self.requests.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
-            );
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::TypedObjectReference {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.api_group {
-            put(&mut m, "apiGroup", v.to_json());
-        }
-        if let Some(v) = &self.kind {
-            put(&mut m, "kind", v.to_json());
-        }
         if let Some(v) = &self.name {
             put(&mut m, "name", v.to_json());
         }
@@ -5323,39 +5903,17 @@ impl ToJson for k8s_pb::api::core::v1::TypedObjectReference {
     }
 }
 
-impl ToJson for k8s_pb::api::core::v1::PersistentVolumeClaimCondition {
+impl ToJson for k8s_pb::api::core::v1::NodeSelectorTerm {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
-        if let Some(v) = &self.r#type {
-            put(&mut m, "type", v.to_json());
+        if !self.match_expressions.is_empty() {
+            m.insert(
+                "matchExpressions".into(),
+                Value::Array(self.match_expressions.iter().map(|v| v.to_json()).collect()),
+            );
         }
-        if let Some(v) = &self.status {
-            put(&mut m, "status", v.to_json());
-        }
-        if let Some(v) = &self.last_probe_time {
-            put(&mut m, "lastProbeTime", v.to_json());
-        }
-        if let Some(v) = &self.last_transition_time {
-            put(&mut m, "lastTransitionTime", v.to_json());
-        }
-        if let Some(v) = &self.reason {
-            put(&mut m, "reason", v.to_json());
-        }
-        if let Some(v) = &self.message {
-            put(&mut m, "message", v.to_json());
-        }
-        Value::Object(m)
-    }
-}
-
-impl ToJson for k8s_pb::api::core::v1::ModifyVolumeStatus {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.target_volume_attributes_class_name {
-            put(&mut m, "targetVolumeAttributesClassName", v.to_json());
-        }
-        if let Some(v) = &self.status {
-            put(&mut m, "status", v.to_json());
+        if !self.match_fields.is_empty() {
+            m.insert("matchFields".into(), Value::Array(self.match_fields.iter().map(|v| v.to_json()).collect()));
         }
         Value::Object(m)
     }
@@ -5734,17 +6292,17 @@ impl ToJson for k8s_pb::api::core::v1::SleepAction {
     }
 }
 
-impl ToJson for k8s_pb::api::core::v1::NodeSelectorTerm {
+impl ToJson for k8s_pb::api::core::v1::NodeSelectorRequirement {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
-        if !self.match_expressions.is_empty() {
-            m.insert(
-                "matchExpressions".into(),
-                Value::Array(self.match_expressions.iter().map(|v| v.to_json()).collect()),
-            );
+        if let Some(v) = &self.key {
+            put(&mut m, "key", v.to_json());
         }
-        if !self.match_fields.is_empty() {
-            m.insert("matchFields".into(), Value::Array(self.match_fields.iter().map(|v| v.to_json()).collect()));
+        if let Some(v) = &self.operator {
+            put(&mut m, "operator", v.to_json());
+        }
+        if !self.values.is_empty() {
+            m.insert("values".into(), Value::Array(self.values.iter().map(|v| v.to_json()).collect()));
         }
         Value::Object(m)
     }
@@ -5894,22 +6452,6 @@ impl ToJson for k8s_pb::api::core::v1::HttpHeader {
     }
 }
 
-impl ToJson for k8s_pb::api::core::v1::NodeSelectorRequirement {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(v) = &self.key {
-            put(&mut m, "key", v.to_json());
-        }
-        if let Some(v) = &self.operator {
-            put(&mut m, "operator", v.to_json());
-        }
-        if !self.values.is_empty() {
-            m.insert("values".into(), Value::Array(self.values.iter().map(|v| v.to_json()).collect()));
-        }
-        Value::Object(m)
-    }
-}
-
 /// Decodes the object in `raw` when (`api_version`, `kind`) is one a body may hold.
 pub fn decode(api_version: &str, kind: &str, raw: &[u8]) -> Option<Result<Value, prost::DecodeError>> {
     use prost::Message;
@@ -5924,10 +6466,17 @@ pub fn decode(api_version: &str, kind: &str, raw: &[u8]) -> Option<Result<Value,
         ("v1", "Event") => k8s_pb::api::core::v1::Event::decode(raw).map(|o| o.to_json()),
         ("v1", "ServiceAccount") => k8s_pb::api::core::v1::ServiceAccount::decode(raw).map(|o| o.to_json()),
         ("v1", "Binding") => k8s_pb::api::core::v1::Binding::decode(raw).map(|o| o.to_json()),
+        ("v1", "PersistentVolume") => k8s_pb::api::core::v1::PersistentVolume::decode(raw).map(|o| o.to_json()),
+        ("v1", "PersistentVolumeClaim") => {
+            k8s_pb::api::core::v1::PersistentVolumeClaim::decode(raw).map(|o| o.to_json())
+        }
         ("apps/v1", "Deployment") => k8s_pb::api::apps::v1::Deployment::decode(raw).map(|o| o.to_json()),
         ("apps/v1", "ReplicaSet") => k8s_pb::api::apps::v1::ReplicaSet::decode(raw).map(|o| o.to_json()),
         ("apps/v1", "DaemonSet") => k8s_pb::api::apps::v1::DaemonSet::decode(raw).map(|o| o.to_json()),
         ("apps/v1", "StatefulSet") => k8s_pb::api::apps::v1::StatefulSet::decode(raw).map(|o| o.to_json()),
+        ("apps/v1", "ControllerRevision") => {
+            k8s_pb::api::apps::v1::ControllerRevision::decode(raw).map(|o| o.to_json())
+        }
         ("batch/v1", "Job") => k8s_pb::api::batch::v1::Job::decode(raw).map(|o| o.to_json()),
         ("batch/v1", "CronJob") => k8s_pb::api::batch::v1::CronJob::decode(raw).map(|o| o.to_json()),
         ("coordination.k8s.io/v1", "Lease") => k8s_pb::api::coordination::v1::Lease::decode(raw).map(|o| o.to_json()),
@@ -5940,6 +6489,9 @@ pub fn decode(api_version: &str, kind: &str, raw: &[u8]) -> Option<Result<Value,
         }
         ("scheduling.k8s.io/v1", "PriorityClass") => {
             k8s_pb::api::scheduling::v1::PriorityClass::decode(raw).map(|o| o.to_json())
+        }
+        ("storage.k8s.io/v1", "StorageClass") => {
+            k8s_pb::api::storage::v1::StorageClass::decode(raw).map(|o| o.to_json())
         }
         ("policy/v1", "Eviction") => k8s_pb::api::policy::v1::Eviction::decode(raw).map(|o| o.to_json()),
         ("autoscaling/v1", "Scale") => k8s_pb::api::autoscaling::v1::Scale::decode(raw).map(|o| o.to_json()),

@@ -584,6 +584,113 @@ async fn c210_c211_service_status_lifecycle_and_deletecollection() {
     assert_eq!(w.expect_event(10).await["object"]["status"]["conditions"][0]["reason"], "E2E");
 }
 
+fn pv(name: &str, label: bool) -> Value {
+    json!({"metadata": {"name": name, "labels": labels(label)}, "spec": {"capacity": {"storage": "1Gi"},
+        "accessModes": ["ReadWriteOnce"], "hostPath": {"path": format!("/tmp/e2e-pv-{name}")}, "storageClassName": "manual"}})
+}
+
+fn pvc(name: &str, label: bool) -> Value {
+    json!({"metadata": {"name": name, "labels": labels(label)}, "spec": {"accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": "manual"}})
+}
+
+#[tokio::test]
+async fn c363_persistent_volumes_and_claims_lifecycle() {
+    let (_etcd, api) = cluster().await;
+    let c = api.client();
+    lifecycle(&c, "/api/v1/persistentvolumes", pv).await;
+    lifecycle(&c, "/api/v1/namespaces/default/persistentvolumeclaims", pvc).await;
+    // New objects start Pending with upstream's defaults.
+    let v = ok(c.post("/api/v1/persistentvolumes", &pv("defaults", false)).await, 201);
+    assert_eq!(
+        (v["status"]["phase"].as_str(), v["spec"]["persistentVolumeReclaimPolicy"].as_str()),
+        (Some("Pending"), Some("Retain"))
+    );
+    let claim = ok(c.post("/api/v1/namespaces/default/persistentvolumeclaims", &pvc("defaults", false)).await, 201);
+    assert_eq!(
+        (claim["status"]["phase"].as_str(), claim["spec"]["volumeMode"].as_str()),
+        (Some("Pending"), Some("Filesystem"))
+    );
+    // A claim's spec is fixed once created, except its storage request.
+    let mut grown = claim.clone();
+    grown["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+    ok(c.put("/api/v1/namespaces/default/persistentvolumeclaims/defaults", &grown).await, 200);
+    let modes = json!({"spec": {"accessModes": ["ReadWriteMany"]}});
+    let refused = c.patch("/api/v1/namespaces/default/persistentvolumeclaims/defaults", MERGE, &modes).await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    // Bad input gets field causes: no volume source, no capacity, unknown access mode.
+    let bad = json!({"metadata": {"name": "bad"}, "spec": {"accessModes": ["Sometimes"]}});
+    let r = c.post("/api/v1/persistentvolumes", &bad).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let fields: BTreeSet<String> = r.json()["details"]["causes"]
+        .as_array()
+        .expect("causes")
+        .iter()
+        .map(|c| c["field"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["spec".to_string(), "spec.accessModes".to_string(), "spec.capacity.storage".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn c362_persistent_volume_and_claim_status_can_be_read_patched_and_updated() {
+    let (_etcd, api) = cluster().await;
+    let c = api.client();
+    // A volume's status carries reason and message, a claim's carries conditions.
+    let cond = |m: &str| json!([{"type": "E2E", "status": "True", "reason": "E2E", "message": m}]);
+    for (base, make, field) in [
+        ("/api/v1/persistentvolumes", pv as fn(&str, bool) -> Value, "message"),
+        ("/api/v1/namespaces/default/persistentvolumeclaims", pvc, "conditions"),
+    ] {
+        let text = |m: &str| if field == "message" { json!(m) } else { cond(m) };
+        ok(c.post(base, &make("st", true)).await, 201);
+        assert_eq!(names(&ok(c.get(&format!("{base}?labelSelector=e2e%3Dlifecycle")).await, 200)), ["st"]);
+        let status = ok(c.get(&format!("{base}/st/status")).await, 200);
+        assert_eq!(status["status"]["phase"], "Pending");
+        let patch = json!({"status": {field: text("patched by the e2e test")}});
+        let patched = ok(c.patch(&format!("{base}/st/status"), MERGE, &patch).await, 200);
+        assert_eq!(patched["status"][field], text("patched by the e2e test"));
+        let mut updated = patched.clone();
+        updated["status"][field] = text("updated by the e2e test");
+        updated["spec"]["accessModes"] = json!(["ReadOnlyMany"]); // ignored: only status changes here
+        let updated = ok(c.put(&format!("{base}/st/status"), &updated).await, 200);
+        assert_eq!(updated["status"][field], text("updated by the e2e test"));
+        assert_eq!(ok(c.get(&format!("{base}/st")).await, 200)["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+    }
+}
+
+#[tokio::test]
+async fn controller_revisions_and_storage_classes_are_served_with_their_immutable_fields() {
+    let (_etcd, api) = cluster().await;
+    let c = api.client();
+    let base = "/apis/apps/v1/namespaces/default/controllerrevisions";
+    lifecycle(&c, base, |name, label| {
+        json!({"metadata": {"name": name, "labels": labels(label)}, "data": {"spec": {"template": {}}}, "revision": 1})
+    })
+    .await;
+    let rev = ok(c.post(base, &json!({"metadata": {"name": "fixed"}, "data": {"a": 1}, "revision": 2})).await, 201);
+    let mut changed = rev.clone();
+    changed["data"] = json!({"a": 2});
+    assert_eq!(c.put(&format!("{base}/fixed"), &changed).await.status, 422);
+    changed["data"] = rev["data"].clone();
+    changed["revision"] = json!(3);
+    assert_eq!(ok(c.put(&format!("{base}/fixed"), &changed).await, 200)["revision"], 3);
+
+    let sc = ok(
+        c.post(
+            "/apis/storage.k8s.io/v1/storageclasses",
+            &json!({"metadata": {"name": "local"}, "provisioner": "kubernetes.io/host-path"}),
+        )
+        .await,
+        201,
+    );
+    assert_eq!((sc["reclaimPolicy"].as_str(), sc["volumeBindingMode"].as_str()), (Some("Delete"), Some("Immediate")));
+    let r = c.patch("/apis/storage.k8s.io/v1/storageclasses/local", MERGE, &json!({"provisioner": "other"})).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+}
+
 #[tokio::test]
 async fn c219_endpoints_lifecycle() {
     let (_etcd, api) = cluster().await;
