@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Harness {
     pub(crate) client: kube::Client,
     pub(crate) stop: CancellationToken,
-    _api: e2e::server::InProcess,
+    pub(crate) api: e2e::server::InProcess,
 }
 
 impl Drop for Harness {
@@ -38,8 +38,17 @@ pub(crate) async fn harness(controllers: &[&'static str]) -> Harness {
 }
 
 pub(crate) async fn harness_with(controllers: &[&'static str], flags: controller_manager::app::Flags) -> Harness {
+    harness_for(controllers, |_| flags).await
+}
+
+/// As [`harness_with`], with flags that name the apiserver's files (its certificate directory).
+pub(crate) async fn harness_for(
+    controllers: &[&'static str],
+    flags: impl FnOnce(&e2e::server::InProcess) -> controller_manager::app::Flags,
+) -> Harness {
     let storage = Arc::new(apiserver::storage::memory::MemoryStorage::new());
     let api = e2e::server::InProcess::start_on("", Some(storage), |_| {}).await;
+    let flags = flags(&api);
     let client = api.endpoint.kube_client().await;
     let stop = CancellationToken::new();
     let enabled: BTreeSet<&'static str> = controllers.iter().copied().collect();
@@ -47,7 +56,7 @@ pub(crate) async fn harness_with(controllers: &[&'static str], flags: controller
         let (client, stop) = (client.clone(), stop.clone());
         async move { controller_manager::app::start(client, &flags, &enabled, stop).await }
     });
-    Harness { client, stop, _api: api }
+    Harness { client, stop, api }
 }
 
 fn owned_by<'a>(pods: &'a [Pod], uid: &str) -> Vec<&'a Pod> {
