@@ -413,6 +413,10 @@ pub(crate) mod tests {
             self.spec().external_ips = Some(ips.iter().map(|s| s.to_string()).collect());
             self
         }
+        pub(crate) fn source_ranges(mut self, ranges: &[&str]) -> Svc {
+            self.spec().load_balancer_source_ranges = Some(ranges.iter().map(|s| s.to_string()).collect());
+            self
+        }
         pub(crate) fn ingress(mut self, ips: &[(&str, Option<&str>)]) -> Svc {
             let ingress = ips
                 .iter()

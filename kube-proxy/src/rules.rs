@@ -285,8 +285,10 @@ pub fn render_changed(prev: &Rendered, next: &Rendered) -> String {
             new.chains.iter().filter(|c| old_chains.get(c.name.as_str()).is_none_or(|o| o.rules != c.rules)).collect();
         let gone: Vec<&str> =
             old.chains.iter().map(|c| c.name.as_str()).filter(|name| !new_names.contains(name)).collect();
-        let (delete, flush): (Vec<String>, Vec<String>) =
+        let (mut delete, mut flush): (Vec<String>, Vec<String>) =
             gone.into_iter().map(String::from).partition(|name| is_service_chain(name));
+        delete.sort();
+        flush.sort();
         if changed.is_empty() && delete.is_empty() && flush.is_empty() {
             continue;
         }
@@ -694,4 +696,988 @@ fn write_table<'a>(
         out.push_str(&format!("-X {name}\n"));
     }
     out.push_str("COMMIT\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::build;
+    use crate::model::tests::{Slice, Svc};
+
+    fn node() -> NodeInfo {
+        NodeInfo { name: "node-a".into(), addresses: vec![Ipv4Addr::new(192, 168, 1, 10)] }
+    }
+
+    fn cfg() -> Config {
+        Config { cluster_cidr: "10.244.0.0/16".parse().ok(), ..Config::default() }
+    }
+
+    fn ports(services: Vec<Svc>, slices: Vec<Slice>) -> Vec<ServicePort> {
+        let services: Vec<_> = services.into_iter().map(|s| s.0).collect();
+        let slices: Vec<_> = slices.into_iter().map(|s| s.0).collect();
+        build(&services, &slices)
+    }
+
+    fn text(services: Vec<Svc>, slices: Vec<Slice>) -> String {
+        text_with(&cfg(), services, slices)
+    }
+
+    fn text_with(cfg: &Config, services: Vec<Svc>, slices: Vec<Slice>) -> String {
+        render(&ports(services, slices), &node(), cfg).text
+    }
+
+    // Fixed parts of every render with `cfg()`, spelled out once.
+    macro_rules! filter_head {
+        () => {
+            concat!(
+                "*filter\n",
+                ":KUBE-SERVICES - [0:0]\n",
+                ":KUBE-EXTERNAL-SERVICES - [0:0]\n",
+                ":KUBE-FORWARD - [0:0]\n",
+                ":KUBE-NODEPORTS - [0:0]\n",
+                ":KUBE-PROXY-FIREWALL - [0:0]\n",
+                ":KUBE-FIREWALL - [0:0]\n",
+            )
+        };
+    }
+
+    macro_rules! forward_rules {
+        () => {
+            concat!(
+            "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n",
+            "-A KUBE-FORWARD -s 10.244.0.0/16 -m comment --comment \"kubernetes forwarding pod source rule\" -j ACCEPT\n",
+            "-A KUBE-FORWARD -d 10.244.0.0/16 -m comment --comment \"kubernetes forwarding pod destination rule\" -j ACCEPT\n",
+            )
+        };
+    }
+
+    macro_rules! localnet_guard {
+        () => {
+            concat!(
+            "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n",
+            )
+        };
+    }
+
+    macro_rules! nat_head {
+        () => {
+            concat!(
+                "*nat\n",
+                ":KUBE-SERVICES - [0:0]\n",
+                ":KUBE-NODEPORTS - [0:0]\n",
+                ":KUBE-POSTROUTING - [0:0]\n",
+                ":KUBE-MARK-MASQ - [0:0]\n",
+            )
+        };
+    }
+
+    macro_rules! nodeports_last {
+        () => {
+            concat!(
+            "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
+            )
+        };
+    }
+
+    macro_rules! masq_rules {
+        () => {
+            concat!(
+            "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n",
+            "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n",
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
+            "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
+            )
+        };
+    }
+
+    #[test]
+    fn cluster_ip_with_one_endpoint() {
+        // One endpoint: no statistic match; traffic from outside the pod network is masqueraded; the SEP chain masquerades hairpin traffic and DNATs.
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![Svc::new("ns1", "web", "10.96.0.10").port("http", "TCP", 80, None)],
+            vec![web().ep("10.244.0.2", "node-a")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            masq_rules!(),
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn cluster_ip_with_three_endpoints_spreads_evenly() {
+        // 1/3, then 1/2 of the rest, then the last one unconditionally.
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![Svc::new("ns1", "web", "10.96.0.10").port("http", "TCP", 80, None)],
+            vec![web().ep("10.244.0.2", "node-a").ep("10.244.1.2", "node-b").ep("10.244.2.2", "node-c")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            ":KUBE-SEP-TCHSYJU4C2SBUOO7 - [0:0]\n",
+            ":KUBE-SEP-Z6OJ54VKONQ5FNID - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            masq_rules!(),
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -m statistic --mode random --probability 0.3333333333 -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.1.2:8080\" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-TCHSYJU4C2SBUOO7\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.2.2:8080\" -j KUBE-SEP-Z6OJ54VKONQ5FNID\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -s 10.244.1.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.1.2:8080\n",
+            "-A KUBE-SEP-Z6OJ54VKONQ5FNID -m comment --comment \"ns1/web:http\" -s 10.244.2.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-Z6OJ54VKONQ5FNID -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.2.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn service_without_endpoints_is_rejected() {
+        // No nat chains at all; the cluster IP, the external IP and the node port are REJECTed in filter.
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![
+                Svc::new("ns1", "web", "10.96.0.10")
+                    .type_("NodePort")
+                    .port("http", "TCP", 80, Some(30080))
+                    .external_ips(&["192.0.2.50"]),
+            ],
+            vec![web()],
+        );
+        let want = concat!(
+            filter_head!(),
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http has no endpoints\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REJECT\n",
+            "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"ns1/web:http has no endpoints\" -d 192.0.2.50/32 -p tcp -m tcp --dport 80 -j REJECT\n",
+            "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"ns1/web:http has no endpoints\" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j REJECT\n",
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            nodeports_last!(),
+            masq_rules!(),
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn session_affinity_checks_recent_before_spreading() {
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![Svc::new("ns1", "web", "10.96.0.10").port("http", "TCP", 80, None).affinity(None)],
+            vec![web().ep("10.244.0.2", "node-a").ep("10.244.1.2", "node-b")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            ":KUBE-SEP-TCHSYJU4C2SBUOO7 - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            masq_rules!(),
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -m recent --name KUBE-SEP-BJ753PBDBFY223WL --rcheck --seconds 10800 --reap -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.1.2:8080\" -m recent --name KUBE-SEP-TCHSYJU4C2SBUOO7 --rcheck --seconds 10800 --reap -j KUBE-SEP-TCHSYJU4C2SBUOO7\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.1.2:8080\" -j KUBE-SEP-TCHSYJU4C2SBUOO7\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -m recent --name KUBE-SEP-BJ753PBDBFY223WL --set -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -s 10.244.1.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -m recent --name KUBE-SEP-TCHSYJU4C2SBUOO7 --set -p tcp -m tcp -j DNAT --to-destination 10.244.1.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn node_port_masquerades_and_uses_all_endpoints() {
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![Svc::new("ns1", "web", "10.96.0.10").type_("NodePort").port("http", "TCP", 80, Some(30080))],
+            vec![web().ep("10.244.0.2", "node-a").ep("10.244.1.2", "node-b")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-EXT-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            ":KUBE-SEP-TCHSYJU4C2SBUOO7 - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            "-A KUBE-NODEPORTS -m comment --comment \"ns1/web:http\" -p tcp -m tcp --dport 30080 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            masq_rules!(),
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"masquerade traffic for ns1/web:http external destinations\" -j KUBE-MARK-MASQ\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http\" -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.1.2:8080\" -j KUBE-SEP-TCHSYJU4C2SBUOO7\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -s 10.244.1.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.1.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn node_port_with_local_external_policy_keeps_the_source_and_uses_local_endpoints() {
+        // Pods and the node itself (including 127.0.0.1, masqueraded) may use every endpoint; outside clients only the local one.
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![
+                Svc::new("ns1", "web", "10.96.0.10")
+                    .type_("NodePort")
+                    .port("http", "TCP", 80, Some(30080))
+                    .etp_local(None),
+            ],
+            vec![web().ep("10.244.0.2", "node-a").ep("10.244.1.2", "node-b")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-EXT-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVL-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            ":KUBE-SEP-TCHSYJU4C2SBUOO7 - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            "-A KUBE-NODEPORTS -m comment --comment \"ns1/web:http\" -p tcp -m tcp --dport 30080 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            masq_rules!(),
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"pod traffic for ns1/web:http external destinations\" -s 10.244.0.0/16 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"masquerade LOCAL traffic for ns1/web:http external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"route LOCAL traffic for ns1/web:http external destinations\" -m addrtype --src-type LOCAL -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http\" -j KUBE-SVL-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.1.2:8080\" -j KUBE-SEP-TCHSYJU4C2SBUOO7\n",
+            "-A KUBE-SVL-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -s 10.244.1.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.1.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn node_port_with_local_external_policy_and_no_local_endpoint_drops_outside_traffic() {
+        // The EXT chain still short-circuits local traffic, but has no final jump; filter DROPs what falls through.
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![
+                Svc::new("ns1", "web", "10.96.0.10")
+                    .type_("NodePort")
+                    .port("http", "TCP", 80, Some(30080))
+                    .etp_local(None),
+            ],
+            vec![web().ep("10.244.1.2", "node-b")],
+        );
+        let want = concat!(
+            filter_head!(),
+            "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"ns1/web:http has no local endpoints\" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j DROP\n",
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-EXT-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-TCHSYJU4C2SBUOO7 - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            "-A KUBE-NODEPORTS -m comment --comment \"ns1/web:http\" -p tcp -m tcp --dport 30080 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            masq_rules!(),
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"pod traffic for ns1/web:http external destinations\" -s 10.244.0.0/16 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"masquerade LOCAL traffic for ns1/web:http external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"route LOCAL traffic for ns1/web:http external destinations\" -m addrtype --src-type LOCAL -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.1.2:8080\" -j KUBE-SEP-TCHSYJU4C2SBUOO7\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -s 10.244.1.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-TCHSYJU4C2SBUOO7 -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.1.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn internal_local_policy_uses_only_this_nodes_endpoints() {
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![Svc::new("ns1", "web", "10.96.0.10").port("http", "TCP", 80, None).itp_local()],
+            vec![web().ep("10.244.0.2", "node-a").ep("10.244.1.2", "node-b")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-SVL-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVL-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            masq_rules!(),
+            "-A KUBE-SVL-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVL-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn internal_local_policy_without_local_endpoints_drops() {
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![Svc::new("ns1", "web", "10.96.0.10").port("http", "TCP", 80, None).itp_local()],
+            vec![web().ep("10.244.1.2", "node-b")],
+        );
+        let want = concat!(
+            filter_head!(),
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http has no local endpoints\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j DROP\n",
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            nodeports_last!(),
+            masq_rules!(),
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn external_ips_go_through_the_ext_chain() {
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![Svc::new("ns1", "web", "10.96.0.10").port("http", "TCP", 80, None).external_ips(&["192.0.2.50"])],
+            vec![web().ep("10.244.0.2", "node-a")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-EXT-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http external IP\" -d 192.0.2.50/32 -p tcp -m tcp --dport 80 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            masq_rules!(),
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"masquerade traffic for ns1/web:http external destinations\" -j KUBE-MARK-MASQ\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http\" -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn load_balancer_ingress_ips_go_through_the_ext_chain() {
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![
+                Svc::new("ns1", "web", "10.96.0.10")
+                    .type_("LoadBalancer")
+                    .port("http", "TCP", 80, Some(30080))
+                    .ingress(&[("192.0.2.10", None)]),
+            ],
+            vec![web().ep("10.244.0.2", "node-a")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-EXT-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http loadbalancer IP\" -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            "-A KUBE-NODEPORTS -m comment --comment \"ns1/web:http\" -p tcp -m tcp --dport 30080 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            masq_rules!(),
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"masquerade traffic for ns1/web:http external destinations\" -j KUBE-MARK-MASQ\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http\" -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn load_balancer_with_local_policy_accepts_its_health_check_port() {
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![
+                Svc::new("ns1", "web", "10.96.0.10")
+                    .type_("LoadBalancer")
+                    .port("http", "TCP", 80, Some(30080))
+                    .etp_local(Some(32000))
+                    .ingress(&[("192.0.2.10", None)]),
+            ],
+            vec![web().ep("10.244.0.2", "node-a")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            "-A KUBE-NODEPORTS -m comment --comment \"ns1/web:http health check node port\" -p tcp -m tcp --dport 32000 -j ACCEPT\n",
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-EXT-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVL-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http loadbalancer IP\" -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            "-A KUBE-NODEPORTS -m comment --comment \"ns1/web:http\" -p tcp -m tcp --dport 30080 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            masq_rules!(),
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"pod traffic for ns1/web:http external destinations\" -s 10.244.0.0/16 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"masquerade LOCAL traffic for ns1/web:http external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"route LOCAL traffic for ns1/web:http external destinations\" -m addrtype --src-type LOCAL -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http\" -j KUBE-SVL-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SVL-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_filter_through_the_fw_chain() {
+        // The second range holds the node's own address, so the load-balancer IP itself is allowed as a source too.
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![
+                Svc::new("ns1", "web", "10.96.0.10")
+                    .type_("LoadBalancer")
+                    .port("http", "TCP", 80, Some(30080))
+                    .ingress(&[("192.0.2.10", None)])
+                    .source_ranges(&["203.0.113.0/24", "192.168.1.0/24"]),
+            ],
+            vec![web().ep("10.244.0.2", "node-a")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            "-A KUBE-PROXY-FIREWALL -m comment --comment \"ns1/web:http traffic not accepted by KUBE-FW-4LVCYZMTA5CQO6SX\" -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -j DROP\n",
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-EXT-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-FW-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http loadbalancer IP\" -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -j KUBE-FW-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            "-A KUBE-NODEPORTS -m comment --comment \"ns1/web:http\" -p tcp -m tcp --dport 30080 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            masq_rules!(),
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"masquerade traffic for ns1/web:http external destinations\" -j KUBE-MARK-MASQ\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http\" -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-FW-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http loadbalancer IP\" -s 203.0.113.0/24 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-FW-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http loadbalancer IP\" -s 192.168.1.0/24 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-FW-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http loadbalancer IP\" -s 192.0.2.10/32 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-FW-4LVCYZMTA5CQO6SX -m comment --comment \"other traffic to ns1/web:http will be dropped by KUBE-PROXY-FIREWALL\"\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn falls_back_to_serving_terminating_endpoints() {
+        // No ready endpoint: the serving terminating one is used; the one that stopped serving and the unready one are not.
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![Svc::new("ns1", "web", "10.96.0.10").port("http", "TCP", 80, None)],
+            vec![
+                web()
+                    .ep_with("10.244.0.2", "node-a", (false, true, true))
+                    .ep_with("10.244.1.2", "node-b", (false, false, true))
+                    .ep_with("10.244.2.2", "node-b", (false, false, false)),
+            ],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            nodeports_last!(),
+            masq_rules!(),
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn udp_service_matches_udp() {
+        let got = text(
+            vec![Svc::new("kube-system", "kube-dns", "10.96.0.10").port("dns", "UDP", 53, None)],
+            vec![
+                Slice::new("kube-system", "kube-dns-1", "kube-dns").port("dns", "UDP", 5353).ep("10.244.0.5", "node-a"),
+            ],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-SVC-TCOU7JCQXEZGVUNU - [0:0]\n",
+            ":KUBE-SEP-ESNJXRRA63VIIJGT - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"kube-system/kube-dns:dns cluster IP\" -d 10.96.0.10/32 -p udp -m udp --dport 53 -j KUBE-SVC-TCOU7JCQXEZGVUNU\n",
+            nodeports_last!(),
+            masq_rules!(),
+            "-A KUBE-SVC-TCOU7JCQXEZGVUNU -m comment --comment \"kube-system/kube-dns:dns cluster IP\" -d 10.96.0.10/32 -p udp -m udp --dport 53 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-TCOU7JCQXEZGVUNU -m comment --comment \"kube-system/kube-dns:dns -> 10.244.0.5:5353\" -j KUBE-SEP-ESNJXRRA63VIIJGT\n",
+            "-A KUBE-SEP-ESNJXRRA63VIIJGT -m comment --comment \"kube-system/kube-dns:dns\" -s 10.244.0.5/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-ESNJXRRA63VIIJGT -m comment --comment \"kube-system/kube-dns:dns\" -p udp -m udp -j DNAT --to-destination 10.244.0.5:5353\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn each_port_of_a_service_gets_its_own_chains() {
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![Svc::new("ns1", "web", "10.96.0.10").port("http", "TCP", 80, None).port("https", "TCP", 443, None)],
+            vec![web().port("https", "TCP", 8443).ep("10.244.0.2", "node-a")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            ":KUBE-SVC-AI7VONCETSESNZE7 - [0:0]\n",
+            ":KUBE-SEP-A2DLFO7F3VBRFQ3G - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:https cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 443 -j KUBE-SVC-AI7VONCETSESNZE7\n",
+            nodeports_last!(),
+            masq_rules!(),
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "-A KUBE-SVC-AI7VONCETSESNZE7 -m comment --comment \"ns1/web:https cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 443 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-AI7VONCETSESNZE7 -m comment --comment \"ns1/web:https -> 10.244.0.2:8443\" -j KUBE-SEP-A2DLFO7F3VBRFQ3G\n",
+            "-A KUBE-SEP-A2DLFO7F3VBRFQ3G -m comment --comment \"ns1/web:https\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-A2DLFO7F3VBRFQ3G -m comment --comment \"ns1/web:https\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8443\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn headless_and_external_name_services_render_only_the_fixed_chains() {
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let got = text(
+            vec![
+                Svc::new("ns1", "web", "None").port("http", "TCP", 80, None),
+                Svc::new("ns1", "ext", "").type_("ExternalName").port("http", "TCP", 80, None),
+            ],
+            vec![web().ep("10.244.0.2", "node-a")],
+        );
+        let want = concat!(
+            filter_head!(),
+            forward_rules!(),
+            localnet_guard!(),
+            "COMMIT\n",
+            nat_head!(),
+            nodeports_last!(),
+            masq_rules!(),
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn without_cluster_cidr_or_loopback_node_ports_and_with_masquerade_all() {
+        // No local-traffic detection, masquerade everything to the cluster IP, keep 127.0.0.0/8 out
+        // of node ports, plain MASQUERADE, no INVALID drop.
+        let plain = Config {
+            cluster_cidr: None,
+            masquerade_all: true,
+            local_nodeport_loopback: false,
+            masquerade_random_fully: false,
+            conntrack_tcp_liberal: true,
+            forward_accept_cluster_cidr: true,
+            forward_hook: ForwardHook::Forward,
+        };
+        let web = || Slice::new("ns1", "web-1", "web").port("http", "TCP", 8080);
+        let svc = Svc::new("ns1", "web", "10.96.0.10").type_("NodePort").port("http", "TCP", 80, Some(30080));
+        let got = text_with(&plain, vec![svc], vec![web().ep("10.244.0.2", "node-a")]);
+        let want = concat!(
+            "*filter\n",
+            ":KUBE-SERVICES - [0:0]\n",
+            ":KUBE-EXTERNAL-SERVICES - [0:0]\n",
+            ":KUBE-FORWARD - [0:0]\n",
+            ":KUBE-NODEPORTS - [0:0]\n",
+            ":KUBE-PROXY-FIREWALL - [0:0]\n",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n",
+            "COMMIT\n",
+            nat_head!(),
+            ":KUBE-EXT-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SVC-4LVCYZMTA5CQO6SX - [0:0]\n",
+            ":KUBE-SEP-BJ753PBDBFY223WL - [0:0]\n",
+            "-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS\n",
+            "-A KUBE-NODEPORTS -m comment --comment \"ns1/web:http\" -p tcp -m tcp --dport 30080 -j KUBE-EXT-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n",
+            "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n",
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n",
+            "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"masquerade traffic for ns1/web:http external destinations\" -j KUBE-MARK-MASQ\n",
+            "-A KUBE-EXT-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http\" -j KUBE-SVC-4LVCYZMTA5CQO6SX\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http cluster IP\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment \"ns1/web:http -> 10.244.0.2:8080\" -j KUBE-SEP-BJ753PBDBFY223WL\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n",
+            "-A KUBE-SEP-BJ753PBDBFY223WL -m comment --comment \"ns1/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n",
+            "COMMIT\n",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn chain_names_match_upstream_hashes() {
+        // Values from upstream kube-proxy's own tests.
+        assert_eq!(service_chain_name(SVC_PREFIX, "ns1/svc1:p80", "tcp"), "KUBE-SVC-XPGD46QRK7WJZT7O");
+        assert_eq!(service_chain_name(EXT_PREFIX, "ns1/svc1:p80", "tcp"), "KUBE-EXT-XPGD46QRK7WJZT7O");
+        assert_eq!(endpoint_chain_name("ns1/svc1:p80", "tcp", "10.180.0.1:80"), "KUBE-SEP-SXIVWICOYRO3J4NJ");
+    }
+
+    #[test]
+    fn probabilities_use_ten_decimals() {
+        assert_eq!(probability(2), "0.5000000000");
+        assert_eq!(probability(3), "0.3333333333");
+        assert_eq!(probability(7), "0.1428571429");
+    }
+
+    /// Many Services of every shape, in namespaces `ns0..`, with `n` endpoints each.
+    fn mixed(n: usize) -> (Vec<Svc>, Vec<Slice>) {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for i in 0..8u8 {
+            let ns = format!("ns{i}");
+            let ip = format!("10.96.1.{i}");
+            let base = Svc::new(&ns, "web", &ip).port("http", "TCP", 80, None).port("dns", "UDP", 53, None);
+            let node_port = 30000 + i32::from(i);
+            services.push(match i {
+                0 => base,
+                1 => base.affinity(Some(60)),
+                2 => base.itp_local(),
+                3 => base.type_("NodePort").port("np", "TCP", 8080, Some(node_port)),
+                4 => base.type_("NodePort").port("np", "TCP", 8080, Some(node_port)).etp_local(None),
+                5 => base.external_ips(&["192.0.2.5"]),
+                6 => base
+                    .type_("LoadBalancer")
+                    .port("np", "TCP", 8080, Some(node_port))
+                    .etp_local(Some(31000))
+                    .ingress(&[("192.0.2.6", None)])
+                    .source_ranges(&["203.0.113.0/24"]),
+                _ => {
+                    base.type_("LoadBalancer").port("np", "SCTP", 8080, Some(node_port)).ingress(&[("192.0.2.7", None)])
+                }
+            });
+            let mut slice = Slice::new(&ns, "web-1", "web").port("http", "TCP", 8080).port("dns", "UDP", 5353).port(
+                "np",
+                if i == 7 { "SCTP" } else { "TCP" },
+                8080,
+            );
+            for e in 0..n {
+                let node = if e % 2 == 0 { "node-a" } else { "node-b" };
+                slice = slice.ep(&format!("10.244.{i}.{}", e + 2), node);
+            }
+            slices.push(slice);
+        }
+        // Plus one Service without endpoints and one with only a terminating endpoint.
+        services.push(Svc::new("ns9", "empty", "10.96.2.1").type_("NodePort").port("", "TCP", 80, Some(30100)));
+        services.push(Svc::new("ns9", "ending", "10.96.2.2").port("", "TCP", 80, None));
+        slices.push(Slice::new("ns9", "ending-1", "ending").port("", "TCP", 80).ep_with(
+            "10.244.9.2",
+            "node-b",
+            (false, true, true),
+        ));
+        (services, slices)
+    }
+
+    const BUILTIN_TARGETS: &[&str] = &["ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MARK", "MASQUERADE"];
+
+    /// Checks one restore text: every chain is declared before use and named within the limit,
+    /// and every jump goes to a built-in target or a chain declared in the same table.
+    fn check_references(text: &str) {
+        let mut declared: HashSet<String> = HashSet::new();
+        let mut tables = 0;
+        for line in text.lines() {
+            if line.starts_with('*') {
+                declared.clear();
+                tables += 1;
+            } else if let Some(decl) = line.strip_prefix(':') {
+                let name = decl.split(' ').next().unwrap_or_default();
+                assert!(name.len() <= MAX_CHAIN_NAME, "chain name too long: {name}");
+                declared.insert(name.to_string());
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                let words: Vec<&str> = rule.split(' ').collect();
+                assert!(declared.contains(words[0]), "rule in undeclared chain: {line}");
+                if let Some(pos) = words.iter().position(|w| *w == "-j") {
+                    let target = words[pos + 1];
+                    assert!(
+                        BUILTIN_TARGETS.contains(&target) || declared.contains(target),
+                        "jump to undefined chain {target}: {line}"
+                    );
+                }
+            } else if let Some(name) = line.strip_prefix("-X ") {
+                assert!(declared.contains(name), "deleting an undeclared chain: {line}");
+            } else {
+                assert_eq!(line, "COMMIT", "unexpected line");
+            }
+        }
+        assert!(tables >= 1);
+    }
+
+    #[test]
+    fn every_jump_goes_to_a_declared_chain_or_builtin_target() {
+        for n in [0, 1, 2, 5] {
+            let (services, slices) = mixed(n);
+            let text = text(services, slices);
+            check_references(&text);
+            assert!(text.starts_with("*filter\n"));
+            assert!(text.ends_with("COMMIT\n"));
+            assert_eq!(text.matches("COMMIT\n").count(), 2);
+        }
+    }
+
+    #[test]
+    fn node_ports_rule_is_last_in_kube_services() {
+        let (services, slices) = mixed(2);
+        let r = render(&ports(services, slices), &node(), &cfg());
+        let rules = &r.nat.chain(KUBE_SERVICES).map(|c| c.rules.clone()).unwrap_or_default();
+        assert!(rules.len() > 10);
+        assert!(rules.last().is_some_and(|l| l.ends_with("-j KUBE-NODEPORTS")));
+        assert_eq!(rules.iter().filter(|l| l.ends_with("-j KUBE-NODEPORTS")).count(), 1);
+    }
+
+    #[test]
+    fn render_is_deterministic_whatever_the_input_order() {
+        let (services, slices) = mixed(3);
+        let a = text(services, slices);
+        let (mut services, mut slices) = mixed(3);
+        services.reverse();
+        slices.reverse();
+        for s in &mut slices {
+            s.0.endpoints.reverse();
+        }
+        assert_eq!(a, text(services, slices));
+    }
+
+    fn rendered(services: Vec<Svc>, slices: Vec<Slice>) -> Rendered {
+        render(&ports(services, slices), &node(), &cfg())
+    }
+
+    #[test]
+    fn render_changed_of_identical_inputs_is_empty() {
+        let (s1, e1) = mixed(2);
+        let (s2, e2) = mixed(2);
+        assert_eq!(render_changed(&rendered(s1, e1), &rendered(s2, e2)), "");
+    }
+
+    #[test]
+    fn render_changed_for_one_endpoint_touches_only_that_service_port() {
+        let (s1, e1) = mixed(2);
+        let (s2, mut e2) = mixed(2);
+        // ns0/web: replace endpoint 10.244.0.3 with 10.244.0.9 (all three of its ports change).
+        e2[0].0.endpoints[1].addresses = vec!["10.244.0.9".into()];
+        let prev = rendered(s1, e1);
+        let next = rendered(s2, e2);
+        let delta = render_changed(&prev, &next);
+
+        let mut want_decl = HashSet::new();
+        let mut want_deleted = Vec::new();
+        for (port, proto, target) in [("http", "tcp", 8080), ("dns", "udp", 5353)] {
+            let name = format!("ns0/web:{port}");
+            want_decl.insert(service_chain_name(SVC_PREFIX, &name, proto));
+            want_decl.insert(endpoint_chain_name(&name, proto, &format!("10.244.0.9:{target}")));
+            let old = endpoint_chain_name(&name, proto, &format!("10.244.0.3:{target}"));
+            want_decl.insert(old.clone());
+            want_deleted.push(old);
+        }
+        let got_decl: HashSet<String> = delta
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(got_decl, want_decl);
+        let mut got_deleted: Vec<String> =
+            delta.lines().filter_map(|l| l.strip_prefix("-X ")).map(String::from).collect();
+        got_deleted.sort();
+        want_deleted.sort();
+        assert_eq!(got_deleted, want_deleted);
+        // Only the nat table is touched, and only that Service's rules are written.
+        assert!(!delta.contains("*filter"));
+        assert!(delta.lines().filter(|l| l.starts_with("-A ")).all(|l| l.contains("ns0/web:")));
+    }
+
+    #[test]
+    fn render_changed_for_a_removed_service_rewrites_top_level_chains_and_deletes_its_chains() {
+        let prev = rendered(
+            vec![
+                Svc::new("ns1", "a", "10.96.0.10").type_("NodePort").port("", "TCP", 80, Some(30080)),
+                Svc::new("ns1", "b", "10.96.0.11").port("", "TCP", 80, None),
+            ],
+            vec![
+                Slice::new("ns1", "a-1", "a").port("", "TCP", 80).ep("10.244.0.2", "node-a"),
+                Slice::new("ns1", "b-1", "b").port("", "TCP", 80).ep("10.244.0.3", "node-a"),
+            ],
+        );
+        let next = rendered(
+            vec![Svc::new("ns1", "b", "10.96.0.11").port("", "TCP", 80, None)],
+            vec![Slice::new("ns1", "b-1", "b").port("", "TCP", 80).ep("10.244.0.3", "node-a")],
+        );
+        let svc = service_chain_name(SVC_PREFIX, "ns1/a", "tcp");
+        let ext = service_chain_name(EXT_PREFIX, "ns1/a", "tcp");
+        let sep = endpoint_chain_name("ns1/a", "tcp", "10.244.0.2:80");
+        let b_svc = service_chain_name(SVC_PREFIX, "ns1/b", "tcp");
+        let mut stale = vec![ext.clone(), sep.clone(), svc.clone()];
+        stale.sort();
+        let want = format!(
+            "*nat\n\
+             :KUBE-SERVICES - [0:0]\n\
+             :KUBE-NODEPORTS - [0:0]\n\
+             :{0} - [0:0]\n\
+             :{1} - [0:0]\n\
+             :{2} - [0:0]\n\
+             -A KUBE-SERVICES -m comment --comment \"ns1/b cluster IP\" -d 10.96.0.11/32 -p tcp -m tcp --dport 80 -j {b_svc}\n\
+             -A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+             -X {0}\n\
+             -X {1}\n\
+             -X {2}\n\
+             COMMIT\n",
+            stale[0], stale[1], stale[2]
+        );
+        assert_eq!(render_changed(&prev, &next), want);
+        let names = prev.nat.chain_names();
+        assert_eq!(stale_chains(names.iter().map(String::as_str), &next), stale);
+    }
+
+    #[test]
+    fn stale_chains_ignore_chains_of_other_owners() {
+        let next = rendered(vec![], vec![]);
+        let previous = ["DOCKER", "KUBE-SERVICES", "KUBE-SVC-AAAAAAAAAAAAAAAA", "KUBE-SEP-BBBBBBBBBBBBBBBB", "FOO"];
+        assert_eq!(stale_chains(previous, &next), ["KUBE-SEP-BBBBBBBBBBBBBBBB", "KUBE-SVC-AAAAAAAAAAAAAAAA"]);
+        let full = full_sync_text(&next, &stale_chains(previous, &next));
+        check_references(&full);
+        assert!(full.ends_with(
+            ":KUBE-SEP-BBBBBBBBBBBBBBBB - [0:0]\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n\
+             -A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+             -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+             -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+             -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
+             -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+             -X KUBE-SEP-BBBBBBBBBBBBBBBB\n-X KUBE-SVC-AAAAAAAAAAAAAAAA\nCOMMIT\n"
+        ));
+    }
+
+    #[test]
+    fn render_changed_flushes_but_keeps_a_dropped_fixed_chain() {
+        let prev = rendered(vec![], vec![]);
+        let next = render(&[], &node(), &Config { local_nodeport_loopback: false, ..cfg() });
+        let delta = render_changed(&prev, &next);
+        assert!(delta.contains(":KUBE-FIREWALL - [0:0]\n"));
+        assert!(!delta.contains("-X KUBE-FIREWALL"));
+    }
+
+    #[test]
+    fn jump_rules_hook_forward_chains_from_docker_user_by_default() {
+        let rules = jump_rules(&cfg());
+        let find = |target: &str| -> Vec<(&str, &str)> {
+            rules.iter().filter(|r| r.args.last().is_some_and(|a| a == target)).map(|r| (r.table, r.chain)).collect()
+        };
+        assert_eq!(find(KUBE_FORWARD), [("filter", "DOCKER-USER")]);
+        assert_eq!(find(KUBE_POSTROUTING), [("nat", "POSTROUTING")]);
+        assert_eq!(find(KUBE_FIREWALL), [("filter", "INPUT"), ("filter", "OUTPUT")]);
+        let services = find(KUBE_SERVICES);
+        assert!(services.contains(&("nat", "PREROUTING")) && services.contains(&("nat", "OUTPUT")));
+        assert_eq!(
+            rules.iter().find(|r| r.chain == "PREROUTING").map(|r| r.args.clone()).unwrap_or_default(),
+            ["-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]
+        );
+
+        let bare = jump_rules(&Config { forward_hook: ForwardHook::Forward, local_nodeport_loopback: false, ..cfg() });
+        assert!(bare.iter().all(|r| r.chain != "DOCKER-USER"));
+        assert!(bare.iter().all(|r| r.args.last().is_none_or(|a| a != KUBE_FIREWALL)));
+    }
+
+    #[test]
+    fn comments_cannot_break_the_restore_syntax() {
+        assert_eq!(comment("a\"b\nc"), "-m comment --comment \"abc\"");
+    }
 }
