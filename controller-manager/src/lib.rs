@@ -11,6 +11,7 @@ pub mod events;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod hash;
+pub mod history;
 pub mod informer;
 pub mod job;
 pub mod namespace;

@@ -12,11 +12,10 @@
 //! - with nothing else to do, a RollingUpdate DaemonSet replaces pods of old revisions node by
 //!   node within maxUnavailable, or with maxSurge a new pod first (`plan::rolling_update`);
 //!   OnDelete leaves old pods until someone deletes them;
+//! - every template gets a ControllerRevision (`history`), which `kubectl rollout history` and
+//!   `undo` use; revisions past `revisionHistoryLimit` that no pod runs are deleted; a hash
+//!   collision bumps `status.collisionCount`;
 //! - status is recomputed on every sync (`plan::calculate_status`).
-//!
-//! Not done: ControllerRevisions (this apiserver does not serve them; revisions are told apart
-//! by a template hash label alone, so rollback is re-applying the old template), and the
-//! history limit that goes with them.
 
 pub mod backoff;
 pub mod eligibility;
@@ -28,13 +27,14 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 use crate::events::{Recorder, reference};
 use crate::expectations::Expectations;
+use crate::history::{self, HistoryError};
 use crate::informer::{Informer, key_of, split_key};
 use crate::ownership::{Claim, adopt, claim, controller_of, controller_reference, release};
 use crate::pods::{self, is_ready};
@@ -53,6 +53,7 @@ pub struct DaemonSetController {
     sets: Informer<DaemonSet>,
     pods: Informer<Pod>,
     nodes: Informer<Node>,
+    revisions: Informer<ControllerRevision>,
     pub queue: Arc<WorkQueue>,
     expectations: Expectations,
     events: Recorder,
@@ -69,6 +70,8 @@ pub enum SyncError {
     Delete(#[source] kube::Error),
     #[error("updating status: {0}")]
     Status(#[source] kube::Error),
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 /// The daemon pod for `node`: the template with the daemon tolerations, pinned to the node,
@@ -117,6 +120,7 @@ impl DaemonSetController {
         sets: &Informer<DaemonSet>,
         pods: &Informer<Pod>,
         nodes: &Informer<Node>,
+        revisions: &Informer<ControllerRevision>,
         events: Recorder,
     ) -> Arc<DaemonSetController> {
         let c = Arc::new(DaemonSetController {
@@ -124,6 +128,7 @@ impl DaemonSetController {
             sets: sets.clone(),
             pods: pods.clone(),
             nodes: nodes.clone(),
+            revisions: revisions.clone(),
             queue: Arc::new(WorkQueue::default()),
             expectations: Expectations::default(),
             events,
@@ -139,6 +144,13 @@ impl DaemonSetController {
         pods.on_change(move |old, new| {
             if let Some(c) = w.upgrade() {
                 c.pod_changed(old.map(Arc::as_ref), new.map(Arc::as_ref));
+            }
+        });
+        let w = Arc::downgrade(&c);
+        revisions.on_change(move |old, new| {
+            let (Some(c), Some(r)) = (w.upgrade(), new.or(old)) else { return };
+            if let Some(ds) = c.sets.controller_of(&r.metadata) {
+                c.queue.add(key_of(ds.as_ref()));
             }
         });
         let w = Arc::downgrade(&c);
@@ -255,6 +267,21 @@ impl DaemonSetController {
         let nodes = self.nodes.list_all();
         let fits = plan::fits(&ds, &nodes);
         let hash = plan::template_hash(&ds);
+        if ds.metadata.deletion_timestamp.is_none() {
+            match self.sync_history(&ds, &hash, &by_node).await {
+                Err(SyncError::History(HistoryError::Collision(rev))) => {
+                    let count = ds.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0) + 1;
+                    tracing::info!(daemonset = key, revision = rev, count, "Template hash collision");
+                    let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), ns);
+                    let patch = serde_json::json!({"status": {"collisionCount": count}});
+                    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(SyncError::Status)?;
+                    return Ok(None);
+                }
+                r => r?,
+            }
+        }
         let now = Timestamp::now();
         let mut again: Option<Duration> = None;
         let mut failure = None;
@@ -315,6 +342,42 @@ impl DaemonSetController {
         let available = by_node.values().flatten().filter_map(|p| pods::until_available(p, min_ready, now)).min();
         let wait = [again, available.map(|d| d + Duration::from_millis(100))].into_iter().flatten().min();
         Ok(wait)
+    }
+
+    /// Brings the DaemonSet's ControllerRevisions up to date with its template.
+    async fn sync_history(
+        &self,
+        ds: &DaemonSet,
+        hash: &str,
+        by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    ) -> Result<(), SyncError> {
+        let Some(spec) = ds.spec.as_ref() else { return Ok(()) };
+        let ns = ds.metadata.namespace.as_deref().unwrap_or_default();
+        let name = ds.metadata.name.as_deref().unwrap_or_default();
+        let uid = ds.metadata.uid.as_deref();
+        let owned: Vec<Arc<ControllerRevision>> = self
+            .revisions
+            .list(ns)
+            .into_iter()
+            .filter(|r| controller_of(&r.metadata).is_some_and(|o| Some(o.uid.as_str()) == uid))
+            .collect();
+        let in_use = by_node
+            .values()
+            .flatten()
+            .filter_map(|p| p.metadata.labels.as_ref()?.get(REVISION_HASH_LABEL).map(|h| format!("{name}-{h}")))
+            .collect();
+        let owner = history::Owner {
+            meta: &ds.metadata,
+            reference: controller_reference(ds),
+            template: &spec.template,
+            hash,
+            history_limit: spec.revision_history_limit.unwrap_or(10).max(0) as usize,
+        };
+        let plan = history::plan(&owner, &owned, &in_use);
+        if plan.create.is_some() || plan.renumber.is_some() || !plan.delete.is_empty() {
+            history::execute(&self.client, ns, plan).await?;
+        }
+        Ok(())
     }
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, FailedPodsBackoff> {

@@ -8,18 +8,19 @@
 //! - each pod carries the template's labels plus `statefulset.kubernetes.io/pod-name`,
 //!   `apps.kubernetes.io/pod-index` and `controller-revision-hash`, `spec.hostname` = its name
 //!   and `spec.subdomain` = `spec.serviceName` (its DNS name through the headless Service);
-//! - a revision is named `<set>-<hash of the template and collisionCount>`. The apiserver does
-//!   not serve apps/v1 ControllerRevisions, so revisions live only in pod labels and in
-//!   `status.currentRevision`/`updateRevision`: a pod that must come back at the current (old)
-//!   revision (below a partition) is built from a surviving pod of that revision, or from the
-//!   new template when none survives;
+//! - a revision is named `<set>-<hash of the template and collisionCount>` and kept as a
+//!   ControllerRevision (`history`; `kubectl rollout history`/`undo` read them): a pod that must
+//!   come back at the current (old) revision (below a partition) is built from that revision,
+//!   or from a surviving pod of it when the revision is gone;
+//! - each pod gets the claims of `volumeClaimTemplates` (`claims`), created before the pod,
+//!   kept or deleted with the set and on scale-down as the retention policy says;
 //! - no expectations, as upstream: the walk is one pod at a time where order matters, and a
 //!   create that finds the pod already there (a stale cache) counts as done.
 //!
-//! Left out: PersistentVolumeClaims are not served by the apiserver, so `volumeClaimTemplates`
-//! and `persistentVolumeClaimRetentionPolicy` are ignored (no claims are created or deleted);
-//! `maxUnavailable` (alpha) is ignored: a rolling update replaces one pod at a time.
+//! Left out: `maxUnavailable` (alpha) is ignored: a rolling update replaces one pod at a time;
+//! a retention policy changed after claims exist is not applied to them.
 
+pub mod claims;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -27,12 +28,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
 use crate::events::{Recorder, reference};
+use crate::history::{self, HistoryError};
 use crate::informer::{Informer, key_of, split_key};
 use crate::ownership::{Claim, adopt, claim, controller_of, controller_reference, release};
 use crate::pods::{self, is_ready};
@@ -47,6 +49,7 @@ pub struct StatefulSetController {
     client: kube::Client,
     sets: Informer<StatefulSet>,
     pods: Informer<Pod>,
+    revisions: Informer<ControllerRevision>,
     pub queue: Arc<WorkQueue>,
     events: Recorder,
 }
@@ -63,6 +66,10 @@ pub enum SyncError {
     Update(String, #[source] kube::Error),
     #[error("updating status: {0}")]
     Status(#[source] kube::Error),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("{0}")]
+    Claims(String),
 }
 
 /// The policy the ladder reads off a set's spec.
@@ -131,6 +138,7 @@ pub fn new_stateful_pod(set: &StatefulSet, template: &PodTemplateSpec, ordinal: 
     labels.insert(POD_INDEX_LABEL.into(), ordinal.to_string());
     labels.insert(REVISION_LABEL.into(), revision.into());
     let mut spec = template.spec.clone().unwrap_or_default();
+    claims::attach(&mut spec, set, ordinal);
     spec.hostname = Some(name.clone());
     spec.subdomain = set.spec.as_ref().and_then(|s| s.service_name.clone()).filter(|s| !s.is_empty());
     Pod {
@@ -153,12 +161,14 @@ impl StatefulSetController {
         client: kube::Client,
         sets: &Informer<StatefulSet>,
         pods: &Informer<Pod>,
+        revisions: &Informer<ControllerRevision>,
         events: Recorder,
     ) -> Arc<StatefulSetController> {
         let c = Arc::new(StatefulSetController {
             client,
             sets: sets.clone(),
             pods: pods.clone(),
+            revisions: revisions.clone(),
             queue: Arc::new(WorkQueue::default()),
             events,
         });
@@ -172,6 +182,13 @@ impl StatefulSetController {
         pods.on_change(move |old, new| {
             if let Some(c) = w.upgrade() {
                 c.pod_changed(old.map(Arc::as_ref), new.map(Arc::as_ref));
+            }
+        });
+        let w = Arc::downgrade(&c);
+        revisions.on_change(move |old, new| {
+            let (Some(c), Some(r)) = (w.upgrade(), new.or(old)) else { return };
+            if let Some(set) = c.sets.controller_of(&r.metadata) {
+                c.queue.add(key_of(set.as_ref()));
             }
         });
         c
@@ -240,6 +257,19 @@ impl StatefulSetController {
         let now = Timestamp::now();
         let mut result = Ok(());
         if set.metadata.deletion_timestamp.is_none() {
+            match self.sync_history(&set, &owned, &current_revision, &update_revision).await {
+                Err(SyncError::History(HistoryError::Collision(rev))) => {
+                    let count = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0) + 1;
+                    tracing::info!(statefulset = key, revision = rev, count, "Template hash collision");
+                    let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), ns);
+                    let patch = serde_json::json!({"status": {"collisionCount": count}});
+                    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(SyncError::Status)?;
+                    return Ok(None);
+                }
+                r => r?,
+            }
             let steps = plan::plan(name, &policy, &owned, &update_revision, now);
             result = self.execute(&set, &owned, steps, &current_revision, &update_revision).await;
         }
@@ -297,12 +327,53 @@ impl StatefulSetController {
         Ok(owned)
     }
 
+    /// Brings the set's ControllerRevisions up to date with its template; the current and
+    /// update revisions and those live pods run are kept whatever the history limit.
+    async fn sync_history(
+        &self,
+        set: &StatefulSet,
+        owned: &[Arc<Pod>],
+        current: &str,
+        update: &str,
+    ) -> Result<(), SyncError> {
+        let Some(spec) = set.spec.as_ref() else { return Ok(()) };
+        let ns = set.metadata.namespace.as_deref().unwrap_or_default();
+        let set_name = set.metadata.name.as_deref().unwrap_or_default();
+        let uid = set.metadata.uid.as_deref();
+        let revisions: Vec<Arc<ControllerRevision>> = self
+            .revisions
+            .list(ns)
+            .into_iter()
+            .filter(|r| controller_of(&r.metadata).is_some_and(|o| Some(o.uid.as_str()) == uid))
+            .collect();
+        let mut in_use: std::collections::BTreeSet<String> =
+            owned.iter().map(|p| revision_of(p).to_string()).filter(|r| !r.is_empty()).collect();
+        in_use.insert(current.to_string());
+        let hash = update.strip_prefix(set_name).and_then(|h| h.strip_prefix('-')).unwrap_or(update);
+        let owner = history::Owner {
+            meta: &set.metadata,
+            reference: controller_reference(set),
+            template: &spec.template,
+            hash,
+            history_limit: spec.revision_history_limit.unwrap_or(10).max(0) as usize,
+        };
+        let plan = history::plan(&owner, &revisions, &in_use);
+        if plan.create.is_some() || plan.renumber.is_some() || !plan.delete.is_empty() {
+            history::execute(&self.client, ns, plan).await?;
+        }
+        Ok(())
+    }
+
     /// The template of the current revision: the set's own when it is the update revision,
-    /// else recovered from a pod still at the current revision.
-    fn current_template(set: &StatefulSet, owned: &[Arc<Pod>], current: &str, update: &str) -> PodTemplateSpec {
+    /// else the one its ControllerRevision keeps, else recovered from a pod still at it.
+    fn current_template(&self, set: &StatefulSet, owned: &[Arc<Pod>], current: &str, update: &str) -> PodTemplateSpec {
         let own = set.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
         if current == update {
             return own;
+        }
+        let ns = set.metadata.namespace.as_deref().unwrap_or_default();
+        if let Some(t) = self.revisions.get(ns, current).and_then(|r| history::template_of(&r)) {
+            return t;
         }
         owned.iter().find(|p| revision_of(p) == current).map_or(own, |p| template_from_pod(p))
     }
@@ -323,11 +394,21 @@ impl StatefulSetController {
             let r = match step {
                 Step::Create { ordinal, revision } => {
                     let (template, rev) = match revision {
-                        Revision::Current => (Self::current_template(set, owned, current, update), current),
+                        Revision::Current => (self.current_template(set, owned, current, update), current),
                         Revision::Update => (set.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default(), update),
                     };
                     let pod = new_stateful_pod(set, &template, ordinal, rev);
                     let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                    if let Err(e) = claims::ensure(&self.client, set, ordinal).await {
+                        self.events.warning(
+                            reference(set),
+                            "FailedCreate",
+                            format!("create Claim for Pod {pod_name} in StatefulSet {set_name} failed error: {e}"),
+                        );
+                        first_error.get_or_insert(SyncError::Claims(e));
+                        // Later pods wait: ordered creation must not run ahead of a missing claim.
+                        break;
+                    }
                     match api.create(&PostParams::default(), &pod).await {
                         Ok(_) => {
                             self.events.normal(
@@ -358,7 +439,14 @@ impl StatefulSetController {
                     );
                     self.delete(&api, set, &p).await
                 }
-                Step::DeleteCondemned(p) | Step::DeleteForUpdate(p) => self.delete(&api, set, &p).await,
+                Step::DeleteCondemned(p) => {
+                    let ordinal = ordinal_of(set_name, &p).unwrap_or_default();
+                    match claims::release_to_pod(&self.client, set, &p, ordinal).await {
+                        Ok(()) => self.delete(&api, set, &p).await,
+                        Err(e) => Err(SyncError::Claims(e)),
+                    }
+                }
+                Step::DeleteForUpdate(p) => self.delete(&api, set, &p).await,
                 Step::FixIdentity(p) => Self::fix_identity(&api, &p).await,
             };
             if let Err(e) = r {
