@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -436,9 +436,13 @@ pub async fn start(
         tasks.spawn(c.run(stop.clone()));
         tasks.spawn(leases.run(Api::namespaced(client.clone(), "kube-node-lease")));
     }
+    let revisions: Informer<ControllerRevision> = Informer::default();
+    if ["daemonset", "statefulset"].iter().any(|c| controllers.contains(c)) {
+        tasks.spawn(revisions.clone().run(Api::all(client.clone())));
+    }
     if controllers.contains("daemonset") {
         let daemon_sets: Informer<DaemonSet> = Informer::default();
-        let c = DaemonSetController::new(client.clone(), &daemon_sets, &pods, &nodes, events.clone());
+        let c = DaemonSetController::new(client.clone(), &daemon_sets, &pods, &nodes, &revisions, events.clone());
         let queue = c.queue.clone();
         tasks.spawn(work("daemonset", queue, flags.concurrent_daemonset_syncs, stop.clone(), move |key| {
             let c = c.clone();
@@ -545,7 +549,7 @@ pub async fn start(
         tasks.spawn(informers.budgets.run(Api::all(client.clone())));
     }
     if controllers.contains("statefulset") {
-        let c = StatefulSetController::new(client.clone(), &stateful_sets, &pods, events.clone());
+        let c = StatefulSetController::new(client.clone(), &stateful_sets, &pods, &revisions, events.clone());
         let queue = c.queue.clone();
         tasks.spawn(work("statefulset", queue, flags.concurrent_statefulset_syncs, stop.clone(), move |key| {
             let c = c.clone();
