@@ -90,7 +90,10 @@ echo "==> Starting the scheduler"
 echo $! >"$CLUSTER_DIR/scheduler.pid"
 
 echo "==> Starting the controller-manager"
-"$BIN/controller-manager" --kubeconfig "$KUBECONFIG_OUT" >"$CLUSTER_DIR/logs/controller-manager.log" 2>&1 &
+# The apiserver's service account key signs the tokens of ServiceAccount token Secrets.
+"$BIN/controller-manager" --kubeconfig "$KUBECONFIG_OUT" \
+  --service-account-private-key-file "$CLUSTER_DIR/pki/sa.key" --root-ca-file "$CLUSTER_DIR/pki/ca.crt" \
+  >"$CLUSTER_DIR/logs/controller-manager.log" 2>&1 &
 echo $! >"$CLUSTER_DIR/controller-manager.pid"
 
 if command -v kubectl >/dev/null 2>&1; then

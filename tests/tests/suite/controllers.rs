@@ -426,6 +426,12 @@ struct Cluster {
     _etcd: e2e::etcd::Etcd,
 }
 
+/// The apiserver's service account key, which the controller-manager signs ServiceAccount token
+/// Secrets with (`--service-account-private-key-file`, as `deploy/local-up.sh` passes it).
+fn sa_key(api: &e2e::server::Process) -> String {
+    api.dir.path().join("pki").join("sa.key").display().to_string()
+}
+
 impl Cluster {
     async fn start() -> Cluster {
         let etcd = e2e::etcd::Etcd::start().await;
@@ -435,7 +441,10 @@ impl Cluster {
         node.wait_ready(&client).await;
         let kc = &api.endpoint.kubeconfig;
         let scheduler = e2e::server::Component::start("scheduler", kc, &node.dir.path().join("scheduler.log"), &[]);
-        let cm = e2e::server::Component::start("controller-manager", kc, &node.dir.path().join("cm.log"), &[]);
+        let cm_log = node.dir.path().join("cm.log");
+        let key = sa_key(&api);
+        let flags = ["--service-account-private-key-file", key.as_str()];
+        let cm = e2e::server::Component::start("controller-manager", kc, &cm_log, &flags);
         let k = e2e::kubectl::Kubectl::new(&api.endpoint);
         Cluster { client, k, cm, _scheduler: scheduler, node, api, _etcd: etcd }
     }
@@ -443,7 +452,9 @@ impl Cluster {
     fn restart_controller_manager(&mut self) {
         self.cm.kill();
         let log = self.node.dir.path().join("cm-2.log");
-        self.cm = e2e::server::Component::start("controller-manager", &self.api.endpoint.kubeconfig, &log, &[]);
+        let key = sa_key(&self.api);
+        let flags = ["--service-account-private-key-file", key.as_str()];
+        self.cm = e2e::server::Component::start("controller-manager", &self.api.endpoint.kubeconfig, &log, &flags);
     }
 
     /// `kubectl rollout status`, which must say the rollout finished.

@@ -172,3 +172,63 @@ async fn many_similar_events_with_different_messages_become_one_combined_event_w
         assert!(mine.iter().any(|e| e.message.as_deref() == Some(message.as_str())), "{message}");
     }
 }
+
+#[tokio::test]
+async fn the_controller_manager_binary_signs_token_secrets_with_the_apiservers_key() {
+    let etcd = e2e::etcd::Etcd::start().await;
+    let api = e2e::server::Process::start(&etcd.endpoint(), &[]).await;
+    let kc = &api.endpoint.kubeconfig;
+    let key = api.dir.path().join("pki").join("sa.key").display().to_string();
+    let solo = ["--leader-elect=false", "--controllers", "serviceaccount-token"];
+    // Without a key the controller says so once and does not run.
+    let keyless = e2e::server::Component::start("controller-manager", kc, &api.dir.path().join("cm-0.log"), &solo);
+    let said = || async {
+        let log = keyless.log();
+        log.contains("Not running: no --service-account-private-key-file").then_some(log)
+    };
+    let log = eventually(Duration::from_secs(10), "the keyless controller-manager says why", said).await;
+    assert_eq!(log.matches("service-account-private-key-file").count(), 1, "{log}");
+    drop(keyless);
+
+    let mut flags = solo.to_vec();
+    flags.extend(["--service-account-private-key-file", key.as_str()]);
+    let _cm = e2e::server::Component::start("controller-manager", kc, &api.dir.path().join("cm.log"), &flags);
+    let client = api.endpoint.kube_client().await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let sa = serde_json::from_value(json!({"metadata": {"name": "robot"}})).expect("sa");
+    accounts.create(&PostParams::default(), &sa).await.expect("service account");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let s = serde_json::from_value(json!({
+        "metadata": {"name": "robot-token", "annotations": {"kubernetes.io/service-account.name": "robot"}},
+        "type": "kubernetes.io/service-account-token",
+    }))
+    .expect("secret");
+    secrets.create(&PostParams::default(), &s).await.expect("secret");
+    let token = eventually(Duration::from_secs(20), "robot-token holds a token", || async {
+        let s = secrets.get_opt("robot-token").await.ok()??;
+        Some(data(&s, "token")).filter(|t| !t.is_empty())
+    })
+    .await;
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    let r = api
+        .endpoint
+        .client()
+        .with_token(&token)
+        .post("/apis/authentication.k8s.io/v1/selfsubjectreviews", &review)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["status"]["userInfo"]["username"], "system:serviceaccount:default:robot");
+}
+
+#[tokio::test]
+async fn the_controller_manager_refuses_a_service_account_key_it_cannot_sign_with_in_one_line() {
+    let dir = e2e::TempDir::new("bad-sa-key").expect("dir");
+    let key = dir.path().join("sa.key");
+    std::fs::write(&key, "not a key").expect("key");
+    let args = ["--kubeconfig", "/nonexistent", "--service-account-private-key-file", key.to_str().expect("utf-8")];
+    let out = std::process::Command::new(e2e::binary("controller-manager")).args(args).output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--service-account-private-key-file") && err.contains("PKCS#8"), "{err}");
+}
