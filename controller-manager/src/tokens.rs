@@ -27,7 +27,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair};
 use serde_json::json;
@@ -153,6 +153,15 @@ fn is_for(secret: &Secret, account: &ServiceAccount) -> bool {
         && annotation(secret, UID_ANNOTATION).is_none_or(|uid| account.metadata.uid.as_deref() == Some(uid))
 }
 
+/// Whether this controller looks after `secret`: a token Secret naming its account, not being
+/// deleted. (Upstream's apiserver refuses a token Secret without the name annotation; here such a
+/// Secret is left alone rather than deleted.)
+fn is_managed(secret: &Secret) -> bool {
+    is_token_secret(secret)
+        && secret.metadata.deletion_timestamp.is_none()
+        && annotation(secret, NAME_ANNOTATION).is_some()
+}
+
 /// What a token Secret needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -170,11 +179,7 @@ pub enum Plan {
 /// Pure: what `secret` needs, given the ServiceAccount it names as found (`None`: none with that
 /// name and uid) and the root CA bundle.
 pub fn plan(secret: &Secret, account: Option<&ServiceAccount>, root_ca: &str) -> Plan {
-    if !is_token_secret(secret) || secret.metadata.deletion_timestamp.is_some() {
-        return Plan::Nothing;
-    }
-    // The apiserver upstream refuses such a Secret; here it is left alone rather than deleted.
-    if annotation(secret, NAME_ANNOTATION).is_none() {
+    if !is_managed(secret) {
         return Plan::Nothing;
     }
     if !account.is_some_and(|a| is_for(secret, a)) {
@@ -206,6 +211,15 @@ pub fn filled(secret: &Secret, account: &ServiceAccount, root_ca: &str, token: O
     annotations.insert(NAME_ANNOTATION.into(), account.metadata.name.clone().unwrap_or_default());
     annotations.insert(UID_ANNOTATION.into(), account.metadata.uid.clone().unwrap_or_default());
     s
+}
+
+/// The merge patch that writes `filled`'s data and annotations, only onto the version it was made
+/// from (a Secret changed meanwhile answers 409 Conflict).
+fn fill_patch(filled: &Secret) -> serde_json::Value {
+    json!({
+        "metadata": {"resourceVersion": filled.metadata.resource_version, "annotations": filled.metadata.annotations},
+        "data": filled.data,
+    })
 }
 
 pub struct TokensController {
@@ -270,7 +284,7 @@ impl TokensController {
     pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
         let (ns, name) = split_key(key);
         let Some(secret) = self.secrets.get(ns, name) else { return Ok(None) };
-        if plan(&secret, None, &self.root_ca) == Plan::Nothing {
+        if !is_managed(&secret) {
             return Ok(None);
         }
         let account = self.service_account_for(&secret).await?;
@@ -287,7 +301,8 @@ impl TokensController {
                     )?),
                     false => None,
                 };
-                match api.replace(name, &PostParams::default(), &filled(&secret, &sa, &self.root_ca, token)).await {
+                let patch = fill_patch(&filled(&secret, &sa, &self.root_ca, token));
+                match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                     Ok(_) => {
                         tracing::info!(secret = %key, "Filled ServiceAccount token Secret");
                         Ok(None)
@@ -335,7 +350,10 @@ HTdr3kIlprpYQ4hKoDe99oyeQWm9VpQHjrc6P4Fb4A899luRjZPKiTYw
 
     fn secret(annotations: serde_json::Value, data: serde_json::Value) -> Secret {
         serde_json::from_value(json!({
-            "metadata": {"name": "robot-token", "namespace": "ns", "uid": "s-1", "annotations": annotations},
+            "metadata": {
+                "name": "robot-token", "namespace": "ns", "uid": "s-1", "resourceVersion": "7",
+                "annotations": annotations,
+            },
             "type": SECRET_TYPE,
             "data": data,
         }))
@@ -359,6 +377,11 @@ HTdr3kIlprpYQ4hKoDe99oyeQWm9VpQHjrc6P4Fb4A899luRjZPKiTYw
         assert_eq!(data[NAMESPACE_KEY].0, b"ns");
         assert_eq!(done.metadata.annotations.as_ref().expect("annotations")[UID_ANNOTATION], "u-1");
         assert_eq!(plan(&done, Some(&sa), "CA"), Plan::Nothing);
+        // Written as a merge patch of the version read.
+        let patch = fill_patch(&done);
+        assert_eq!(patch["metadata"]["resourceVersion"], "7");
+        assert_eq!(patch["data"][TOKEN_KEY], b64("jwt"));
+        assert_eq!(patch["metadata"]["annotations"][NAME_ANNOTATION], "robot");
         // A new CA bundle is written over the old one; the token stays.
         assert_eq!(plan(&done, Some(&sa), "CA2"), Plan::Fill { ca: true, namespace: false, token: false });
         // Without a CA bundle, none is asked for.
