@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use e2e::eventually;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
@@ -530,6 +530,154 @@ async fn c100_daemon_sets_are_listed_by_label_and_removed_by_delete_collection()
             .filter_map(|d| d.metadata.name)
             .collect();
         (names == ["other"]).then_some(())
+    })
+    .await;
+}
+
+fn revisions(h: &Harness) -> Api<ControllerRevision> {
+    Api::namespaced(h.client.clone(), "default")
+}
+
+/// The DaemonSet's revisions, as (revision number, name), sorted.
+async fn owned_revisions(h: &Harness, uid: &str) -> Vec<(i64, String)> {
+    let list = revisions(h).list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+    let mut owned: Vec<(i64, String)> = list
+        .into_iter()
+        .filter(|r| r.metadata.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true)))
+        .map(|r| (r.revision, r.metadata.name.unwrap_or_default()))
+        .collect();
+    owned.sort();
+    owned
+}
+
+#[tokio::test]
+async fn c094_controller_revisions_of_a_daemon_set_support_every_verb_and_numbering_reaches_three() {
+    let h = harness().await;
+    h.node("n1", &[], &[]).await;
+    h.fake_kubelet();
+    let ds = daemon_set("cr", serde_json::json!({}), serde_json::json!({}));
+    let uid = h.sets().create(&PostParams::default(), &ds).await.expect("create").metadata.uid.expect("uid");
+    h.wait_one_per_node(&uid, &["n1"]).await;
+
+    // Listed by the template's label, with the pods' hash, owned by the DaemonSet.
+    let by_label = ListParams::default().labels("app=cr");
+    let initial = eventually(Duration::from_secs(10), "the first revision", || async {
+        let mut l = revisions(&h).list(&by_label).await.ok()?.items;
+        (l.len() == 1).then(|| l.remove(0))
+    })
+    .await;
+    assert_eq!(initial.revision, 1);
+    let pod_hash = h.by_node(&uid).await.expect("pods")["n1"][0].metadata.labels.clone().expect("labels")
+        ["controller-revision-hash"]
+        .clone();
+    assert_eq!(initial.metadata.labels.clone().expect("labels")["controller-revision-hash"], pod_hash);
+    assert_eq!(initial.metadata.name.clone().expect("name"), format!("cr-{pod_hash}"));
+
+    // Patch, create, update, delete.
+    let patch = serde_json::json!({"metadata": {"labels": {"e2e": "patched"}}});
+    let patched = revisions(&h)
+        .patch(initial.metadata.name.as_deref().expect("name"), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch revision");
+    assert_eq!(patched.metadata.labels.clone().expect("labels")["e2e"], "patched");
+    let mut copy = ControllerRevision {
+        metadata: kube::api::ObjectMeta {
+            name: Some("cr-e2e-copy".into()),
+            labels: initial.metadata.labels.clone(),
+            owner_references: initial.metadata.owner_references.clone(),
+            ..Default::default()
+        },
+        data: initial.data.clone(),
+        revision: initial.revision + 1,
+    };
+    copy = revisions(&h).create(&PostParams::default(), &copy).await.expect("create revision");
+    revisions(&h)
+        .delete(initial.metadata.name.as_deref().expect("name"), &DeleteParams::default())
+        .await
+        .expect("delete the first");
+    copy.metadata.labels.get_or_insert_with(Default::default).insert("e2e".into(), "updated".into());
+    let copy = revisions(&h).replace("cr-e2e-copy", &PostParams::default(), &copy).await.expect("update");
+    assert_eq!(copy.metadata.labels.clone().expect("labels")["e2e"], "updated");
+    // The copy holds the current template: no new revision is made for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(owned_revisions(&h, &uid).await, [(2, "cr-e2e-copy".to_string())]);
+
+    // A template change makes revision 3.
+    set_image(&h.sets(), "cr", "httpd:2").await;
+    let after = eventually(Duration::from_secs(10), "revision 3", || async {
+        let owned = owned_revisions(&h, &uid).await;
+        (owned.last().map(|r| r.0) == Some(3)).then_some(owned)
+    })
+    .await;
+    assert_eq!(after.len(), 2, "{after:?}");
+
+    // Deleted as a collection by label.
+    revisions(&h).delete_collection(&DeleteParams::default(), &by_label).await.expect("deletecollection");
+    eventually(Duration::from_secs(10), "the collection gone", || async {
+        let owned = owned_revisions(&h, &uid).await;
+        // The controller writes the current revision back; the copy stays gone.
+        (!owned.iter().any(|(_, n)| n == "cr-e2e-copy")).then_some(())
+    })
+    .await;
+}
+
+// kubectl blocks its thread; the in-process apiserver answers on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_rollout_history_and_undo_of_a_daemon_set_use_its_revisions() {
+    let h = harness().await;
+    h.node("n1", &[], &[]).await;
+    h.fake_kubelet();
+    let mut ds = daemon_set("hist", serde_json::json!({}), serde_json::json!({}));
+    ds.spec.as_mut().expect("spec").revision_history_limit = Some(2);
+    let uid = h.sets().create(&PostParams::default(), &ds).await.expect("create").metadata.uid.expect("uid");
+    h.wait_one_per_node(&uid, &["n1"]).await;
+    for image in ["httpd:2", "httpd:3", "httpd:4"] {
+        set_image(&h.sets(), "hist", image).await;
+        eventually(Duration::from_secs(15), &format!("the pod on {image}"), || async {
+            let m = h.by_node(&uid).await?;
+            m.get("n1").is_some_and(|v| v.len() == 1 && image_of(&v[0]) == image).then_some(())
+        })
+        .await;
+    }
+    // revisionHistoryLimit 2: the current revision and two before it.
+    let owned = eventually(Duration::from_secs(10), "history trimmed to 2 old revisions", || async {
+        let owned = owned_revisions(&h, &uid).await;
+        (owned.len() == 3).then_some(owned)
+    })
+    .await;
+    assert_eq!(owned.iter().map(|r| r.0).collect::<Vec<_>>(), [2, 3, 4]);
+
+    let k = e2e::kubectl::Kubectl::new(&h.api.endpoint);
+    let history = k.run(&["rollout", "history", "daemonset/hist"]).ok().stdout;
+    let numbers: Vec<&str> = history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(numbers, ["2", "3", "4"], "{history}");
+    let rev3 = k.run(&["rollout", "history", "daemonset/hist", "--revision=3"]).ok().stdout;
+    assert!(rev3.contains("httpd:3"), "{rev3}");
+
+    // Undo goes back to revision 3, which becomes revision 5; the pod follows.
+    let undo = k.run(&["rollout", "undo", "daemonset/hist"]).ok().stdout;
+    assert!(undo.contains("rolled back"), "{undo}");
+    eventually(Duration::from_secs(15), "the pod back on httpd:3", || async {
+        let m = h.by_node(&uid).await?;
+        m.get("n1").is_some_and(|v| v.len() == 1 && image_of(&v[0]) == "httpd:3").then_some(())
+    })
+    .await;
+    let owned = eventually(Duration::from_secs(10), "revision 3 renumbered to 5", || async {
+        let owned = owned_revisions(&h, &uid).await;
+        (owned.last().map(|r| r.0) == Some(5)).then_some(owned)
+    })
+    .await;
+    assert_eq!(owned.iter().map(|r| r.0).collect::<Vec<_>>(), [2, 4, 5], "no copy of revision 3: {owned:?}");
+    let undo_to = k.run(&["rollout", "undo", "daemonset/hist", "--to-revision=2"]).ok().stdout;
+    assert!(undo_to.contains("rolled back"), "{undo_to}");
+    eventually(Duration::from_secs(15), "the pod on httpd:2", || async {
+        let m = h.by_node(&uid).await?;
+        m.get("n1").is_some_and(|v| v.len() == 1 && image_of(&v[0]) == "httpd:2").then_some(())
     })
     .await;
 }
