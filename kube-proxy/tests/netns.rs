@@ -201,3 +201,42 @@ fn rendered_rules_apply_and_stale_chains_are_removed_in_a_namespace() -> Result<
     assert_eq!(render_changed(&second, &second), "");
     Ok(())
 }
+
+/// What the runner does on a host, inside a namespace: a full sync, the jump rules ensured
+/// twice (the second time adds nothing), then `--cleanup` leaves no KUBE-* chain or jump behind.
+#[tokio::test]
+async fn the_runner_applies_ensures_jumps_once_and_cleanup_removes_everything() -> Result<(), String> {
+    use kube_proxy::iptables::{Iptables, chain_names};
+    use kube_proxy::rules::full_sync_text;
+
+    if let Some(reason) = skip_reason() {
+        println!("skipped: {reason}");
+        return Ok(());
+    }
+    let ns = Netns(format!("kp-run-{}", std::process::id()));
+    run("ip", &["netns", "add", &ns.0], None)?;
+    let ipt = Iptables::in_netns(&ns.0);
+    let state = rendered(&[service("a", "10.96.0.10", Some(30080))], &[slice("a", &["10.244.0.2"])]);
+    ipt.restore(&full_sync_text(&state, &[])).await.map_err(|e| e.to_string())?;
+    let cfg = Config { forward_hook: ForwardHook::Forward, ..Config::default() };
+    let jumps = jump_rules(&cfg);
+    ipt.ensure_jumps(&jumps).await.map_err(|e| e.to_string())?;
+    ipt.ensure_jumps(&jumps).await.map_err(|e| e.to_string())?;
+    let saved = ns.exec(&["iptables-save"], None)?;
+    let count = saved.lines().filter(|l| l.contains("-j KUBE-") && !l.starts_with("-A KUBE-")).count();
+    assert_eq!(count, jumps.len(), "each jump once:\n{saved}");
+    // The first nat PREROUTING rule is ours, as jump_rules orders them.
+    let first = saved.lines().find(|l| l.starts_with("-A PREROUTING")).unwrap_or_default();
+    assert!(first.ends_with("-j KUBE-SERVICES"), "{first}");
+
+    let removed = ipt.cleanup().await.map_err(|e| e.to_string())?;
+    assert!(removed >= state.nat.chains.len(), "{removed}");
+    for table in ["nat", "filter"] {
+        let saved = ipt.save(table).await.map_err(|e| e.to_string())?;
+        assert!(!chain_names(&saved).iter().any(|c| c.starts_with("KUBE-")), "{saved}");
+        assert!(!saved.contains("KUBE-"), "no jump left:\n{saved}");
+    }
+    // A second cleanup finds nothing to do.
+    assert_eq!(ipt.cleanup().await.map_err(|e| e.to_string())?, 0);
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! The process: flags, `--cleanup`, the watches on Services, EndpointSlices and this Node, the
+//! bounded-frequency sync loop, and the healthz and metrics servers.
+//!
+//! Timeline: validate flags -> (cleanup and exit) -> bind healthz/metrics -> connect -> set
+//! route_localnet -> start watches -> wait for the first lists -> full sync -> loop { wait for a
+//! change or the resync timer; sync } -> on SIGTERM stop, leaving the rules in place (as
+//! upstream: a restarted proxy takes them over without a gap in service).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::iptables::Iptables;
+use crate::model::{self, Ipv4Cidr};
+use crate::proxier::Proxier;
+use crate::rules::{Config, ForwardHook, NodeInfo};
+use crate::runner::BoundedFrequency;
+use crate::server::{Metrics, serve};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "kube-proxy", version, about = "Programs iptables so Services reach their endpoints")]
+pub struct Flags {
+    #[arg(long, env = "KUBE_PROXY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The name of this node (default: the hostname); local endpoints are those on this node.
+    #[arg(long, env = "KUBE_PROXY_HOSTNAME_OVERRIDE")]
+    pub hostname_override: Option<String>,
+    /// The pod network: traffic to a cluster IP from outside it is masqueraded. Empty: none
+    /// (then only --masquerade-all masquerades cluster-IP traffic).
+    #[arg(long, env = "KUBE_PROXY_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// The least time between two syncs: lower reacts faster to changes, higher batches more
+    /// changes into one iptables-restore.
+    #[arg(long, env = "KUBE_PROXY_IPTABLES_MIN_SYNC_PERIOD", default_value = "1s", value_parser = leader::parse_duration)]
+    pub iptables_min_sync_period: Duration,
+    /// The most time between two syncs: a full resync then repairs rules someone else changed.
+    #[arg(long, env = "KUBE_PROXY_IPTABLES_SYNC_PERIOD", default_value = "30s", value_parser = leader::parse_duration)]
+    pub iptables_sync_period: Duration,
+    /// Masquerade all traffic sent to cluster IPs (costs the client's source IP at the pod).
+    #[arg(long, env = "KUBE_PROXY_MASQUERADE_ALL")]
+    pub masquerade_all: bool,
+    /// NodePorts also answer on 127.0.0.1 (sets net.ipv4.conf.all.route_localnet=1, with a
+    /// guard rule against outside packets to 127.0.0.0/8).
+    #[arg(long, env = "KUBE_PROXY_IPTABLES_LOCALHOST_NODEPORTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub iptables_localhost_nodeports: bool,
+    /// Remove every KUBE-* chain and jump rule from the nat and filter tables, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Where /healthz and /livez answer (empty: nowhere).
+    #[arg(long, env = "KUBE_PROXY_HEALTHZ_BIND_ADDRESS", default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
+    /// Where /metrics answers (empty: nowhere).
+    #[arg(long, env = "KUBE_PROXY_METRICS_BIND_ADDRESS", default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: String,
+}
+
+impl Default for Flags {
+    /// Every flag at its default.
+    fn default() -> Self {
+        Flags::parse_from(["kube-proxy"])
+    }
+}
+
+/// A flag or configuration that cannot work; the process says so in one line and exits 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The flags, checked and typed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub rules: Config,
+    pub min_sync_period: Duration,
+    pub sync_period: Duration,
+    pub healthz: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Settings {
+    pub fn from_flags(flags: &Flags) -> Result<Settings, ConfigError> {
+        let cluster_cidr = match flags.cluster_cidr.trim() {
+            "" => None,
+            s => Some(s.parse::<Ipv4Cidr>().map_err(|e| ConfigError(format!("--cluster-cidr: {e}")))?),
+        };
+        if flags.iptables_sync_period.is_zero() {
+            return Err(ConfigError("--iptables-sync-period must be greater than 0".into()));
+        }
+        if flags.iptables_min_sync_period > flags.iptables_sync_period {
+            return Err(ConfigError(format!(
+                "--iptables-min-sync-period ({:?}) must not exceed --iptables-sync-period ({:?})",
+                flags.iptables_min_sync_period, flags.iptables_sync_period
+            )));
+        }
+        let address = |flag: &str, value: &str| -> Result<Option<SocketAddr>, ConfigError> {
+            match value.trim() {
+                "" => Ok(None),
+                v => v.parse().map(Some).map_err(|_| ConfigError(format!("{flag}: {v:?} is not an IP:port address"))),
+            }
+        };
+        let node_name = flags.hostname_override.clone().map(|h| h.trim().to_lowercase()).filter(|h| !h.is_empty());
+        let node_name = node_name.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_lowercase())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        Ok(Settings {
+            node_name,
+            rules: Config {
+                cluster_cidr,
+                masquerade_all: flags.masquerade_all,
+                local_nodeport_loopback: flags.iptables_localhost_nodeports,
+                ..Config::default()
+            },
+            min_sync_period: flags.iptables_min_sync_period,
+            sync_period: flags.iptables_sync_period,
+            healthz: address("--healthz-bind-address", &flags.healthz_bind_address)?,
+            metrics: address("--metrics-bind-address", &flags.metrics_bind_address)?,
+        })
+    }
+}
+
+pub async fn client_for(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let Some(path) = kubeconfig else { return Err(ConfigError("--kubeconfig is required".into()).into()) };
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| ConfigError(format!("--kubeconfig {}: {e}", path.display())))?;
+    let c = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| ConfigError(format!("--kubeconfig {}: {e}", path.display())))?;
+    Ok(kube::Client::try_from(c)?)
+}
+
+/// The node's IPv4 addresses from its status.
+fn node_info(name: &str, node: Option<&Node>) -> NodeInfo {
+    let addresses = node
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
+        .collect();
+    NodeInfo { name: name.to_string(), addresses }
+}
+
+async fn bind(flag: &str, addr: Option<SocketAddr>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("{flag} {addr}: cannot listen: {e}"))?;
+    Ok(Some(listener))
+}
+
+/// Lets NodePorts answer on 127.0.0.1. Failure only costs that, so it is logged.
+fn set_route_localnet() {
+    let path = "/proc/sys/net/ipv4/conf/all/route_localnet";
+    match std::fs::read_to_string(path) {
+        Ok(v) if v.trim() == "1" => {}
+        _ => match std::fs::write(path, "1") {
+            Ok(()) => tracing::info!("Set sysctl net.ipv4.conf.all.route_localnet=1 for NodePorts on 127.0.0.1"),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not set net.ipv4.conf.all.route_localnet=1; NodePorts will not answer on 127.0.0.1")
+            }
+        },
+    }
+}
+
+/// Keeps `writer`'s store in step with a watch of `api`, waking `changed` on every event.
+async fn reflect<K>(api: Api<K>, config: watcher::Config, writer: reflector::store::Writer<K>, changed: Arc<Notify>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Ok(_) => changed.notify_one(),
+            Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "Watch failed; retrying"),
+        }
+    }
+}
+
+pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let settings = Settings::from_flags(&flags)?;
+    let ipt = Iptables::host();
+    if flags.cleanup {
+        let removed = ipt.cleanup().await?;
+        tracing::info!(chains = removed, "Removed the proxy's iptables chains and jump rules");
+        return Ok(());
+    }
+    let healthz = bind("--healthz-bind-address", settings.healthz).await?;
+    let metrics_listener = bind("--metrics-bind-address", settings.metrics).await?;
+    let client = client_for(flags.kubeconfig.as_ref()).await?;
+
+    let mut rules = settings.rules.clone();
+    // Docker re-inserts its jumps at the top of FORWARD on every network it creates, which would
+    // push ours below its isolation DROPs: hook from DOCKER-USER when Docker manages iptables.
+    rules.forward_hook =
+        if ipt.has_chain("DOCKER-USER").await { ForwardHook::DockerUser } else { ForwardHook::Forward };
+    if rules.local_nodeport_loopback {
+        set_route_localnet();
+    }
+
+    let stop = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new(settings.sync_period));
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = healthz {
+        let m = metrics.clone();
+        tasks.spawn(serve(listener, move |path| m.healthz_answer(path), stop.clone()));
+    }
+    if let Some(listener) = metrics_listener {
+        let m = metrics.clone();
+        tasks.spawn(serve(listener, move |path| m.metrics_answer(path), stop.clone()));
+    }
+
+    let changed = Arc::new(Notify::new());
+    let (services, w) = reflector::store::<Service>();
+    tasks.spawn(reflect(Api::all(client.clone()), watcher::Config::default(), w, changed.clone()));
+    let (slices, w) = reflector::store::<EndpointSlice>();
+    tasks.spawn(reflect(Api::all(client.clone()), watcher::Config::default(), w, changed.clone()));
+    let (nodes, w) = reflector::store::<Node>();
+    let own = watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name));
+    tasks.spawn(reflect(Api::all(client.clone()), own, w, changed.clone()));
+
+    tracing::info!(node = %settings.node_name, forward_hook = ?rules.forward_hook, "Starting kube-proxy");
+    let mut proxier = Proxier::new(rules, ipt, metrics);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => { stop.cancel(); return Ok(()); }
+        r = async { tokio::try_join!(services.wait_until_ready(), slices.wait_until_ready(), nodes.wait_until_ready()) } => {
+            r.map_err(|e| anyhow::anyhow!("watch ended: {e}"))?;
+        }
+    }
+    tracing::info!("Caches synced");
+    let lp = sync_loop(&mut proxier, &settings, (&services, &slices, &nodes), &changed);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = lp => {}
+    }
+    tracing::info!("Stopping; the rules stay in place");
+    proxier.stop();
+    stop.cancel();
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Syncs for ever: at once, then whenever the runner says.
+async fn sync_loop(
+    proxier: &mut Proxier,
+    settings: &Settings,
+    stores: (&Store<Service>, &Store<EndpointSlice>, &Store<Node>),
+    changed: &Notify,
+) {
+    let (services, slices, nodes) = stores;
+    let mut runner = BoundedFrequency::new(settings.min_sync_period, settings.sync_period);
+    loop {
+        let at = runner.next_run(Instant::now());
+        tokio::select! {
+            _ = changed.notified() => { runner.request(); continue; }
+            _ = tokio::time::sleep_until(at.into()) => {}
+        }
+        let now = Instant::now();
+        let kind = runner.kind(now);
+        let svcs: Vec<Service> = services.state().iter().map(|s| s.as_ref().clone()).collect();
+        let eps: Vec<EndpointSlice> = slices.state().iter().map(|s| s.as_ref().clone()).collect();
+        let ports = model::build(&svcs, &eps);
+        let node = node_info(&settings.node_name, nodes.state().first().map(|n| n.as_ref()));
+        let span = tracing::info_span!("sync_proxy_rules", services = svcs.len());
+        let result = tracing::Instrument::instrument(proxier.sync_proxy_rules(ports, &node, kind), span).await;
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "Sync of proxy rules failed; retrying with a full sync");
+        }
+        runner.ran(now, kind, result.is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut all = vec!["kube-proxy"];
+        all.extend_from_slice(args);
+        Settings::from_flags(&Flags::parse_from(all))
+    }
+
+    #[test]
+    fn defaults_follow_upstream() {
+        let s = settings(&["--hostname-override", "Node-A"]).expect("ok");
+        assert_eq!(s.node_name, "node-a");
+        assert_eq!(s.rules.cluster_cidr, "10.244.0.0/16".parse().ok());
+        assert_eq!(s.min_sync_period, Duration::from_secs(1));
+        assert_eq!(s.sync_period, Duration::from_secs(30));
+        assert_eq!(s.healthz, "0.0.0.0:10256".parse().ok());
+        assert_eq!(s.metrics, "127.0.0.1:10249".parse().ok());
+        assert!(s.rules.local_nodeport_loopback && !s.rules.masquerade_all);
+    }
+
+    #[test]
+    fn bad_values_are_config_errors() {
+        assert!(settings(&["--cluster-cidr", "10.244.0.0/99"]).is_err());
+        assert!(settings(&["--healthz-bind-address", "nope"]).is_err());
+        assert!(settings(&["--iptables-min-sync-period", "1m", "--iptables-sync-period", "30s"]).is_err());
+        let s = settings(&["--cluster-cidr", "", "--metrics-bind-address", ""]).expect("ok");
+        assert_eq!((s.rules.cluster_cidr, s.metrics), (None, None));
+    }
+
+    #[test]
+    fn node_addresses_are_its_ipv4_internal_and_external_ips() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "192.168.1.10"},
+                {"type": "InternalIP", "address": "fd00::1"},
+                {"type": "Hostname", "address": "n"},
+                {"type": "ExternalIP", "address": "203.0.113.5"},
+            ]}
+        }))
+        .expect("node");
+        let info = node_info("n", Some(&node));
+        assert_eq!(info.addresses, [Ipv4Addr::new(192, 168, 1, 10), Ipv4Addr::new(203, 0, 113, 5)]);
+        assert!(node_info("n", None).addresses.is_empty());
+    }
+}
