@@ -85,6 +85,11 @@ pub struct Flags {
     /// at the cost of more metrics reads.
     #[arg(long, env = "CONTROLLER_MANAGER_HORIZONTAL_POD_AUTOSCALER_SYNC_PERIOD", default_value = "15s", value_parser = leader::parse_duration)]
     pub horizontal_pod_autoscaler_sync_period: Duration,
+    /// How long a HorizontalPodAutoscaler waits, after the highest recent recommendation, before
+    /// scaling down (unless its `spec.behavior.scaleDown` sets a window): longer rides out dips in
+    /// load without churning pods, shorter gives resources back sooner.
+    #[arg(long, env = "CONTROLLER_MANAGER_HORIZONTAL_POD_AUTOSCALER_DOWNSCALE_STABILIZATION", default_value = "5m", value_parser = leader::parse_duration)]
+    pub horizontal_pod_autoscaler_downscale_stabilization: Duration,
     /// Workers syncing HorizontalPodAutoscalers at once.
     #[arg(long, env = "CONTROLLER_MANAGER_CONCURRENT_HORIZONTAL_POD_AUTOSCALER_SYNCS", default_value_t = 5)]
     pub concurrent_horizontal_pod_autoscaler_syncs: usize,
@@ -453,7 +458,15 @@ pub async fn start(
     if controllers.contains("horizontalpodautoscaling") {
         let hpas: Informer<HorizontalPodAutoscaler> = Informer::default();
         let period = flags.horizontal_pod_autoscaler_sync_period;
-        let c = crate::podautoscaler::HorizontalController::new(client.clone(), &hpas, &pods, events.clone(), period);
+        let window = flags.horizontal_pod_autoscaler_downscale_stabilization;
+        let c = crate::podautoscaler::HorizontalController::new(
+            client.clone(),
+            &hpas,
+            &pods,
+            events.clone(),
+            period,
+            window,
+        );
         let queue = c.queue.clone();
         let workers = flags.concurrent_horizontal_pod_autoscaler_syncs;
         tasks.spawn(work("horizontalpodautoscaling", queue, workers, stop.clone(), move |key| {
@@ -614,6 +627,13 @@ mod tests {
 
     fn list(s: &str) -> Vec<String> {
         s.split(',').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_downscale_stabilization_window_defaults_to_upstreams_five_minutes() {
+        assert_eq!(Flags::default().horizontal_pod_autoscaler_downscale_stabilization, Duration::from_secs(300));
+        let flags = Flags::parse_from(["controller-manager", "--horizontal-pod-autoscaler-downscale-stabilization=3s"]);
+        assert_eq!(flags.horizontal_pod_autoscaler_downscale_stabilization, Duration::from_secs(3));
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!   times the ready pods with metrics, unchanged within a 10 % tolerance. Pods without metrics
 //!   count as at target when scaling down and as idle when scaling up; pods not yet ready are left
 //!   out, and counted as idle when the recommendation is to scale up;
-//! - the recommendation is stabilized (the highest one in the scale-down window, 300 s by default;
-//!   the lowest one in the scale-up window, none by default), limited in rate and clamped to
+//! - the recommendation is stabilized (the highest one in the scale-down window,
+//!   `--horizontal-pod-autoscaler-downscale-stabilization` (300 s) unless `spec.behavior.scaleDown`
+//!   sets one; the lowest one in the scale-up window, none by default), limited in rate and clamped to
 //!   [minReplicas, maxReplicas]: without `spec.behavior` to doubling (at least 4 pods) per sync,
 //!   with it by its policies over the scale changes this controller made within their periods
 //!   (unset parts default to 4 pods or 100 % per 15 s up, 100 % per 15 s down);
@@ -38,7 +39,8 @@ use crate::workqueue::WorkQueue;
 
 /// Upstream's default tolerance: no scaling while the usage ratio is within 10 % of 1.
 pub const TOLERANCE: f64 = 0.1;
-/// Upstream's default scale-down stabilization window.
+/// Upstream's default scale-down stabilization window
+/// (`--horizontal-pod-autoscaler-downscale-stabilization`).
 pub const DOWNSCALE_STABILIZATION: Duration = Duration::from_secs(300);
 
 /// One pod's CPU, in millicores, as the replica calculation sees it.
@@ -221,10 +223,11 @@ pub struct Rules {
 }
 
 /// Pure: the (scale-up, scale-down) rules of a behavior: scaling up by 4 pods or 100 % per 15 s
-/// with no stabilization, scaling down by 100 % per 15 s after 300 s of stabilization, unless
-/// the spec says otherwise.
-pub fn rules(behavior: &HorizontalPodAutoscalerBehavior) -> (Rules, Rules) {
-    let fill = |r: Option<&HPAScalingRules>, window: u64, defaults: &[(&str, i32)]| {
+/// with no stabilization, scaling down by 100 % per 15 s after `down_window` of stabilization
+/// (the controller's `--horizontal-pod-autoscaler-downscale-stabilization`), unless the spec says
+/// otherwise.
+pub fn rules(behavior: &HorizontalPodAutoscalerBehavior, down_window: Duration) -> (Rules, Rules) {
+    let fill = |r: Option<&HPAScalingRules>, window: Duration, defaults: &[(&str, i32)]| {
         let policies = r.and_then(|r| r.policies.as_ref()).filter(|p| !p.is_empty()).map_or_else(
             || defaults.iter().map(|(t, v)| (t.to_string(), *v, Duration::from_secs(15))).collect(),
             |ps| {
@@ -234,16 +237,16 @@ pub fn rules(behavior: &HorizontalPodAutoscalerBehavior) -> (Rules, Rules) {
             },
         );
         Rules {
-            window: Duration::from_secs(
-                r.and_then(|r| r.stabilization_window_seconds).map_or(window, |w| w.max(0) as u64),
-            ),
+            window: r
+                .and_then(|r| r.stabilization_window_seconds)
+                .map_or(window, |w| Duration::from_secs(w.max(0) as u64)),
             policies,
             select: r.and_then(|r| r.select_policy.clone()).unwrap_or_else(|| "Max".into()),
         }
     };
     (
-        fill(behavior.scale_up.as_ref(), 0, &[("Pods", 4), ("Percent", 100)]),
-        fill(behavior.scale_down.as_ref(), DOWNSCALE_STABILIZATION.as_secs(), &[("Percent", 100)]),
+        fill(behavior.scale_up.as_ref(), Duration::ZERO, &[("Pods", 4), ("Percent", 100)]),
+        fill(behavior.scale_down.as_ref(), down_window, &[("Percent", 100)]),
     )
 }
 
@@ -442,6 +445,8 @@ pub struct HorizontalController {
     pub queue: Arc<WorkQueue>,
     events: Recorder,
     sync_period: Duration,
+    /// The scale-down stabilization window of HPAs whose behavior sets none.
+    downscale_stabilization: Duration,
     /// Per HPA key: what this controller remembers between syncs.
     history: Mutex<HashMap<String, History>>,
 }
@@ -470,6 +475,7 @@ impl HorizontalController {
         pods: &Informer<Pod>,
         events: Recorder,
         sync_period: Duration,
+        downscale_stabilization: Duration,
     ) -> Arc<HorizontalController> {
         let c = Arc::new(HorizontalController {
             client,
@@ -478,6 +484,7 @@ impl HorizontalController {
             queue: Arc::new(WorkQueue::default()),
             events,
             sync_period,
+            downscale_stabilization,
             history: Mutex::new(HashMap::new()),
         });
         let w: Weak<HorizontalController> = Arc::downgrade(&c);
@@ -745,9 +752,9 @@ impl HorizontalController {
     ) -> (i32, i32, Cond) {
         let spec = hpa.spec.as_ref();
         let (min, max) = (spec.and_then(|s| s.min_replicas).unwrap_or(1), spec.map_or(0, |s| s.max_replicas));
-        let behavior = spec.and_then(|s| s.behavior.as_ref()).map(rules);
+        let behavior = spec.and_then(|s| s.behavior.as_ref()).map(|b| rules(b, self.downscale_stabilization));
         let (up_window, down_window) =
-            behavior.as_ref().map_or((Duration::ZERO, DOWNSCALE_STABILIZATION), |(u, d)| (u.window, d.window));
+            behavior.as_ref().map_or((Duration::ZERO, self.downscale_stabilization), |(u, d)| (u.window, d.window));
         let Ok(mut all) = self.history.lock() else {
             let (n, cond) = limit(current, recommended, min, max);
             return (recommended, n, cond);
@@ -989,7 +996,7 @@ mod tests {
 
     #[test]
     fn behavior_defaults_are_upstreams() {
-        let (up, down) = rules(&HorizontalPodAutoscalerBehavior::default());
+        let (up, down) = rules(&HorizontalPodAutoscalerBehavior::default(), DOWNSCALE_STABILIZATION);
         let s15 = Duration::from_secs(15);
         assert_eq!(
             up,
@@ -1007,6 +1014,40 @@ mod tests {
                 select: "Max".into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn the_downscale_stabilization_window_is_the_controllers_unless_the_behavior_sets_one() {
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("url"))).expect("client");
+        let (hpas, pods) = hpa_and_pods();
+        let window = Duration::from_secs(3);
+        let c = HorizontalController::new(client, &hpas, &pods, Recorder::discard(), Duration::from_secs(1), window);
+        let t0 = at("2026-01-01T00:00:00Z");
+        let with_behavior = |down: serde_json::Value| -> HorizontalPodAutoscaler {
+            let mut h = hpas.get("ns", "web").expect("hpa").as_ref().clone();
+            h.spec.as_mut().expect("spec").behavior =
+                Some(serde_json::from_value(serde_json::json!({"scaleDown": down})).expect("behavior"));
+            h
+        };
+        let plain = hpas.get("ns", "web").expect("hpa").as_ref().clone();
+        let unset = with_behavior(serde_json::json!({"selectPolicy": "Max"}));
+        let explicit = with_behavior(serde_json::json!({"stabilizationWindowSeconds": 60}));
+        // (hpa, recommendation of 1 after 3 at t0, seconds later, the count it gives)
+        let cases = [
+            ("no behavior, within the window", &plain, 2, 3),
+            ("no behavior, past the window", &plain, 4, 1),
+            ("behavior without a window, within it", &unset, 2, 3),
+            ("behavior without a window, past it", &unset, 4, 1),
+            ("behavior's own window", &explicit, 4, 3),
+        ];
+        for (i, (name, hpa, later, want)) in cases.into_iter().enumerate() {
+            let key = format!("ns/case-{i}");
+            c.normalize(&key, hpa, 3, 3, t0);
+            let now = t0.checked_add(Duration::from_secs(later)).expect("time");
+            let (stabilized, limited, _) = c.normalize(&key, hpa, 3, 1, now);
+            assert_eq!((stabilized, limited), (want, want), "{name}");
+        }
     }
 
     #[test]
@@ -1170,7 +1211,14 @@ mod tests {
         // Two pods using 200m of 100m requested: 200 % against 50 % asks for 8, limited to 4.
         let (client, seen) = fake_apiserver(2, "200000000n").await;
         let (hpas, pods) = hpa_and_pods();
-        let c = HorizontalController::new(client, &hpas, &pods, Recorder::discard(), Duration::from_secs(15));
+        let c = HorizontalController::new(
+            client,
+            &hpas,
+            &pods,
+            Recorder::discard(),
+            Duration::from_secs(15),
+            DOWNSCALE_STABILIZATION,
+        );
         assert_eq!(c.sync("ns/web").await.expect("sync"), Some(Duration::from_secs(15)));
         let seen = seen.lock().expect("log").clone();
         let scale_patch = seen.iter().find(|(m, p, _)| m == "PATCH" && p.ends_with("/scale")).expect("scale written");
@@ -1194,7 +1242,14 @@ mod tests {
     async fn a_target_without_metrics_is_not_scaled() {
         let (client, seen) = fake_apiserver(2, "").await;
         let (hpas, pods) = hpa_and_pods();
-        let c = HorizontalController::new(client, &hpas, &pods, Recorder::discard(), Duration::from_secs(15));
+        let c = HorizontalController::new(
+            client,
+            &hpas,
+            &pods,
+            Recorder::discard(),
+            Duration::from_secs(15),
+            DOWNSCALE_STABILIZATION,
+        );
         c.sync("ns/web").await.expect("sync");
         let seen = seen.lock().expect("log").clone();
         assert!(!seen.iter().any(|(m, p, _)| m == "PATCH" && p.ends_with("/scale")));
