@@ -33,6 +33,7 @@ use crate::nodelifecycle::NodeLifecycleController;
 use crate::replicaset::ReplicaSetController;
 use crate::serviceaccount::{RootCaPublisher, ServiceAccountController, root_ca};
 use crate::statefulset::StatefulSetController;
+use crate::volume::VolumeBinder;
 use crate::workqueue::WorkQueue;
 
 #[derive(Parser, Debug, Clone)]
@@ -114,6 +115,13 @@ pub struct Flags {
     /// Endpoints per EndpointSlice (upstream's default 100, at most 1000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_endpoints_per_slice: u16,
+    /// Make hostPath volumes for claims of a class whose provisioner is
+    /// `kubernetes.io/host-path` (single-node and test clusters only, as upstream says).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_hostpath_provisioner: bool,
+    /// Where provisioned hostPath volumes are made.
+    #[arg(long, default_value = crate::volume::DEFAULT_HOSTPATH_DIR)]
+    pub hostpath_provisioner_dir: PathBuf,
     /// Hand each node a pod CIDR from --cluster-cidr (node IPAM).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allocate_node_cidrs: bool,
@@ -217,6 +225,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "namespace",
     "nodeipam",
     "nodelifecycle",
+    "persistentvolume-binder",
     "podgc",
     "replicaset",
     "replicationcontroller",
@@ -416,6 +425,19 @@ pub async fn start(
         tasks.spawn(network.services.clone().run(Api::all(client.clone())));
         tasks.spawn(network.endpoints.clone().run(Api::all(client.clone())));
         tasks.spawn(network.slices.clone().run(Api::all(client.clone())));
+    }
+    if controllers.contains("persistentvolume-binder") {
+        let (claims, volumes, classes) = (Informer::default(), Informer::default(), Informer::default());
+        let dir = flags.enable_hostpath_provisioner.then(|| flags.hostpath_provisioner_dir.clone());
+        let c = VolumeBinder::new(client.clone(), &claims, &volumes, &classes, dir, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("persistentvolume-binder", queue, 1, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+        tasks.spawn(claims.run(Api::all(client.clone())));
+        tasks.spawn(volumes.run(Api::all(client.clone())));
+        tasks.spawn(classes.run(Api::all(client.clone())));
     }
     let nodes: Informer<Node> = Informer::default();
     if controllers.contains("nodeipam") && flags.allocate_node_cidrs {

@@ -28,4 +28,5 @@ pub mod serviceaccount;
 pub mod statefulset;
 pub mod status;
 pub mod tokens;
+pub mod volume;
 pub mod workqueue;

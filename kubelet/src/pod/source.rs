@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use kube::api::{Api, ListParams, PostParams};
 
 #[async_trait::async_trait]
@@ -15,6 +17,8 @@ pub trait ObjectSource: Send + Sync {
     async fn services(&self, ns: &str) -> Result<Vec<Service>, String>;
     /// A bound ServiceAccount token for `pod`: (token, expiry as RFC 3339).
     async fn token(&self, pod: &Pod, audience: Option<&str>, seconds: i64) -> Result<(String, String), String>;
+    /// The PersistentVolume bound to claim `name`, or why there is none yet.
+    async fn claimed_volume(&self, ns: &str, name: &str) -> Result<PersistentVolume, String>;
 }
 
 pub struct ApiSource {
@@ -34,6 +38,29 @@ fn is_404(e: &kube::Error) -> bool {
 
 #[async_trait::async_trait]
 impl ObjectSource for ApiSource {
+    async fn claimed_volume(&self, ns: &str, name: &str) -> Result<PersistentVolume, String> {
+        let claim = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(err)?
+            .ok_or_else(|| format!("persistentvolumeclaim \"{name}\" not found"))?;
+        let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let volume = claim.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|v| !v.is_empty());
+        let (Some(volume), true) = (volume, bound) else {
+            return Err(format!("persistentvolumeclaim \"{name}\" is not bound yet"));
+        };
+        let pv = Api::<PersistentVolume>::all(self.client.clone())
+            .get_opt(&volume)
+            .await
+            .map_err(err)?
+            .ok_or_else(|| format!("persistentvolume \"{volume}\" of claim \"{name}\" not found"))?;
+        let claim_uid = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.clone());
+        if claim_uid != claim.metadata.uid {
+            return Err(format!("persistentvolume \"{volume}\" is bound to another claim"));
+        }
+        Ok(pv)
+    }
+
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
         Api::<ConfigMap>::namespaced(self.client.clone(), ns).get_opt(name).await.map_err(err)
     }
@@ -96,6 +123,8 @@ pub struct MapSource {
     pub config_maps: HashMap<(String, String), BTreeMap<String, String>>,
     pub secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
     pub services: Vec<Service>,
+    /// Bound claims: (namespace, claim) -> volume.
+    pub volumes: HashMap<(String, String), PersistentVolume>,
 }
 
 #[async_trait::async_trait]
@@ -111,6 +140,12 @@ impl ObjectSource for MapSource {
     }
     async fn services(&self, _ns: &str) -> Result<Vec<Service>, String> {
         Ok(self.services.clone())
+    }
+    async fn claimed_volume(&self, ns: &str, name: &str) -> Result<PersistentVolume, String> {
+        self.volumes
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
+            .ok_or_else(|| format!("persistentvolumeclaim \"{name}\" is not bound yet"))
     }
     async fn token(&self, pod: &Pod, _audience: Option<&str>, _seconds: i64) -> Result<(String, String), String> {
         Ok((format!("token-for-{}", pod.metadata.name.clone().unwrap_or_default()), "2030-01-01T00:00:00Z".into()))

@@ -92,6 +92,26 @@ async fn setup_volume(
         }
         return Ok(path);
     }
+    if let Some(c) = &v.persistent_volume_claim {
+        let pv = source.claimed_volume(&ns, &c.claim_name).await?;
+        let spec = pv.spec.unwrap_or_default();
+        let path = if let Some(h) = &spec.host_path {
+            // A provisioned hostPath volume's directory is made on first use.
+            PathBuf::from(&h.path)
+        } else if let Some(l) = &spec.local {
+            PathBuf::from(&l.path)
+        } else {
+            return Err(format!(
+                "persistentvolume \"{}\": this kubelet mounts hostPath and local volumes only",
+                pv.metadata.name.unwrap_or_default()
+            ));
+        };
+        if spec.local.is_some() && !path.exists() {
+            return Err(format!("local volume path {} does not exist", path.display()));
+        }
+        mkdir(&path, 0o777)?;
+        return Ok(path);
+    }
     let payload = if let Some(cm) = &v.config_map {
         let mode = cm.default_mode.unwrap_or(0o644) as u32;
         match config_map_files(source, &ns, &cm.name, cm.items.as_deref(), mode).await? {
@@ -139,7 +159,7 @@ async fn setup_volume(
         all
     } else {
         return Err(format!(
-            "volume \"{}\": this kubelet supports emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes only",
+            "volume \"{}\": this kubelet supports emptyDir, hostPath, persistentVolumeClaim (hostPath and local volumes), configMap, secret, downwardAPI and projected volumes only",
             v.name
         ));
     };

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use e2e::eventually;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
 
@@ -497,4 +498,110 @@ async fn c144_stateful_sets_are_listed_by_label_patched_and_deleted_as_a_collect
         sets.list(&by_label).await.ok()?.items.is_empty().then_some(())
     })
     .await;
+}
+
+/// Claims named `data-<set>-<n>`, as (name, phase, volume), sorted.
+async fn claims(h: &Harness) -> Vec<(String, String, String)> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(h.client.clone(), "default");
+    let mut out: Vec<(String, String, String)> = api
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .map(|c| {
+            let phase = c.status.and_then(|s| s.phase).unwrap_or_default();
+            let volume = c.spec.and_then(|s| s.volume_name).unwrap_or_default();
+            (c.metadata.name.unwrap_or_default(), phase, volume)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn volume_claim_templates_give_each_pod_its_own_bound_claim_deleted_on_scale_down_as_the_policy_says() {
+    let dir = e2e::TempDir::new("hostpath-pv").expect("dir");
+    let flags = controller_manager::app::Flags {
+        enable_hostpath_provisioner: true,
+        hostpath_provisioner_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let h =
+        crate::controllers::harness_with(&["statefulset", "persistentvolume-binder", "garbagecollector"], flags).await;
+    fake_kubelet(h.client.clone(), h.stop.clone());
+    let classes: Api<StorageClass> = Api::all(h.client.clone());
+    let class = serde_json::json!({"metadata": {"name": "standard",
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "kubernetes.io/host-path"});
+    classes.create(&PostParams::default(), &serde_json::from_value(class).expect("class")).await.expect("class");
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), "default");
+    let set = stateful_set(
+        "db",
+        2,
+        "httpd:1",
+        serde_json::json!({"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Delete"},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}),
+    );
+    sets.create(&PostParams::default(), &set).await.expect("create");
+
+    // Each pod mounts its own claim; each claim is bound to a volume made for it.
+    let bound = eventually(Duration::from_secs(20), "two bound claims", || async {
+        let c = claims(&h).await;
+        (c.len() == 2 && c.iter().all(|(_, phase, v)| phase == "Bound" && !v.is_empty())).then_some(c)
+    })
+    .await;
+    assert_eq!(bound.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["data-db-0", "data-db-1"]);
+    let pods = h.pods();
+    let pod = eventually(Duration::from_secs(10), "db-1", || async { pods.get("db-1").await.ok() }).await;
+    let volume = pod.spec.and_then(|s| s.volumes).unwrap_or_default().into_iter().find(|v| v.name == "data");
+    assert_eq!(volume.and_then(|v| v.persistent_volume_claim).map(|c| c.claim_name).as_deref(), Some("data-db-1"));
+    let volumes: Api<PersistentVolume> = Api::all(h.client.clone());
+    let pv = volumes.get(&bound[1].2).await.expect("volume");
+    let spec = pv.spec.clone().expect("spec");
+    assert_eq!(spec.storage_class_name.as_deref(), Some("standard"));
+    assert!(spec.host_path.expect("hostPath").path.starts_with(&dir.path().to_string_lossy().into_owned()));
+    assert_eq!(pv.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+
+    // whenScaled: Delete — the claim of the pod a scale-down removes goes with it, and its
+    // volume (reclaim policy Delete) after it.
+    sets.patch("db", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})))
+        .await
+        .expect("scale");
+    eventually(Duration::from_secs(20), "data-db-1 and its volume gone", || async {
+        let c = claims(&h).await;
+        let gone = volumes.get_opt(&bound[1].2).await.ok()?.is_none();
+        (c.len() == 1 && c[0].0 == "data-db-0" && gone).then_some(())
+    })
+    .await;
+
+    // Scaling up again makes a new claim for ordinal 1; the kept claim of ordinal 0 is reused.
+    sets.patch("db", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})))
+        .await
+        .expect("scale up");
+    let again = eventually(Duration::from_secs(20), "two bound claims again", || async {
+        let c = claims(&h).await;
+        (c.len() == 2 && c.iter().all(|(_, phase, _)| phase == "Bound")).then_some(c)
+    })
+    .await;
+    assert_eq!(again[0], bound[0], "ordinal 0 kept its claim and volume");
+
+    // A claim nothing can serve stays Pending with an event saying why.
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(h.client.clone(), "default");
+    let orphan: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({"metadata": {"name": "nowhere"},
+        "spec": {"storageClassName": "missing", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+    .expect("claim");
+    api.create(&PostParams::default(), &orphan).await.expect("claim");
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
+    eventually(Duration::from_secs(10), "a FailedBinding event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        list.iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("FailedBinding") && e.involved_object.name.as_deref() == Some("nowhere")
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(api.get("nowhere").await.expect("claim").status.and_then(|s| s.phase).as_deref(), Some("Pending"));
 }
