@@ -85,14 +85,19 @@ impl Proxier {
         let elapsed = start.elapsed();
         self.metrics.sync_duration.observe(elapsed.as_secs_f64());
         self.metrics.synced();
-        tracing::info!(
-            services = services.len(),
-            kind = ?kind,
-            bytes = text.len(),
-            conntrack = targets.len(),
-            elapsed_ms = elapsed.as_millis() as u64,
-            "Synced proxy rules"
-        );
+        if text.is_empty() && targets.is_empty() {
+            // Changes that did not touch this node's rules (a Service's status, say) are routine.
+            tracing::debug!(kind = ?kind, elapsed_ms = elapsed.as_millis() as u64, "Synced proxy rules: nothing changed");
+        } else {
+            tracing::info!(
+                service_ports = services.len(),
+                kind = ?kind,
+                bytes = text.len(),
+                conntrack = targets.len(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "Synced proxy rules"
+            );
+        }
         self.applied_services = services;
         Ok(())
     }

@@ -16,4 +16,5 @@ mod outage;
 mod patching;
 mod sa_tokens;
 mod scheduler;
+mod services;
 mod statefulsets;

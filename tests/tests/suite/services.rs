@@ -1,0 +1,304 @@
+//! End to end: the kube-proxy binary programs the HOST's iptables for Services of a real
+//! cluster (etcd, the apiserver, one kubelet on the host's dockerd, the controller-manager for
+//! EndpointSlices), and traffic from the test process reaches pods through cluster IPs and node
+//! ports.
+//!
+//! Host safety (DESIGN.md, "Safety rule"): before any packet to the service or pod ranges, the
+//! sink routes of `deploy/prereqs.sh` (`pod_network_sink`) are ensured, so an untranslated packet
+//! dies on the local `kube-sink` bridge. Traffic goes only to loopback, to the cluster IPs of
+//! this test's Services and to this test's pods. The host's nat and filter tables are shared by
+//! every test: a file lock serialises the tests that run a kube-proxy, and a guard runs
+//! `kube-proxy --cleanup` (and restores `route_localnet`) when the test ends, passed or not.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::etcd::Etcd;
+use e2e::eventually;
+use e2e::kubectl::Kubectl;
+use e2e::kubelet::Kubelet;
+use e2e::server::{Component, Process};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Api;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOCK: &str = "/tmp/rkube-e2e-host-iptables.lock";
+const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The sink routes for 10.96.0.0/12 and 10.244.0.0/16, made the way the README's commands make
+/// them; fails the test if they are not there afterwards.
+fn ensure_pod_network_sink() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let status = Command::new("bash")
+        .args(["-c", ". deploy/prereqs.sh && pod_network_sink"])
+        .current_dir(root)
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "pod_network_sink failed");
+    let routes = Command::new("ip").args(["route", "show"]).output().expect("ip route");
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    for net in ["10.96.0.0/12 dev kube-sink", "10.244.0.0/16 dev kube-sink"] {
+        assert!(routes.contains(net), "sink route {net} missing:\n{routes}");
+    }
+}
+
+fn iptables_save(table: &str) -> String {
+    let out = Command::new("iptables-save").args(["-t", table]).output().expect("iptables-save");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kube_chains() -> Vec<String> {
+    ["nat", "filter"]
+        .iter()
+        .flat_map(|t| {
+            iptables_save(t)
+                .lines()
+                .filter_map(|l| l.strip_prefix(':'))
+                .filter_map(|l| l.split(' ').next())
+                .filter(|c| c.starts_with("KUBE-"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The KUBE-SVC chain that KUBE-SERVICES sends traffic for `ip` to, if any.
+fn service_chain_for(ip: &str) -> Option<String> {
+    let dest = format!("-d {ip}/32 ");
+    iptables_save("nat").lines().filter(|l| l.starts_with("-A KUBE-SERVICES ") && l.contains(&dest)).find_map(|l| {
+        let words: Vec<&str> = l.split(' ').collect();
+        words.windows(2).find(|w| w[0] == "-j").map(|w| w[1].to_string())
+    })
+}
+
+/// The kube-proxy binary on the host, owning the host's KUBE-* rules while it lives. Dropping it
+/// stops the proxy, runs `kube-proxy --cleanup`, puts `route_localnet` back and releases the lock.
+struct HostProxy {
+    proxy: Option<Component>,
+    route_localnet_before: String,
+    healthz: u16,
+    metrics: u16,
+    _lock: std::fs::File,
+}
+
+impl HostProxy {
+    fn start(kubeconfig: &std::path::Path, node: &str, log: &std::path::Path) -> HostProxy {
+        let lock = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(LOCK).expect("lock file");
+        lock.lock().expect("lock the host's iptables");
+        let route_localnet_before = std::fs::read_to_string(ROUTE_LOCALNET).unwrap_or_else(|_| "0".into());
+        // Whatever an earlier, killed run left behind.
+        cleanup();
+        let (healthz, metrics) = (e2e::free_port(), e2e::free_port());
+        let flags = [
+            "--hostname-override".to_string(),
+            node.to_string(),
+            "--healthz-bind-address".into(),
+            format!("127.0.0.1:{healthz}"),
+            "--metrics-bind-address".into(),
+            format!("127.0.0.1:{metrics}"),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let proxy = Component::start("kube-proxy", kubeconfig, log, &flags);
+        HostProxy { proxy: Some(proxy), route_localnet_before, healthz, metrics, _lock: lock }
+    }
+
+    fn log(&self) -> String {
+        self.proxy.as_ref().map(|p| p.log()).unwrap_or_default()
+    }
+}
+
+fn cleanup() {
+    let out = Command::new(e2e::binary("kube-proxy")).arg("--cleanup").output().expect("kube-proxy --cleanup");
+    assert!(out.status.success(), "kube-proxy --cleanup: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Drop for HostProxy {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            if std::thread::panicking() {
+                eprintln!("---- kube-proxy log ----\n{}", p.log());
+            }
+            p.kill();
+        }
+        let _ = Command::new(e2e::binary("kube-proxy")).arg("--cleanup").status();
+        let _ = std::fs::write(ROUTE_LOCALNET, self.route_localnet_before.trim());
+    }
+}
+
+/// `GET path` over HTTP/1.0: (status code, body). Connect and read are bounded.
+async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let timed_out = |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string());
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out("connect timed out"))??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await.map_err(|_| timed_out("read"))??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+fn web_pod(name: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: web}}}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: web
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "hostname > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{httpGet: {{path: /index.html, port: http}}, periodSeconds: 1}}
+"#
+    )
+}
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody, namespace: default}
+spec:
+  selector: {app: nobody-has-this-label}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+#[tokio::test]
+async fn cluster_ips_and_node_ports_reach_the_pods_empty_services_reject_and_deleted_services_lose_their_chains() {
+    if !is_root() {
+        println!("skipped: kube-proxy needs root to program iptables");
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let client = api.endpoint.kube_client().await;
+    let node = Kubelet::start(&api.endpoint, &[]).await;
+    node.wait_ready(&client).await;
+    let kc = &api.endpoint.kubeconfig;
+    let _cm = Component::start("controller-manager", kc, &node.dir.path().join("cm.log"), &[]);
+    let k = Kubectl::new(&api.endpoint);
+    ensure_pod_network_sink();
+    let proxy = HostProxy::start(kc, &node.name, &node.dir.path().join("kube-proxy.log"));
+
+    let yaml = format!("{}---{}---{SERVICES}", web_pod("web-a", &node.name), web_pod("web-b", &node.name));
+    k.run_stdin(&["apply", "-f", "-"], &yaml).ok();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for name in ["web-a", "web-b"] {
+        eventually(Duration::from_secs(90), &format!("pod {name} Ready"), || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get(name).await.ok()?;
+                let ready = p.status?.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then_some(())
+            }
+        })
+        .await;
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let web = services.get("web").await.expect("web");
+    let spec = web.spec.expect("spec");
+    let cluster_ip: Ipv4Addr = spec.cluster_ip.expect("cluster IP").parse().expect("IPv4");
+    let node_port = spec.ports.expect("ports")[0].node_port.expect("node port") as u16;
+    let nobody_ip: Ipv4Addr =
+        services.get("nobody").await.expect("nobody").spec.and_then(|s| s.cluster_ip).expect("ip").parse().expect("ip");
+    for ip in [cluster_ip, nobody_ip] {
+        assert!(ip.octets()[0] == 10 && (96..112).contains(&ip.octets()[1]), "{ip} is in 10.96.0.0/12 (sink-routed)");
+    }
+
+    // ClusterIP from the node: both pods answer across requests.
+    let seen = eventually(Duration::from_secs(60), "both pods behind the cluster IP", || async {
+        let mut seen = BTreeSet::new();
+        for _ in 0..20 {
+            if let Ok((200, body)) = http_get(SocketAddr::from((cluster_ip, 80)), "/index.html").await {
+                seen.insert(body);
+            }
+        }
+        (seen.len() == 2).then_some(seen)
+    })
+    .await;
+    assert_eq!(seen, BTreeSet::from(["web-a".to_string(), "web-b".to_string()]), "{}", proxy.log());
+
+    // NodePort on loopback (route_localnet, set by the proxy).
+    let (code, body) = eventually(Duration::from_secs(30), "the node port on 127.0.0.1", || async {
+        http_get(SocketAddr::from(([127, 0, 0, 1], node_port)), "/index.html").await.ok()
+    })
+    .await;
+    assert_eq!(code, 200);
+    assert!(body == "web-a" || body == "web-b", "{body}");
+
+    // A Service with no endpoints is rejected at once, not left to time out.
+    let refused = eventually(Duration::from_secs(30), "a quick refusal from the empty Service", || async {
+        let start = Instant::now();
+        match http_get(SocketAddr::from((nobody_ip, 80)), "/").await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(start.elapsed()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(refused < Duration::from_secs(1), "refused after {refused:?}");
+
+    // The proxy reports healthy and exposes its sync metrics.
+    let (code, _) = http_get(SocketAddr::from(([127, 0, 0, 1], proxy.healthz)), "/healthz").await.expect("healthz");
+    assert_eq!(code, 200);
+    let (code, metrics) =
+        http_get(SocketAddr::from(([127, 0, 0, 1], proxy.metrics)), "/metrics").await.expect("metrics");
+    assert_eq!(code, 200);
+    for name in ["sync_proxy_rules_duration_seconds", "sync_proxy_rules_last_timestamp_seconds"] {
+        assert!(metrics.contains(name), "{name} in\n{metrics}");
+    }
+
+    // Deleting the Service removes its KUBE-SVC chain.
+    let chain = service_chain_for(&cluster_ip.to_string()).expect("a KUBE-SERVICES rule for the web cluster IP");
+    assert!(chain.starts_with("KUBE-SVC-"), "{chain}");
+    k.run(&["delete", "service", "web", "nobody"]).ok();
+    eventually(Duration::from_secs(30), "the web Service's chain gone", || {
+        let chain = chain.clone();
+        async move { (!iptables_save("nat").contains(&format!(":{chain} "))).then_some(()) }
+    })
+    .await;
+    assert_eq!(service_chain_for(&cluster_ip.to_string()), None);
+    k.run(&["delete", "pod", "web-a", "web-b", "--wait=false"]).ok();
+
+    // Cleanup leaves no KUBE-* chain in the host's nat and filter tables.
+    drop(proxy);
+    let left = kube_chains();
+    assert!(left.is_empty(), "KUBE-* chains left after kube-proxy --cleanup: {left:?}");
+}
+
+#[tokio::test]
+async fn kube_proxy_refuses_bad_flags_in_one_line() {
+    for (args, says) in [
+        (vec!["--nope"], "--nope"),
+        (vec!["--kubeconfig", "/nonexistent", "--cluster-cidr", "10.244.0.0/40"], "--cluster-cidr"),
+        (vec![], "--kubeconfig is required"),
+    ] {
+        let out = Command::new(e2e::binary("kube-proxy"))
+            .args(&args)
+            .args(["--healthz-bind-address", "", "--metrics-bind-address", ""])
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("kube-proxy: ") && err.contains(says), "{args:?}: {err}");
+    }
+}
