@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Brings the system up on this machine: etcd, the apiserver and a kubelet on the local dockerd
-# the scheduler and the controller-manager (kube-proxy joins when it is built), writes an admin
-# kubeconfig, waits for the node to be Ready, runs a demo pod and prints how to use kubectl.
+# Brings the system up on this machine: etcd, the apiserver, a kubelet on the local dockerd,
+# kube-proxy (the host's iptables), the scheduler and the controller-manager, writes an admin
+# kubeconfig, waits for the node to be Ready, runs a demo app, checks that its Service answers on
+# its cluster IP from this node, and prints how to use kubectl.
 # Installs missing Debian packages and starts dockerd when run as root; otherwise says what is
 # missing.
 #
 #   deploy/local-up.sh           build (release), start, apply the demo
-#   deploy/local-up.sh --down    stop everything this script started
+#   deploy/local-up.sh --down    stop everything this script started and remove its pods and
+#                                Service rules (kube-proxy --cleanup)
 #
 # State (etcd data, certificates, logs) lives in $CLUSTER_DIR (default: ./.cluster).
 set -euo pipefail
@@ -22,7 +24,7 @@ NODE_NAME=${NODE_NAME:-$(hostname | tr '[:upper:]' '[:lower:]')}
 POD_CIDR=${POD_CIDR:-10.244.0.0/24}
 
 stop() {
-  for name in controller-manager scheduler kubelet apiserver etcd; do
+  for name in kube-proxy controller-manager scheduler kubelet apiserver etcd; do
     pidfile=$CLUSTER_DIR/$name.pid
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       kill "$(cat "$pidfile")" && echo "Stopped $name"
@@ -41,6 +43,10 @@ if [ "${1:-}" = "--down" ]; then
     docker network rm "kpods-$NODE_NAME" >/dev/null 2>&1 || true
   fi
   grep -o " $CLUSTER_DIR/kubelet/[^ ]*" /proc/self/mounts 2>/dev/null | while read -r m; do umount "$m" || true; done
+  # A stopped kube-proxy leaves its rules (as upstream's does); --down removes them too.
+  for bin in target/release/kube-proxy target/debug/kube-proxy; do
+    if [ -x "$bin" ]; then "$bin" --cleanup 2>/dev/null && echo "Removed kube-proxy's iptables rules"; break; fi
+  done
   exit 0
 fi
 
@@ -85,6 +91,11 @@ echo "==> Starting the kubelet (node $NODE_NAME, pods in $POD_CIDR)"
   >"$CLUSTER_DIR/logs/kubelet.log" 2>&1 &
 echo $! >"$CLUSTER_DIR/kubelet.pid"
 
+echo "==> Starting kube-proxy (Services in the host's iptables)"
+"$BIN/kube-proxy" --kubeconfig "$KUBECONFIG_OUT" --hostname-override "$NODE_NAME" \
+  >"$CLUSTER_DIR/logs/kube-proxy.log" 2>&1 &
+echo $! >"$CLUSTER_DIR/kube-proxy.pid"
+
 echo "==> Starting the scheduler"
 "$BIN/scheduler" --kubeconfig "$KUBECONFIG_OUT" >"$CLUSTER_DIR/logs/scheduler.log" 2>&1 &
 echo $! >"$CLUSTER_DIR/scheduler.pid"
@@ -109,6 +120,21 @@ if command -v kubectl >/dev/null 2>&1; then
   kubectl apply -f tests/manifests/demo-pod.yaml
   kubectl wait --for=condition=Ready pod/hello -n demo --timeout=120s
   kubectl rollout status deployment/web -n demo --timeout=120s
+  # Through kube-proxy's rules: the sink routes above keep a packet nobody translated on this host.
+  web_ip=$(kubectl get service web -n demo -o jsonpath='{.spec.clusterIP}')
+  echo "==> Checking that the demo Service answers on its cluster IP $web_ip from this node"
+  answered=no
+  for _ in $(seq 30); do
+    if timeout 3 bash -c "exec 3<>/dev/tcp/$web_ip/80" 2>/dev/null; then answered=yes; break; fi
+    sleep 1
+  done
+  if [ "$answered" = yes ]; then
+    echo "The demo Service answers on $web_ip:80"
+  else
+    echo "The demo Service did not answer on $web_ip:80; last kube-proxy log lines:" >&2
+    tail -20 "$CLUSTER_DIR/logs/kube-proxy.log" >&2
+    exit 1
+  fi
   kubectl get nodes -o wide
   kubectl get pods,deployments,services -n demo -o wide
   echo

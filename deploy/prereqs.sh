@@ -33,8 +33,8 @@ BUILD_PACKAGES=(protobuf-compiler libprotobuf-dev gcc)
 RUN_PACKAGES=(etcd-server)
 
 # Packages for nodes: Docker runs the pods, busybox-static makes the local images, iptables for
-# services.
-NODE_PACKAGES=(docker.io busybox-static iptables)
+# services, conntrack so kube-proxy can drop stale UDP flows when a Service's endpoints change.
+NODE_PACKAGES=(docker.io busybox-static iptables conntrack)
 # Packages only the tests use: a private registry with password auth.
 TEST_PACKAGES=(docker-registry apache2-utils)
 
