@@ -80,7 +80,8 @@ fn service_chain_for(ip: &str) -> Option<String> {
 /// The kube-proxy binary on the host, owning the host's KUBE-* rules while it lives. Dropping it
 /// stops the proxy, runs `kube-proxy --cleanup`, puts `route_localnet` back and releases the lock.
 struct HostProxy {
-    proxy: Option<Component>,
+    proxy: Option<std::process::Child>,
+    log: std::path::PathBuf,
     route_localnet_before: String,
     healthz: u16,
     metrics: u16,
@@ -103,13 +104,34 @@ impl HostProxy {
             "--metrics-bind-address".into(),
             format!("127.0.0.1:{metrics}"),
         ];
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let proxy = Component::start("kube-proxy", kubeconfig, log, &flags);
-        HostProxy { proxy: Some(proxy), route_localnet_before, healthz, metrics, _lock: lock }
+        let proxy = e2e::child_command(e2e::binary("kube-proxy"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(flags)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("kube-proxy starts");
+        HostProxy { proxy: Some(proxy), log: log.to_path_buf(), route_localnet_before, healthz, metrics, _lock: lock }
     }
 
     fn log(&self) -> String {
-        self.proxy.as_ref().map(|p| p.log()).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as a node shutdown sends it: the proxy must exit 0 within a few seconds.
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut p = self.proxy.take()?;
+        let _ = Command::new("kill").args(["-TERM", &p.id().to_string()]).status();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = p.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = p.kill();
+        let _ = p.wait();
+        None
     }
 }
 
@@ -120,11 +142,12 @@ fn cleanup() {
 
 impl Drop for HostProxy {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- kube-proxy log ----\n{}", self.log());
+        }
         if let Some(mut p) = self.proxy.take() {
-            if std::thread::panicking() {
-                eprintln!("---- kube-proxy log ----\n{}", p.log());
-            }
-            p.kill();
+            let _ = p.kill();
+            let _ = p.wait();
         }
         let _ = Command::new(e2e::binary("kube-proxy")).arg("--cleanup").status();
         let _ = std::fs::write(ROUTE_LOCALNET, self.route_localnet_before.trim());
@@ -277,6 +300,13 @@ async fn cluster_ips_and_node_ports_reach_the_pods_empty_services_reject_and_del
     .await;
     assert_eq!(service_chain_for(&cluster_ip.to_string()), None);
     k.run(&["delete", "pod", "web-a", "web-b", "--wait=false"]).ok();
+
+    // SIGTERM stops the proxy cleanly and leaves its rules in place (as upstream: a restarted
+    // proxy takes them over without a gap).
+    let mut proxy = proxy;
+    let status = proxy.terminate();
+    assert!(status.is_some_and(|s| s.success()), "exit on SIGTERM: {status:?}\n{}", proxy.log());
+    assert!(iptables_save("nat").contains(":KUBE-SERVICES "), "rules stay after SIGTERM");
 
     // Cleanup leaves no KUBE-* chain in the host's nat and filter tables.
     drop(proxy);
