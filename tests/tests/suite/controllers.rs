@@ -416,13 +416,13 @@ async fn c108_a_recreate_deployment_removes_every_old_pod_before_starting_new_on
 
 /// etcd, the apiserver, one kubelet on the host's dockerd, the scheduler and the
 /// controller-manager binaries.
-struct Cluster {
-    client: kube::Client,
-    k: e2e::kubectl::Kubectl,
-    cm: e2e::server::Component,
+pub(crate) struct Cluster {
+    pub(crate) client: kube::Client,
+    pub(crate) k: e2e::kubectl::Kubectl,
+    pub(crate) cm: e2e::server::Component,
     _scheduler: e2e::server::Component,
-    node: e2e::kubelet::Kubelet,
-    api: e2e::server::Process,
+    pub(crate) node: e2e::kubelet::Kubelet,
+    pub(crate) api: e2e::server::Process,
     _etcd: e2e::etcd::Etcd,
 }
 
@@ -433,7 +433,12 @@ fn sa_key(api: &e2e::server::Process) -> String {
 }
 
 impl Cluster {
-    async fn start() -> Cluster {
+    pub(crate) async fn start() -> Cluster {
+        Cluster::start_with(&[]).await
+    }
+
+    /// The cluster with extra controller-manager flags.
+    pub(crate) async fn start_with(cm_extra: &[&str]) -> Cluster {
         let etcd = e2e::etcd::Etcd::start().await;
         let api = e2e::server::Process::start(&etcd.endpoint(), &[]).await;
         let client = api.endpoint.kube_client().await;
@@ -443,7 +448,8 @@ impl Cluster {
         let scheduler = e2e::server::Component::start("scheduler", kc, &node.dir.path().join("scheduler.log"), &[]);
         let cm_log = node.dir.path().join("cm.log");
         let key = sa_key(&api);
-        let flags = ["--service-account-private-key-file", key.as_str()];
+        let mut flags = vec!["--service-account-private-key-file", key.as_str()];
+        flags.extend_from_slice(cm_extra);
         let cm = e2e::server::Component::start("controller-manager", kc, &cm_log, &flags);
         let k = e2e::kubectl::Kubectl::new(&api.endpoint);
         Cluster { client, k, cm, _scheduler: scheduler, node, api, _etcd: etcd }
