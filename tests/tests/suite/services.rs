@@ -206,7 +206,8 @@ spec:
 "#;
 
 #[tokio::test]
-async fn cluster_ips_and_node_ports_reach_the_pods_empty_services_reject_and_deleted_services_lose_their_chains() {
+async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_and_deleted_services_lose_their_chains()
+{
     if !is_root() {
         println!("skipped: kube-proxy needs root to program iptables");
         return;
@@ -268,6 +269,19 @@ async fn cluster_ips_and_node_ports_reach_the_pods_empty_services_reject_and_del
     assert_eq!(code, 200);
     assert!(body == "web-a" || body == "web-b", "{body}");
 
+    // A deleted pod leaves the rotation: every request then reaches the other one.
+    k.run(&["delete", "pod", "web-b", "--wait=false"]).ok();
+    eventually(Duration::from_secs(60), "only web-a behind the cluster IP", || async {
+        for _ in 0..10 {
+            match http_get(SocketAddr::from((cluster_ip, 80)), "/index.html").await {
+                Ok((200, body)) if body == "web-a" => {}
+                _ => return None,
+            }
+        }
+        Some(())
+    })
+    .await;
+
     // A Service with no endpoints is rejected at once, not left to time out.
     let refused = eventually(Duration::from_secs(30), "a quick refusal from the empty Service", || async {
         let start = Instant::now();
@@ -299,7 +313,7 @@ async fn cluster_ips_and_node_ports_reach_the_pods_empty_services_reject_and_del
     })
     .await;
     assert_eq!(service_chain_for(&cluster_ip.to_string()), None);
-    k.run(&["delete", "pod", "web-a", "web-b", "--wait=false"]).ok();
+    k.run(&["delete", "pod", "web-a", "--wait=false"]).ok();
 
     // SIGTERM stops the proxy cleanly and leaves its rules in place (as upstream: a restarted
     // proxy takes them over without a gap).
