@@ -21,6 +21,31 @@ pub enum IptablesError {
     Failed { program: String, stderr: String },
 }
 
+/// What a sync needs from iptables: the seam that lets component tests run the proxier against
+/// a fake that records what would have been applied.
+pub trait Executor: Send + Sync {
+    /// `iptables-restore --noflush` of `text`: one transaction.
+    fn restore(&self, text: &str) -> impl Future<Output = Result<(), IptablesError>> + Send;
+    /// `iptables-save -t TABLE`.
+    fn save(&self, table: &str) -> impl Future<Output = Result<String, IptablesError>> + Send;
+    /// Makes sure each jump exists; missing ones are inserted at the top, in list order.
+    fn ensure_jumps(&self, jumps: &[JumpRule]) -> impl Future<Output = Result<(), IptablesError>> + Send;
+}
+
+impl Executor for Iptables {
+    async fn restore(&self, text: &str) -> Result<(), IptablesError> {
+        Iptables::restore(self, text).await
+    }
+
+    async fn save(&self, table: &str) -> Result<String, IptablesError> {
+        Iptables::save(self, table).await
+    }
+
+    async fn ensure_jumps(&self, jumps: &[JumpRule]) -> Result<(), IptablesError> {
+        Iptables::ensure_jumps(self, jumps).await
+    }
+}
+
 /// Runs the iptables tools on the host, or inside a network namespace.
 #[derive(Debug, Clone, Default)]
 pub struct Iptables {
