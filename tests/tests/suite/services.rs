@@ -203,7 +203,39 @@ metadata: {name: nobody, namespace: default}
 spec:
   selector: {app: nobody-has-this-label}
   ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: default}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, targetPort: http}]
 "#;
+
+/// The cluster IP of Service `name`; it must lie in the sink-routed service range.
+async fn cluster_ip_of(services: &Api<Service>, name: &str) -> Ipv4Addr {
+    let ip: Ipv4Addr = services
+        .get(name)
+        .await
+        .expect("service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("cluster IP")
+        .parse()
+        .expect("IPv4");
+    assert!(ip.octets()[0] == 10 && (96..112).contains(&ip.octets()[1]), "{ip} is in 10.96.0.0/12 (sink-routed)");
+    ip
+}
+
+/// `wget` inside the pod's container (a pod reaching a Service): the body, or `None`.
+fn wget_from_pod(container: &str, url: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["exec", container, "timeout", "5", "wget", "-qO-", url])
+        .output()
+        .expect("docker exec");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
 
 #[tokio::test]
 async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_and_deleted_services_lose_their_chains()
@@ -242,11 +274,8 @@ async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_a
     let spec = web.spec.expect("spec");
     let cluster_ip: Ipv4Addr = spec.cluster_ip.expect("cluster IP").parse().expect("IPv4");
     let node_port = spec.ports.expect("ports")[0].node_port.expect("node port") as u16;
-    let nobody_ip: Ipv4Addr =
-        services.get("nobody").await.expect("nobody").spec.and_then(|s| s.cluster_ip).expect("ip").parse().expect("ip");
-    for ip in [cluster_ip, nobody_ip] {
-        assert!(ip.octets()[0] == 10 && (96..112).contains(&ip.octets()[1]), "{ip} is in 10.96.0.0/12 (sink-routed)");
-    }
+    let nobody_ip = cluster_ip_of(&services, "nobody").await;
+    assert_eq!(cluster_ip_of(&services, "web").await, cluster_ip);
 
     // ClusterIP from the node: both pods answer across requests.
     let seen = eventually(Duration::from_secs(60), "both pods behind the cluster IP", || async {
@@ -268,6 +297,40 @@ async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_a
     .await;
     assert_eq!(code, 200);
     assert!(body == "web-a" || body == "web-b", "{body}");
+
+    // ClientIP session affinity: every request from this node reaches the same pod.
+    let sticky_ip = cluster_ip_of(&services, "sticky").await;
+    let first = eventually(Duration::from_secs(30), "the sticky Service", || async {
+        match http_get(SocketAddr::from((sticky_ip, 80)), "/index.html").await {
+            Ok((200, body)) => Some(body),
+            _ => None,
+        }
+    })
+    .await;
+    for _ in 0..10 {
+        let (code, body) = http_get(SocketAddr::from((sticky_ip, 80)), "/index.html").await.expect("sticky");
+        assert_eq!((code, body.as_str()), (200, first.as_str()), "affinity keeps the same pod");
+    }
+
+    // From a pod: web-a reaches the Service, including itself through it (hairpin).
+    let web_a = pods.get("web-a").await.expect("web-a");
+    let container = web_a
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().next())
+        .and_then(|c| c.container_id)
+        .expect("container id")
+        .trim_start_matches("docker://")
+        .to_string();
+    let url = format!("http://{cluster_ip}/index.html");
+    eventually(Duration::from_secs(60), "web-a reaching both pods through the cluster IP", || {
+        let (container, url) = (container.clone(), url.clone());
+        async move {
+            let seen: BTreeSet<String> = (0..16).filter_map(|_| wget_from_pod(&container, &url)).collect();
+            (seen.len() == 2).then_some(())
+        }
+    })
+    .await;
 
     // A deleted pod leaves the rotation: every request then reaches the other one.
     k.run(&["delete", "pod", "web-b", "--wait=false"]).ok();
@@ -306,7 +369,7 @@ async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_a
     // Deleting the Service removes its KUBE-SVC chain.
     let chain = service_chain_for(&cluster_ip.to_string()).expect("a KUBE-SERVICES rule for the web cluster IP");
     assert!(chain.starts_with("KUBE-SVC-"), "{chain}");
-    k.run(&["delete", "service", "web", "nobody"]).ok();
+    k.run(&["delete", "service", "web", "nobody", "sticky"]).ok();
     eventually(Duration::from_secs(30), "the web Service's chain gone", || {
         let chain = chain.clone();
         async move { (!iptables_save("nat").contains(&format!(":{chain} "))).then_some(()) }
