@@ -281,9 +281,11 @@ async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_a
     let seen = eventually(Duration::from_secs(60), "both pods behind the cluster IP", || async {
         let mut seen = BTreeSet::new();
         for _ in 0..20 {
-            if let Ok((200, body)) = http_get(SocketAddr::from((cluster_ip, 80)), "/index.html").await {
-                seen.insert(body);
-            }
+            // Until the rules are in, a request dies in the sink: retry rather than wait 20 times.
+            let Ok((200, body)) = http_get(SocketAddr::from((cluster_ip, 80)), "/index.html").await else {
+                return None;
+            };
+            seen.insert(body);
         }
         (seen.len() == 2).then_some(seen)
     })
