@@ -8,6 +8,7 @@ mod clients;
 mod conformance;
 mod controllers;
 mod daemonsets;
+mod disruption;
 mod jobs;
 mod kubectl;
 mod kubelet;
