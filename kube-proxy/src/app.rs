@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::iptables::Iptables;
 use crate::model::{self, Ipv4Cidr};
 use crate::proxier::Proxier;
+use crate::routes::Routes;
 use crate::rules::{Config, ForwardHook, NodeInfo};
 use crate::runner::BoundedFrequency;
 use crate::server::{Metrics, serve};
@@ -63,6 +64,11 @@ pub struct Flags {
     /// Where /metrics answers (empty: nowhere).
     #[arg(long, env = "KUBE_PROXY_METRICS_BIND_ADDRESS", default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: String,
+    /// Route each other Node's pod CIDR via its InternalIP (host-gw), so pods reach pods on other
+    /// nodes with their IPs kept. Not an upstream flag: upstream leaves this to the network
+    /// plugin. Off where something else routes pod CIDRs.
+    #[arg(long, env = "KUBE_PROXY_SYNC_POD_ROUTES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sync_pod_routes: bool,
 }
 
 impl Default for Flags {
@@ -86,6 +92,7 @@ pub struct Settings {
     pub sync_period: Duration,
     pub healthz: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    pub sync_pod_routes: bool,
 }
 
 impl Settings {
@@ -127,6 +134,7 @@ impl Settings {
             sync_period: flags.iptables_sync_period,
             healthz: address("--healthz-bind-address", &flags.healthz_bind_address)?,
             metrics: address("--metrics-bind-address", &flags.metrics_bind_address)?,
+            sync_pod_routes: flags.sync_pod_routes,
         })
     }
 }
@@ -197,6 +205,10 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
     if flags.cleanup {
         let removed = ipt.cleanup().await?;
         tracing::info!(chains = removed, "Removed the proxy's iptables chains and jump rules");
+        let routes = Routes::host().cleanup().await?;
+        if routes > 0 {
+            tracing::info!(routes, "Removed the proxy's pod routes");
+        }
         return Ok(());
     }
     let healthz = bind("--healthz-bind-address", settings.healthz).await?;
@@ -229,9 +241,9 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
     tasks.spawn(reflect(Api::all(client.clone()), watcher::Config::default(), w, changed.clone()));
     let (slices, w) = reflector::store::<EndpointSlice>();
     tasks.spawn(reflect(Api::all(client.clone()), watcher::Config::default(), w, changed.clone()));
+    // Every Node: this one for its addresses, the others for their pod routes.
     let (nodes, w) = reflector::store::<Node>();
-    let own = watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name));
-    tasks.spawn(reflect(Api::all(client.clone()), own, w, changed.clone()));
+    tasks.spawn(reflect(Api::all(client.clone()), watcher::Config::default(), w, changed.clone()));
 
     tracing::info!(node = %settings.node_name, forward_hook = ?rules.forward_hook, "Starting kube-proxy");
     let mut proxier = Proxier::new(rules, ipt, metrics);
@@ -275,11 +287,25 @@ async fn sync_loop(
         let svcs: Vec<Service> = services.state().iter().map(|s| s.as_ref().clone()).collect();
         let eps: Vec<EndpointSlice> = slices.state().iter().map(|s| s.as_ref().clone()).collect();
         let ports = model::build(&svcs, &eps);
-        let node = node_info(&settings.node_name, nodes.state().first().map(|n| n.as_ref()));
+        let all_nodes: Vec<Node> = nodes.state().iter().map(|n| n.as_ref().clone()).collect();
+        let own = all_nodes.iter().find(|n| n.metadata.name.as_deref() == Some(settings.node_name.as_str()));
+        let node = node_info(&settings.node_name, own);
         let span = tracing::info_span!("sync_proxy_rules", services = svcs.len());
         let result = tracing::Instrument::instrument(proxier.sync_proxy_rules(ports, &node, kind), span).await;
         if let Err(e) = &result {
             tracing::warn!(error = %e, "Sync of proxy rules failed; retrying with a full sync");
+        }
+        if settings.sync_pod_routes {
+            // A route that cannot be set costs cross-node pod traffic, not Services: logged, and
+            // tried again on the next sync.
+            let routes = Routes::host();
+            let synced = match routes.local_addresses().await {
+                Ok(local) => routes.sync(&crate::routes::desired(&all_nodes, &settings.node_name, &local)).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
+                tracing::warn!(error = %e, "Could not sync pod routes to other nodes");
+            }
         }
         runner.ran(now, kind, result.is_ok());
     }

@@ -240,3 +240,54 @@ async fn the_runner_applies_ensures_jumps_once_and_cleanup_removes_everything() 
     assert_eq!(ipt.cleanup().await.map_err(|e| e.to_string())?, 0);
     Ok(())
 }
+
+/// Pod routes to other nodes inside a namespace: added via the node IP, moved when the node's
+/// IP changes, never over a route of another owner, removed when the node goes, and by cleanup.
+#[tokio::test]
+async fn pod_routes_follow_the_other_nodes_and_leave_foreign_routes_alone() -> Result<(), String> {
+    use kube_proxy::routes::{PodRoute, Routes, parse_routes};
+
+    if let Some(reason) = skip_reason() {
+        println!("skipped: {reason}");
+        return Ok(());
+    }
+    let ns = Netns(format!("kp-rt-{}", std::process::id()));
+    run("ip", &["netns", "add", &ns.0], None)?;
+    for cmd in [
+        "ip link add br0 type bridge",
+        "ip addr add 172.31.0.1/24 dev br0",
+        "ip link set br0 up",
+        // A pod bridge of this node: its /24 is taken.
+        "ip route add 10.244.9.0/24 dev br0",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        ns.exec(&args, None)?;
+    }
+    let routes = Routes::in_netns(&ns.0);
+    let route = |cidr: &str, via: &str| PodRoute {
+        cidr: cidr.parse().expect("cidr"),
+        via: via.parse::<Ipv4Addr>().expect("ip"),
+    };
+    let ours =
+        || -> Result<Vec<PodRoute>, String> { Ok(parse_routes(&ns.exec(&["ip", "-4", "route", "show"], None)?).0) };
+
+    routes
+        .sync(&[route("10.244.2.0/24", "172.31.0.12"), route("10.244.9.0/24", "172.31.0.19")])
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(ours()?, [route("10.244.2.0/24", "172.31.0.12")]);
+    let shown = ns.exec(&["ip", "-4", "route", "show"], None)?;
+    assert!(shown.contains("10.244.9.0/24 dev br0"), "the foreign route stays:\n{shown}");
+
+    routes.sync(&[route("10.244.2.0/24", "172.31.0.22")]).await.map_err(|e| e.to_string())?;
+    assert_eq!(ours()?, [route("10.244.2.0/24", "172.31.0.22")]);
+
+    routes.sync(&[route("10.244.3.0/24", "172.31.0.13")]).await.map_err(|e| e.to_string())?;
+    assert_eq!(ours()?, [route("10.244.3.0/24", "172.31.0.13")]);
+
+    assert_eq!(routes.cleanup().await.map_err(|e| e.to_string())?, 1);
+    assert_eq!(ours()?, []);
+    let local = routes.local_addresses().await.map_err(|e| e.to_string())?;
+    assert!(local.contains(&Ipv4Addr::new(172, 31, 0, 1)), "{local:?}");
+    Ok(())
+}
