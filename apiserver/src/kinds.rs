@@ -396,6 +396,28 @@ impl Strategy for ServiceStrategy {
             }
         }
         if !matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+            // Leaving NodePort/LoadBalancer: the allocated values the client did not change go
+            // with it, as upstream drops type-dependent fields (kubectl patch of the type alone).
+            let old_ports = get(old, "spec.ports").and_then(Value::as_array).cloned().unwrap_or_default();
+            if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                    let unchanged = old_ports.iter().any(|o| {
+                        o.get("port") == p.get("port")
+                            && o.get("nodePort").is_some()
+                            && o.get("nodePort") == p.get("nodePort")
+                    });
+                    if unchanged {
+                        p.remove("nodePort");
+                    }
+                }
+            }
+            for f in
+                ["healthCheckNodePort", "externalTrafficPolicy", "allocateLoadBalancerNodePorts", "loadBalancerClass"]
+            {
+                if spec.get(f) == get(old, &format!("spec.{f}")) {
+                    spec.remove(f);
+                }
+            }
             return;
         }
         if let (Some(Value::Array(ports)), Some(old_ports)) =
@@ -1629,6 +1651,20 @@ mod tests {
         let mut update = json!({"metadata": {"name": "team-a"}, "spec": {"finalizers": []}});
         NamespaceStrategy.prepare_for_update(&mut update, &ns);
         assert_eq!(update["spec"]["finalizers"], json!(["kubernetes"]));
+    }
+
+    #[test]
+    fn a_service_leaving_node_port_drops_the_node_ports_it_did_not_change() {
+        let old = json!({"spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.9", "externalTrafficPolicy": "Cluster",
+            "ports": [{"port": 80, "nodePort": 30080}, {"port": 443, "nodePort": 30443}]}});
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("ClusterIP");
+        new["spec"]["ports"][1]["nodePort"] = json!(30444);
+        ServiceStrategy.prepare_for_update(&mut new, &old);
+        assert_eq!(new["spec"]["ports"][0].get("nodePort"), None);
+        assert_eq!(new["spec"]["ports"][1]["nodePort"], 30444, "a changed node port stays for validation to refuse");
+        assert_eq!(new["spec"].get("externalTrafficPolicy"), None);
+        assert_eq!(new["spec"]["clusterIP"], "10.96.0.9");
     }
 
     #[test]

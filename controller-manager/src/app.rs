@@ -32,6 +32,7 @@ use crate::nodeipam::{Blocks, NodeIpamController};
 use crate::nodelifecycle::NodeLifecycleController;
 use crate::replicaset::ReplicaSetController;
 use crate::serviceaccount::{RootCaPublisher, ServiceAccountController, root_ca};
+use crate::servicelb::{Pool, ServiceLbController};
 use crate::statefulset::StatefulSetController;
 use crate::volume::VolumeBinder;
 use crate::workqueue::WorkQueue;
@@ -122,6 +123,10 @@ pub struct Flags {
     /// Where provisioned hostPath volumes are made.
     #[arg(long, default_value = crate::volume::DEFAULT_HOSTPATH_DIR)]
     pub hostpath_provisioner_dir: PathBuf,
+    /// Addresses the built-in load-balancer controller hands to LoadBalancer Services (a CIDR);
+    /// without it they get the Ready nodes' InternalIPs, as k3s's ServiceLB does.
+    #[arg(long)]
+    pub load_balancer_ip_pool: Option<String>,
     /// Hand each node a pod CIDR from --cluster-cidr (node IPAM).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allocate_node_cidrs: bool,
@@ -202,6 +207,7 @@ pub const UPSTREAM: &[&str] = &[
     "root-ca-cert-publisher",
     "serviceaccount",
     "serviceaccount-token",
+    "service-lb-controller",
     "statefulset",
     "tokencleaner",
     "ttl",
@@ -232,6 +238,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "root-ca-cert-publisher",
     "serviceaccount",
     "serviceaccount-token",
+    "service-lb-controller",
     "statefulset",
     "ttl-after-finished",
 ];
@@ -280,6 +287,9 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
     let controllers = enabled(&flags.controllers).map_err(ConfigError)?;
     if flags.allocate_node_cidrs {
         Blocks::parse(&flags.cluster_cidr, flags.node_cidr_mask_size).map_err(ConfigError)?;
+    }
+    if let Some(pool) = &flags.load_balancer_ip_pool {
+        Pool::parse(pool).map_err(ConfigError)?;
     }
     if let (true, Some(key)) = (controllers.contains("serviceaccount-token"), &flags.service_account_private_key_file) {
         crate::tokens::TokenSigner::load(key).map_err(|e| ConfigError(e.to_string()))?;
@@ -500,6 +510,18 @@ pub async fn start(
     if controllers.contains("podgc") {
         let gc = crate::podgc::PodGc::new(client.clone(), &pods, &nodes, flags.terminated_pod_gc_threshold);
         tasks.spawn(gc.run(Duration::from_secs(20), stop.clone()));
+    }
+    if controllers.contains("service-lb-controller") {
+        let pool = flags.load_balancer_ip_pool.as_deref().map(Pool::parse).transpose().map_err(anyhow::Error::msg)?;
+        let c = ServiceLbController::new(client.clone(), &network.services, &nodes, pool, events.clone());
+        let queue = c.queue.clone();
+        tasks.spawn(work("service-lb-controller", queue, 1, stop.clone(), move |key| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }));
+        if !["endpoint", "endpointslice", "endpointslicemirroring"].iter().any(|c| controllers.contains(c)) {
+            tasks.spawn(network.services.clone().run(Api::all(client.clone())));
+        }
     }
     tasks.spawn(nodes.clone().run(Api::all(client.clone())));
     let namespaces: Informer<Namespace> = Informer::default();

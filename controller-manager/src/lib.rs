@@ -25,6 +25,7 @@ pub mod replicaset;
 pub mod resources;
 pub mod selector;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 pub mod status;
 pub mod tokens;

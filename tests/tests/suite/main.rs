@@ -13,6 +13,7 @@ mod jobs;
 mod kubectl;
 mod kubelet;
 mod leader;
+mod loadbalancer;
 mod outage;
 mod patching;
 mod sa_tokens;
