@@ -2,6 +2,7 @@
 //! end-to-end test. Each test starts its own etcd and apiserver.
 
 mod api;
+mod apps_ledger;
 mod auth;
 mod autoscaling;
 mod clients;

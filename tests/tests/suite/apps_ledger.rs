@@ -1,0 +1,1 @@
+//! Ledger rows of sig-apps not yet covered elsewhere: being written.
