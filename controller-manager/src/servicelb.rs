@@ -118,10 +118,10 @@ pub fn desired(
     let wanted: Option<Ipv4Addr> =
         svc.spec.as_ref().and_then(|s| s.load_balancer_ip.as_deref()).and_then(|i| i.parse().ok());
     // Keep what it has (unless it asks for another address now).
-    if let Some(ip) = current.iter().find(|ip| pool.contains(**ip) && !used.contains(ip)) {
-        if wanted.is_none_or(|w| w == *ip) {
-            return Ok(vec![ip.to_string()]);
-        }
+    if let Some(ip) = current.iter().find(|ip| pool.contains(**ip) && !used.contains(ip))
+        && wanted.is_none_or(|w| w == *ip)
+    {
+        return Ok(vec![ip.to_string()]);
     }
     pool.allocate(&used, wanted)
         .map(|ip| vec![ip.to_string()])

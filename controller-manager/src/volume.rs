@@ -425,10 +425,11 @@ impl VolumeBinder {
         if ours && let (Some(dir), Some(h)) = (&self.hostpath_dir, pv.spec.as_ref().and_then(|s| s.host_path.as_ref()))
         {
             let path = PathBuf::from(&h.path);
-            if path.parent() == Some(dir.as_path()) && path.exists() {
-                if let Err(e) = std::fs::remove_dir_all(&path) {
-                    tracing::warn!(volume = name, path = %path.display(), error = %e, "Could not remove the volume's directory");
-                }
+            if path.parent() == Some(dir.as_path())
+                && path.exists()
+                && let Err(e) = std::fs::remove_dir_all(&path)
+            {
+                tracing::warn!(volume = name, path = %path.display(), error = %e, "Could not remove the volume's directory");
             }
         } else if !ours {
             let provisioner = pv
