@@ -102,12 +102,20 @@ fn held(svc: &Value) -> (Option<String>, Vec<i64>) {
         .and_then(Value::as_str)
         .filter(|ip| !ip.is_empty() && *ip != "None")
         .map(String::from);
-    let ports = svc
+    let mut ports: Vec<i64> = svc
         .pointer("/spec/ports")
         .and_then(Value::as_array)
         .map(|ps| ps.iter().filter_map(|p| p.get("nodePort").and_then(Value::as_i64)).collect())
         .unwrap_or_default();
+    ports.extend(svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_i64).filter(|p| *p > 0));
     (ip, ports)
+}
+
+/// A LoadBalancer Service with `externalTrafficPolicy: Local` gets a health-check node port,
+/// on which kube-proxy tells load balancers whether the node has endpoints.
+fn wants_health_check_port(svc: &Value) -> bool {
+    svc.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+        && svc.pointer("/spec/externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
 }
 
 fn wants_node_ports(svc: &Value) -> bool {
@@ -252,6 +260,42 @@ impl Store {
                 };
                 svc["spec"]["ports"][i]["nodePort"] = json!(port);
             }
+        }
+        if wants_health_check_port(svc) {
+            let field = "spec.healthCheckNodePort";
+            match svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_i64).filter(|p| *p > 0) {
+                Some(p) if old_ports.contains(&p) => {}
+                Some(p) => {
+                    let (lo, hi) = ranges.node_ports;
+                    if !(i64::from(lo)..=i64::from(hi)).contains(&p) {
+                        return Err(invalid(Cause::invalid(
+                            field,
+                            p,
+                            format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+                        )));
+                    }
+                    let key = format!("{PORT_PREFIX}{p}");
+                    match self.claim(&key, svc).await {
+                        Ok(true) => allocated.created.push(key),
+                        Ok(false) => {}
+                        Err(StorageError::AlreadyExists) => {
+                            return Err(invalid(Cause::invalid(field, p, "provided port is already allocated")));
+                        }
+                        Err(e) => return Err(storage_err(e)),
+                    }
+                }
+                None => {
+                    let port = self.allocate_random_port(svc, allocated).await.map_err(|e| match e {
+                        StorageError::AlreadyExists => {
+                            ApiError::Internal("failed to allocate a healthCheckNodePort: range is full".into())
+                        }
+                        e => storage_err(e),
+                    })?;
+                    svc["spec"]["healthCheckNodePort"] = json!(port);
+                }
+            }
+        } else if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("healthCheckNodePort");
         }
         Ok(())
     }

@@ -928,6 +928,40 @@ async fn services_get_a_cluster_ip_from_the_range_and_node_ports_when_they_need_
 }
 
 #[tokio::test]
+async fn a_local_load_balancer_gets_a_health_check_node_port_until_it_is_local_no_more() {
+    let f = Fixture::new().await;
+    let lb = f
+        .create("services", "default", svc("lb", "LoadBalancer", json!({"externalTrafficPolicy": "Local"})))
+        .await
+        .expect("lb");
+    let hc = lb["spec"]["healthCheckNodePort"].as_i64().expect("health-check node port");
+    let np = lb["spec"]["ports"][0]["nodePort"].as_i64().expect("node port");
+    assert!((30000..=32767).contains(&hc) && hc != np);
+    let mut keys = allocation_keys(&f, "/registry/ranges/servicenodeports/").await;
+    keys.sort();
+    let mut want = vec![hc.to_string(), np.to_string()];
+    want.sort();
+    assert_eq!(keys, want);
+    let plain = f.create("services", "default", svc("plain", "LoadBalancer", json!({}))).await.expect("lb");
+    assert!(plain["spec"].get("healthCheckNodePort").is_none(), "Cluster policy: no health check");
+    let taken = f
+        .create(
+            "services",
+            "default",
+            svc("dup", "LoadBalancer", json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": hc})),
+        )
+        .await
+        .expect_err("taken");
+    assert!(taken.to_string().contains("spec.healthCheckNodePort"), "{taken}");
+    // Back to Cluster: the port is released.
+    let mut cluster = f.get("services", "default", "lb").await.expect("lb");
+    cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    let cluster = f.update("services", "default", None, cluster).await.expect("update");
+    assert!(cluster["spec"].get("healthCheckNodePort").is_none());
+    assert!(!allocation_keys(&f, "/registry/ranges/servicenodeports/").await.contains(&hc.to_string()));
+}
+
+#[tokio::test]
 async fn requested_addresses_and_ports_must_be_free_and_in_range() {
     let f = Fixture::new().await;
     f.create(
