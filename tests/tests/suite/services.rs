@@ -411,3 +411,85 @@ async fn kube_proxy_refuses_bad_flags_in_one_line() {
         assert!(err.starts_with("kube-proxy: ") && err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// The node's InternalIP as its kubelet reports it.
+async fn internal_ip(client: &kube::Client, node: &str) -> Ipv4Addr {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let n = nodes.get(node).await.expect("node");
+    let addr = n.status.and_then(|s| s.addresses).unwrap_or_default().into_iter().find(|a| a.type_ == "InternalIP");
+    addr.expect("InternalIP").address.parse().expect("IPv4")
+}
+
+#[tokio::test]
+async fn load_balancers_answer_on_the_node_address_and_a_local_policy_reports_its_endpoints_on_the_health_check_port() {
+    if !is_root() {
+        println!("skipped: kube-proxy needs root to program iptables");
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let api = Process::start(&etcd.endpoint(), &[]).await;
+    let client = api.endpoint.kube_client().await;
+    let node = Kubelet::start(&api.endpoint, &[]).await;
+    node.wait_ready(&client).await;
+    let kc = &api.endpoint.kubeconfig;
+    // No --load-balancer-ip-pool: LoadBalancer Services get the Ready nodes' InternalIPs.
+    let _cm = Component::start("controller-manager", kc, &node.dir.path().join("cm.log"), &[]);
+    let k = Kubectl::new(&api.endpoint);
+    ensure_pod_network_sink();
+    let proxy = HostProxy::start(kc, &node.name, &node.dir.path().join("kube-proxy.log"));
+    let services_yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: default}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 18080, targetPort: http}]
+"#;
+    let yaml = format!("{}---{services_yaml}", web_pod("web-a", &node.name));
+    k.run_stdin(&["apply", "-f", "-"], &yaml).ok();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let node_ip = internal_ip(&client, &node.name).await;
+
+    // The load-balancer controller publishes the node's address; kubectl shows it.
+    let ingress = eventually(Duration::from_secs(30), "an ingress address", || async {
+        let s = services.get("lb").await.ok()?;
+        let ips: Vec<String> = s.status?.load_balancer?.ingress?.into_iter().filter_map(|i| i.ip).collect();
+        (!ips.is_empty()).then_some(ips)
+    })
+    .await;
+    assert_eq!(ingress, [node_ip.to_string()]);
+    let shown = k.run(&["get", "service", "lb", "--no-headers"]).ok().stdout;
+    assert!(shown.contains(&node_ip.to_string()), "{shown}");
+
+    // Traffic to the ingress address and port reaches the pod.
+    let (code, body) = eventually(Duration::from_secs(90), "the pod through the load-balancer address", || async {
+        http_get(SocketAddr::from((node_ip, 18080)), "/index.html").await.ok().filter(|(c, _)| *c == 200)
+    })
+    .await;
+    assert_eq!((code, body.as_str()), (200, "web-a"), "{}", proxy.log());
+    // And through the node port on the node's address (from outside the pod network).
+    let spec = services.get("lb").await.expect("lb").spec.expect("spec");
+    let node_port = spec.ports.expect("ports")[0].node_port.expect("node port") as u16;
+    let (code, _) = http_get(SocketAddr::from((node_ip, node_port)), "/index.html").await.expect("node port");
+    assert_eq!(code, 200);
+
+    // externalTrafficPolicy Local: the health-check node port says how many endpoints are here.
+    let hc = spec.health_check_node_port.expect("health-check node port") as u16;
+    let (code, body) = eventually(Duration::from_secs(30), "the health check answering", || async {
+        http_get(SocketAddr::from(([127, 0, 0, 1], hc)), "/healthz").await.ok().filter(|(c, _)| *c == 200)
+    })
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&body).expect("health check JSON");
+    assert_eq!((code, json["localEndpoints"].as_i64()), (200, Some(1)), "{body}");
+    // With the pod gone the node has no endpoint: 503, so a load balancer stops sending here.
+    k.run(&["delete", "pod", "web-a", "--wait=false"]).ok();
+    eventually(Duration::from_secs(60), "the health check failing", || async {
+        let (code, _) = http_get(SocketAddr::from(([127, 0, 0, 1], hc)), "/healthz").await.ok()?;
+        (code == 503).then_some(())
+    })
+    .await;
+    k.run(&["delete", "service", "lb"]).ok();
+    drop(proxy);
+}
