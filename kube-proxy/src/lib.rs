@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod conntrack;
+pub mod dns;
 pub mod iptables;
 pub mod model;
 pub mod proxier;
