@@ -2,6 +2,8 @@
 # Builds the images pods here use, from Debian packages (no registry is needed or reachable):
 #   busybox:latest, busybox:1.36   Debian's busybox-static with every applet linked
 #   registry.k8s.io/pause:3.10     the sandbox container: a shell that waits and exits on TERM
+#   netexec:1.0                    busybox plus our test server (deploy/netexec/netexec.rs, built
+#                                  here with rustc as a static binary): HTTP and UDP answers
 # Idempotent: an image that exists is kept. Needs a running dockerd.
 set -euo pipefail
 BUSYBOX=${BUSYBOX:-/bin/busybox}
@@ -36,4 +38,17 @@ FROM busybox:latest
 ENTRYPOINT ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
 DOCKERFILE
   docker build -q -t registry.k8s.io/pause:3.10 "$ctx" >/dev/null
+fi
+
+if ! docker image inspect netexec:1.0 >/dev/null 2>&1; then
+  echo "==> Building netexec:1.0 (deploy/netexec/netexec.rs)"
+  command -v rustc >/dev/null || { echo "images.sh: rustc is needed to build netexec" >&2; exit 1; }
+  rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
+    "$(dirname "$0")/netexec/netexec.rs" -o "$ctx/netexec"
+  cat >"$ctx/Dockerfile" <<'DOCKERFILE'
+FROM busybox:latest
+COPY netexec /netexec
+ENTRYPOINT ["/netexec"]
+DOCKERFILE
+  docker build -q -t netexec:1.0 "$ctx" >/dev/null
 fi
