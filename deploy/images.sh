@@ -2,7 +2,7 @@
 # Builds the images pods here use, from Debian packages (no registry is needed or reachable):
 #   busybox:latest, busybox:1.36   Debian's busybox-static with every applet linked
 #   registry.k8s.io/pause:3.10     the sandbox container: a shell that waits and exits on TERM
-#   netexec:1.0                    busybox plus our test server (deploy/netexec/netexec.rs, built
+#   netexec:1.1                    busybox plus our test server (deploy/netexec/netexec.rs, built
 #                                  here with rustc as a static binary): HTTP and UDP answers
 # Idempotent: an image that exists is kept. Needs a running dockerd.
 set -euo pipefail
@@ -40,8 +40,8 @@ DOCKERFILE
   docker build -q -t registry.k8s.io/pause:3.10 "$ctx" >/dev/null
 fi
 
-if ! docker image inspect netexec:1.0 >/dev/null 2>&1; then
-  echo "==> Building netexec:1.0 (deploy/netexec/netexec.rs)"
+if ! docker image inspect netexec:1.1 >/dev/null 2>&1; then
+  echo "==> Building netexec:1.1 (deploy/netexec/netexec.rs)"
   command -v rustc >/dev/null || { echo "images.sh: rustc is needed to build netexec" >&2; exit 1; }
   rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
     "$(dirname "$0")/netexec/netexec.rs" -o "$ctx/netexec"
@@ -50,5 +50,5 @@ FROM busybox:latest
 COPY netexec /netexec
 ENTRYPOINT ["/netexec"]
 DOCKERFILE
-  docker build -q -t netexec:1.0 "$ctx" >/dev/null
+  docker build -q -t netexec:1.1 "$ctx" >/dev/null
 fi

@@ -6,6 +6,8 @@
 //!   `ip:port`), `/echo?msg=TEXT`, `/healthz`; anything else is 404.
 //! - UDP on `--udp-port` (default 8081): a datagram `hostname`, `clientip` or `echo TEXT` gets
 //!   that answer back to its sender.
+//! - `netexec dial udp HOST:PORT MESSAGE` sends one datagram and prints the answer (exit 1 after
+//!   2 s without one): the UDP client busybox lacks.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -69,8 +71,37 @@ fn serve_udp(socket: UdpSocket) {
     }
 }
 
+fn dial_udp(target: &str, message: &str) -> i32 {
+    let Ok(socket) = UdpSocket::bind(("0.0.0.0", 0)) else { return 1 };
+    let _ = socket.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    if socket.send_to(message.as_bytes(), target).is_err() {
+        return 1;
+    }
+    let mut buf = [0u8; 2048];
+    match socket.recv_from(&mut buf) {
+        Ok((n, _)) => {
+            println!("{}", String::from_utf8_lossy(&buf[..n]));
+            0
+        }
+        Err(e) => {
+            eprintln!("netexec: no answer from {target}: {e}");
+            1
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("dial") {
+        let code = match (args.get(2).map(String::as_str), args.get(3), args.get(4)) {
+            (Some("udp"), Some(target), Some(msg)) => dial_udp(target, msg),
+            _ => {
+                eprintln!("usage: netexec dial udp HOST:PORT MESSAGE");
+                2
+            }
+        };
+        std::process::exit(code);
+    }
     let flag = |name: &str, default: u16| -> u16 {
         args.iter()
             .position(|a| a == name)
