@@ -59,7 +59,7 @@ pub(crate) async fn harness_for(
     Harness { client, stop, api }
 }
 
-fn owned_by<'a>(pods: &'a [Pod], uid: &str) -> Vec<&'a Pod> {
+pub(crate) fn owned_by<'a>(pods: &'a [Pod], uid: &str) -> Vec<&'a Pod> {
     pods.iter()
         .filter(|p| {
             p.metadata.deletion_timestamp.is_none()
@@ -68,7 +68,7 @@ fn owned_by<'a>(pods: &'a [Pod], uid: &str) -> Vec<&'a Pod> {
         .collect()
 }
 
-fn replica_set(name: &str, replicas: i32) -> ReplicaSet {
+pub(crate) fn replica_set(name: &str, replicas: i32) -> ReplicaSet {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
@@ -79,7 +79,7 @@ fn replica_set(name: &str, replicas: i32) -> ReplicaSet {
 }
 
 /// Waits until the set owns exactly `n` live pods and returns them.
-async fn wait_owned(pods: &Api<Pod>, uid: &str, n: usize) -> Vec<Pod> {
+pub(crate) async fn wait_owned(pods: &Api<Pod>, uid: &str, n: usize) -> Vec<Pod> {
     eventually(Duration::from_secs(20), &format!("{n} pods owned by the set"), || async {
         let list = pods.list(&ListParams::default()).await.ok()?.items;
         let owned: Vec<Pod> = owned_by(&list, uid).into_iter().cloned().collect();
@@ -188,7 +188,7 @@ async fn a_replica_set_records_successful_create_events() {
 
 /// Plays the kubelets' part for pods that no node runs: every live pod is marked Running and
 /// Ready shortly after it appears (except those whose image says "never-ready").
-fn fake_kubelet(client: kube::Client, stop: CancellationToken) {
+pub(crate) fn fake_kubelet(client: kube::Client, stop: CancellationToken) {
     tokio::spawn(async move {
         let pods: Api<Pod> = Api::namespaced(client, "default");
         while !stop.is_cancelled() {
@@ -224,7 +224,7 @@ fn fake_kubelet(client: kube::Client, stop: CancellationToken) {
     });
 }
 
-fn deployment(name: &str, replicas: i32, image: &str, strategy: serde_json::Value) -> Deployment {
+pub(crate) fn deployment(name: &str, replicas: i32, image: &str, strategy: serde_json::Value) -> Deployment {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "strategy": strategy,
@@ -248,7 +248,7 @@ fn revision(meta: &kube::api::ObjectMeta) -> String {
 }
 
 /// Waits for the rollout to finish as `kubectl rollout status` judges it.
-async fn rolled_out(deployments: &Api<Deployment>, name: &str, replicas: i32) -> Deployment {
+pub(crate) async fn rolled_out(deployments: &Api<Deployment>, name: &str, replicas: i32) -> Deployment {
     eventually(Duration::from_secs(30), &format!("{name} rolled out to {replicas}"), || async {
         let d = deployments.get(name).await.ok()?;
         let s = d.status.clone()?;
