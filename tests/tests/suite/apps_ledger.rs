@@ -18,6 +18,7 @@ use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ReplicationController};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde::de::DeserializeOwned;
 
@@ -242,7 +243,8 @@ async fn c114_deployment_status_is_read_updated_and_patched_and_later_reads_show
     let read = deployments.get_status("stat").await.expect("get status");
     assert_eq!(read.status.and_then(|s| s.ready_replicas), Some(1));
 
-    update_status(&deployments, "stat", |d| {
+    let updated = update_status(&deployments, "stat", |d| {
+        d.spec.as_mut().expect("spec").replicas = Some(5);
         let s = d.status.get_or_insert_with(Default::default);
         s.conditions.get_or_insert_with(Vec::new).push(
             serde_json::from_value(serde_json::json!(
@@ -251,8 +253,13 @@ async fn c114_deployment_status_is_read_updated_and_patched_and_later_reads_show
         );
     })
     .await;
+    assert_eq!(updated.spec.and_then(|s| s.replicas), Some(1), "a /status write leaves the spec");
     let read = deployments.get("stat").await.expect("get");
     assert!(conditions_of(&read).iter().any(|c| c == "StatusUpdate"), "{:?}", conditions_of(&read));
+    let mut changed = read.clone();
+    changed.status.as_mut().expect("status").conditions = None;
+    let replaced = deployments.replace("stat", &PostParams::default(), &changed).await.expect("replace");
+    assert!(conditions_of(&replaced).iter().any(|c| c == "StatusUpdate"), "a main-resource write leaves the status");
 
     let patch = serde_json::json!({"status": {"conditions": [{"type": "StatusPatched", "status": "True"}]}});
     deployments.patch_status("stat", &PatchParams::default(), &Patch::Strategic(&patch)).await.expect("patch status");
@@ -334,6 +341,7 @@ async fn c119_budget_status_is_updated_and_patched() {
 
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
     let updated = update_status(&budgets, "guard", |b| {
+        b.spec.as_mut().expect("spec").min_available = Some(IntOrString::Int(0));
         b.status.get_or_insert_with(Default::default).disrupted_pods =
             Some([("guarded".to_string(), now.clone())].into());
     })
@@ -342,6 +350,8 @@ async fn c119_budget_status_is_updated_and_patched() {
         b.status.as_ref().and_then(|s| s.disrupted_pods.clone()).unwrap_or_default().into_keys().collect::<Vec<_>>()
     };
     assert_eq!(disrupted(&updated), ["guarded"]);
+    let min = updated.spec.and_then(|s| s.min_available);
+    assert_eq!(min, Some(IntOrString::Int(1)), "a /status write leaves the spec");
     let read = budgets.get_status("guard").await.expect("get status");
     assert_eq!(disrupted(&read), ["guarded"], "the update is visible on a later read");
 
@@ -413,6 +423,10 @@ async fn c129_the_replica_set_scale_subresource_reports_replicas_and_resizes_it_
 
     scale.spec.get_or_insert_with(Default::default).replicas = Some(2);
     sets.replace_scale("sc", &PostParams::default(), &scale).await.expect("update scale");
+    match sets.replace_scale("sc", &PostParams::default(), &scale).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        other => panic!("a scale update at a stale resourceVersion must conflict: {other:?}"),
+    }
     let rs = sets.get("sc").await.expect("get");
     assert_eq!(rs.spec.and_then(|s| s.replicas), Some(2), "the update resized the ReplicaSet");
     ready(2).await;
@@ -472,7 +486,8 @@ async fn c133_replica_set_status_is_read_updated_and_patched_and_later_reads_sho
     })
     .await;
 
-    update_status(&sets, "st", |rs| {
+    let updated = update_status(&sets, "st", |rs| {
+        rs.spec.as_mut().expect("spec").replicas = Some(5);
         let s = rs.status.get_or_insert_with(Default::default);
         s.conditions.get_or_insert_with(Vec::new).push(
             serde_json::from_value(serde_json::json!(
@@ -481,8 +496,13 @@ async fn c133_replica_set_status_is_read_updated_and_patched_and_later_reads_sho
         );
     })
     .await;
+    assert_eq!(updated.spec.and_then(|s| s.replicas), Some(1), "a /status write leaves the spec");
     let read = sets.get("st").await.expect("get");
     assert_eq!(conditions_of(&read), ["StatusUpdate"]);
+    let mut changed = read.clone();
+    changed.status.as_mut().expect("status").conditions = None;
+    let replaced = sets.replace("st", &PostParams::default(), &changed).await.expect("replace");
+    assert_eq!(conditions_of(&replaced), ["StatusUpdate"], "a main-resource write leaves the status");
 
     let patch = serde_json::json!({"status": {"conditions": [{"type": "StatusPatched", "status": "True"}]}});
     sets.patch_status("st", &PatchParams::default(), &Patch::Strategic(&patch)).await.expect("patch status");
