@@ -28,13 +28,15 @@ const MAX_FORWARDS: usize = 1024;
 const MAX_TCP_CONNECTIONS: usize = 256;
 
 /// Serve DNS on `bind` (UDP and TCP) until `stop` is cancelled: answers from `records`, other
-/// names forwarded to `upstream` (the node's resolvers, see [`super::read_resolv_conf`]).
+/// names forwarded to `upstream` (the node's resolvers, see [`super::read_resolv_conf`]; `bind`
+/// itself is left out so a resolv.conf naming this server does not loop).
 pub async fn serve(
     bind: SocketAddr,
     records: SharedRecords,
-    upstream: Vec<SocketAddr>,
+    mut upstream: Vec<SocketAddr>,
     stop: CancellationToken,
 ) -> Result<(), DnsError> {
+    upstream.retain(|server| *server != bind);
     DnsServer::bind(bind).await?.run(records, Upstream::new(upstream), stop).await
 }
 

@@ -515,7 +515,7 @@ fn random_bytes_never_panic() {
             let at = (rng.next() as usize) % packet.len();
             packet[at] = rng.next() as u8;
         }
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             packet.truncate((rng.next() as usize) % packet.len());
         }
         run(&packet);
