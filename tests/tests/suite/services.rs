@@ -493,3 +493,248 @@ spec:
     k.run(&["delete", "service", "lb"]).ok();
     drop(proxy);
 }
+
+/// A cluster with a kube-proxy on the host, for the network ledger rows.
+struct ProxiedCluster {
+    client: kube::Client,
+    k: Kubectl,
+    node: Kubelet,
+    proxy: HostProxy,
+    _cm: Component,
+    _api: Process,
+    _etcd: Etcd,
+}
+
+impl ProxiedCluster {
+    async fn start() -> ProxiedCluster {
+        let etcd = Etcd::start().await;
+        let api = Process::start(&etcd.endpoint(), &[]).await;
+        let client = api.endpoint.kube_client().await;
+        let node = Kubelet::start(&api.endpoint, &[]).await;
+        node.wait_ready(&client).await;
+        let kc = &api.endpoint.kubeconfig;
+        let cm = Component::start("controller-manager", kc, &node.dir.path().join("cm.log"), &[]);
+        let k = Kubectl::new(&api.endpoint);
+        ensure_pod_network_sink();
+        let proxy = HostProxy::start(kc, &node.name, &node.dir.path().join("kube-proxy.log"));
+        ProxiedCluster { client, k, node, proxy, _cm: cm, _api: api, _etcd: etcd }
+    }
+
+    /// Netexec pods labelled `app: <app>`, Ready; returns their pod IPs by name.
+    async fn netexec_pods(&self, app: &str, names: &[&str]) -> Vec<(String, Ipv4Addr)> {
+        let yaml: Vec<String> = names
+            .iter()
+            .map(|name| {
+                format!(
+                    r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: netexec
+    image: netexec:1.1
+    imagePullPolicy: IfNotPresent
+    ports: [{{name: http, containerPort: 8080}}, {{name: udp, containerPort: 8081, protocol: UDP}}]
+    readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
+"#,
+                    node = self.node.name
+                )
+            })
+            .collect();
+        self.k.run_stdin(&["apply", "-f", "-"], &yaml.join("---")).ok();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        let mut out = Vec::new();
+        for name in names {
+            let ip = eventually(Duration::from_secs(90), &format!("pod {name} Ready"), || {
+                let pods = pods.clone();
+                async move {
+                    let s = pods.get(name).await.ok()?.status?;
+                    let ready = s.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                    ready.then(|| s.pod_ip.clone()).flatten()?.parse::<Ipv4Addr>().ok()
+                }
+            })
+            .await;
+            out.push((name.to_string(), ip));
+        }
+        out
+    }
+
+    /// The docker id of a pod's first container.
+    async fn container(&self, pod: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        let p = pods.get(pod).await.expect("pod");
+        p.status
+            .and_then(|s| s.container_statuses)
+            .and_then(|cs| cs.into_iter().next())
+            .and_then(|c| c.container_id)
+            .expect("container id")
+            .trim_start_matches("docker://")
+            .to_string()
+    }
+}
+
+/// One UDP datagram to `addr`; the answer, if one comes within 2 s.
+async fn udp_ask(addr: SocketAddr, msg: &str) -> Option<String> {
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
+    socket.send_to(msg.as_bytes(), addr).await.ok()?;
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Runs `netexec` or `wget` inside a container: stdout on success.
+fn exec_in(container: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new("docker").arg("exec").arg(container).args(args).output().expect("docker exec");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[tokio::test]
+async fn c195_c196_c197_c198_pods_reach_each_other_and_the_node_reaches_them_by_pod_ip_over_http_and_udp() {
+    if !is_root() {
+        println!("skipped: kube-proxy needs root to program iptables");
+        return;
+    }
+    let c = ProxiedCluster::start().await;
+    let pods = c.netexec_pods("net", &["net-a", "net-b"]).await;
+    let client = c.container("net-a").await;
+    for (name, ip) in &pods {
+        // C195 / C196: from a pod, by pod IP, each pod answers with its own name.
+        let http = exec_in(&client, &["timeout", "5", "wget", "-qO-", &format!("http://{ip}:8080/hostname")]);
+        assert_eq!(http.as_deref(), Some(name.as_str()), "HTTP from net-a to {name}");
+        let udp = exec_in(&client, &["/netexec", "dial", "udp", &format!("{ip}:8081"), "hostname"]);
+        assert_eq!(udp.as_deref(), Some(name.as_str()), "UDP from net-a to {name}");
+        // C197 / C198: from the node's network namespace (as a hostNetwork pod would be).
+        let (code, body) = http_get(SocketAddr::from((*ip, 8080)), "/hostname").await.expect("HTTP from the node");
+        assert_eq!((code, body.as_str()), (200, name.as_str()));
+        assert_eq!(udp_ask(SocketAddr::from((*ip, 8081)), "hostname").await.as_deref(), Some(name.as_str()));
+    }
+    // Pod-to-pod traffic keeps the pod IP: the server sees the client pod's own address.
+    let seen = exec_in(&client, &["timeout", "5", "wget", "-qO-", &format!("http://{}:8080/clientip", pods[1].1)]);
+    let seen_ip = seen.as_deref().and_then(|s| s.rsplit_once(':')).map(|(ip, _)| ip.to_string());
+    assert_eq!(seen_ip, Some(pods[0].1.to_string()), "no NAT between pods");
+    c.k.run(&["delete", "pod", "net-a", "net-b", "--wait=false"]).ok();
+}
+
+#[tokio::test]
+async fn c204_c205_c207_c208_c209_c213_c214_c217_service_types_affinity_and_protocols_through_kube_proxy() {
+    if !is_root() {
+        println!("skipped: kube-proxy needs root to program iptables");
+        return;
+    }
+    let c = ProxiedCluster::start().await;
+    c.netexec_pods("aff", &["aff-a", "aff-b"]).await;
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let node_ip = internal_ip(&c.client, &c.node.name).await;
+    let names = |seen: &BTreeSet<String>| seen.iter().cloned().collect::<Vec<_>>();
+    // Who answers `n` requests to `addr`.
+    let answers = |addr: SocketAddr, n: usize| async move {
+        let mut seen = BTreeSet::new();
+        for _ in 0..n {
+            match http_get(addr, "/hostname").await {
+                Ok((200, body)) => {
+                    seen.insert(body);
+                }
+                _ => return None,
+            }
+        }
+        Some(seen)
+    };
+
+    // C204 / C205: an ExternalName Service turned ClusterIP, then NodePort, gets a cluster IP
+    // (and a node port) and is reachable on them.
+    let external = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: turn, namespace: default}
+spec: {type: ExternalName, externalName: example.invalid}
+"#;
+    c.k.run_stdin(&["apply", "-f", "-"], external).ok();
+    let to_cluster_ip = r#"{"spec": {"type": "ClusterIP", "externalName": null, "selector": {"app": "aff"},
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}"#;
+    c.k.run(&["patch", "service", "turn", "--type=merge", "-p", to_cluster_ip]).ok();
+    let turn_ip = cluster_ip_of(&services, "turn").await;
+    eventually(Duration::from_secs(60), "the turned Service on its cluster IP", || async {
+        answers(SocketAddr::from((turn_ip, 80)), 1).await
+    })
+    .await;
+    c.k.run(&["patch", "service", "turn", "--type=merge", "-p", r#"{"spec": {"type": "NodePort"}}"#]).ok();
+    let spec = services.get("turn").await.expect("turn").spec.expect("spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some(turn_ip.to_string().as_str()), "the cluster IP is kept");
+    let turn_port = spec.ports.expect("ports")[0].node_port.expect("node port") as u16;
+    eventually(Duration::from_secs(60), "the node port on the node's address", || async {
+        answers(SocketAddr::from((node_ip, turn_port)), 1).await
+    })
+    .await;
+
+    // C207 / C209 / C214 / C208 / C213: a NodePort Service with sessionAffinity None spreads over
+    // both pods on its cluster IP and node port; ClientIP pins one client to one pod; None again
+    // spreads again.
+    let np = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: aff, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: aff}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+    c.k.run_stdin(&["apply", "-f", "-"], np).ok();
+    let aff_ip = cluster_ip_of(&services, "aff").await;
+    let aff_port = services.get("aff").await.expect("aff").spec.expect("spec").ports.expect("ports")[0]
+        .node_port
+        .expect("port") as u16;
+    let both = BTreeSet::from(["aff-a".to_string(), "aff-b".to_string()]);
+    for addr in [SocketAddr::from((aff_ip, 80)), SocketAddr::from((node_ip, aff_port))] {
+        let seen = eventually(Duration::from_secs(60), &format!("both pods behind {addr}"), || async {
+            answers(addr, 30).await.filter(|s| s.len() == 2)
+        })
+        .await;
+        assert_eq!(seen, both);
+    }
+    c.k.run(&["patch", "service", "aff", "-p", r#"{"spec": {"sessionAffinity": "ClientIP"}}"#]).ok();
+    for addr in [SocketAddr::from((aff_ip, 80)), SocketAddr::from((node_ip, aff_port))] {
+        let pinned = eventually(Duration::from_secs(60), &format!("one pod behind {addr}"), || async {
+            answers(addr, 20).await.filter(|s| s.len() == 1)
+        })
+        .await;
+        assert_eq!(pinned.len(), 1, "{:?}", names(&pinned));
+    }
+    c.k.run(&["patch", "service", "aff", "-p", r#"{"spec": {"sessionAffinity": "None"}}"#]).ok();
+    eventually(Duration::from_secs(60), "spread again", || async {
+        answers(SocketAddr::from((aff_ip, 80)), 30).await.filter(|s| s.len() == 2)
+    })
+    .await;
+
+    // C217: one port number for TCP and UDP; removing UDP stops only UDP.
+    let both_protocols = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dual, namespace: default}
+spec:
+  selector: {app: aff}
+  ports:
+  - {name: tcp, port: 8080, targetPort: 8080, protocol: TCP}
+  - {name: udp, port: 8080, targetPort: 8081, protocol: UDP}
+"#;
+    c.k.run_stdin(&["apply", "-f", "-"], both_protocols).ok();
+    let dual_ip = cluster_ip_of(&services, "dual").await;
+    eventually(Duration::from_secs(60), "TCP and UDP on one port", || async {
+        answers(SocketAddr::from((dual_ip, 8080)), 1).await?;
+        udp_ask(SocketAddr::from((dual_ip, 8080)), "hostname").await
+    })
+    .await;
+    let tcp_only = r#"{"spec": {"ports": [{"name": "tcp", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]}}"#;
+    c.k.run(&["patch", "service", "dual", "--type=merge", "-p", tcp_only]).ok();
+    eventually(Duration::from_secs(60), "UDP gone, TCP kept", || async {
+        let udp = udp_ask(SocketAddr::from((dual_ip, 8080)), "hostname").await;
+        (udp.is_none()).then_some(())?;
+        answers(SocketAddr::from((dual_ip, 8080)), 1).await
+    })
+    .await;
+    assert!(c.proxy.log().lines().all(|l| !l.contains("panicked")));
+    c.k.run(&["delete", "service", "turn", "aff", "dual"]).ok();
+    c.k.run(&["delete", "pod", "aff-a", "aff-b", "--wait=false"]).ok();
+}
