@@ -100,14 +100,11 @@ fn labelled<K: kube::Resource>(mut obj: K, labels: &[(&str, &str)]) -> K {
     obj
 }
 
-fn condition_types(conditions: Option<&[serde_json::Value]>) -> Vec<String> {
-    conditions.into_iter().flatten().filter_map(|c| c["type"].as_str().map(str::to_string)).collect()
-}
-
 /// The `type`s of an object's `status.conditions`, in order.
 fn conditions_of<K: serde::Serialize>(obj: &K) -> Vec<String> {
     let v = serde_json::to_value(obj).expect("json");
-    condition_types(v["status"]["conditions"].as_array().map(Vec::as_slice))
+    let list = v["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    list.iter().filter_map(|c| c["type"].as_str().map(str::to_string)).collect()
 }
 
 fn images(pods: &[Pod]) -> Vec<String> {
