@@ -375,8 +375,11 @@ fn reverse_answer(
                 parsed.push(std::str::from_utf8(label).ok()?.parse::<u8>().ok()?);
             }
             if parsed.len() != 4 {
-                let net =
-                    records.zone.reverse_nets.iter().find(|net| parsed.len() < 4 && net.covers_prefix(&parsed))?;
+                let net = records
+                    .zone
+                    .reverse_nets
+                    .iter()
+                    .find(|net| !parsed.is_empty() && parsed.len() < 4 && net.covers_prefix(&parsed))?;
                 response.metadata.authoritative = true;
                 response.authorities.push(soa(records, net.zone_name()));
                 return Some(response);

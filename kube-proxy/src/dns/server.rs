@@ -86,7 +86,6 @@ impl DnsServer {
         let mut buf = vec![0u8; usize::from(u16::MAX)];
         loop {
             tokio::select! {
-                biased;
                 _ = stop.cancelled() => break,
                 received = udp.recv_from(&mut buf) => {
                     let Ok((len, peer)) = received else { continue };

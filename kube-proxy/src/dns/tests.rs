@@ -301,6 +301,11 @@ fn ptr_for_cluster_ips_and_endpoints() {
     // A known address asked for another type: NODATA.
     let q = query("20.0.96.10.in-addr.arpa.", RecordType::A);
     assert_eq!(local(&r, &q), expected(&q, ResponseCode::NoError, vec![], vec![soa], vec![]));
+    // Above an address, inside the Service CIDR's reverse zone: NODATA; the reverse root is not ours.
+    let q = query("96.10.in-addr.arpa.", RecordType::PTR);
+    let reverse_soa = super::answer::soa(&r, name("10.in-addr.arpa."));
+    assert_eq!(local(&r, &q), expected(&q, ResponseCode::NoError, vec![], vec![reverse_soa], vec![]));
+    assert_eq!(answer(&r, &query("in-addr.arpa.", RecordType::PTR)), Response::Forward);
     // Outside the cluster's networks: forwarded.
     assert_eq!(answer(&r, &query("8.8.8.8.in-addr.arpa.", RecordType::PTR)), Response::Forward);
     assert_eq!(answer(&r, &query("1.0.0.127.in-addr.arpa.", RecordType::PTR)), Response::Forward);
