@@ -91,10 +91,16 @@ pub enum Route {
     Group(String),
     GroupVersion(String, String),
     Resource(ResourcePath),
+    /// `pods/proxy`, `services/proxy`, `nodes/proxy`: relayed to the backend, any method.
+    Proxy(crate::proxy::ProxyPath),
     NotFound,
 }
 
 pub fn route(reg: &Registry, path: &str) -> Route {
+    // Before the segments are decoded and the trailing slash trimmed: both are relayed as sent.
+    if let Some(p) = crate::proxy::proxy_route(reg, path) {
+        return Route::Proxy(p);
+    }
     let trimmed = path.trim_end_matches('/');
     let segs: Vec<String> = trimmed.split('/').skip(1).map(|s| h::percent_decode(s, false)).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -181,6 +187,7 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<B
         let route = route(&state.registry, &path);
         let resource = match &route {
             Route::Resource(r) => r.info.plural.to_string(),
+            Route::Proxy(p) => crate::proxy::metrics_resource(p),
             _ => String::new(),
         };
         let resp = match dispatch(&state, route, req).await {
@@ -271,6 +278,7 @@ async fn dispatch(state: &Arc<State>, route: Route, req: Request<Incoming>) -> A
             Ok(h::respond_value(200, Output::Json, &list))
         }
         Route::Resource(rp) => resource(state, rp, req).await,
+        Route::Proxy(pp) => crate::proxy::serve(state, pp, req).await,
         Route::NotFound => Err(ApiError::path_not_found()),
     }
 }

@@ -22,6 +22,7 @@ pub mod options;
 pub mod patch;
 pub mod podproxy;
 pub mod protobuf;
+pub mod proxy;
 pub mod resources;
 pub mod rest;
 pub mod reviews;

@@ -401,7 +401,15 @@ const POD_SUBRESOURCES: &[Subresource] = &[
         kind: "PodPortForwardOptions",
         verbs: &["create", "get"],
     },
+    Subresource { name: "proxy", group: "", version: "v1", kind: "PodProxyOptions", verbs: PROXY_VERBS },
 ];
+
+/// What discovery lists for the proxy subresources, as upstream: any method is relayed.
+const PROXY_VERBS: &[&str] = &["create", "delete", "get", "patch", "update"];
+const SERVICE_PROXY: &[Subresource] =
+    &[Subresource { name: "proxy", group: "", version: "v1", kind: "ServiceProxyOptions", verbs: PROXY_VERBS }];
+const NODE_PROXY: &[Subresource] =
+    &[Subresource { name: "proxy", group: "", version: "v1", kind: "NodeProxyOptions", verbs: PROXY_VERBS }];
 
 const SERVICE_ACCOUNT_TOKEN: &[Subresource] = &[Subresource {
     name: "token",
@@ -446,6 +454,7 @@ impl Registry {
                 .status()
                 .names(Label)
                 .fields(&[("spec.clusterIP", "spec.clusterIP"), ("spec.type", "spec.type")])
+                .subresources(SERVICE_PROXY)
                 .strategy(&kinds::ServiceStrategy),
             entry::<core::v1::Endpoints>().short(&["ep"]).create_on_update().strategy(&kinds::EndpointsStrategy),
             entry::<core::v1::ConfigMap>().short(&["cm"]).strategy(&kinds::ConfigMapStrategy),
@@ -454,6 +463,7 @@ impl Registry {
                 .short(&["no"])
                 .status()
                 .fields(&[("spec.unschedulable", "spec.unschedulable")])
+                .subresources(NODE_PROXY)
                 .strategy(&kinds::NodeStrategy),
             entry::<core::v1::Event>()
                 .short(&["ev"])
