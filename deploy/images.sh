@@ -2,8 +2,10 @@
 # Builds the images pods here use, from Debian packages (no registry is needed or reachable):
 #   busybox:latest, busybox:1.36   Debian's busybox-static with every applet linked
 #   registry.k8s.io/pause:3.10     the sandbox container: a shell that waits and exits on TERM
-#   netexec:1.1                    busybox plus our test server (deploy/netexec/netexec.rs, built
-#                                  here with rustc as a static binary): HTTP and UDP answers
+#   netexec:1.2                    busybox plus our test server (deploy/netexec/netexec.rs, built
+#                                  here with rustc as a static binary): HTTP and UDP answers, and
+#                                  requests echoed back (1.2); netexec:1.1 is tagged from it when
+#                                  missing (1.2 answers everything 1.1 did)
 # Idempotent: an image that exists is kept. Needs a running dockerd.
 set -euo pipefail
 BUSYBOX=${BUSYBOX:-/bin/busybox}
@@ -40,8 +42,8 @@ DOCKERFILE
   docker build -q -t registry.k8s.io/pause:3.10 "$ctx" >/dev/null
 fi
 
-if ! docker image inspect netexec:1.1 >/dev/null 2>&1; then
-  echo "==> Building netexec:1.1 (deploy/netexec/netexec.rs)"
+if ! docker image inspect netexec:1.2 >/dev/null 2>&1; then
+  echo "==> Building netexec:1.2 (deploy/netexec/netexec.rs)"
   command -v rustc >/dev/null || { echo "images.sh: rustc is needed to build netexec" >&2; exit 1; }
   rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
     "$(dirname "$0")/netexec/netexec.rs" -o "$ctx/netexec"
@@ -50,5 +52,6 @@ FROM busybox:latest
 COPY netexec /netexec
 ENTRYPOINT ["/netexec"]
 DOCKERFILE
-  docker build -q -t netexec:1.1 "$ctx" >/dev/null
+  docker build -q -t netexec:1.2 "$ctx" >/dev/null
 fi
+docker image inspect netexec:1.1 >/dev/null 2>&1 || docker tag netexec:1.2 netexec:1.1

@@ -3,7 +3,9 @@
 //! bare `rustc` as a static binary.
 //!
 //! - HTTP on `--http-port` (default 8080): `/hostname` (the pod name), `/clientip` (the peer's
-//!   `ip:port`), `/echo?msg=TEXT`, `/healthz`; anything else is 404.
+//!   `ip:port`), `/echo?msg=TEXT`, `/healthz`; `/` and `/request[/...]` echo the request back
+//!   (first line `METHOD TARGET`, then the body; header `X-Netexec-Method` too, for HEAD): what
+//!   the apiserver's proxy tests check arrives as sent. Anything else is 404.
 //! - UDP on `--udp-port` (default 8081): a datagram `hostname`, `clientip` or `echo TEXT` gets
 //!   that answer back to its sender.
 //! - `netexec dial udp HOST:PORT MESSAGE` sends one datagram and prints the answer (exit 1 after
@@ -28,6 +30,9 @@ fn answer(request: &str, peer: SocketAddr) -> Option<String> {
     }
 }
 
+/// Longest request body `/request` echoes.
+const MAX_BODY: usize = 1 << 20;
+
 fn serve_http(stream: TcpStream) {
     let Ok(peer) = stream.peer_addr() else { return };
     let mut reader = BufReader::new(match stream.try_clone() {
@@ -38,22 +43,42 @@ fn serve_http(stream: TcpStream) {
     if reader.read_line(&mut line).is_err() {
         return;
     }
-    // Drain the headers.
+    // The headers: only the body's length matters.
+    let mut length = 0usize;
     let mut header = String::new();
     while reader.read_line(&mut header).is_ok_and(|n| n > 0) && header.trim() != "" {
+        if let Some((k, v)) = header.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
         header.clear();
     }
-    let target = line.split_whitespace().nth(1).unwrap_or("/");
-    let (status, body) = match answer(target, peer) {
-        Some(b) => ("200 OK", b),
-        None => ("404 Not Found", "not found".to_string()),
+    let mut body = vec![0u8; length.min(MAX_BODY)];
+    if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+        body.clear();
+    }
+    let mut words = line.split_whitespace();
+    let method = words.next().unwrap_or("GET");
+    let target = words.next().unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/");
+    let (status, text) = if path == "/" || path == "/request" || path.starts_with("/request/") {
+        ("200 OK", format!("{method} {target}\n{}", String::from_utf8_lossy(&body)))
+    } else {
+        match answer(target, peer) {
+            Some(b) => ("200 OK", b),
+            None => ("404 Not Found", "not found".to_string()),
+        }
     };
     let mut out = stream;
     let _ = write!(
         out,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nX-Netexec-Method: {method}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        text.len()
     );
+    if method != "HEAD" {
+        let _ = out.write_all(text.as_bytes());
+    }
 }
 
 fn serve_udp(socket: UdpSocket) {
