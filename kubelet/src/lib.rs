@@ -6,6 +6,7 @@ pub mod cri;
 pub mod events;
 pub mod logs;
 pub mod node;
+pub mod node_logs;
 pub mod pod;
 pub mod runtime;
 pub mod server;

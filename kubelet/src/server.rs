@@ -1,4 +1,5 @@
-//! The kubelet's HTTPS API on `--port` (10250): container logs, and exec / attach / port-forward
+//! The kubelet's HTTPS API on `--port` (10250): container logs, the node's `/var/log` under
+//! `/logs/`, and exec / attach / port-forward
 //! handed to the runtime's streaming server (CRI Exec/Attach/PortForward return its URL; the
 //! upgraded connection is spliced through). Only clients with a certificate from the cluster CA
 //! get in, which in practice is the apiserver.
@@ -152,6 +153,10 @@ async fn route(cri: &Cri, stats: &Stats, req: Request<Incoming>) -> Response<Bod
         }
         ("GET", ["metrics", "resource"]) => prometheus(stats.resource_metrics().await),
         ("GET", ["metrics"]) => prometheus(stats.kubelet_metrics().await),
+        ("GET" | "HEAD", ["logs", ..]) => {
+            let rest = path.strip_prefix("/logs").unwrap_or("").trim_start_matches('/');
+            crate::node_logs::serve(Path::new(crate::node_logs::LOG_DIR), &path, rest).await
+        }
         ("GET", ["containerLogs", ns, pod, container]) => container_logs(cri, ns, pod, container, &q).await,
         (_, [kind @ ("exec" | "attach"), ns, pod, container]) => {
             let (ns, pod, container, kind) = (ns.to_string(), pod.to_string(), container.to_string(), kind.to_string());
