@@ -21,6 +21,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster_dns::ClusterDns;
+use crate::dns;
 use crate::iptables::Iptables;
 use crate::model::{self, Ipv4Cidr};
 use crate::proxier::Proxier;
@@ -69,6 +71,22 @@ pub struct Flags {
     /// plugin. Off where something else routes pod CIDRs.
     #[arg(long, env = "KUBE_PROXY_SYNC_POD_ROUTES", default_value_t = true, action = clap::ArgAction::Set)]
     pub sync_pod_routes: bool,
+    /// Where this node's cluster DNS listens (UDP and TCP): `node` is the node's InternalIP on
+    /// port 53, `node:PORT` another port, or an explicit `IP:PORT`; empty turns the DNS off.
+    /// Pods reach it through the `kube-dns` Service (`--cluster-dns-ip`), whose endpoint on each
+    /// node is that node's DNS. Not an upstream flag: upstream runs CoreDNS as pods.
+    #[arg(long, env = "KUBE_PROXY_CLUSTER_DNS_BIND_ADDRESS", default_value = "node")]
+    pub cluster_dns_bind_address: String,
+    /// The `kube-dns` Service's cluster IP (what kubelets put in pods' resolv.conf).
+    #[arg(long, env = "KUBE_PROXY_CLUSTER_DNS_IP", default_value = "10.96.0.10")]
+    pub cluster_dns_ip: Ipv4Addr,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "KUBE_PROXY_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Resolvers for names outside the cluster (`IP` or `IP:PORT`, comma-separated); by default
+    /// the node's /etc/resolv.conf; `none` answers SERVFAIL instead of forwarding.
+    #[arg(long, env = "KUBE_PROXY_CLUSTER_DNS_UPSTREAM", value_delimiter = ',')]
+    pub cluster_dns_upstream: Vec<String>,
 }
 
 impl Default for Flags {
@@ -93,6 +111,65 @@ pub struct Settings {
     pub healthz: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub sync_pod_routes: bool,
+    pub dns: Option<DnsSettings>,
+}
+
+/// Where and how the node's cluster DNS runs.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    /// `None` for the node's InternalIP, known once the Node is read.
+    pub ip: Option<Ipv4Addr>,
+    pub port: u16,
+    pub service_ip: Ipv4Addr,
+    pub zone: dns::Zone,
+    /// `None`: the node's /etc/resolv.conf.
+    pub upstream: Option<Vec<SocketAddr>>,
+}
+
+impl DnsSettings {
+    fn parse(flags: &Flags) -> Result<Option<DnsSettings>, ConfigError> {
+        let bind = flags.cluster_dns_bind_address.trim();
+        if bind.is_empty() {
+            return Ok(None);
+        }
+        let bad = || ConfigError(format!("--cluster-dns-bind-address: {bind:?} is not node, node:PORT or IP:PORT"));
+        let (ip, port) = match bind.strip_prefix("node") {
+            Some("") => (None, 53),
+            Some(rest) => (None, rest.strip_prefix(':').and_then(|p| p.parse().ok()).ok_or_else(bad)?),
+            None => {
+                let addr: SocketAddr = bind.parse().map_err(|_| bad())?;
+                match addr.ip() {
+                    std::net::IpAddr::V4(v4) => (Some(v4), addr.port()),
+                    std::net::IpAddr::V6(_) => return Err(bad()),
+                }
+            }
+        };
+        let mut nets = Vec::new();
+        for cidr in ["10.96.0.0/12".to_string()].into_iter().chain(Some(flags.cluster_cidr.clone())) {
+            if let Ok(n) = cidr.trim().parse::<dns::ReverseNet>() {
+                nets.push(n);
+            }
+        }
+        let zone =
+            dns::Zone::new(&flags.cluster_domain, nets).map_err(|e| ConfigError(format!("--cluster-domain: {e}")))?;
+        let upstream =
+            match flags.cluster_dns_upstream.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect::<Vec<_>>() {
+                v if v.is_empty() => None,
+                v if v == ["none"] => Some(Vec::new()),
+                v => Some(
+                    v.iter()
+                        .map(|s| {
+                            s.parse::<SocketAddr>()
+                                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                                .map_err(|_| {
+                                    ConfigError(format!("--cluster-dns-upstream: {s:?} is not an IP or IP:PORT"))
+                                })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+        Ok(Some(DnsSettings { ip, port, service_ip: flags.cluster_dns_ip, zone, upstream }))
+    }
 }
 
 impl Settings {
@@ -135,6 +212,7 @@ impl Settings {
             healthz: address("--healthz-bind-address", &flags.healthz_bind_address)?,
             metrics: address("--metrics-bind-address", &flags.metrics_bind_address)?,
             sync_pod_routes: flags.sync_pod_routes,
+            dns: DnsSettings::parse(flags)?,
         })
     }
 }
@@ -255,7 +333,8 @@ pub async fn run(flags: Flags, shutdown: impl Future<Output = ()> + Send) -> any
         }
     }
     tracing::info!("Caches synced");
-    let lp = sync_loop(&mut proxier, &settings, (&services, &slices, &nodes), &changed);
+    let mut cluster_dns = settings.dns.clone().map(|d| ClusterDns::new(d, client.clone(), stop.clone()));
+    let lp = sync_loop(&mut proxier, &settings, (&services, &slices, &nodes), &changed, cluster_dns.as_mut());
     tokio::select! {
         _ = &mut shutdown => {}
         _ = lp => {}
@@ -273,6 +352,7 @@ async fn sync_loop(
     settings: &Settings,
     stores: (&Store<Service>, &Store<EndpointSlice>, &Store<Node>),
     changed: &Notify,
+    mut cluster_dns: Option<&mut ClusterDns>,
 ) {
     let (services, slices, nodes) = stores;
     let mut runner = BoundedFrequency::new(settings.min_sync_period, settings.sync_period);
@@ -307,6 +387,9 @@ async fn sync_loop(
                 tracing::warn!(error = %e, "Could not sync pod routes to other nodes");
             }
         }
+        if let Some(d) = cluster_dns.as_deref_mut() {
+            d.sync(&svcs, &eps, own).await;
+        }
         runner.ran(now, kind, result.is_ok());
     }
 }
@@ -340,6 +423,37 @@ mod tests {
         assert!(settings(&["--iptables-min-sync-period", "1m", "--iptables-sync-period", "30s"]).is_err());
         let s = settings(&["--cluster-cidr", "", "--metrics-bind-address", ""]).expect("ok");
         assert_eq!((s.rules.cluster_cidr, s.metrics), (None, None));
+    }
+
+    #[test]
+    fn the_cluster_dns_binds_the_node_address_or_what_it_is_told_and_forwards_as_told() {
+        let d = settings(&[]).expect("ok").dns.expect("on by default");
+        assert_eq!((d.ip, d.port, d.service_ip), (None, 53, Ipv4Addr::new(10, 96, 0, 10)));
+        assert_eq!(d.upstream, None, "the node's resolv.conf");
+        let d = settings(&["--cluster-dns-bind-address", "node:5353", "--cluster-dns-upstream", "none"])
+            .expect("ok")
+            .dns
+            .expect("on");
+        assert_eq!((d.ip, d.port, d.upstream), (None, 5353, Some(vec![])));
+        let d = settings(&[
+            "--cluster-dns-bind-address",
+            "127.0.0.1:53",
+            "--cluster-dns-upstream",
+            "192.0.2.1,192.0.2.2:5353",
+        ])
+        .expect("ok")
+        .dns
+        .expect("on");
+        assert_eq!(d.ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(d.upstream, Some(vec!["192.0.2.1:53".parse().expect("a"), "192.0.2.2:5353".parse().expect("a")]));
+        assert!(settings(&["--cluster-dns-bind-address", ""]).expect("ok").dns.is_none());
+        for bad in [
+            ["--cluster-dns-bind-address", "node:x"],
+            ["--cluster-dns-upstream", "resolver"],
+            ["--cluster-domain", "bad..domain"],
+        ] {
+            assert!(settings(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! (flags, watches, the sync loop).
 
 pub mod app;
+pub mod cluster_dns;
 pub mod conntrack;
 pub mod dns;
 pub mod iptables;

@@ -103,6 +103,9 @@ impl HostProxy {
             format!("127.0.0.1:{healthz}"),
             "--metrics-bind-address".into(),
             format!("127.0.0.1:{metrics}"),
+            // Test queries never leave the machine: names outside the cluster get SERVFAIL.
+            "--cluster-dns-upstream".into(),
+            "none".into(),
         ];
         let proxy = e2e::child_command(e2e::binary("kube-proxy"))
             .arg("--kubeconfig")
@@ -501,7 +504,7 @@ struct ProxiedCluster {
     node: Kubelet,
     proxy: HostProxy,
     _cm: Component,
-    _api: Process,
+    api: Process,
     _etcd: Etcd,
 }
 
@@ -517,7 +520,7 @@ impl ProxiedCluster {
         let k = Kubectl::new(&api.endpoint);
         ensure_pod_network_sink();
         let proxy = HostProxy::start(kc, &node.name, &node.dir.path().join("kube-proxy.log"));
-        ProxiedCluster { client, k, node, proxy, _cm: cm, _api: api, _etcd: etcd }
+        ProxiedCluster { client, k, node, proxy, _cm: cm, api, _etcd: etcd }
     }
 
     /// Netexec pods labelled `app: <app>`, Ready; returns their pod IPs by name.
@@ -737,4 +740,179 @@ spec:
     assert!(c.proxy.log().lines().all(|l| !l.contains("panicked")));
     c.k.run(&["delete", "service", "turn", "aff", "dual"]).ok();
     c.k.run(&["delete", "pod", "aff-a", "aff-b", "--wait=false"]).ok();
+}
+
+/// A DNS query for `name` of type `qtype` (1 A, 12 PTR, 33 SRV), sent over UDP to `server`:
+/// (rcode, answer count, the first A record's address).
+async fn dns_query(server: SocketAddr, name: &str, qtype: u16) -> Option<(u8, u16, Option<Ipv4Addr>)> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, (qtype >> 8) as u8, qtype as u8, 0, 1]);
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
+    socket.send_to(&q, server).await.ok()?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await.ok()?.ok()?;
+    let r = &buf[..n];
+    let rcode = r.get(3)? & 0x0f;
+    let answers = u16::from_be_bytes([*r.get(6)?, *r.get(7)?]);
+    // Skip the question, then read the first answer if it is an A record (names compressed).
+    let mut i = 12;
+    while *r.get(i)? != 0 {
+        i += 1 + *r.get(i)? as usize;
+    }
+    i += 5;
+    let mut a = None;
+    if answers > 0 {
+        while *r.get(i)? & 0xc0 != 0xc0 && *r.get(i)? != 0 {
+            i += 1 + *r.get(i)? as usize;
+        }
+        i += if *r.get(i)? == 0 { 1 } else { 2 };
+        let ty = u16::from_be_bytes([*r.get(i)?, *r.get(i + 1)?]);
+        let len = u16::from_be_bytes([*r.get(i + 8)?, *r.get(i + 9)?]);
+        if ty == 1 && len == 4 {
+            a = Some(Ipv4Addr::new(*r.get(i + 10)?, *r.get(i + 11)?, *r.get(i + 12)?, *r.get(i + 13)?));
+        }
+    }
+    Some((rcode, answers, a))
+}
+
+/// `nslookup` in a pod (its resolv.conf points at the cluster DNS): what it printed. Busybox's
+/// nslookup tries every search domain and exits 1 if any of them fails, so the output, not the
+/// exit code, tells.
+fn nslookup(container: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["exec", container, "timeout", "5", "nslookup"])
+        .args(args)
+        .output()
+        .expect("docker exec");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn c179_c180_c181_c182_c183_c184_c185_cluster_dns_answers_pods_and_the_node_for_every_record_type() {
+    if !is_root() {
+        println!("skipped: kube-proxy needs root to program iptables");
+        return;
+    }
+    let mut c = ProxiedCluster::start().await;
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let objects = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: dns-a, namespace: default, labels: {{app: dnsweb}}}}
+spec:
+  nodeName: {node}
+  hostname: dns-a
+  subdomain: dnshl
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: netexec
+    image: netexec:1.1
+    imagePullPolicy: IfNotPresent
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: dnsweb, namespace: default}}
+spec:
+  selector: {{app: dnsweb}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: dnshl, namespace: default}}
+spec:
+  clusterIP: None
+  selector: {{app: dnsweb}}
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: alias, namespace: default}}
+spec: {{type: ExternalName, externalName: dnsweb.default.svc.cluster.local}}
+"#,
+        node = c.node.name
+    );
+    c.k.run_stdin(&["apply", "-f", "-"], &objects).ok();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let pod_ip: Ipv4Addr = eventually(Duration::from_secs(90), "dns-a Ready", || async {
+        let s = pods.get("dns-a").await.ok()?.status?;
+        let ready = s.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then(|| s.pod_ip.clone()).flatten()?.parse().ok()
+    })
+    .await;
+    let web_ip = cluster_ip_of(&services, "dnsweb").await;
+
+    // The proxy publishes the kube-dns Service and its node's endpoint.
+    let kube_system: Api<Service> = Api::namespaced(c.client.clone(), "kube-system");
+    let dns_ip = eventually(Duration::from_secs(30), "the kube-dns Service", || async {
+        kube_system.get("kube-dns").await.ok()?.spec?.cluster_ip
+    })
+    .await;
+    assert_eq!(dns_ip, "10.96.0.10");
+    let dns = SocketAddr::from(([10, 96, 0, 10], 53));
+
+    // From the node, through the Service IP.
+    let (rcode, _, a) = eventually(Duration::from_secs(60), "the node resolving through 10.96.0.10", || async {
+        dns_query(dns, "dnsweb.default.svc.cluster.local", 1).await.filter(|r| r.2.is_some())
+    })
+    .await;
+    assert_eq!((rcode, a), (0, Some(web_ip)), "{}", c.proxy.log());
+    // The headless Service's endpoint (its slice may reach the records a sync later).
+    eventually(Duration::from_secs(30), "the pod's hostname record", || async {
+        let (_, _, a) = dns_query(dns, "dns-a.dnshl.default.svc.cluster.local", 1).await?;
+        (a == Some(pod_ip)).then_some(())
+    })
+    .await;
+    let (rcode, answers, _) = dns_query(dns, "nothing-here.default.svc.cluster.local", 1).await.expect("answer");
+    assert_eq!((rcode, answers), (3, 0), "NXDOMAIN");
+
+    // From a pod, with its resolv.conf (search path, ndots 5).
+    let container = c.container("dns-a").await;
+    let resolv = exec_in(&container, &["cat", "/etc/resolv.conf"]).expect("resolv.conf");
+    assert!(
+        resolv.contains("nameserver 10.96.0.10") && resolv.contains("search default.svc.cluster.local"),
+        "{resolv}"
+    );
+    let has = |out: Option<String>, want: &str| out.is_some_and(|o| o.contains(want));
+    // C184 / C179: the kubernetes Service by its full name.
+    let address =
+        |out: Option<String>, ip: &str| out.is_some_and(|o| o.lines().any(|l| l.trim() == format!("Address: {ip}")));
+    assert!(address(nslookup(&container, &["kubernetes.default.svc.cluster.local"]), "10.96.0.1"));
+    // C185: partial names through the search path.
+    // (Busybox applies the search list to dotless names only; "dnsweb.default" resolves as its
+    // expansion through the second search domain.)
+    let short = nslookup(&container, &["dnsweb"]);
+    assert!(has(short.clone(), &format!("Name:\tdnsweb.default.svc.cluster.local\nAddress: {web_ip}")), "{short:?}");
+    assert!(address(nslookup(&container, &["dnsweb.default.svc.cluster.local"]), &web_ip.to_string()));
+    // C183: SRV for a named port.
+    let srv = nslookup(&container, &["-type=srv", "_http._tcp.dnsweb.default.svc.cluster.local"]);
+    assert!(has(srv.clone(), "dnsweb.default.svc.cluster.local"), "{srv:?}");
+    // C181 / C182: the pod's hostname in its subdomain (a headless Service), and the headless
+    // Service's own name resolves to the ready pods.
+    assert!(address(nslookup(&container, &["dns-a.dnshl.default.svc.cluster.local"]), &pod_ip.to_string()));
+    assert!(address(nslookup(&container, &["dnshl.default.svc.cluster.local"]), &pod_ip.to_string()));
+    // Pod A records by dashed address.
+    let dashed = pod_ip.to_string().replace('.', "-");
+    assert!(address(nslookup(&container, &[&format!("{dashed}.default.pod.cluster.local")]), &pod_ip.to_string()));
+    // C180: an ExternalName is a CNAME to its name.
+    let cname = nslookup(&container, &["-type=cname", "alias.default.svc.cluster.local"]);
+    assert!(has(cname.clone(), "dnsweb.default.svc.cluster.local"), "{cname:?}");
+    // PTR for a cluster IP.
+    assert!(has(nslookup(&container, &[&web_ip.to_string()]), "dnsweb.default.svc.cluster.local"));
+    // A name that does not exist fails.
+    let none = nslookup(&container, &["nothing-here.default.svc.cluster.local"]).unwrap_or_default();
+    assert!(none.contains("NXDOMAIN") && !none.contains("Name:\tnothing-here"), "{none}");
+
+    // The DNS keeps answering from its cache while the apiserver is down.
+    c.api.terminate();
+    let (rcode, _, a) =
+        dns_query(dns, "dnsweb.default.svc.cluster.local", 1).await.expect("an answer with the apiserver down");
+    assert_eq!((rcode, a), (0, Some(web_ip)));
+    assert!(address(nslookup(&container, &["dnsweb"]), &web_ip.to_string()));
 }
