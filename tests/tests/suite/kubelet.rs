@@ -1405,3 +1405,50 @@ spec:
     .await;
     assert_eq!(hairpin.trim(), "1");
 }
+
+#[tokio::test]
+async fn c186_a_custom_dns_config_is_the_pods_resolv_conf() {
+    let c = cluster(&[]).await;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-custom, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: ["1.1.1.1"]
+    searches: ["resolv.conf.local"]
+    options: [{name: ndots, value: "2"}, {name: edns0}]
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "cat /etc/resolv.conf > /dev/termination-log"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-cluster, namespace: default}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  dnsConfig:
+    searches: ["extra.example"]
+    options: [{name: ndots, value: "3"}]
+  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: ["sh", "-c", "cat /etc/resolv.conf > /dev/termination-log"]}]
+"#,
+    );
+    let p = c.wait_pod("dns-custom", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    let conf = message(&p, "c");
+    let lines: Vec<&str> = conf.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+    assert_eq!(lines, ["nameserver 1.1.1.1", "search resolv.conf.local", "options ndots:2 edns0"], "{conf}");
+    // ClusterFirst plus a dnsConfig: the cluster's server and search path, the extras appended,
+    // the option overriding the default ndots:5.
+    let p = c.wait_pod("dns-cluster", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    let conf = message(&p, "c");
+    assert!(conf.contains("nameserver 10.96.0.10"), "{conf}");
+    assert!(
+        conf.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+            && conf.contains("extra.example"),
+        "{conf}"
+    );
+    assert!(conf.contains("ndots:3") && !conf.contains("ndots:5"), "{conf}");
+}
