@@ -135,6 +135,21 @@ if command -v kubectl >/dev/null 2>&1; then
     tail -20 "$CLUSTER_DIR/logs/kube-proxy.log" >&2
     exit 1
   fi
+  echo "==> Checking that the cluster DNS resolves web.demo from the demo pod"
+  resolved=no
+  for _ in $(seq 15); do
+    if kubectl exec -n demo hello -- nslookup web.demo.svc.cluster.local 2>/dev/null | grep -q "Address: $web_ip"; then
+      resolved=yes; break
+    fi
+    sleep 1
+  done
+  if [ "$resolved" = yes ]; then
+    echo "web.demo.svc.cluster.local resolves to $web_ip inside the pod"
+  else
+    echo "The cluster DNS did not resolve web.demo.svc.cluster.local; last kube-proxy log lines:" >&2
+    tail -20 "$CLUSTER_DIR/logs/kube-proxy.log" >&2
+    exit 1
+  fi
   kubectl get nodes -o wide
   kubectl get pods,deployments,services -n demo -o wide
   echo
