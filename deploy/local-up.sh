@@ -45,7 +45,8 @@ if [ "${1:-}" = "--down" ]; then
   grep -o " $CLUSTER_DIR/kubelet/[^ ]*" /proc/self/mounts 2>/dev/null | while read -r m; do umount "$m" || true; done
   # A stopped kube-proxy leaves its rules (as upstream's does); --down removes them too.
   for bin in target/release/kube-proxy target/debug/kube-proxy; do
-    if [ -x "$bin" ]; then "$bin" --cleanup 2>/dev/null && echo "Removed kube-proxy's iptables rules"; break; fi
+    # The first binary that can (a stale build may predate --cleanup).
+    if [ -x "$bin" ] && "$bin" --cleanup 2>/dev/null; then echo "Removed kube-proxy's iptables rules"; break; fi
   done
   exit 0
 fi
