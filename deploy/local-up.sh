@@ -42,7 +42,7 @@ if [ "${1:-}" = "--down" ]; then
     [ -z "$ids" ] || { docker rm -f -v $ids >/dev/null && echo "Removed the node's containers"; }
     docker network rm "kpods-$NODE_NAME" >/dev/null 2>&1 || true
   fi
-  grep -o " $CLUSTER_DIR/kubelet/[^ ]*" /proc/self/mounts 2>/dev/null | while read -r m; do umount "$m" || true; done
+  { grep -o " $CLUSTER_DIR/kubelet/[^ ]*" /proc/self/mounts 2>/dev/null || true; } | while read -r m; do umount "$m" || true; done
   # A stopped kube-proxy leaves its rules (as upstream's does); --down removes them too.
   for bin in target/release/kube-proxy target/debug/kube-proxy; do
     # The first binary that can (a stale build may predate --cleanup).
