@@ -916,3 +916,88 @@ spec: {{type: ExternalName, externalName: dnsweb.default.svc.cluster.local}}
     assert_eq!((rcode, a), (0, Some(web_ip)));
     assert!(address(nslookup(&container, &["dnsweb"]), &web_ip.to_string()));
 }
+
+#[tokio::test]
+async fn a_pod_on_another_node_reaches_a_service_by_name_and_the_pods_behind_it_by_ip() {
+    if !is_root() {
+        println!("skipped: kube-proxy needs root to program iptables");
+        return;
+    }
+    // Two nodes on this host (each its own pod /24 and Docker network); the proxy runs as the
+    // first. Docker isolates its networks from each other: the proxy's FORWARD accept for the
+    // cluster CIDR is what lets the second node's pod reach the first node's.
+    let c = ProxiedCluster::start().await;
+    let other = Kubelet::start(&c.api.endpoint, &[]).await;
+    other.wait_ready(&c.client).await;
+    assert_ne!(other.pod_cidr, c.node.pod_cidr);
+    let objects = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: far-server, namespace: default, labels: {{app: far}}}}
+spec:
+  nodeName: {first}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: netexec, image: "netexec:1.1", imagePullPolicy: IfNotPresent, ports: [{{name: http, containerPort: 8080}}],
+     readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: far-client, namespace: default}}
+spec:
+  nodeName: {second}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: netexec, image: "netexec:1.1", imagePullPolicy: IfNotPresent}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: far, namespace: default}}
+spec:
+  selector: {{app: far}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#,
+        first = c.node.name,
+        second = other.name
+    );
+    c.k.run_stdin(&["apply", "-f", "-"], &objects).ok();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let mut ips = Vec::new();
+    for name in ["far-server", "far-client"] {
+        let ip: Ipv4Addr = eventually(Duration::from_secs(90), &format!("{name} running"), || {
+            let pods = pods.clone();
+            async move {
+                let s = pods.get(name).await.ok()?.status?;
+                (s.phase.as_deref() == Some("Running")).then(|| s.pod_ip.clone()).flatten()?.parse().ok()
+            }
+        })
+        .await;
+        ips.push(ip);
+    }
+    let in_cidr = |ip: Ipv4Addr, cidr: &str| {
+        cidr.starts_with(&format!("{}.{}.{}.", ip.octets()[0], ip.octets()[1], ip.octets()[2]))
+    };
+    assert!(in_cidr(ips[0], &c.node.pod_cidr) && in_cidr(ips[1], &other.pod_cidr), "{ips:?}");
+    let client = c.container("far-client").await;
+    // By pod IP across nodes, the server seeing the client's own pod IP.
+    let seen = eventually(Duration::from_secs(60), "the server by pod IP from the other node", || {
+        let client = client.clone();
+        let url = format!("http://{}:8080/clientip", ips[0]);
+        async move { exec_in(&client, &["timeout", "5", "wget", "-qO-", &url]) }
+    })
+    .await;
+    assert_eq!(seen.rsplit_once(':').map(|(ip, _)| ip), Some(ips[1].to_string().as_str()), "pod IPs kept");
+    // By the Service's name, through the cluster DNS and the Service's rules.
+    let body =
+        eventually(Duration::from_secs(60), "the Service by name from the other node", || {
+            let client = client.clone();
+            async move {
+                exec_in(&client, &["timeout", "5", "wget", "-qO-", "http://far.default.svc.cluster.local/hostname"])
+            }
+        })
+        .await;
+    assert_eq!(body, "far-server", "{}", c.proxy.log());
+    c.k.run(&["delete", "pod", "far-server", "far-client", "--wait=false"]).ok();
+    c.k.run(&["delete", "service", "far"]).ok();
+}
