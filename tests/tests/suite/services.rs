@@ -1001,3 +1001,98 @@ spec:
     c.k.run(&["delete", "pod", "far-server", "far-client", "--wait=false"]).ok();
     c.k.run(&["delete", "service", "far"]).ok();
 }
+
+/// Readiness follows `/tmp/ready` in the pod (a test removes it to make the pod unready).
+fn toggled_pod(name: &str, app: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: netexec
+    image: netexec:1.1
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "touch /tmp/ready; exec /netexec"]
+    readinessProbe: {{exec: {{command: ["cat", "/tmp/ready"]}}, periodSeconds: 1, failureThreshold: 1}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn an_unready_endpoint_leaves_rotation_and_a_udp_flow_follows_a_replaced_endpoint() {
+    if !is_root() {
+        println!("skipped: kube-proxy needs root to program iptables");
+        return;
+    }
+    let c = ProxiedCluster::start().await;
+    let node = c.node.name.clone();
+    let objects = format!(
+        r#"{}---{}---
+apiVersion: v1
+kind: Service
+metadata: {{name: rot, namespace: default}}
+spec:
+  selector: {{app: rot}}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080}}
+  - {{name: udp, port: 81, targetPort: 8081, protocol: UDP}}
+"#,
+        toggled_pod("rot-a", "rot", &node),
+        toggled_pod("rot-b", "rot", &node)
+    );
+    c.k.run_stdin(&["apply", "-f", "-"], &objects).ok();
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let ip = cluster_ip_of(&services, "rot").await;
+    let who = |n: usize| async move {
+        let mut seen = BTreeSet::new();
+        for _ in 0..n {
+            match http_get(SocketAddr::from((ip, 80)), "/hostname").await {
+                Ok((200, body)) => {
+                    seen.insert(body);
+                }
+                _ => return None,
+            }
+        }
+        Some(seen)
+    };
+    eventually(Duration::from_secs(90), "both pods in rotation", || async { who(20).await.filter(|s| s.len() == 2) })
+        .await;
+
+    // rot-b turns unready (its probe fails): it leaves the rotation while still running.
+    let b = c.container("rot-b").await;
+    exec_in(&b, &["rm", "/tmp/ready"]).expect("make rot-b unready");
+    let only_a =
+        eventually(Duration::from_secs(30), "only rot-a", || async { who(20).await.filter(|s| s.len() == 1) }).await;
+    assert_eq!(only_a, BTreeSet::from(["rot-a".to_string()]));
+    // Ready again: back in rotation.
+    exec_in(&b, &["touch", "/tmp/ready"]).expect("make rot-b ready");
+    eventually(Duration::from_secs(30), "both again", || async { who(20).await.filter(|s| s.len() == 2) }).await;
+
+    // A UDP flow (one client socket, so one conntrack entry) pinned to an endpoint follows the
+    // Service when that endpoint goes: the proxy deletes the stale conntrack entry.
+    exec_in(&b, &["rm", "/tmp/ready"]).expect("rot-b out");
+    eventually(Duration::from_secs(30), "only rot-a for the flow", || async { who(10).await.filter(|s| s.len() == 1) })
+        .await;
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.expect("udp");
+    let ask = || async {
+        socket.send_to(b"hostname", SocketAddr::from((ip, 81))).await.ok()?;
+        let mut buf = [0u8; 256];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf)).await.ok()?.ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = eventually(Duration::from_secs(30), "the UDP flow answered", || ask()).await;
+    assert_eq!(first, "rot-a");
+    exec_in(&b, &["touch", "/tmp/ready"]).expect("rot-b back");
+    c.k.run(&["delete", "pod", "rot-a", "--wait=false"]).ok();
+    let next = eventually(Duration::from_secs(30), "the same flow answered by rot-b", || async {
+        ask().await.filter(|h| h == "rot-b")
+    })
+    .await;
+    assert_eq!(next, "rot-b", "{}", c.proxy.log());
+    c.k.run(&["delete", "pod", "rot-b", "--wait=false"]).ok();
+    c.k.run(&["delete", "service", "rot"]).ok();
+}
