@@ -387,7 +387,7 @@ async fn connect(
     let addr = format!("{}:{}", backend.ip, backend.port);
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("dial tcp {addr}: {e}")),
+        Ok(Err(e)) => return Err(format!("dial tcp {addr}: connect: {}", e.kind())),
         Err(_) => return Err(format!("dial tcp {addr}: timed out after {}s", CONNECT_TIMEOUT.as_secs())),
     };
     macro_rules! handshake {
@@ -459,7 +459,11 @@ pub async fn serve(state: &Arc<State>, pp: ProxyPath, req: Request<Incoming>) ->
     *up.headers_mut() = headers;
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     debug!(backend = %backend.what, ip = %backend.ip, port = backend.port, path = %uri, "Relayed proxy request");
-    let unreachable = |e: String| ApiError::ServiceUnavailable(format!("error trying to reach {}: {e}", backend.what));
+    // Upstream's words: clients and scripts match on "error trying to reach service".
+    let unreachable = |e: String| {
+        debug!(backend = %backend.what, error = %e, "Proxy backend unreachable");
+        ApiError::ServiceUnavailable(format!("error trying to reach service: {e}"))
+    };
     let mut sender = connect(&backend, tls).await.map_err(unreachable)?;
     let mut resp = sender.send_request(up).await.map_err(|e| unreachable(e.to_string()))?;
     let status = resp.status();
