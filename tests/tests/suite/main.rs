@@ -17,6 +17,7 @@ mod leader;
 mod loadbalancer;
 mod outage;
 mod patching;
+mod proxy;
 mod sa_tokens;
 mod scheduler;
 mod services;
