@@ -538,7 +538,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: netexec
-    image: netexec:1.1
+    image: netexec:1.2
     imagePullPolicy: IfNotPresent
     ports: [{{name: http, containerPort: 8080}}, {{name: udp, containerPort: 8081, protocol: UDP}}]
     readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
@@ -811,7 +811,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: netexec
-    image: netexec:1.1
+    image: netexec:1.2
     imagePullPolicy: IfNotPresent
     ports: [{{name: http, containerPort: 8080}}]
     readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
@@ -939,7 +939,7 @@ spec:
   nodeName: {first}
   terminationGracePeriodSeconds: 1
   containers:
-  - {{name: netexec, image: "netexec:1.1", imagePullPolicy: IfNotPresent, ports: [{{name: http, containerPort: 8080}}],
+  - {{name: netexec, image: "netexec:1.2", imagePullPolicy: IfNotPresent, ports: [{{name: http, containerPort: 8080}}],
      readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}}}
 ---
 apiVersion: v1
@@ -949,7 +949,7 @@ spec:
   nodeName: {second}
   terminationGracePeriodSeconds: 1
   containers:
-  - {{name: netexec, image: "netexec:1.1", imagePullPolicy: IfNotPresent}}
+  - {{name: netexec, image: "netexec:1.2", imagePullPolicy: IfNotPresent}}
 ---
 apiVersion: v1
 kind: Service
@@ -1014,7 +1014,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: netexec
-    image: netexec:1.1
+    image: netexec:1.2
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "touch /tmp/ready; exec /netexec"]
     readinessProbe: {{exec: {{command: ["cat", "/tmp/ready"]}}, periodSeconds: 1, failureThreshold: 1}}
