@@ -27,7 +27,8 @@
 //!
 //! Run as root with a release build:
 //! `cargo build --release --bin kube-proxy-bench -p e2e && target/release/kube-proxy-bench`.
-//! Flags: `--services 1000,10000`, `--repeat 5`, `--rounds 3`.
+//! Flags: `--services 1000,10000`, `--repeat 5`, `--rounds 3`; `--render-only` for step 1 alone
+//! (no iptables, no root).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -53,10 +54,12 @@ struct Args {
     services: Vec<usize>,
     repeat: usize,
     rounds: usize,
+    /// Only the render, diff and model-build timings: no namespace, no root needed.
+    render_only: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { services: vec![1000, 10_000], repeat: 5, rounds: 3 };
+    let mut a = Args { services: vec![1000, 10_000], repeat: 5, rounds: 3, render_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
@@ -65,6 +68,7 @@ fn args() -> Args {
             "--services" => a.services = value().split(',').map(|n| number(n.to_string())).collect(),
             "--repeat" => a.repeat = number(value()),
             "--rounds" => a.rounds = number(value()),
+            "--render-only" => a.render_only = true,
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -72,7 +76,7 @@ fn args() -> Args {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("kube-proxy-bench: {problem} (flags: --services N,N --repeat N --rounds N)");
+    eprintln!("kube-proxy-bench: {problem} (flags: --services N,N --repeat N --rounds N --render-only)");
     std::process::exit(64);
 }
 
@@ -223,6 +227,7 @@ fn progress(start: Instant, what: &str) {
     eprintln!("[{:7.1} s] {what}", start.elapsed().as_secs_f64());
 }
 
+#[derive(Default)]
 struct Figures {
     services: usize,
     nat_chains: usize,
@@ -242,7 +247,7 @@ struct Figures {
     proxy_delta: Duration,
 }
 
-async fn measure(n: usize, a: &Args, ns: &Netns, start: Instant) -> anyhow::Result<Figures> {
+async fn measure(n: usize, a: &Args, ns: Option<&Netns>, start: Instant) -> anyhow::Result<Figures> {
     let services: Vec<Service> = (0..n).map(service).collect();
     let slices: Vec<EndpointSlice> = (0..n).map(|i| slice(i, [endpoint_ip(i, 0), endpoint_ip(i, 1)])).collect();
     // The change: the remote endpoint of the middle Service is replaced by a new pod.
@@ -276,6 +281,18 @@ async fn measure(n: usize, a: &Args, ns: &Netns, start: Instant) -> anyhow::Resu
     let revert_text = rules::render_changed(&next, &prev);
     let nat_chains = prev.nat.chains.len();
     let rule_count: usize = prev.nat.chains.iter().chain(&prev.filter.chains).map(|c| c.rules.len()).sum();
+    let overhead = Figures {
+        services: n,
+        nat_chains,
+        rules: rule_count,
+        full_bytes: full_text.len(),
+        build: median(builds),
+        render: median(renders),
+        diff: median(diffs),
+        delta_bytes: delta_text.len(),
+        ..Figures::default()
+    };
+    let Some(ns) = ns else { return Ok(overhead) };
 
     // 2. Full sync into a fresh namespace.
     ns.recreate()?;
@@ -321,26 +338,19 @@ async fn measure(n: usize, a: &Args, ns: &Netns, start: Instant) -> anyhow::Resu
     proxier.stop();
 
     Ok(Figures {
-        services: n,
-        nat_chains,
-        rules: rule_count,
-        full_bytes: full_text.len(),
-        build: median(builds),
-        render: median(renders),
-        diff: median(diffs),
         raw_fresh,
         proxy_fresh,
         raw_resync,
         proxy_resync,
         save,
         jumps,
-        delta_bytes: delta_text.len(),
         raw_delta: median(raw_deltas),
         proxy_delta: median(proxy_deltas),
+        ..overhead
     })
 }
 
-fn report(all: &[Figures]) {
+fn report(all: &[Figures], render_only: bool) {
     println!();
     println!("| Services | nat chains | rules | full text | model build | render | diff (1 change) |");
     println!("|---|---|---|---|---|---|---|");
@@ -355,6 +365,9 @@ fn report(all: &[Figures]) {
             ms(f.render),
             ms(f.diff)
         );
+    }
+    if render_only {
+        return;
     }
     println!();
     println!(
@@ -397,21 +410,26 @@ fn report(all: &[Figures]) {
 
 async fn run(a: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
-    let ns = Netns::create(&format!("kpbench-{}", std::process::id()))?;
-    progress(start, &format!("Created network namespace {}", ns.0));
+    let ns = match a.render_only {
+        true => None,
+        false => Some(Netns::create(&format!("kpbench-{}", std::process::id()))?),
+    };
+    if let Some(ns) = &ns {
+        progress(start, &format!("Created network namespace {}", ns.0));
+    }
     let mut all = Vec::new();
     for &n in &a.services {
-        all.push(measure(n, a, &ns, start).await?);
+        all.push(measure(n, a, ns.as_ref(), start).await?);
     }
     progress(start, "Done");
-    report(&all);
+    report(&all, a.render_only);
     Ok(())
 }
 
 #[tokio::main]
 async fn main() {
     let a = args();
-    if let Some(reason) = cannot_run() {
+    if let Some(reason) = cannot_run().filter(|_| !a.render_only) {
         eprintln!("kube-proxy-bench: {reason}");
         std::process::exit(1);
     }
