@@ -57,6 +57,7 @@ ROOTS = [
     ("api::coordination::v1", "Lease", "coordination.k8s.io/v1"),
     ("api::discovery::v1", "EndpointSlice", "discovery.k8s.io/v1"),
     ("api::networking::v1", "Ingress", "networking.k8s.io/v1"),
+    ("api::networking::v1", "IngressClass", "networking.k8s.io/v1"),
     ("api::policy::v1", "PodDisruptionBudget", "policy/v1"),
     ("api::scheduling::v1", "PriorityClass", "scheduling.k8s.io/v1"),
     ("api::storage::v1", "StorageClass", "storage.k8s.io/v1"),

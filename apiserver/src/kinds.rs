@@ -705,6 +705,120 @@ printer_only!(ServiceAccountStrategy, table::SERVICE_ACCOUNT);
 printer_only!(LeaseStrategy, table::LEASE);
 printer_only!(IngressStrategy, table::INGRESS);
 
+/// Upstream's `maxLenIngressClassController`.
+const INGRESS_CLASS_CONTROLLER_MAX: usize = 250;
+const INGRESS_CLASS_SCOPES: &[&str] = &["Cluster", "Namespace"];
+
+/// networking.k8s.io/v1 IngressClasses: `spec.controller` names the ingress controller that
+/// implements the class, a domain-prefixed path required at creation and fixed afterwards
+/// (controllers pick their classes by it; changing it would hand live Ingresses to another
+/// controller). Parameters default to cluster scope, as upstream's `SetDefaults_IngressClass`.
+pub struct IngressClassStrategy;
+impl Strategy for IngressClassStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        if let Some(params) = obj.pointer_mut("/spec/parameters").and_then(Value::as_object_mut) {
+            set_default(params, "scope", json!("Cluster"));
+        }
+    }
+    fn prepare_for_update(&self, new: &mut Value, _old: &Value) {
+        self.prepare_for_create(new);
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        let controller = str_at(obj, "spec.controller");
+        if controller.len() > INGRESS_CLASS_CONTROLLER_MAX {
+            causes.push(Cause::invalid(
+                "spec.controller",
+                controller,
+                format!("must have at most {INGRESS_CLASS_CONTROLLER_MAX} bytes"),
+            ));
+        }
+        if let Err(why) = domain_prefixed_path(controller) {
+            causes.push(why.into_cause("spec.controller", controller));
+        }
+        if let Some(params) = get(obj, "spec.parameters") {
+            validate_ingress_class_parameters(params, &mut causes);
+        }
+        causes
+    }
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
+        let controller = str_at(new, "spec.controller");
+        if controller != str_at(old, "spec.controller") {
+            return vec![Cause::immutable("spec.controller", controller)];
+        }
+        Vec::new()
+    }
+    fn table(&self) -> Option<&'static TableDef> {
+        Some(&table::INGRESS_CLASS)
+    }
+}
+
+/// Why a value is not a domain-prefixed path.
+enum PathProblem {
+    Missing,
+    Invalid(&'static str),
+}
+
+impl PathProblem {
+    fn into_cause(self, field: &str, value: &str) -> Cause {
+        match self {
+            PathProblem::Missing => Cause::required(field),
+            PathProblem::Invalid(why) => Cause::invalid(field, value, why),
+        }
+    }
+}
+
+/// Upstream's `IsDomainPrefixedPath`: `<DNS-1123 subdomain>/<path>` with an HTTP-path body.
+fn domain_prefixed_path(s: &str) -> Result<(), PathProblem> {
+    if s.is_empty() {
+        return Err(PathProblem::Missing);
+    }
+    let Some((host, path)) = s.split_once('/').filter(|(h, p)| !h.is_empty() && !p.is_empty()) else {
+        return Err(PathProblem::Invalid("must be a domain-prefixed path (such as \"acme.io/foo\")"));
+    };
+    if validation::dns1123_subdomain(host).is_err() {
+        return Err(PathProblem::Invalid("must be a domain-prefixed path (such as \"acme.io/foo\")"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "/-._~%!$&'()*+,;=:".contains(c);
+    if !path.chars().all(allowed) {
+        return Err(PathProblem::Invalid("must be a valid HTTP path"));
+    }
+    Ok(())
+}
+
+/// Upstream's `validateIngressClassParametersReference`: kind and name required, scope
+/// `Cluster` (no namespace) or `Namespace` (with one).
+fn validate_ingress_class_parameters(params: &Value, causes: &mut Vec<Cause>) {
+    const FIELD: &str = "spec.parameters";
+    for f in ["kind", "name"] {
+        if str_at(params, f).is_empty() {
+            causes.push(Cause::required(format!("{FIELD}.{f}")));
+        }
+    }
+    let group = str_at(params, "apiGroup");
+    if !group.is_empty()
+        && let Err(why) = validation::dns1123_subdomain(group)
+    {
+        causes.push(Cause::invalid(format!("{FIELD}.apiGroup"), group, why));
+    }
+    let scope = str_at(params, "scope");
+    let namespace = str_at(params, "namespace");
+    match scope {
+        "Cluster" if !namespace.is_empty() => {
+            causes.push(Cause::forbidden(format!("{FIELD}.namespace"), "`parameters.scope` is set to 'Cluster'"))
+        }
+        "Namespace" if namespace.is_empty() => causes.push(Cause::required(format!("{FIELD}.namespace"))),
+        "Namespace" => {
+            if let Err(why) = validation::dns1123_label(namespace) {
+                causes.push(Cause::invalid(format!("{FIELD}.namespace"), namespace, why));
+            }
+        }
+        "Cluster" => {}
+        "" => causes.push(Cause::required(format!("{FIELD}.scope"))),
+        other => causes.push(Cause::not_supported(format!("{FIELD}.scope"), other, INGRESS_CLASS_SCOPES)),
+    }
+}
+
 /// autoscaling/v2 HorizontalPodAutoscalers: minReplicas 1 and, with no metrics, 80 % CPU
 /// utilization, as upstream defaults them.
 pub struct HorizontalPodAutoscalerStrategy;
@@ -1755,6 +1869,84 @@ mod tests {
         let mut always = json!({"metadata": {"name": "pi", "uid": "u"}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}});
         JobStrategy.prepare_for_create(&mut always);
         assert_eq!(JobStrategy.validate(&always)[0].field, "spec.template.spec.restartPolicy");
+    }
+}
+
+#[cfg(test)]
+mod ingress_class_tests {
+    use super::*;
+
+    fn class(controller: &str) -> Value {
+        json!({"metadata": {"name": "c"}, "spec": {"controller": controller}})
+    }
+
+    fn fields(causes: &[Cause]) -> Vec<(&str, &str)> {
+        causes.iter().map(|c| (c.field.as_str(), c.reason)).collect()
+    }
+
+    #[test]
+    fn an_ingress_class_needs_a_domain_prefixed_controller() {
+        assert!(IngressClassStrategy.validate(&class("example.com/ingress-nginx")).is_empty());
+        for (controller, reason) in [
+            ("", "FieldValueRequired"),
+            ("nginx", "FieldValueInvalid"),
+            ("Example.com/x", "FieldValueInvalid"),
+            ("example.com/", "FieldValueInvalid"),
+            ("example.com/a b", "FieldValueInvalid"),
+        ] {
+            let causes = IngressClassStrategy.validate(&class(controller));
+            assert_eq!(fields(&causes), [("spec.controller", reason)], "{controller:?}");
+        }
+        let long = format!("example.com/{}", "a".repeat(250));
+        assert_eq!(fields(&IngressClassStrategy.validate(&class(&long))), [("spec.controller", "FieldValueInvalid")]);
+        let missing = json!({"metadata": {"name": "c"}, "spec": {}});
+        assert_eq!(fields(&IngressClassStrategy.validate(&missing)), [("spec.controller", "FieldValueRequired")]);
+    }
+
+    #[test]
+    fn an_ingress_class_controller_is_immutable_but_parameters_may_change() {
+        let old = class("example.com/a");
+        let causes = IngressClassStrategy.validate_update(&class("example.com/b"), &old);
+        assert_eq!(fields(&causes), [("spec.controller", "FieldValueInvalid")]);
+        assert!(causes[0].message.contains("field is immutable"));
+        let mut with_params = class("example.com/a");
+        with_params["spec"]["parameters"] = json!({"kind": "Config", "name": "p"});
+        assert!(IngressClassStrategy.validate_update(&with_params, &old).is_empty());
+    }
+
+    #[test]
+    fn ingress_class_parameters_default_to_cluster_scope_and_need_a_namespace_only_when_namespaced() {
+        let mut c = class("example.com/a");
+        c["spec"]["parameters"] = json!({"apiGroup": "k8s.example.com", "kind": "Config", "name": "p"});
+        IngressClassStrategy.prepare_for_create(&mut c);
+        assert_eq!(c["spec"]["parameters"]["scope"], "Cluster");
+        assert!(IngressClassStrategy.validate(&c).is_empty());
+        let mut no_params = class("example.com/a");
+        IngressClassStrategy.prepare_for_create(&mut no_params);
+        assert!(no_params["spec"].get("parameters").is_none(), "no parameters are invented");
+        for (params, want) in [
+            (
+                json!({"kind": "Config", "name": "p", "scope": "Cluster", "namespace": "x"}),
+                ("spec.parameters.namespace", "FieldValueForbidden"),
+            ),
+            (
+                json!({"kind": "Config", "name": "p", "scope": "Namespace"}),
+                ("spec.parameters.namespace", "FieldValueRequired"),
+            ),
+            (
+                json!({"kind": "Config", "name": "p", "scope": "Galaxy"}),
+                ("spec.parameters.scope", "FieldValueNotSupported"),
+            ),
+            (json!({"name": "p", "scope": "Cluster"}), ("spec.parameters.kind", "FieldValueRequired")),
+        ] {
+            let mut c = class("example.com/a");
+            c["spec"]["parameters"] = params.clone();
+            assert_eq!(fields(&IngressClassStrategy.validate(&c)), [want], "{params}");
+        }
+        let mut namespaced = class("example.com/a");
+        namespaced["spec"]["parameters"] =
+            json!({"kind": "Config", "name": "p", "scope": "Namespace", "namespace": "ns"});
+        assert!(IngressClassStrategy.validate(&namespaced).is_empty());
     }
 }
 

@@ -543,6 +543,7 @@ impl Registry {
                 .generation()
                 .strategy(&kinds::PodDisruptionBudgetStrategy),
             entry::<networking::v1::Ingress>().short(&["ing"]).status().generation().strategy(&kinds::IngressStrategy),
+            entry::<networking::v1::IngressClass>().generation().strategy(&kinds::IngressClassStrategy),
             entry::<storage::v1::StorageClass>().short(&["sc"]).strategy(&kinds::StorageClassStrategy),
             entry::<scheduling::v1::PriorityClass>().short(&["pc"]).strategy(&kinds::PriorityClassStrategy),
             review::<authentication::v1::SelfSubjectReview>(),
@@ -642,6 +643,7 @@ mod tests {
             ("coordination.k8s.io", "leases"),
             ("discovery.k8s.io", "endpointslices"),
             ("networking.k8s.io", "ingresses"),
+            ("networking.k8s.io", "ingressclasses"),
             ("scheduling.k8s.io", "priorityclasses"),
         ] {
             assert!(reg.by_plural(group, plural).is_some(), "{group}/{plural} missing");

@@ -1114,6 +1114,29 @@ pub const INGRESS: TableDef = TableDef {
     },
 };
 
+/// Upstream's `printIngressClass`: parameters as `Kind[.apiGroup]/name`.
+pub const INGRESS_CLASS: TableDef = TableDef {
+    columns: &[
+        NAME,
+        col("Controller", "Controller that is responsible for handling this class"),
+        col("Parameters", "A reference to a resource with additional parameters"),
+        AGE,
+    ],
+    row: |o, now| {
+        let params = o.pointer("/spec/parameters").filter(|p| p.is_object());
+        let shown = match params {
+            None => "<none>".to_string(),
+            Some(p) => {
+                let group = s(p, "apiGroup");
+                let kind =
+                    if group.is_empty() { s(p, "kind").to_string() } else { format!("{}.{group}", s(p, "kind")) };
+                format!("{kind}/{}", s(p, "name"))
+            }
+        };
+        vec![name(o), s(o, "spec.controller").into(), shown.into(), meta::age(o, now).into()]
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1228,6 +1251,22 @@ mod tests {
     }
 
     #[test]
+    fn ingress_class_rows_show_the_controller_and_parameters() {
+        let ic = json!({"metadata": {"name": "nginx", "creationTimestamp": "2026-11-22T02:00:00Z"},
+            "spec": {"controller": "example.com/nginx", "parameters": {"apiGroup": "k8s.example.com", "kind": "Config", "name": "p"}}});
+        assert_eq!(
+            (INGRESS_CLASS.row)(&ic, now()),
+            vec![json!("nginx"), json!("example.com/nginx"), json!("Config.k8s.example.com/p"), json!("60m")]
+        );
+        let core = json!({"metadata": {"name": "c"}, "spec": {"controller": "x.io/c", "parameters": {"kind": "ConfigMap", "name": "m"}}});
+        assert_eq!((INGRESS_CLASS.row)(&core, now())[2], "ConfigMap/m");
+        let bare = json!({"metadata": {"name": "c"}, "spec": {"controller": "x.io/c"}});
+        assert_eq!((INGRESS_CLASS.row)(&bare, now())[2], "<none>");
+        let names: Vec<&str> = INGRESS_CLASS.columns.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["Name", "Controller", "Parameters", "Age"]);
+    }
+
+    #[test]
     fn every_row_has_one_cell_per_column() {
         let empty = json!({"metadata": {"name": "x"}});
         for def in [
@@ -1250,6 +1289,7 @@ mod tests {
             &EVENT,
             &LEASE,
             &INGRESS,
+            &INGRESS_CLASS,
             &POD_DISRUPTION_BUDGET,
             &HORIZONTAL_POD_AUTOSCALER,
             &REPLICATION_CONTROLLER,

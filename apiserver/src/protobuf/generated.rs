@@ -410,6 +410,19 @@ impl ToJson for k8s_pb::api::networking::v1::Ingress {
     }
 }
 
+impl ToJson for k8s_pb::api::networking::v1::IngressClass {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.metadata {
+            put(&mut m, "metadata", v.to_json());
+        }
+        if let Some(v) = &self.spec {
+            put(&mut m, "spec", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
 impl ToJson for k8s_pb::api::policy::v1::PodDisruptionBudget {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -1827,6 +1840,19 @@ impl ToJson for k8s_pb::api::networking::v1::IngressStatus {
         let mut m = Map::new();
         if let Some(v) = &self.load_balancer {
             put(&mut m, "loadBalancer", v.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::networking::v1::IngressClassSpec {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.controller {
+            put(&mut m, "controller", v.to_json());
+        }
+        if let Some(v) = &self.parameters {
+            put(&mut m, "parameters", v.to_json());
         }
         Value::Object(m)
     }
@@ -3439,6 +3465,28 @@ impl ToJson for k8s_pb::api::networking::v1::IngressLoadBalancerStatus {
         let mut m = Map::new();
         if !self.ingress.is_empty() {
             m.insert("ingress".into(), Value::Array(self.ingress.iter().map(|v| v.to_json()).collect()));
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for k8s_pb::api::networking::v1::IngressClassParametersReference {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(v) = &self.a_pi_group {
+            put(&mut m, "apiGroup", v.to_json());
+        }
+        if let Some(v) = &self.kind {
+            put(&mut m, "kind", v.to_json());
+        }
+        if let Some(v) = &self.name {
+            put(&mut m, "name", v.to_json());
+        }
+        if let Some(v) = &self.scope {
+            put(&mut m, "scope", v.to_json());
+        }
+        if let Some(v) = &self.namespace {
+            put(&mut m, "namespace", v.to_json());
         }
         Value::Object(m)
     }
@@ -6484,6 +6532,9 @@ pub fn decode(api_version: &str, kind: &str, raw: &[u8]) -> Option<Result<Value,
             k8s_pb::api::discovery::v1::EndpointSlice::decode(raw).map(|o| o.to_json())
         }
         ("networking.k8s.io/v1", "Ingress") => k8s_pb::api::networking::v1::Ingress::decode(raw).map(|o| o.to_json()),
+        ("networking.k8s.io/v1", "IngressClass") => {
+            k8s_pb::api::networking::v1::IngressClass::decode(raw).map(|o| o.to_json())
+        }
         ("policy/v1", "PodDisruptionBudget") => {
             k8s_pb::api::policy::v1::PodDisruptionBudget::decode(raw).map(|o| o.to_json())
         }
