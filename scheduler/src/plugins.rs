@@ -463,6 +463,33 @@ mod tests {
         assert_eq!(filter(&p, &n), Err(vec!["Too many pods".into(), "Insufficient cpu".into()]));
     }
 
+    /// Upstream's NodePorts rule (C192, C313): a hostPort clashes only with the same port and
+    /// protocol on the same hostIP, and 0.0.0.0 (or no hostIP) overlaps every address.
+    #[test]
+    fn host_ports_clash_only_on_the_same_protocol_and_an_overlapping_host_ip() {
+        let ported = |ip: &str, proto: &str| {
+            let mut port = serde_json::json!({"containerPort": 80, "hostPort": 54321, "protocol": proto});
+            if !ip.is_empty() {
+                port["hostIP"] = serde_json::json!(ip);
+            }
+            pod(serde_json::json!({"containers": [{"name": "c", "ports": [port]}]}))
+        };
+        let clash = Err("node(s) didn't have free ports for the requested pod ports".into());
+        let cases: Vec<(&str, (&str, &str), (&str, &str), Result<(), Reason>)> = vec![
+            ("different hostIPs", ("127.0.0.1", "TCP"), ("192.0.2.2", "TCP"), Ok(())),
+            ("different protocols", ("192.0.2.2", "TCP"), ("192.0.2.2", "UDP"), Ok(())),
+            ("different protocols on every address", ("", "TCP"), ("0.0.0.0", "UDP"), Ok(())),
+            ("same hostIP and protocol", ("127.0.0.1", "UDP"), ("127.0.0.1", "UDP"), clash.clone()),
+            ("placed on every address", ("0.0.0.0", "TCP"), ("127.0.0.1", "TCP"), clash.clone()),
+            ("asking for every address", ("127.0.0.1", "TCP"), ("", "TCP"), clash.clone()),
+        ];
+        for (name, (placed_ip, placed_proto), (ip, proto), want) in cases {
+            let mut n = node(serde_json::json!({}));
+            n.add_pod(&ported(placed_ip, placed_proto));
+            assert_eq!(node_ports(&ported(ip, proto), &n), want, "{name}");
+        }
+    }
+
     #[test]
     fn emptier_nodes_score_higher() {
         let empty = node(serde_json::json!({}));
