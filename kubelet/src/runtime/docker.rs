@@ -189,6 +189,28 @@ fn container_metadata(labels: &HashMap<String, String>) -> cri::ContainerMetadat
 }
 
 /// A Docker container name part: Docker allows `[a-zA-Z0-9][a-zA-Z0-9_.-]`.
+/// Docker's `PortBindings` for a sandbox's hostPorts, keyed `<containerPort>/<proto>`. One
+/// container port may be published on several host addresses or ports (hostIP 127.0.0.1 and
+/// the node IP, say), so each key holds every binding: a map insert per mapping would keep only
+/// the last and silently leave the others unreachable.
+fn port_bindings(mappings: &[cri::PortMapping]) -> HashMap<String, Option<Vec<PortBinding>>> {
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in mappings.iter().filter(|p| p.host_port > 0) {
+        let proto = match cri::Protocol::try_from(p.protocol).unwrap_or(cri::Protocol::Tcp) {
+            cri::Protocol::Tcp => "tcp",
+            cri::Protocol::Udp => "udp",
+            cri::Protocol::Sctp => "sctp",
+        };
+        bindings.entry(format!("{}/{proto}", p.container_port)).or_default().get_or_insert_with(Vec::new).push(
+            PortBinding {
+                host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
+                host_port: Some(p.host_port.to_string()),
+            },
+        );
+    }
+    bindings
+}
+
 fn name_part(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
 }
@@ -467,24 +489,7 @@ impl DockerRuntime {
         if !config.log_directory.is_empty() {
             let _ = std::fs::create_dir_all(&config.log_directory);
         }
-        let mut port_bindings = HashMap::new();
-        for p in &config.port_mappings {
-            if p.host_port <= 0 {
-                continue;
-            }
-            let proto = match cri::Protocol::try_from(p.protocol).unwrap_or(cri::Protocol::Tcp) {
-                cri::Protocol::Tcp => "tcp",
-                cri::Protocol::Udp => "udp",
-                cri::Protocol::Sctp => "sctp",
-            };
-            port_bindings.insert(
-                format!("{}/{proto}", p.container_port),
-                Some(vec![PortBinding {
-                    host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
-                    host_port: Some(p.host_port.to_string()),
-                }]),
-            );
-        }
+        let port_bindings = port_bindings(&config.port_mappings);
         let mut host_config = HostConfig {
             ipc_mode: Some("shareable".into()),
             cgroup_parent: (!linux.cgroup_parent.is_empty()).then(|| linux.cgroup_parent.clone()),
@@ -1532,6 +1537,32 @@ mod tests {
         assert_eq!(split_reference("localhost:5000/app:v2"), ("localhost:5000/app".into(), "v2".into()));
         assert_eq!(split_reference("app@sha256:abc"), ("app".into(), "sha256:abc".into()));
         assert_eq!(normalized("registry.k8s.io/pause:3.10"), "registry.k8s.io/pause:3.10");
+    }
+
+    #[test]
+    fn host_ports_of_one_container_port_on_several_addresses_are_all_published() {
+        let mapping = |protocol: cri::Protocol, container_port: i32, host_port: i32, host_ip: &str| cri::PortMapping {
+            protocol: protocol as i32,
+            container_port,
+            host_port,
+            host_ip: host_ip.into(),
+        };
+        let bindings = port_bindings(&[
+            mapping(cri::Protocol::Tcp, 8080, 54321, "127.0.0.1"),
+            mapping(cri::Protocol::Tcp, 8080, 54321, "192.0.2.2"),
+            mapping(cri::Protocol::Udp, 8081, 54321, ""),
+            mapping(cri::Protocol::Tcp, 9090, 0, ""),
+        ]);
+        let shown = |key: &str| -> Vec<(Option<String>, Option<String>)> {
+            bindings[key].iter().flatten().map(|b| (b.host_ip.clone(), b.host_port.clone())).collect()
+        };
+        let port = Some("54321".to_string());
+        assert_eq!(
+            shown("8080/tcp"),
+            [(Some("127.0.0.1".into()), port.clone()), (Some("192.0.2.2".into()), port.clone())]
+        );
+        assert_eq!(shown("8081/udp"), [(None, port)], "no hostIP publishes on every address");
+        assert_eq!(bindings.len(), 2, "a container port without a hostPort is not published");
     }
 
     #[test]
