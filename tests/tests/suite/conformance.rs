@@ -570,6 +570,53 @@ async fn c193_ingress_api_with_status() {
 }
 
 #[tokio::test]
+async fn c194_ingress_class_api() {
+    let (_etcd, api) = cluster().await;
+    let c = api.client();
+    // Discovery: the group, its version, and the cluster-scoped resource in it.
+    let groups = ok(c.get("/apis").await, 200);
+    let networking = groups["groups"].as_array().expect("groups").iter().find(|g| g["name"] == "networking.k8s.io");
+    assert_eq!(networking.expect("networking.k8s.io")["preferredVersion"]["groupVersion"], "networking.k8s.io/v1");
+    let resources = ok(c.get("/apis/networking.k8s.io/v1").await, 200);
+    let classes = resources["resources"].as_array().expect("resources").iter().find(|r| r["name"] == "ingressclasses");
+    let classes = classes.expect("ingressclasses in discovery");
+    assert_eq!((&classes["kind"], &classes["namespaced"]), (&json!("IngressClass"), &json!(false)));
+    for verb in ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"] {
+        assert!(classes["verbs"].as_array().expect("verbs").contains(&json!(verb)), "{verb}");
+    }
+
+    let base = "/apis/networking.k8s.io/v1/ingressclasses";
+    let make = |name: &str, label: bool| json!({"metadata": {"name": name, "labels": labels(label)}, "spec": {"controller": "example.com/e2e"}});
+    lifecycle(&c, base, make).await;
+
+    // spec.controller is required and fixed once created; parameters may change.
+    let r = c.post(base, &json!({"metadata": {"name": "bare"}, "spec": {}})).await;
+    assert_eq!((r.status, r.json()["details"]["causes"][0]["field"].as_str()), (422, Some("spec.controller")));
+    let created = ok(c.post(base, &make("fixed", false)).await, 201);
+    let mut moved = created.clone();
+    moved["spec"]["controller"] = json!("example.com/other");
+    let r = c.put(&format!("{base}/fixed"), &moved).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("field is immutable"), "{}", r.text());
+    let params = json!({"spec": {"parameters": {"apiGroup": "k8s.example.com", "kind": "Config", "name": "p"}}});
+    let patched = ok(c.patch(&format!("{base}/fixed"), MERGE, &params).await, 200);
+    assert_eq!(patched["spec"]["parameters"]["scope"], "Cluster", "parameters default to cluster scope");
+    assert_eq!(patched["metadata"]["generation"], 2, "a spec change bumps the generation");
+
+    // kubectl's columns.
+    let table = c.get_accept(&format!("{base}/fixed"), "application/json;as=Table;v=v1;g=meta.k8s.io").await.json();
+    let columns: Vec<&str> =
+        table["columnDefinitions"].as_array().expect("columns").iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(columns, ["Name", "Controller", "Parameters", "Age"]);
+    assert_eq!(
+        table["rows"][0]["cells"].as_array().expect("cells")[..3],
+        [json!("fixed"), json!("example.com/e2e"), json!("Config.k8s.example.com/p")]
+    );
+    ok(c.request("DELETE", &format!("{base}/fixed"), &[], Vec::new()).await, 200);
+    assert_eq!(c.get(&format!("{base}/fixed")).await.status, 404);
+}
+
+#[tokio::test]
 async fn c210_c211_service_status_lifecycle_and_deletecollection() {
     let (_etcd, api) = cluster().await;
     let c = api.client();
