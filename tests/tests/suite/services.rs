@@ -1096,3 +1096,94 @@ spec:
     c.k.run(&["delete", "pod", "rot-b", "--wait=false"]).ok();
     c.k.run(&["delete", "service", "rot"]).ok();
 }
+
+#[tokio::test]
+async fn c203_c206_services_turned_external_name_release_their_ip_and_node_port_and_resolve_as_the_name() {
+    if !is_root() {
+        println!("skipped: kube-proxy needs root to program iptables");
+        return;
+    }
+    let c = ProxiedCluster::start().await;
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ext-client, namespace: default}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: netexec, image: "netexec:1.2", imagePullPolicy: IfNotPresent}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: was-cluster-ip, namespace: default}}
+spec:
+  selector: {{app: nobody}}
+  ports: [{{port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: was-node-port, namespace: default}}
+spec:
+  type: NodePort
+  selector: {{app: nobody}}
+  ports: [{{port: 80}}]
+"#,
+        node = c.node.name
+    );
+    c.k.run_stdin(&["apply", "-f", "-"], &pod).ok();
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let old_ip = cluster_ip_of(&services, "was-cluster-ip").await;
+    let np_spec = services.get("was-node-port").await.expect("svc").spec.expect("spec");
+    let node_port = np_spec.ports.expect("ports")[0].node_port.expect("node port");
+    // No endpoints: the rule for the address is the filter table's REJECT.
+    eventually(Duration::from_secs(30), "the REJECT for the cluster IP", || async {
+        iptables_save("filter").contains(&format!("-d {old_ip}/32")).then_some(())
+    })
+    .await;
+
+    // As the upstream tests change them: type ExternalName, the cluster IP cleared.
+    for name in ["was-cluster-ip", "was-node-port"] {
+        let patch = r#"{"spec": {"type": "ExternalName", "externalName": "foo.example.invalid", "clusterIP": "", "clusterIPs": null}}"#;
+        c.k.run(&["patch", "service", name, "--type=merge", "-p", patch]).ok();
+        let spec = services.get(name).await.expect("svc").spec.expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("ExternalName"));
+        assert!(spec.cluster_ip.as_deref().unwrap_or("").is_empty(), "{name}: {:?}", spec.cluster_ip);
+        let ports = spec.ports.unwrap_or_default();
+        assert!(ports.iter().all(|p| p.node_port.is_none()), "{name}: {ports:?}");
+    }
+    // The address and the node port are free again: new Services can take them.
+    let reuse = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: takes-the-ip, namespace: default}}
+spec: {{clusterIP: "{old_ip}", selector: {{app: nobody}}, ports: [{{port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: takes-the-port, namespace: default}}
+spec: {{type: NodePort, selector: {{app: nobody}}, ports: [{{port: 80, nodePort: {node_port}}}]}}
+"#
+    );
+    c.k.run_stdin(&["apply", "-f", "-"], &reuse).ok();
+    // Resolving an ExternalName Service gives its name.
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    eventually(Duration::from_secs(90), "ext-client running", || async {
+        (pods.get("ext-client").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let client = c.container("ext-client").await;
+    eventually(Duration::from_secs(60), "the ExternalName Services resolving as their name", || async {
+        ["was-cluster-ip", "was-node-port"]
+            .iter()
+            .all(|name| {
+                let out = nslookup(&client, &["-type=cname", &format!("{name}.default.svc.cluster.local")]);
+                out.is_some_and(|o| o.contains("canonical name = foo.example.invalid"))
+            })
+            .then_some(())
+    })
+    .await;
+    c.k.run(&["delete", "service", "was-cluster-ip", "was-node-port", "takes-the-ip", "takes-the-port"]).ok();
+    c.k.run(&["delete", "pod", "ext-client", "--wait=false"]).ok();
+}
