@@ -211,6 +211,32 @@ fn port_bindings(mappings: &[cri::PortMapping]) -> HashMap<String, Option<Vec<Po
     bindings
 }
 
+/// The pause container's create request. Every published port is also exposed: dockerd
+/// publishes only the `PortBindings` whose port is in `ExposedPorts` (the docker CLI adds them
+/// for `-p`; the API does not), so without this a hostPort is silently never bound.
+fn sandbox_body(
+    pause_image: &str,
+    hostname: Option<&str>,
+    labels: HashMap<String, String>,
+    host_config: HostConfig,
+    networking_config: Option<NetworkingConfig>,
+) -> ContainerCreateBody {
+    let exposed_ports = host_config.port_bindings.as_ref().map(|bindings| {
+        let mut ports: Vec<String> = bindings.keys().cloned().collect();
+        ports.sort();
+        ports
+    });
+    ContainerCreateBody {
+        image: Some(pause_image.to_string()),
+        hostname: hostname.filter(|h| !h.is_empty()).map(str::to_string),
+        labels: Some(labels),
+        exposed_ports,
+        host_config: Some(host_config),
+        networking_config,
+        ..Default::default()
+    }
+}
+
 fn name_part(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
 }
@@ -545,14 +571,7 @@ impl DockerRuntime {
                 },
             )])),
         });
-        let body = ContainerCreateBody {
-            image: Some(self.cfg.pause_image.clone()),
-            hostname: hostname.filter(|h| !h.is_empty()).map(str::to_string),
-            labels: Some(labels),
-            host_config: Some(host_config),
-            networking_config,
-            ..Default::default()
-        };
+        let body = sandbox_body(&self.cfg.pause_image, hostname, labels, host_config, networking_config);
         let opts = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
         let labels = body.labels.clone().unwrap_or_default();
         let created = self.docker.create_container(Some(opts), body).await.map_err(status_of)?;
@@ -1563,6 +1582,23 @@ mod tests {
         );
         assert_eq!(shown("8081/udp"), [(None, port)], "no hostIP publishes on every address");
         assert_eq!(bindings.len(), 2, "a container port without a hostPort is not published");
+    }
+
+    #[test]
+    fn a_sandbox_exposes_every_port_it_publishes() {
+        let mapping = |protocol: cri::Protocol, container_port: i32| cri::PortMapping {
+            protocol: protocol as i32,
+            container_port,
+            host_port: 54321,
+            host_ip: String::new(),
+        };
+        let bindings = port_bindings(&[mapping(cri::Protocol::Udp, 8081), mapping(cri::Protocol::Tcp, 8080)]);
+        let host_config = HostConfig { port_bindings: Some(bindings), ..Default::default() };
+        let body = sandbox_body("pause", Some("web"), HashMap::new(), host_config, None);
+        assert_eq!(body.exposed_ports, Some(vec!["8080/tcp".to_string(), "8081/udp".to_string()]));
+        assert_eq!(body.hostname.as_deref(), Some("web"));
+        let unpublished = sandbox_body("pause", None, HashMap::new(), HostConfig::default(), None);
+        assert_eq!(unpublished.exposed_ports, None);
     }
 
     #[test]
