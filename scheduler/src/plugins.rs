@@ -475,7 +475,9 @@ mod tests {
             pod(serde_json::json!({"containers": [{"name": "c", "ports": [port]}]}))
         };
         let clash = Err("node(s) didn't have free ports for the requested pod ports".into());
-        let cases: Vec<(&str, (&str, &str), (&str, &str), Result<(), Reason>)> = vec![
+        /// (case, the placed pod's (hostIP, protocol), the new pod's, the verdict)
+        type Case = (&'static str, (&'static str, &'static str), (&'static str, &'static str), Result<(), Reason>);
+        let cases: Vec<Case> = vec![
             ("different hostIPs", ("127.0.0.1", "TCP"), ("192.0.2.2", "TCP"), Ok(())),
             ("different protocols", ("192.0.2.2", "TCP"), ("192.0.2.2", "UDP"), Ok(())),
             ("different protocols on every address", ("", "TCP"), ("0.0.0.0", "UDP"), Ok(())),
