@@ -10,6 +10,7 @@ mod conformance;
 mod controllers;
 mod daemonsets;
 mod disruption;
+mod endpoints_ledger;
 mod jobs;
 mod kubectl;
 mod kubelet;
