@@ -1084,7 +1084,7 @@ spec:
         let (n, _) = tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf)).await.ok()?.ok()?;
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     };
-    let first = eventually(Duration::from_secs(30), "the UDP flow answered", || ask()).await;
+    let first = eventually(Duration::from_secs(30), "the UDP flow answered", &ask).await;
     assert_eq!(first, "rot-a");
     exec_in(&b, &["touch", "/tmp/ready"]).expect("rot-b back");
     c.k.run(&["delete", "pod", "rot-a", "--wait=false"]).ok();
