@@ -30,6 +30,65 @@ pub trait Executor: Send + Sync {
     fn save(&self, table: &str) -> impl Future<Output = Result<String, IptablesError>> + Send;
     /// Makes sure each jump exists; missing ones are inserted at the top, in list order.
     fn ensure_jumps(&self, jumps: &[JumpRule]) -> impl Future<Output = Result<(), IptablesError>> + Send;
+    /// Whether the nat table has `chain` (when unsure, say yes: the caller then saves the table).
+    fn has_nat_chain(&self, _chain: &str) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
+    /// The jumps not in place, found by listing their chains; `None` when that cannot be told
+    /// (the caller then ensures them one by one).
+    fn missing_jumps(&self, _jumps: &[JumpRule]) -> impl Future<Output = Option<Vec<JumpRule>>> + Send {
+        async { None }
+    }
+}
+
+/// `jumps` as `iptables-restore` lines inserting each at the top of its chain, so that after
+/// them the chain starts with the jumps in list order; grouped by table.
+pub fn insert_lines(jumps: &[JumpRule], table: &str) -> String {
+    let mut out = String::new();
+    for j in jumps.iter().rev().filter(|j| j.table == table) {
+        out.push_str("-I ");
+        out.push_str(j.chain);
+        out.push_str(" 1");
+        for a in &j.args {
+            out.push(' ');
+            if a.contains(' ') || a.is_empty() {
+                out.push('"');
+                out.push_str(a);
+                out.push('"');
+            } else {
+                out.push_str(a);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `text` (a restore input of `*table ... COMMIT` sections) with `jumps` inserted before each
+/// table's COMMIT.
+pub fn with_jumps(text: &str, jumps: &[JumpRule]) -> String {
+    if jumps.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 1024);
+    let mut table = "";
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = if t == "nat" {
+                "nat"
+            } else if t == "filter" {
+                "filter"
+            } else {
+                ""
+            };
+        }
+        if line == "COMMIT" && !table.is_empty() {
+            out.push_str(&insert_lines(jumps, table));
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 impl Executor for Iptables {
@@ -43,6 +102,28 @@ impl Executor for Iptables {
 
     async fn ensure_jumps(&self, jumps: &[JumpRule]) -> Result<(), IptablesError> {
         Iptables::ensure_jumps(self, jumps).await
+    }
+
+    async fn has_nat_chain(&self, chain: &str) -> bool {
+        self.run("iptables", &["-w", "-t", "nat", "-S", chain], None).await.is_ok()
+    }
+
+    async fn missing_jumps(&self, jumps: &[JumpRule]) -> Option<Vec<JumpRule>> {
+        let mut listed: std::collections::HashMap<(&str, &str), String> = std::collections::HashMap::new();
+        for jump in jumps {
+            if let std::collections::hash_map::Entry::Vacant(e) = listed.entry((jump.table, jump.chain)) {
+                // A built-in chain that cannot be listed: let the caller fall back.
+                let rules = self.run("iptables", &["-w", "-t", jump.table, "-S", jump.chain], None).await.ok()?;
+                e.insert(rules);
+            }
+        }
+        Some(
+            jumps
+                .iter()
+                .filter(|j| !listed.get(&(j.table, j.chain)).is_some_and(|s| jump_present(s, j)))
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -113,9 +194,22 @@ impl Iptables {
         self.run("iptables", &["-w", "-t", "filter", "-S", chain], None).await.is_ok()
     }
 
-    /// Makes sure each jump exists; missing ones are inserted at the top, in list order.
+    /// Makes sure each jump exists; missing ones are inserted at the top, in list order. One
+    /// `iptables -S CHAIN` per built-in chain finds those present (a whole-table save would list
+    /// every Service rule too); only the others cost an `iptables -C` (whose exact match
+    /// decides) and an insert.
     pub async fn ensure_jumps(&self, jumps: &[JumpRule]) -> Result<(), IptablesError> {
+        let mut listed: std::collections::HashMap<(&str, &str), String> = std::collections::HashMap::new();
+        for jump in jumps {
+            if let std::collections::hash_map::Entry::Vacant(e) = listed.entry((jump.table, jump.chain)) {
+                let rules = self.run("iptables", &["-w", "-t", jump.table, "-S", jump.chain], None).await;
+                e.insert(rules.unwrap_or_default());
+            }
+        }
         for jump in jumps.iter().rev() {
+            if listed.get(&(jump.table, jump.chain)).is_some_and(|s| jump_present(s, jump)) {
+                continue;
+            }
             let args: Vec<&str> = jump.args.iter().map(String::as_str).collect();
             let mut check = vec!["-w", "-t", jump.table, "-C", jump.chain];
             check.extend(&args);
@@ -143,6 +237,32 @@ impl Iptables {
         }
         Ok(removed)
     }
+}
+
+/// Whether `saved` (one table's `iptables-save`) has `jump`: a rule in its chain whose words,
+/// with the comment's quotes taken off, are the jump's arguments in order.
+pub fn jump_present(saved: &str, jump: &JumpRule) -> bool {
+    let prefix = format!("-A {} ", jump.chain);
+    saved.lines().filter_map(|l| l.strip_prefix(&prefix)).any(|rest| {
+        let mut words: Vec<String> = Vec::new();
+        let mut quoted: Option<String> = None;
+        for w in rest.split(' ') {
+            match quoted.as_mut() {
+                Some(q) => {
+                    q.push(' ');
+                    q.push_str(w.trim_end_matches('"'));
+                    if w.ends_with('"') {
+                        words.extend(quoted.take());
+                    }
+                }
+                None if w.starts_with('"') && !(w.len() > 1 && w.ends_with('"')) => {
+                    quoted = Some(w.trim_start_matches('"').to_string());
+                }
+                None => words.push(w.trim_matches('"').to_string()),
+            }
+        }
+        words == jump.args
+    })
 }
 
 /// The chain names an `iptables-save` output declares (`:NAME POLICY [counters]` lines).
@@ -188,6 +308,55 @@ pub fn cleanup_text(table: &str, saved: &str) -> Option<(String, usize)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn missing_jumps_go_into_the_restore_before_their_tables_commit_in_list_order() {
+        let j = |table: &'static str, chain: &'static str, comment: &str, target: &str| JumpRule {
+            table,
+            chain,
+            args: ["-m", "comment", "--comment", comment, "-j", target].map(String::from).to_vec(),
+        };
+        let jumps = [
+            j("filter", "INPUT", "first one", "KUBE-A"),
+            j("filter", "INPUT", "second", "KUBE-B"),
+            j("nat", "OUTPUT", "kubernetes service portals", "KUBE-SERVICES"),
+        ];
+        let text = "*filter\n:KUBE-A - [0:0]\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n";
+        assert_eq!(
+            with_jumps(text, &jumps),
+            "*filter\n:KUBE-A - [0:0]\n-I INPUT 1 -m comment --comment second -j KUBE-B\n\
+             -I INPUT 1 -m comment --comment \"first one\" -j KUBE-A\nCOMMIT\n\
+             *nat\n:KUBE-SERVICES - [0:0]\n-I OUTPUT 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n"
+        );
+        assert_eq!(with_jumps(text, &[]), text);
+    }
+
+    #[test]
+    fn a_saved_jump_is_found_by_its_words_with_the_comment_unquoted() {
+        let saved = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n";
+        let jump = |chain: &'static str, args: &[&str]| crate::rules::JumpRule {
+            table: "filter",
+            chain,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        let fw = [
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes load balancer firewall",
+            "-j",
+            "KUBE-PROXY-FIREWALL",
+        ];
+        assert!(jump_present(saved, &jump("INPUT", &fw)));
+        assert!(jump_present(saved, &jump("INPUT", &["-j", "KUBE-FIREWALL"])));
+        assert!(!jump_present(saved, &jump("OUTPUT", &["-j", "KUBE-FIREWALL"])), "another chain");
+        assert!(!jump_present(saved, &jump("INPUT", &fw[4..])), "other words");
+    }
+
     use super::*;
 
     const SAVED: &str = "\

@@ -58,12 +58,34 @@ impl<E: Executor> Proxier<E> {
         let next = rules::render(&services, node, &self.cfg);
         let (kind, text) = match (kind, &self.applied) {
             (SyncKind::Partial, Some(prev)) => (SyncKind::Partial, rules::render_changed(prev, &next)),
+            // The kernel holds what we last applied: its chains are the ones that can be stale.
+            (SyncKind::Full, Some(prev)) => {
+                let names = prev.nat.chain_names();
+                let stale = rules::stale_chains(names.iter().map(String::as_str), &next);
+                (SyncKind::Full, rules::full_sync_text(&next, &stale))
+            }
+            // At start or after a failed restore: ask the kernel which chains are there (none of
+            // ours without KUBE-SERVICES: an empty table needs no save).
+            _ if !self.ipt.has_nat_chain(rules::KUBE_SERVICES).await => {
+                (SyncKind::Full, rules::full_sync_text(&next, &[]))
+            }
             _ => {
                 let saved = self.ipt.save("nat").await?;
                 let names = chain_names(&saved);
                 let stale = rules::stale_chains(names.iter().map(String::as_str), &next);
                 (SyncKind::Full, rules::full_sync_text(&next, &stale))
             }
+        };
+        // A full sync also puts back missing jumps from the built-in chains, in the same
+        // restore when they can be listed (one transaction instead of a process per jump).
+        let jumps = if kind == SyncKind::Full { Some(rules::jump_rules(&self.cfg)) } else { None };
+        let missing = match &jumps {
+            Some(j) => self.ipt.missing_jumps(j).await,
+            None => None,
+        };
+        let text = match &missing {
+            Some(m) => crate::iptables::with_jumps(&text, m),
+            None => text,
         };
         if !text.is_empty()
             && let Err(e) = self.ipt.restore(&text).await
@@ -74,7 +96,9 @@ impl<E: Executor> Proxier<E> {
         }
         if kind == SyncKind::Full {
             self.metrics.full_syncs.inc();
-            self.ipt.ensure_jumps(&rules::jump_rules(&self.cfg)).await?;
+            if let (Some(jumps), None) = (&jumps, &missing) {
+                self.ipt.ensure_jumps(jumps).await?;
+            }
         } else {
             self.metrics.partial_syncs.inc();
         }
