@@ -165,6 +165,46 @@ pub async fn execute(client: &kube::Client, ns: &str, plan: Plan) -> Result<i64,
     Ok(plan.number)
 }
 
+/// Brings `owner`'s history up to date: the revisions it controls (from the shared informer),
+/// planned against `in_use`, then written.
+pub async fn sync(
+    client: &kube::Client,
+    revisions: &crate::informer::Informer<ControllerRevision>,
+    owner: &Owner<'_>,
+    in_use: &BTreeSet<String>,
+) -> Result<(), HistoryError> {
+    let ns = owner.meta.namespace.as_deref().unwrap_or_default();
+    let uid = owner.meta.uid.as_deref();
+    let owned: Vec<Arc<ControllerRevision>> = revisions
+        .list(ns)
+        .into_iter()
+        .filter(|r| crate::ownership::controller_of(&r.metadata).is_some_and(|o| Some(o.uid.as_str()) == uid))
+        .collect();
+    let plan = plan(owner, &owned, in_use);
+    if plan.create.is_some() || plan.renumber.is_some() || !plan.delete.is_empty() {
+        execute(client, ns, plan).await?;
+    }
+    Ok(())
+}
+
+/// After a [`HistoryError::Collision`]: one more in the owner's `status.collisionCount`, so
+/// its next template hash differs.
+pub async fn bump_collision_count<K>(client: &kube::Client, owner: &K, count: Option<i32>) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let m = owner.meta();
+    let count = count.unwrap_or(0) + 1;
+    tracing::info!(kind = %K::kind(&()), name = ?m.name, count, "Template hash collision");
+    let api: Api<K> = Api::namespaced(client.clone(), m.namespace.as_deref().unwrap_or_default());
+    let patch = json!({"status": {"collisionCount": count}});
+    api.patch_status(m.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,36 @@ where
     }
 }
 
+/// Claims each of `candidates` for `owner` (keep, adopt, release, as [`claim`] decides with
+/// `selected`) and returns what the owner owns afterwards. An orphan gone meanwhile is skipped;
+/// any other failure (a conflict: it changed) fails the sync, which retries.
+pub async fn claim_all<K, O>(
+    api: &Api<K>,
+    owner: &O,
+    candidates: Vec<std::sync::Arc<K>>,
+    selected: impl Fn(&K) -> bool,
+) -> Result<Vec<std::sync::Arc<K>>, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    O: kube::Resource<DynamicType = ()>,
+{
+    let meta = owner.meta();
+    let mut owned = Vec::new();
+    for object in candidates {
+        match claim(meta, selected(&object), object.meta()) {
+            Claim::Own => owned.push(object),
+            Claim::Adopt => match adopt(api, owner, object.as_ref()).await {
+                Ok(adopted) => owned.push(std::sync::Arc::new(adopted)),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            },
+            Claim::Release => release(api, meta.uid.as_deref().unwrap_or_default(), object.as_ref()).await?,
+            Claim::Ignore => {}
+        }
+    }
+    Ok(owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use crate::events::{Recorder, reference};
 use crate::expectations::Expectations;
 use crate::informer::{Informer, key_of, split_key};
-use crate::ownership::{Claim, adopt, claim, controller_of, controller_reference, release};
+use crate::ownership::{claim_all, controller_of, controller_reference};
 use crate::pods::{self, deletion_order, is_active, is_ready};
 use crate::selector;
 use crate::workqueue::WorkQueue;
@@ -335,27 +335,8 @@ impl<K: Replicated> ReplicaSetController<K> {
         let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let selector = rs.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
-        let mut owned = Vec::new();
-        for p in self.pods.list(ns) {
-            if !is_active(&p) {
-                continue;
-            }
-            let selected = !selector::is_empty(&selector)
-                && selector::matches(&selector, p.metadata.labels.as_ref().unwrap_or(&Default::default()));
-            match claim(&rs.metadata, selected, &p.metadata) {
-                Claim::Own => owned.push(p),
-                Claim::Adopt => match adopt(&api, obj, p.as_ref()).await {
-                    Ok(adopted) => owned.push(Arc::new(adopted)),
-                    // Changed or gone meanwhile: the next sync sees it as it is.
-                    // Gone meanwhile; a conflict (it changed) fails the sync, which retries at once.
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                },
-                Claim::Release => release(&api, rs.metadata.uid.as_deref().unwrap_or_default(), p.as_ref()).await?,
-                Claim::Ignore => {}
-            }
-        }
-        Ok(owned)
+        let active: Vec<Arc<Pod>> = self.pods.list(ns).into_iter().filter(|p| is_active(p)).collect();
+        claim_all(&api, obj, active, |p| selector::selects(&selector, &p.metadata)).await
     }
 
     async fn execute(&self, key: &str, obj: &K, rs: &ReplicaSet, plan: Manage) -> Result<(), SyncError> {

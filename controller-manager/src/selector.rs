@@ -29,6 +29,12 @@ pub fn is_empty(selector: &LabelSelector) -> bool {
         && selector.match_expressions.as_ref().is_none_or(Vec::is_empty)
 }
 
+/// Whether a workload's `selector` takes the object with `meta`'s labels: an empty selector
+/// takes nothing.
+pub fn selects(selector: &LabelSelector, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    !is_empty(selector) && matches(selector, meta.labels.as_ref().unwrap_or(&BTreeMap::new()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

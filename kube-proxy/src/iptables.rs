@@ -1,7 +1,7 @@
 //! The only code that runs `iptables`, `iptables-restore` and `iptables-save`.
 //!
 //! Always the `iptables` on PATH, the one Docker uses (nft backend on these machines); never
-//! `iptables-legacy`, which would leave a second set of tables behind. Tables are never flushed
+//! the legacy backend's tools, which would leave a second set of tables behind. Tables are never flushed
 //! whole: Docker's chains live in them too. Everything goes through `iptables-restore --noflush`,
 //! which flushes only the chains the text declares.
 //!

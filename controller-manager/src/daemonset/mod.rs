@@ -36,7 +36,7 @@ use crate::events::{Recorder, reference};
 use crate::expectations::Expectations;
 use crate::history::{self, HistoryError};
 use crate::informer::{Informer, key_of, split_key};
-use crate::ownership::{Claim, adopt, claim, controller_of, controller_reference, release};
+use crate::ownership::{claim_all, controller_of, controller_reference};
 use crate::pods::{self, is_ready};
 use crate::replicaset::slow_start;
 use crate::selector;
@@ -269,14 +269,9 @@ impl DaemonSetController {
         let hash = plan::template_hash(&ds);
         if ds.metadata.deletion_timestamp.is_none() {
             match self.sync_history(&ds, &hash, &by_node).await {
-                Err(SyncError::History(HistoryError::Collision(rev))) => {
-                    let count = ds.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0) + 1;
-                    tracing::info!(daemonset = key, revision = rev, count, "Template hash collision");
-                    let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), ns);
-                    let patch = serde_json::json!({"status": {"collisionCount": count}});
-                    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                        .map_err(SyncError::Status)?;
+                Err(SyncError::History(HistoryError::Collision(_))) => {
+                    let count = ds.status.as_ref().and_then(|s| s.collision_count);
+                    history::bump_collision_count(&self.client, ds.as_ref(), count).await.map_err(SyncError::Status)?;
                     return Ok(None);
                 }
                 r => r?,
@@ -352,15 +347,7 @@ impl DaemonSetController {
         by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
     ) -> Result<(), SyncError> {
         let Some(spec) = ds.spec.as_ref() else { return Ok(()) };
-        let ns = ds.metadata.namespace.as_deref().unwrap_or_default();
         let name = ds.metadata.name.as_deref().unwrap_or_default();
-        let uid = ds.metadata.uid.as_deref();
-        let owned: Vec<Arc<ControllerRevision>> = self
-            .revisions
-            .list(ns)
-            .into_iter()
-            .filter(|r| controller_of(&r.metadata).is_some_and(|o| Some(o.uid.as_str()) == uid))
-            .collect();
         let in_use = by_node
             .values()
             .flatten()
@@ -373,11 +360,7 @@ impl DaemonSetController {
             hash,
             history_limit: spec.revision_history_limit.unwrap_or(10).max(0) as usize,
         };
-        let plan = history::plan(&owner, &owned, &in_use);
-        if plan.create.is_some() || plan.renumber.is_some() || !plan.delete.is_empty() {
-            history::execute(&self.client, ns, plan).await?;
-        }
-        Ok(())
+        Ok(history::sync(&self.client, &self.revisions, &owner, &in_use).await?)
     }
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, FailedPodsBackoff> {
@@ -390,22 +373,7 @@ impl DaemonSetController {
         let ns = ds.metadata.namespace.as_deref().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let selector = ds.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
-        let mut owned = Vec::new();
-        for p in self.pods.list(ns) {
-            let selected = !selector::is_empty(&selector)
-                && selector::matches(&selector, p.metadata.labels.as_ref().unwrap_or(&Default::default()));
-            match claim(&ds.metadata, selected, &p.metadata) {
-                Claim::Own => owned.push(p),
-                Claim::Adopt => match adopt(&api, ds, p.as_ref()).await {
-                    Ok(adopted) => owned.push(Arc::new(adopted)),
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                },
-                Claim::Release => release(&api, ds.metadata.uid.as_deref().unwrap_or_default(), p.as_ref()).await?,
-                Claim::Ignore => {}
-            }
-        }
-        Ok(owned)
+        claim_all(&api, ds, self.pods.list(ns), |p| selector::selects(&selector, &p.metadata)).await
     }
 
     /// Upstream's syncNodes: deletes `delete` and creates a pod on each node of `create`

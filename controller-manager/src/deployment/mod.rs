@@ -21,7 +21,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 use crate::events::{Recorder, reference};
 use crate::informer::{Informer, key_of, split_key};
-use crate::ownership::{Claim, adopt, claim, controller_of, controller_reference, release};
+use crate::ownership::{claim_all, controller_of, controller_reference};
 use crate::pods;
 use crate::selector;
 use crate::workqueue::WorkQueue;
@@ -244,22 +244,9 @@ impl DeploymentController {
         let ns = d.metadata.namespace.as_deref().unwrap_or_default();
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
         let sel = d.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
-        let mut owned = Vec::new();
-        for rs in self.sets.list(ns) {
-            let selected = selector::matches(&sel, rs.metadata.labels.as_ref().unwrap_or(&Default::default()));
-            match claim(&d.metadata, selected, &rs.metadata) {
-                Claim::Own => owned.push(rs),
-                Claim::Adopt => match adopt(&api, d, rs.as_ref()).await {
-                    Ok(a) => owned.push(Arc::new(a)),
-                    // Gone meanwhile; a conflict (it changed) fails the sync, which retries at once.
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                },
-                Claim::Release => release(&api, d.metadata.uid.as_deref().unwrap_or_default(), rs.as_ref()).await?,
-                Claim::Ignore => {}
-            }
-        }
-        Ok(owned)
+        let selected =
+            |rs: &ReplicaSet| selector::matches(&sel, rs.metadata.labels.as_ref().unwrap_or(&Default::default()));
+        claim_all(&api, d, self.sets.list(ns), selected).await
     }
 
     fn is_scaling_event(&self, d: &Deployment, new: Option<&ReplicaSet>, old: &[Arc<ReplicaSet>]) -> bool {

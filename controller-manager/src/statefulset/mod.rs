@@ -36,7 +36,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use crate::events::{Recorder, reference};
 use crate::history::{self, HistoryError};
 use crate::informer::{Informer, key_of, split_key};
-use crate::ownership::{Claim, adopt, claim, controller_of, controller_reference, release};
+use crate::ownership::{claim_all, controller_of, controller_reference};
 use crate::pods::{self, is_ready};
 use crate::selector;
 use crate::workqueue::WorkQueue;
@@ -258,12 +258,9 @@ impl StatefulSetController {
         let mut result = Ok(());
         if set.metadata.deletion_timestamp.is_none() {
             match self.sync_history(&set, &owned, &current_revision, &update_revision).await {
-                Err(SyncError::History(HistoryError::Collision(rev))) => {
-                    let count = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0) + 1;
-                    tracing::info!(statefulset = key, revision = rev, count, "Template hash collision");
-                    let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), ns);
-                    let patch = serde_json::json!({"status": {"collisionCount": count}});
-                    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                Err(SyncError::History(HistoryError::Collision(_))) => {
+                    let count = set.status.as_ref().and_then(|s| s.collision_count);
+                    history::bump_collision_count(&self.client, set.as_ref(), count)
                         .await
                         .map_err(SyncError::Status)?;
                     return Ok(None);
@@ -306,25 +303,10 @@ impl StatefulSetController {
         let set_name = set.metadata.name.as_deref().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let selector = set.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
-        let mut owned = Vec::new();
-        for p in self.pods.list(ns) {
-            if ordinal_of(set_name, &p).is_none() {
-                continue;
-            }
-            let selected = !selector::is_empty(&selector)
-                && selector::matches(&selector, p.metadata.labels.as_ref().unwrap_or(&Default::default()));
-            match claim(&set.metadata, selected, &p.metadata) {
-                Claim::Own => owned.push(p),
-                Claim::Adopt => match adopt(&api, set, p.as_ref()).await {
-                    Ok(adopted) => owned.push(Arc::new(adopted)),
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                },
-                Claim::Release => release(&api, set.metadata.uid.as_deref().unwrap_or_default(), p.as_ref()).await?,
-                Claim::Ignore => {}
-            }
-        }
-        Ok(owned)
+        // Only pods whose names make them members can be the set's.
+        let members: Vec<Arc<Pod>> =
+            self.pods.list(ns).into_iter().filter(|p| ordinal_of(set_name, p).is_some()).collect();
+        claim_all(&api, set, members, |p| selector::selects(&selector, &p.metadata)).await
     }
 
     /// Brings the set's ControllerRevisions up to date with its template; the current and
@@ -337,15 +319,7 @@ impl StatefulSetController {
         update: &str,
     ) -> Result<(), SyncError> {
         let Some(spec) = set.spec.as_ref() else { return Ok(()) };
-        let ns = set.metadata.namespace.as_deref().unwrap_or_default();
         let set_name = set.metadata.name.as_deref().unwrap_or_default();
-        let uid = set.metadata.uid.as_deref();
-        let revisions: Vec<Arc<ControllerRevision>> = self
-            .revisions
-            .list(ns)
-            .into_iter()
-            .filter(|r| controller_of(&r.metadata).is_some_and(|o| Some(o.uid.as_str()) == uid))
-            .collect();
         let mut in_use: std::collections::BTreeSet<String> =
             owned.iter().map(|p| revision_of(p).to_string()).filter(|r| !r.is_empty()).collect();
         in_use.insert(current.to_string());
@@ -357,11 +331,7 @@ impl StatefulSetController {
             hash,
             history_limit: spec.revision_history_limit.unwrap_or(10).max(0) as usize,
         };
-        let plan = history::plan(&owner, &revisions, &in_use);
-        if plan.create.is_some() || plan.renumber.is_some() || !plan.delete.is_empty() {
-            history::execute(&self.client, ns, plan).await?;
-        }
-        Ok(())
+        Ok(history::sync(&self.client, &self.revisions, &owner, &in_use).await?)
     }
 
     /// The template of the current revision: the set's own when it is the update revision,
