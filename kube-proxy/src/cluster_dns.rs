@@ -5,7 +5,6 @@
 //! at the Service IP; the proxy's rules send each node's queries to its own DNS, so a node keeps
 //! resolving while the apiserver or other nodes are away.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -148,11 +147,6 @@ impl ClusterDns {
     }
 }
 
-/// Labels as a map, for tests.
-pub fn labels_of(s: &EndpointSlice) -> BTreeMap<String, String> {
-    s.metadata.labels.clone().unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +156,7 @@ mod tests {
         let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1", "uid": "u1"}})).expect("node");
         let s = slice(&node, "192.0.2.7:5353".parse().expect("addr"));
         assert_eq!(s.metadata.name.as_deref(), Some("kube-dns-n1"));
-        assert_eq!(labels_of(&s)["kubernetes.io/service-name"], "kube-dns");
+        assert_eq!(s.metadata.labels.clone().unwrap_or_default()["kubernetes.io/service-name"], "kube-dns");
         let e = &s.endpoints[0];
         assert_eq!((e.addresses[0].as_str(), e.node_name.as_deref()), ("192.0.2.7", Some("n1")));
         let ports: Vec<(Option<i32>, Option<String>)> =

@@ -7,6 +7,8 @@
 //!
 //! [`Iptables::in_netns`] runs the same commands inside a network namespace, for tests.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
@@ -109,21 +111,12 @@ impl Executor for Iptables {
     }
 
     async fn missing_jumps(&self, jumps: &[JumpRule]) -> Option<Vec<JumpRule>> {
-        let mut listed: std::collections::HashMap<(&str, &str), String> = std::collections::HashMap::new();
-        for jump in jumps {
-            if let std::collections::hash_map::Entry::Vacant(e) = listed.entry((jump.table, jump.chain)) {
-                // A built-in chain that cannot be listed: let the caller fall back.
-                let rules = self.run("iptables", &["-w", "-t", jump.table, "-S", jump.chain], None).await.ok()?;
-                e.insert(rules);
-            }
+        let listed = self.list_jump_chains(jumps).await;
+        // A built-in chain that cannot be listed: let the caller fall back.
+        if listed.values().any(Option::is_none) {
+            return None;
         }
-        Some(
-            jumps
-                .iter()
-                .filter(|j| !listed.get(&(j.table, j.chain)).is_some_and(|s| jump_present(s, j)))
-                .cloned()
-                .collect(),
-        )
+        Some(jumps.iter().filter(|j| !jump_listed(&listed, j)).cloned().collect())
     }
 }
 
@@ -199,15 +192,9 @@ impl Iptables {
     /// every Service rule too); only the others cost an `iptables -C` (whose exact match
     /// decides) and an insert.
     pub async fn ensure_jumps(&self, jumps: &[JumpRule]) -> Result<(), IptablesError> {
-        let mut listed: std::collections::HashMap<(&str, &str), String> = std::collections::HashMap::new();
-        for jump in jumps {
-            if let std::collections::hash_map::Entry::Vacant(e) = listed.entry((jump.table, jump.chain)) {
-                let rules = self.run("iptables", &["-w", "-t", jump.table, "-S", jump.chain], None).await;
-                e.insert(rules.unwrap_or_default());
-            }
-        }
+        let listed = self.list_jump_chains(jumps).await;
         for jump in jumps.iter().rev() {
-            if listed.get(&(jump.table, jump.chain)).is_some_and(|s| jump_present(s, jump)) {
+            if jump_listed(&listed, jump) {
                 continue;
             }
             let args: Vec<&str> = jump.args.iter().map(String::as_str).collect();
@@ -224,6 +211,17 @@ impl Iptables {
         Ok(())
     }
 
+    /// `iptables -S` of each built-in chain the jumps start from (`None` where it failed).
+    async fn list_jump_chains<'a>(&self, jumps: &'a [JumpRule]) -> HashMap<(&'a str, &'a str), Option<String>> {
+        let mut listed = HashMap::new();
+        for jump in jumps {
+            if let Entry::Vacant(e) = listed.entry((jump.table, jump.chain)) {
+                e.insert(self.run("iptables", &["-w", "-t", jump.table, "-S", jump.chain], None).await.ok());
+            }
+        }
+        listed
+    }
+
     /// Removes every KUBE-* chain of the nat and filter tables and every rule elsewhere that
     /// jumps to one: what `kube-proxy --cleanup` does. One restore per table.
     pub async fn cleanup(&self) -> Result<usize, IptablesError> {
@@ -237,6 +235,10 @@ impl Iptables {
         }
         Ok(removed)
     }
+}
+
+fn jump_listed(listed: &HashMap<(&str, &str), Option<String>>, jump: &JumpRule) -> bool {
+    listed.get(&(jump.table, jump.chain)).and_then(Option::as_deref).is_some_and(|s| jump_present(s, jump))
 }
 
 /// Whether `saved` (one table's `iptables-save`) has `jump`: a rule in its chain whose words,
