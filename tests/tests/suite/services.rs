@@ -231,15 +231,6 @@ async fn cluster_ip_of(services: &Api<Service>, name: &str) -> Ipv4Addr {
     ip
 }
 
-/// `wget` inside the pod's container (a pod reaching a Service): the body, or `None`.
-fn wget_from_pod(container: &str, url: &str) -> Option<String> {
-    let out = Command::new("docker")
-        .args(["exec", container, "timeout", "5", "wget", "-qO-", url])
-        .output()
-        .expect("docker exec");
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 #[tokio::test]
 async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_and_deleted_services_lose_their_chains()
 {
@@ -247,30 +238,13 @@ async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_a
         println!("skipped: kube-proxy needs root to program iptables");
         return;
     }
-    let etcd = Etcd::start().await;
-    let api = Process::start(&etcd.endpoint(), &[]).await;
-    let client = api.endpoint.kube_client().await;
-    let node = Kubelet::start(&api.endpoint, &[]).await;
-    node.wait_ready(&client).await;
-    let kc = &api.endpoint.kubeconfig;
-    let _cm = Component::start("controller-manager", kc, &node.dir.path().join("cm.log"), &[]);
-    let k = Kubectl::new(&api.endpoint);
-    ensure_pod_network_sink();
-    let proxy = HostProxy::start(kc, &node.name, &node.dir.path().join("kube-proxy.log"));
+    let c = ProxiedCluster::start().await;
+    let (client, k, node) = (c.client.clone(), &c.k, &c.node);
 
     let yaml = format!("{}---{}---{SERVICES}", web_pod("web-a", &node.name), web_pod("web-b", &node.name));
     k.run_stdin(&["apply", "-f", "-"], &yaml).ok();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     for name in ["web-a", "web-b"] {
-        eventually(Duration::from_secs(90), &format!("pod {name} Ready"), || {
-            let pods = pods.clone();
-            async move {
-                let p = pods.get(name).await.ok()?;
-                let ready = p.status?.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-                ready.then_some(())
-            }
-        })
-        .await;
+        c.ready_ip(name).await;
     }
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let web = services.get("web").await.expect("web");
@@ -293,7 +267,7 @@ async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_a
         (seen.len() == 2).then_some(seen)
     })
     .await;
-    assert_eq!(seen, BTreeSet::from(["web-a".to_string(), "web-b".to_string()]), "{}", proxy.log());
+    assert_eq!(seen, BTreeSet::from(["web-a".to_string(), "web-b".to_string()]), "{}", c.proxy.log());
 
     // NodePort on loopback (route_localnet, set by the proxy).
     let (code, body) = eventually(Duration::from_secs(30), "the node port on 127.0.0.1", || async {
@@ -318,20 +292,13 @@ async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_a
     }
 
     // From a pod: web-a reaches the Service, including itself through it (hairpin).
-    let web_a = pods.get("web-a").await.expect("web-a");
-    let container = web_a
-        .status
-        .and_then(|s| s.container_statuses)
-        .and_then(|cs| cs.into_iter().next())
-        .and_then(|c| c.container_id)
-        .expect("container id")
-        .trim_start_matches("docker://")
-        .to_string();
+    let container = c.container("web-a").await;
     let url = format!("http://{cluster_ip}/index.html");
     eventually(Duration::from_secs(60), "web-a reaching both pods through the cluster IP", || {
         let (container, url) = (container.clone(), url.clone());
         async move {
-            let seen: BTreeSet<String> = (0..16).filter_map(|_| wget_from_pod(&container, &url)).collect();
+            let seen: BTreeSet<String> =
+                (0..16).filter_map(|_| exec_in(&container, &["timeout", "5", "wget", "-qO-", &url])).collect();
             (seen.len() == 2).then_some(())
         }
     })
@@ -362,10 +329,10 @@ async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_a
     assert!(refused < Duration::from_secs(1), "refused after {refused:?}");
 
     // The proxy reports healthy and exposes its sync metrics.
-    let (code, _) = http_get(SocketAddr::from(([127, 0, 0, 1], proxy.healthz)), "/healthz").await.expect("healthz");
+    let (code, _) = http_get(SocketAddr::from(([127, 0, 0, 1], c.proxy.healthz)), "/healthz").await.expect("healthz");
     assert_eq!(code, 200);
     let (code, metrics) =
-        http_get(SocketAddr::from(([127, 0, 0, 1], proxy.metrics)), "/metrics").await.expect("metrics");
+        http_get(SocketAddr::from(([127, 0, 0, 1], c.proxy.metrics)), "/metrics").await.expect("metrics");
     assert_eq!(code, 200);
     for name in ["sync_proxy_rules_duration_seconds", "sync_proxy_rules_last_timestamp_seconds"] {
         assert!(metrics.contains(name), "{name} in\n{metrics}");
@@ -385,7 +352,7 @@ async fn cluster_ips_and_node_ports_reach_the_ready_pods_empty_services_reject_a
 
     // SIGTERM stops the proxy cleanly and leaves its rules in place (as upstream: a restarted
     // proxy takes them over without a gap).
-    let mut proxy = proxy;
+    let ProxiedCluster { mut proxy, .. } = c;
     let status = proxy.terminate();
     assert!(status.is_some_and(|s| s.success()), "exit on SIGTERM: {status:?}\n{}", proxy.log());
     assert!(iptables_save("nat").contains(":KUBE-SERVICES "), "rules stay after SIGTERM");
@@ -429,17 +396,9 @@ async fn load_balancers_answer_on_the_node_address_and_a_local_policy_reports_it
         println!("skipped: kube-proxy needs root to program iptables");
         return;
     }
-    let etcd = Etcd::start().await;
-    let api = Process::start(&etcd.endpoint(), &[]).await;
-    let client = api.endpoint.kube_client().await;
-    let node = Kubelet::start(&api.endpoint, &[]).await;
-    node.wait_ready(&client).await;
-    let kc = &api.endpoint.kubeconfig;
     // No --load-balancer-ip-pool: LoadBalancer Services get the Ready nodes' InternalIPs.
-    let _cm = Component::start("controller-manager", kc, &node.dir.path().join("cm.log"), &[]);
-    let k = Kubectl::new(&api.endpoint);
-    ensure_pod_network_sink();
-    let proxy = HostProxy::start(kc, &node.name, &node.dir.path().join("kube-proxy.log"));
+    let c = ProxiedCluster::start().await;
+    let (client, k, node) = (c.client.clone(), &c.k, &c.node);
     let services_yaml = r#"
 apiVersion: v1
 kind: Service
@@ -471,7 +430,7 @@ spec:
         http_get(SocketAddr::from((node_ip, 18080)), "/index.html").await.ok().filter(|(c, _)| *c == 200)
     })
     .await;
-    assert_eq!((code, body.as_str()), (200, "web-a"), "{}", proxy.log());
+    assert_eq!((code, body.as_str()), (200, "web-a"), "{}", c.proxy.log());
     // And through the node port on the node's address (from outside the pod network).
     let spec = services.get("lb").await.expect("lb").spec.expect("spec");
     let node_port = spec.ports.expect("ports")[0].node_port.expect("node port") as u16;
@@ -494,7 +453,6 @@ spec:
     })
     .await;
     k.run(&["delete", "service", "lb"]).ok();
-    drop(proxy);
 }
 
 /// A cluster with a kube-proxy on the host, for the network ledger rows.
@@ -548,21 +506,25 @@ spec:
             })
             .collect();
         self.k.run_stdin(&["apply", "-f", "-"], &yaml.join("---")).ok();
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
         let mut out = Vec::new();
         for name in names {
-            let ip = eventually(Duration::from_secs(90), &format!("pod {name} Ready"), || {
-                let pods = pods.clone();
-                async move {
-                    let s = pods.get(name).await.ok()?.status?;
-                    let ready = s.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-                    ready.then(|| s.pod_ip.clone()).flatten()?.parse::<Ipv4Addr>().ok()
-                }
-            })
-            .await;
-            out.push((name.to_string(), ip));
+            out.push((name.to_string(), self.ready_ip(name).await));
         }
         out
+    }
+
+    /// Waits until pod `name` is Ready; its pod IP.
+    async fn ready_ip(&self, name: &str) -> Ipv4Addr {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        eventually(Duration::from_secs(90), &format!("pod {name} Ready"), || {
+            let pods = pods.clone();
+            async move {
+                let s = pods.get(name).await.ok()?.status?;
+                let ready = s.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then(|| s.pod_ip.clone()).flatten()?.parse::<Ipv4Addr>().ok()
+            }
+        })
+        .await
     }
 
     /// The docker id of a pod's first container.
@@ -839,13 +801,7 @@ spec: {{type: ExternalName, externalName: dnsweb.default.svc.cluster.local}}
         node = c.node.name
     );
     c.k.run_stdin(&["apply", "-f", "-"], &objects).ok();
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    let pod_ip: Ipv4Addr = eventually(Duration::from_secs(90), "dns-a Ready", || async {
-        let s = pods.get("dns-a").await.ok()?.status?;
-        let ready = s.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        ready.then(|| s.pod_ip.clone()).flatten()?.parse().ok()
-    })
-    .await;
+    let pod_ip = c.ready_ip("dns-a").await;
     let web_ip = cluster_ip_of(&services, "dnsweb").await;
 
     // The proxy publishes the kube-dns Service and its node's endpoint.
