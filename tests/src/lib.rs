@@ -9,7 +9,7 @@ pub mod kubectl;
 pub mod kubelet;
 pub mod server;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
@@ -63,9 +63,47 @@ impl Drop for TempDir {
     }
 }
 
-/// A free TCP port on loopback (bound, read, released).
+/// A port for a child process to listen on, TCP and UDP, on every address.
+///
+/// Asking the kernel for port 0 and releasing it is racy: such ports come from the ephemeral
+/// range, where any outgoing connection on the machine (a test's client, dockerd, etcd) may take
+/// the port before the child binds it. So ports come from below the node-port and ephemeral ranges, are checked
+/// free on 0.0.0.0 for TCP and UDP, and are claimed across the suite's processes (nextest runs
+/// each test in its own) with a file created exclusively; claims older than an hour are stale.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    // Below 30000, where the Service node-port range (and above it Linux's ephemeral range) starts.
+    const COUNT: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let claims = std::env::temp_dir().join("rkube-e2e-ports");
+    let _ = std::fs::create_dir_all(&claims);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    for _ in 0..COUNT {
+        let port = (FIRST + (seed.wrapping_add(NEXT.fetch_add(7_919, Ordering::Relaxed)) % COUNT)) as u16;
+        if claim(&claims.join(port.to_string())) && bindable(port) {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + COUNT)
+}
+
+fn claim(path: &Path) -> bool {
+    let fresh = || std::fs::OpenOptions::new().write(true).create_new(true).open(path).is_ok();
+    if fresh() {
+        return true;
+    }
+    let stale = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+    stale && std::fs::remove_file(path).is_ok() && fresh()
+}
+
+fn bindable(port: u16) -> bool {
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok()
 }
 
 /// The directory holding the workspace's built binaries: `target/<profile>` for tests
