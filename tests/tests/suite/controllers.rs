@@ -1300,6 +1300,59 @@ async fn c057_c134_c135_c136_replication_controllers_adopt_scale_release_and_are
 }
 
 #[tokio::test]
+async fn c058_c062_a_foreground_deleted_rc_waits_for_its_pods_and_an_orphaned_one_leaves_them() {
+    type Rc = k8s_openapi::api::core::v1::ReplicationController;
+    let h = harness(&["replicationcontroller", "garbagecollector"]).await;
+    let rcs: Api<Rc> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let rc = |name: &str| -> Rc {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"replicas": 3, "template": {"metadata": {"labels": {"rc": name}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))
+        .expect("rc")
+    };
+    let fg = rcs.create(&PostParams::default(), &rc("fg")).await.expect("fg");
+    let orphan = rcs.create(&PostParams::default(), &rc("orphan")).await.expect("orphan");
+    let fg_pods = wait_owned(&pods, fg.metadata.uid.as_deref().expect("uid"), 3).await;
+    let orphan_uid = orphan.metadata.uid.clone().expect("uid");
+    wait_owned(&pods, &orphan_uid, 3).await;
+
+    // C058: one pod holds a finalizer, so it outlives the others; the RC must outlive it.
+    let held = fg_pods[0].metadata.name.clone().expect("name");
+    let hold = serde_json::json!({"metadata": {"finalizers": ["e2e.rkube.dev/hold"]}});
+    pods.patch(&held, &PatchParams::default(), &Patch::Merge(&hold)).await.expect("hold");
+    rcs.delete("fg", &DeleteParams::foreground()).await.expect("delete fg");
+    eventually(Duration::from_secs(20), "fg's other pods gone, the held one terminating", || async {
+        let list = pods.list(&ListParams::default().labels("rc=fg")).await.ok()?.items;
+        (list.len() == 1 && list[0].metadata.deletion_timestamp.is_some()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = rcs.get("fg").await.expect("the rc stays while a pod of it is left");
+    assert!(waiting.metadata.deletion_timestamp.is_some());
+    assert!(waiting.metadata.finalizers.iter().flatten().any(|f| f == "foregroundDeletion"), "{:?}", waiting.metadata);
+    pods.patch(&held, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})))
+        .await
+        .expect("release");
+    gone(&rcs, "fg").await;
+    assert!(pods.list(&ListParams::default().labels("rc=fg")).await.expect("pods").items.is_empty());
+
+    // C062: orphaned, the pods stay and lose their owner reference.
+    rcs.delete("orphan", &DeleteParams::orphan()).await.expect("delete orphan");
+    gone(&rcs, "orphan").await;
+    eventually(Duration::from_secs(10), "3 ownerless pods of orphan", || async {
+        let list = pods.list(&ListParams::default().labels("rc=orphan")).await.ok()?.items;
+        let free = list.iter().filter(|p| p.metadata.deletion_timestamp.is_none());
+        let free = free.filter(|p| p.metadata.owner_references.as_ref().is_none_or(|r| r.is_empty()));
+        (free.count() == 3).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pods.list(&ListParams::default().labels("rc=orphan")).await.expect("pods").items.len(), 3);
+}
+
+#[tokio::test]
 async fn a_repeated_event_is_counted_on_the_first_instead_of_written_again() {
     let h = harness(&[]).await;
     let recorder = controller_manager::events::Recorder::new(h.client.clone());
