@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use proto::cri;
 use tokio::sync::mpsc;
 
+use super::admission::{self, HostPort};
 use super::spec::LABEL_POD_UID;
 use super::worker::{NodeContext, PodWorker, Update};
 
@@ -53,6 +54,11 @@ pub struct PodManager {
     synced: bool,
     /// Pod UIDs the runtime held when the manager started (None until listed).
     in_runtime: Option<HashSet<String>>,
+    /// The host ports of admitted pods that have not finished, by UID.
+    held: HashMap<String, Vec<HostPort>>,
+    /// New pods seen in the initial list that want host ports: admitted once the list is
+    /// complete, oldest first, so that pods already running claim their ports before them.
+    deferred: Vec<Pod>,
 }
 
 impl PodManager {
@@ -64,6 +70,8 @@ impl PodManager {
             finished: HashSet::new(),
             synced: false,
             in_runtime: None,
+            held: HashMap::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -86,18 +94,26 @@ impl PodManager {
                         let uid = p.metadata.uid.clone().unwrap_or_default();
                         self.known.remove(&uid);
                         self.finished.remove(&uid);
+                        self.held.remove(&uid);
+                        self.deferred.retain(|d| d.metadata.uid.as_ref() != Some(&uid));
                         if let Some(tx) = self.workers.get(&uid) {
                             let _ = tx.send(Update::Deleted);
                         }
                     }
                     Some(PodEvent::Synced) => {
                         self.synced = true;
+                        let mut deferred = std::mem::take(&mut self.deferred);
+                        deferred.sort_by(|a, b| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp));
+                        for p in deferred {
+                            self.apply(p, &done_tx);
+                        }
                         self.housekeeping().await;
                     }
                     None => break,
                 },
                 Some(uid) = done_rx.recv() => {
                     self.workers.remove(&uid);
+                    self.held.remove(&uid);
                     if self.known.contains(&uid) {
                         self.finished.insert(uid);
                     }
@@ -117,13 +133,30 @@ impl PodManager {
         if self.finished.contains(&uid) {
             return;
         }
+        if admission::terminal(&pod) {
+            self.held.remove(&uid);
+        }
         if let Some(tx) = self.workers.get(&uid)
             && tx.send(Update::Pod(Box::new(pod.clone()))).is_ok()
         {
             return;
         }
+        let wanted = admission::host_ports(&pod);
+        let check = admission::needs_admission(&pod) && !wanted.is_empty();
+        if check && !self.synced {
+            self.deferred.retain(|d| d.metadata.uid.as_ref() != Some(&uid));
+            self.deferred.push(pod);
+            return;
+        }
+        let rejection = if check { admission::admit(&wanted, self.held.values().flatten()).err() } else { None };
+        if rejection.is_none() && !admission::terminal(&pod) {
+            self.held.insert(uid.clone(), wanted);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let mut worker = PodWorker::new(self.ctx.clone(), pod);
+        if let Some(r) = rejection {
+            worker = worker.rejected(r);
+        }
         if self.in_runtime.as_ref().is_some_and(|r| !r.contains(&uid)) {
             worker = worker.fresh();
         }

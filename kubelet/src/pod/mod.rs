@@ -2,6 +2,7 @@
 //! worker (act), status, env, volumes, probes.
 
 pub mod actions;
+pub mod admission;
 pub mod backoff;
 pub mod env;
 pub mod manager;

@@ -107,7 +107,9 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, ctx: &SpecContext) -> cri::PodSan
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let host_net = host_network(pod);
     let mut ports = Vec::new();
-    for c in &spec.containers {
+    // Restartable (sidecar) init containers run alongside the app containers: theirs count too.
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    for c in spec.containers.iter().chain(sidecars) {
         for p in c.ports.clone().unwrap_or_default() {
             if let Some(hp) = p.host_port.filter(|h| *h > 0) {
                 ports.push(cri::PortMapping {
@@ -324,6 +326,36 @@ mod tests {
         let c = best.spec.as_ref().expect("spec").containers[0].clone();
         let r = linux_resources(&best, &c, 1 << 30);
         assert_eq!((r.cpu_shares, r.cpu_quota, r.memory_limit_in_bytes, r.oom_score_adj), (2, 0, 0, 1000));
+    }
+
+    #[test]
+    fn host_ports_of_containers_and_sidecars_are_mapped_and_host_network_maps_none() {
+        let dir = std::env::temp_dir().join(format!("kubelet-spec-ports-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spec = serde_json::json!({
+            "initContainers": [
+                {"name": "once", "ports": [{"containerPort": 1, "hostPort": 7001}]},
+                {"name": "sidecar", "restartPolicy": "Always", "ports": [{"containerPort": 2, "hostPort": 7002}]}],
+            "containers": [{"name": "c", "ports": [
+                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "127.0.0.1"},
+                {"containerPort": 81}]}]});
+        let p = pod(serde_json::json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u"}, "spec": spec}));
+        let mapped: Vec<(i32, i32, i32, String)> = sandbox_config(&p, 0, &ctx(&dir))
+            .port_mappings
+            .into_iter()
+            .map(|m| (m.protocol, m.container_port, m.host_port, m.host_ip))
+            .collect();
+        assert_eq!(
+            mapped,
+            [
+                (cri::Protocol::Udp as i32, 53, 5353, "127.0.0.1".into()),
+                (cri::Protocol::Tcp as i32, 2, 7002, String::new())
+            ]
+        );
+        let mut host = p.clone();
+        host.spec.as_mut().expect("spec").host_network = Some(true);
+        assert!(sandbox_config(&host, 0, &ctx(&dir)).port_mappings.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

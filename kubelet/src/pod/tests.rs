@@ -9,6 +9,7 @@ use proto::cri as pb;
 use tokio::sync::mpsc;
 
 use super::env::NodeAllocatable;
+use super::manager::{PodEvent, PodManager};
 use super::source::MapSource;
 use super::spec::SpecContext;
 use super::worker::{NodeContext, PodApi, PodWorker, Update};
@@ -19,17 +20,25 @@ use crate::runtime::fake::FakeRuntime;
 #[derive(Default)]
 struct MemoryApi {
     statuses: Mutex<Vec<PodStatus>>,
-    deleted: Mutex<bool>,
+    /// (pod name, status) in the order written.
+    by_pod: Mutex<Vec<(String, PodStatus)>>,
+    /// Names of the pods finally deleted.
+    deleted: Mutex<Vec<String>>,
+}
+
+fn name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
 }
 
 #[async_trait::async_trait]
 impl PodApi for MemoryApi {
-    async fn update_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), String> {
+    async fn update_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), String> {
         self.statuses.lock().expect("lock").push(status.clone());
+        self.by_pod.lock().expect("lock").push((name(pod), status.clone()));
         Ok(())
     }
-    async fn delete_final(&self, _pod: &Pod) -> Result<(), String> {
-        *self.deleted.lock().expect("lock") = true;
+    async fn delete_final(&self, pod: &Pod) -> Result<(), String> {
+        self.deleted.lock().expect("lock").push(name(pod));
         Ok(())
     }
 }
@@ -37,6 +46,11 @@ impl PodApi for MemoryApi {
 impl MemoryApi {
     fn last(&self) -> PodStatus {
         self.statuses.lock().expect("lock").last().cloned().unwrap_or_default()
+    }
+
+    fn last_of(&self, pod: &str) -> PodStatus {
+        let all = self.by_pod.lock().expect("lock");
+        all.iter().rev().find(|(n, _)| n == pod).map(|(_, s)| s.clone()).unwrap_or_default()
     }
 }
 
@@ -73,7 +87,19 @@ fn start(p: Pod) -> Harness {
     runtime.add_image("busybox");
     let api = Arc::new(MemoryApi::default());
     let events = Recorder::new(None, "n1");
-    let ctx = Arc::new(NodeContext {
+    let ctx = context(&dir, &runtime, &api, &events);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(PodWorker::new(ctx, p).run(rx));
+    Harness { runtime, api, events, tx, _dir: TempDir(dir) }
+}
+
+fn context(
+    dir: &std::path::Path,
+    runtime: &Arc<FakeRuntime>,
+    api: &Arc<MemoryApi>,
+    events: &Recorder,
+) -> Arc<NodeContext> {
+    Arc::new(NodeContext {
         host_ip: "192.0.2.2".into(),
         cri: Cri::new(runtime.clone()),
         source: Arc::new(MapSource::default()),
@@ -90,10 +116,7 @@ fn start(p: Pod) -> Harness {
         allocatable: NodeAllocatable { cpu_milli: 2000, memory_bytes: 1 << 30, ephemeral_storage_bytes: 1 << 34 },
         resync: Duration::from_millis(100),
         images: Default::default(),
-    });
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(PodWorker::new(ctx, p).run(rx));
-    Harness { runtime, api, events, tx, _dir: TempDir(dir) }
+    })
 }
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -178,7 +201,7 @@ async fn a_deleted_pod_is_stopped_and_its_object_removed() {
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
     deleting.metadata.deletion_grace_period_seconds = Some(1);
     h.tx.send(Update::Pod(Box::new(deleting))).expect("send");
-    until("the final delete", || *h.api.deleted.lock().expect("lock")).await;
+    until("the final delete", || !h.api.deleted.lock().expect("lock").is_empty()).await;
     let calls = h.runtime.calls();
     let stop = calls.iter().position(|c| c.starts_with("StopContainer")).expect("stopped");
     let remove = calls.iter().position(|c| c.starts_with("RemovePodSandbox")).expect("removed");
@@ -297,4 +320,67 @@ async fn a_stale_watch_event_does_not_bring_a_finished_pod_back() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let after: Vec<String> = h.api.statuses.lock().expect("lock")[reported..].iter().map(phase).collect();
     assert!(after.iter().all(|ph| ph == "Failed"), "no status but Failed after the stale event: {after:?}");
+}
+
+/// A pod manager fed by hand: the events it would get from the pod watch.
+fn manager(dir: &std::path::Path) -> (Arc<FakeRuntime>, Arc<MemoryApi>, Recorder, mpsc::UnboundedSender<PodEvent>) {
+    let runtime = Arc::new(FakeRuntime::new());
+    runtime.add_image("busybox");
+    let api = Arc::new(MemoryApi::default());
+    let events = Recorder::new(None, "n1");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let m = PodManager::new(context(dir, &runtime, &api, &events));
+    tokio::spawn(m.run(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), std::future::pending()));
+    (runtime, api, events, tx)
+}
+
+fn host_port_pod(name: &str, created: &str, host_port: i32) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "creationTimestamp": created},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+            "ports": [{"containerPort": 80, "hostPort": host_port}]}]},
+        "status": {"phase": "Pending"}
+    }))
+    .expect("pod")
+}
+
+#[tokio::test]
+async fn a_pod_whose_host_port_is_taken_is_rejected_and_the_port_is_free_again_once_its_holder_finishes() {
+    let dir =
+        std::env::temp_dir().join(format!("kubelet-admit-{}-{}", std::process::id(), crate::runtime::now_nanos()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("resolv.conf"), "nameserver 192.0.2.53\n").expect("resolv");
+    let _cleanup = TempDir(dir.clone());
+    let (runtime, api, events, tx) = manager(&dir);
+    let send = |e: PodEvent| tx.send(e).expect("send");
+    // Listed newest first: admission waits for the whole list and goes oldest first.
+    send(PodEvent::Apply(Box::new(host_port_pod("newer", "2026-01-01T00:00:02Z", 8080))));
+    send(PodEvent::Apply(Box::new(host_port_pod("older", "2026-01-01T00:00:01Z", 8080))));
+    send(PodEvent::Apply(Box::new(host_port_pod("elsewhere", "2026-01-01T00:00:03Z", 8081))));
+    send(PodEvent::Synced);
+    until("older Running", || phase(&api.last_of("older")) == "Running").await;
+    until("elsewhere Running", || phase(&api.last_of("elsewhere")) == "Running").await;
+    until("newer Failed", || phase(&api.last_of("newer")) == "Failed").await;
+    let rejected = api.last_of("newer");
+    assert_eq!(rejected.reason.as_deref(), Some("NodePorts"));
+    assert!(rejected.message.as_deref().is_some_and(|m| m.starts_with("Pod was rejected: ")), "{rejected:?}");
+    assert!(events.recorded().iter().any(|(_, r, _)| r == "NodePorts"));
+    assert!(runtime.calls().iter().all(|c| !c.starts_with("RunPodSandbox newer")), "{:?}", runtime.calls());
+
+    // Deleted gracefully (as a StatefulSet deletes a failed pod), the rejected pod is removed at once.
+    let mut deleting = host_port_pod("newer", "2026-01-01T00:00:02Z", 8080);
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    send(PodEvent::Apply(Box::new(deleting.clone())));
+    until("newer finally deleted", || api.deleted.lock().expect("lock").contains(&"newer".to_string())).await;
+    send(PodEvent::Delete(Box::new(deleting)));
+
+    // Its replacement is rejected while older holds the port, and admitted after older finished.
+    send(PodEvent::Apply(Box::new(host_port_pod("again", "2026-01-01T00:00:04Z", 8080))));
+    until("again Failed", || phase(&api.last_of("again")) == "Failed").await;
+    let mut finished = host_port_pod("older", "2026-01-01T00:00:01Z", 8080);
+    finished.status = serde_json::from_value(serde_json::json!({"phase": "Succeeded"})).expect("status");
+    send(PodEvent::Apply(Box::new(finished)));
+    send(PodEvent::Apply(Box::new(host_port_pod("third", "2026-01-01T00:00:05Z", 8080))));
+    until("third Running", || phase(&api.last_of("third")) == "Running").await;
 }

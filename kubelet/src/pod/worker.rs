@@ -12,6 +12,7 @@ use proto::cri;
 use tokio::sync::{Notify, mpsc};
 
 use super::actions::{ContainerObs, Observed, PlanContext, SandboxObs, Which, compute_pod_actions};
+use super::admission::Rejection;
 use super::backoff::Backoff;
 use super::env::{NodeAllocatable, container_env, service_env};
 use super::probes::{ProbeTarget, SharedResults, run_hook, spawn_prober};
@@ -57,6 +58,8 @@ pub struct PodWorker {
     /// The runtime cannot hold anything for this pod yet (it appeared after the startup listing
     /// and this worker has not acted): the first sync skips asking.
     fresh: bool,
+    /// The node did not admit the pod: it is reported Failed and never runs.
+    rejected: Option<Rejection>,
     gone: bool,
     backoff: Backoff,
     pull_backoff: Backoff,
@@ -86,6 +89,7 @@ impl PodWorker {
             ctx,
             pod,
             fresh: false,
+            rejected: None,
             gone: false,
             backoff: Backoff::default(),
             pull_backoff: Backoff::default(),
@@ -105,6 +109,12 @@ impl PodWorker {
     /// Marks the pod as new to the runtime (see `fresh`).
     pub fn fresh(mut self) -> Self {
         self.fresh = true;
+        self
+    }
+
+    /// Marks the pod as not admitted (see `rejected`).
+    pub fn rejected(mut self, why: Rejection) -> Self {
+        self.rejected = Some(why);
         self
     }
 
@@ -142,6 +152,31 @@ impl PodWorker {
         }
     }
 
+    /// A rejected pod: Failed with the rejection's reason (once), then only its deletion.
+    async fn sync_rejected(&mut self, why: &Rejection) -> Result<Option<Duration>, String> {
+        if self.gone {
+            return Ok(None);
+        }
+        if self.pod.metadata.deletion_timestamp.is_some() {
+            self.ctx.api.delete_final(&self.pod).await?;
+            return Ok(None);
+        }
+        if self.last_status.is_none() {
+            let message = format!("Pod was rejected: {}", why.message);
+            tracing::info!(pod = %self.key(), reason = %why.reason, %message, "pod not admitted");
+            let status = PodStatus {
+                phase: Some("Failed".into()),
+                reason: Some(why.reason.clone()),
+                message: Some(message.clone()),
+                ..Default::default()
+            };
+            self.ctx.api.update_status(&self.pod, &status).await?;
+            self.ctx.events.warning(&self.pod, &why.reason, &why.message);
+            self.last_status = Some(status);
+        }
+        Ok(Some(self.ctx.resync * 6))
+    }
+
     fn key(&self) -> String {
         format!(
             "{}/{}",
@@ -152,6 +187,9 @@ impl PodWorker {
 
     /// One pass. `Ok(None)` when the pod is finished on this node for good.
     async fn sync(&mut self) -> Result<Option<Duration>, String> {
+        if let Some(why) = self.rejected.clone() {
+            return self.sync_rejected(&why).await;
+        }
         let obs = if std::mem::take(&mut self.fresh) { Observed::default() } else { self.observe().await? };
         if self.gone {
             // Deleted from the API without us (forced, or while we were down): stop at once.

@@ -2,12 +2,11 @@
 //! subresources of Deployments, ReplicaSets and ReplicationControllers, their lifecycles as a
 //! watch sees them, and PodDisruptionBudget collections and status. Each test runs the in-process
 //! apiserver with the controllers the row needs and `fake_kubelet` marking pods Ready; no row
-//! here needs a real node.
+//! here needs a real node, except C142: a kubelet rejecting a pod whose hostPort is taken, on the
+//! real cluster ([`crate::controllers::Cluster`]).
 //!
-//! Not covered here, and why: C132 and C137 read each replica's hostname through
-//! `pods/{name}/proxy`, which the apiserver does not serve; C142 needs a kubelet that rejects a
-//! pod whose hostPort is taken (the kubelet has no such admission check); C138 needs
-//! ResourceQuota, which is not served.
+//! Elsewhere: C132 and C137 (replicas answering through `pods/{name}/proxy`) in `proxy.rs`. Not
+//! covered: C138 needs ResourceQuota, which is not served.
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -22,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde::de::DeserializeOwned;
 
-use crate::controllers::{deployment, fake_kubelet, harness, replica_set, rolled_out};
+use crate::controllers::{Cluster, deployment, fake_kubelet, harness, replica_set, rolled_out};
 
 /// A watch on the objects carrying a label, from the moment it was opened.
 struct Watch<K> {
@@ -586,4 +585,71 @@ async fn c139_a_replication_controller_is_created_patched_scaled_status_updated_
         .await
         .expect("delete collection");
     watch.until("the RC deleted", Seen::Deleted, |rc| rc.metadata.name.as_deref() == Some("rc")).await;
+}
+
+/// Ledger C142: a pod holds a hostPort on the node; a StatefulSet's pod pinned to that node asks
+/// for the same port. The kubelet rejects it (Failed, reason NodePorts), the controller deletes
+/// and recreates it, again and again, until the holder is gone and `ss-0` runs and answers on
+/// the port.
+#[tokio::test]
+async fn c142_a_stateful_pod_the_node_rejects_for_a_taken_host_port_is_recreated_until_it_runs() {
+    let c = Cluster::start().await;
+    let port = e2e::free_port();
+    let node = c.node.name.clone();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let spec = |container: &str| {
+        serde_json::json!({"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [{
+            "name": container, "image": "netexec:1.2", "imagePullPolicy": "IfNotPresent",
+            "ports": [{"containerPort": 8080, "hostPort": port}]}]})
+    };
+    let holder: Pod =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "test-pod"}, "spec": spec("holder")}))
+            .expect("pod");
+    pods.create(&PostParams::default(), &holder).await.expect("holder");
+    let running = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt(name).await.ok()??;
+            (p.metadata.deletion_timestamp.is_none() && p.status.as_ref()?.phase.as_deref() == Some("Running"))
+                .then_some(p)
+        }
+    };
+    eventually(Duration::from_secs(60), "test-pod Running", || running("test-pod")).await;
+
+    let set = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "ss"},
+        "spec": {"replicas": 1, "serviceName": "test", "selector": {"matchLabels": {"app": "ss"}},
+            "template": {"metadata": {"labels": {"app": "ss"}}, "spec": spec("webserver")}}});
+    c.k.run_stdin(&["apply", "-f", "-"], &set.to_string()).ok();
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.client.clone(), "default");
+    eventually(Duration::from_secs(60), "ss-0 rejected for its port at least twice, and recreated", || async {
+        let (mut rejected, mut recreated) = (0, false);
+        for e in events.list(&ListParams::default()).await.ok()?.items {
+            let about_ss0 = e.involved_object.name.as_deref() == Some("ss-0");
+            match e.reason.as_deref() {
+                Some("NodePorts") if about_ss0 && e.involved_object.kind.as_deref() == Some("Pod") => {
+                    rejected += e.count.unwrap_or(1);
+                }
+                Some("RecreatingFailedPod") => recreated = true,
+                _ => {}
+            }
+        }
+        (rejected >= 2 && recreated).then_some(())
+    })
+    .await;
+    let p = running("ss-0").await;
+    assert!(p.is_none(), "ss-0 cannot run while test-pod holds the port: {p:?}");
+
+    pods.delete("test-pod", &DeleteParams::default()).await.expect("delete the holder");
+    let ss0 = eventually(Duration::from_secs(90), "ss-0 Running once the port is free", || running("ss-0")).await;
+    let restarts = ss0.status.and_then(|s| s.container_statuses).unwrap_or_default();
+    assert!(restarts.iter().all(|s| s.restart_count == 0), "{restarts:?}");
+    let addr = format!("127.0.0.1:{port}");
+    let answer = eventually(Duration::from_secs(30), "ss-0 answering on the host port", || {
+        crate::endpoints_ledger::http_hostname(&addr)
+    })
+    .await;
+    assert_eq!(answer, "ss-0");
+    c.k.run(&["delete", "statefulset", "ss", "--timeout=60s"]).ok();
+    c.k.run(&["delete", "pod", "--all", "--timeout=60s"]).ok();
 }

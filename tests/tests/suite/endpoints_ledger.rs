@@ -302,7 +302,7 @@ async fn c202_endpoints_of_100_new_services_appear_within_the_latency_thresholds
 }
 
 /// `GET /hostname` on `addr`; `None` until something answers 200.
-async fn http_hostname(addr: &str) -> Option<String> {
+pub(crate) async fn http_hostname(addr: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream =
         tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await.ok()?.ok()?;
