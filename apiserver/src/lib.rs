@@ -9,6 +9,7 @@ pub mod certs;
 pub mod codec;
 pub mod discovery;
 pub mod error;
+pub mod events_v1;
 pub mod fuzzing;
 pub mod handler;
 pub mod http;

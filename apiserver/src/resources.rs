@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, networking, policy,
+    apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, events, networking, policy,
     scheduling, storage,
 };
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -42,6 +42,13 @@ pub struct Subresource {
     pub version: &'static str,
     pub kind: &'static str,
     pub verbs: &'static [&'static str],
+}
+
+/// A resource served in one form and stored in another's: `events.k8s.io/v1` Events are core
+/// `v1` Events in storage. The conversions run on the whole object at the storage boundary.
+pub struct StoredAs {
+    pub to_storage: fn(&Value) -> Value,
+    pub from_storage: fn(&Value) -> Value,
 }
 
 /// One served resource.
@@ -73,6 +80,8 @@ pub struct ResourceInfo {
     /// token reviews).
     pub ephemeral: bool,
     pub strategy: &'static dyn Strategy,
+    /// Stored in another resource's form (sharing its key prefix), converted on the way.
+    pub stored_as: Option<&'static StoredAs>,
     normalize: fn(Value) -> Result<Value, String>,
     /// The kind's OpenAPI schema, from `k8s-openapi`; definitions go to the generator.
     pub schema: fn(&mut SchemaGenerator) -> Schema,
@@ -102,7 +111,8 @@ impl ResourceInfo {
     }
 
     /// The etcd key prefix holding every object of this resource: `/registry/<resource>/`.
-    /// Built-in plurals are unique across groups, so the group is not part of the key.
+    /// Built-in plurals are unique across groups, so the group is not part of the key; the one
+    /// plural served by two groups, `events`, names the same objects in both ([`StoredAs`]).
     pub fn key_prefix(&self) -> String {
         format!("/registry/{}/", self.plural)
     }
@@ -129,6 +139,23 @@ impl ResourceInfo {
     /// error names the path of the offending field.
     pub fn normalize(&self, obj: Value) -> Result<Value, String> {
         (self.normalize)(obj)
+    }
+
+    /// Stored bytes, as this resource serves them.
+    pub fn served_bytes(&self, stored: &[u8]) -> Vec<u8> {
+        let Some(conv) = self.stored_as else { return stored.to_vec() };
+        match serde_json::from_slice::<Value>(stored) {
+            Ok(v) => crate::codec::encode_for_storage(&(conv.from_storage)(&v)),
+            Err(_) => stored.to_vec(),
+        }
+    }
+
+    /// An object of this resource, encoded as storage holds it.
+    pub fn stored_bytes(&self, obj: &Value) -> Vec<u8> {
+        match self.stored_as {
+            Some(conv) => crate::codec::encode_for_storage(&(conv.to_storage)(obj)),
+            None => crate::codec::encode_for_storage(obj),
+        }
     }
 
     pub fn subresource(&self, name: &str) -> Option<Subresource> {
@@ -234,6 +261,7 @@ fn base(
         verbs: ALL_VERBS,
         ephemeral: false,
         strategy: &PlainStrategy,
+        stored_as: None,
         normalize,
         schema,
         schema_name,
@@ -356,6 +384,10 @@ impl Entry {
     }
     pub fn strategy(mut self, s: &'static dyn Strategy) -> Self {
         self.0.strategy = s;
+        self
+    }
+    pub fn stored_as(mut self, s: &'static StoredAs) -> Self {
+        self.0.stored_as = Some(s);
         self
     }
 }
@@ -535,6 +567,13 @@ impl Registry {
                 .status()
                 .generation()
                 .strategy(&kinds::HorizontalPodAutoscalerStrategy),
+            entry::<events::v1::Event>()
+                .short(&["ev"])
+                .create_on_update()
+                .names(PathSegment)
+                .fields(crate::events_v1::FIELDS)
+                .stored_as(&crate::events_v1::STORED_AS_CORE)
+                .strategy(&crate::events_v1::EventsV1Strategy),
             entry::<coordination::v1::Lease>().names(PathSegment).create_on_update().strategy(&kinds::LeaseStrategy),
             entry::<discovery::v1::EndpointSlice>().strategy(&kinds::EndpointSliceStrategy),
             entry::<policy::v1::PodDisruptionBudget>()
@@ -668,10 +707,13 @@ mod tests {
     fn plurals_are_unique_because_keys_do_not_carry_the_group() {
         let reg = Registry::builtin();
         let mut seen = std::collections::BTreeSet::new();
-        // Computed kinds (reviews, metrics.k8s.io) are never stored, so they may share a plural.
-        for e in reg.all().iter().filter(|e| !e.ephemeral) {
+        // Computed kinds (reviews, metrics.k8s.io) are never stored, so they may share a plural;
+        // so may a second form of stored objects, which means the same objects by intent.
+        for e in reg.all().iter().filter(|e| !e.ephemeral && e.stored_as.is_none()) {
             assert!(seen.insert(e.plural), "{} served twice", e.plural);
         }
+        let v1 = reg.by_plural("events.k8s.io", "events").expect("events.k8s.io");
+        assert_eq!(v1.key_prefix(), reg.by_plural("", "events").expect("core events").key_prefix());
     }
 
     #[test]

@@ -550,7 +550,7 @@ impl Store {
 
     pub async fn get(&self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<KeyValue> {
         let kv = self.storage.get(&info.key(ns, name)).await.map_err(|e| storage_error(info, name, e))?;
-        kv.ok_or_else(|| ApiError::not_found(info, name))
+        kv.map(|kv| served(info, kv)).ok_or_else(|| ApiError::not_found(info, name))
     }
 
     pub async fn get_value(&self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<Value> {
@@ -645,6 +645,7 @@ impl Store {
             // The last key looked at when it was skipped; when it was kept, it is `items.last()`.
             let mut skipped_last: Option<String> = None;
             for kv in page.items {
+                let kv = served(info, kv);
                 consumed += 1;
                 let keep = opts.selectors.is_empty()
                     || opts.selectors.matches(&codec::decode_stored(&kv.value, kv.mod_revision)?);
@@ -742,7 +743,7 @@ impl Store {
             } else {
                 Default::default()
             };
-            match self.storage.create(&key, codec::encode_for_storage(&candidate)).await {
+            match self.storage.create(&key, info.stored_bytes(&candidate)).await {
                 Ok(rev) => {
                     set_rv(&mut candidate, rev);
                     return Ok(Written { object: candidate, created: true, warnings });
@@ -946,7 +947,7 @@ impl Store {
         let key = info.key(ns, name);
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let cur = self.storage.get(&key).await.map_err(|e| storage_error(info, name, e))?;
-            let Some(cur) = cur else {
+            let Some(cur) = cur.map(|kv| served(info, kv)) else {
                 return Err(ApiError::not_found(info, name));
             };
             let old = codec::decode_stored(&cur.value, cur.mod_revision)?;
@@ -1029,7 +1030,7 @@ impl Store {
             } else {
                 Default::default()
             };
-            match self.storage.update(&key, codec::encode_for_storage(&new), cur.mod_revision).await {
+            match self.storage.update(&key, info.stored_bytes(&new), cur.mod_revision).await {
                 Ok(rev) => {
                     if is_service(info) {
                         self.release_service(&old, Some(&new)).await;
@@ -1101,7 +1102,7 @@ impl Store {
         let key = info.key(ns, name);
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let cur = self.storage.get(&key).await.map_err(|e| storage_error(info, name, e))?;
-            let Some(cur) = cur else {
+            let Some(cur) = cur.map(|kv| served(info, kv)) else {
                 return Err(ApiError::not_found(info, name));
             };
             let old = codec::decode_stored(&cur.value, cur.mod_revision)?;
@@ -1146,7 +1147,7 @@ impl Store {
                         Err(e) => return Err(storage_error(info, name, e)),
                     }
                 }
-                match self.storage.update(&key, codec::encode_for_storage(&marked), cur.mod_revision).await {
+                match self.storage.update(&key, info.stored_bytes(&marked), cur.mod_revision).await {
                     Ok(rev) => {
                         set_rv(&mut marked, rev);
                         return Ok(Deleted::Pending(marked));
@@ -1305,7 +1306,7 @@ impl Store {
                         Ok(ev) => ev,
                         Err(e) => return send(WatchItem::Error(storage_error(&info, "", e))).await,
                     };
-                    if let Some(item) = self.translate(&opts, ev) {
+                    if let Some(item) = self.translate(&info, &opts, ev) {
                         match item {
                             Ok(item) => send(item).await?,
                             Err(e) => return send(WatchItem::Error(e)).await,
@@ -1319,8 +1320,11 @@ impl Store {
 
     /// A storage event as the API event this watcher should see, if any. Objects moving into or
     /// out of the selection appear as ADDED or DELETED.
-    fn translate(&self, opts: &WatchOptions, ev: WatchEvent) -> Option<ApiResult<WatchItem>> {
-        let decode = |kv: &KeyValue, rev: i64| codec::decode_stored(&kv.value, rev);
+    fn translate(&self, info: &ResourceInfo, opts: &WatchOptions, ev: WatchEvent) -> Option<ApiResult<WatchItem>> {
+        let decode = |kv: &KeyValue, rev: i64| match info.stored_as {
+            Some(conv) => codec::decode_stored(&kv.value, rev).map(|v| (conv.from_storage)(&v)),
+            None => codec::decode_stored(&kv.value, rev),
+        };
         let sel = &opts.selectors;
         let result = (|| -> ApiResult<Option<WatchItem>> {
             Ok(match ev {
@@ -1357,6 +1361,14 @@ impl Store {
         })();
         result.transpose()
     }
+}
+
+/// A stored object in the form `info` serves (see [`crate::resources::StoredAs`]).
+fn served(info: &ResourceInfo, mut kv: KeyValue) -> KeyValue {
+    if info.stored_as.is_some() {
+        kv.value = info.served_bytes(&kv.value).into();
+    }
+    kv
 }
 
 /// Continue tokens: the revision of the first page and the last key returned, relative to the

@@ -1017,3 +1017,164 @@ fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut resp).expect("response");
     resp
 }
+
+/// An `events.k8s.io/v1` Event as the upstream events e2e test makes it.
+fn v1_event(ns: &str, name: &str, label: bool) -> Value {
+    json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": name, "labels": if label { json!({"test-event": "true"}) } else { json!({}) }},
+        "regarding": {"namespace": ns},
+        "eventTime": "2017-09-19T13:49:16.000000Z",
+        "note": format!("This is {name}"), "action": "Do", "reason": "Test", "type": "Normal",
+        "reportingController": "test-controller", "reportingInstance": "test-node"
+    })
+}
+
+#[tokio::test]
+async fn c176_an_events_v1_event_is_read_patched_updated_deleted_and_is_the_same_object_as_the_core_event() {
+    let (_etcd, api) = cluster().await;
+    let c = api.client();
+    let v1 = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let core = "/api/v1/namespaces/default/events";
+    let created = ok(c.post(v1, &v1_event("default", "event-test", true)).await, 201);
+    assert_eq!(
+        (created["apiVersion"].as_str(), created["note"].as_str()),
+        (Some("events.k8s.io/v1"), Some("This is event-test"))
+    );
+    let got = ok(c.get(&format!("{v1}/event-test")).await, 200);
+    assert_eq!(got["metadata"]["uid"], created["metadata"]["uid"]);
+    assert_eq!(
+        names(&ok(c.get("/apis/events.k8s.io/v1/events?labelSelector=test-event%3Dtrue").await, 200)),
+        ["event-test"]
+    );
+
+    // The same object through the core API, under the core names.
+    let as_core = ok(c.get(&format!("{core}/event-test")).await, 200);
+    assert_eq!(as_core["apiVersion"], "v1");
+    assert_eq!(as_core["metadata"]["uid"], created["metadata"]["uid"]);
+    assert_eq!(as_core["message"], "This is event-test");
+    assert_eq!(as_core["reportingComponent"], "test-controller");
+    assert_eq!(as_core["involvedObject"]["namespace"], "default");
+
+    let patched =
+        ok(c.patch(&format!("{v1}/event-test"), MERGE, &json!({"note": "This is a test event - patched"})).await, 200);
+    assert_eq!(patched["note"], "This is a test event - patched");
+    let mut update = patched.clone();
+    update["series"] = json!({"count": 100, "lastObservedTime": "2017-09-19T13:50:16.000000Z"});
+    let updated = ok(c.put(&format!("{v1}/event-test"), &update).await, 200);
+    assert_eq!(updated["series"]["count"], 100);
+    assert_eq!(ok(c.get(&format!("{core}/event-test")).await, 200)["series"]["count"], 100);
+    // What happened is fixed; a series of one is no series.
+    let mut changed = updated.clone();
+    changed["reason"] = json!("Other");
+    assert_eq!(c.put(&format!("{v1}/event-test"), &changed).await.status, 422);
+    let bad = c.patch(&format!("{v1}/event-test"), MERGE, &json!({"series": {"count": 1}})).await;
+    assert_eq!(bad.status, 422, "{}", bad.text());
+
+    // A core event (as a kubelet writes it) is listed by the new API under the new names.
+    let kubelet = json!({"metadata": {"name": "from-core"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+        "reason": "Started", "message": "Started container c", "type": "Normal", "count": 2,
+        "source": {"component": "kubelet", "host": "n1"},
+        "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:09Z"});
+    ok(c.post(core, &kubelet).await, 201);
+    let seen = ok(c.get(&format!("{v1}/from-core")).await, 200);
+    assert_eq!((seen["note"].as_str(), seen["deprecatedCount"].as_i64()), (Some("Started container c"), Some(2)));
+    assert_eq!(seen["regarding"]["name"], "p");
+    assert_eq!(seen["deprecatedSource"]["component"], "kubelet");
+    let selected = ok(c.get(&format!("{v1}?fieldSelector=regarding.name%3Dp")).await, 200);
+    assert_eq!(names(&selected), ["from-core"]);
+
+    // Creates through the new API must say what the new API requires.
+    let mut incomplete = v1_event("default", "incomplete", false);
+    incomplete.as_object_mut().expect("object").remove("reportingController");
+    incomplete["deprecatedCount"] = json!(3);
+    let refused = c.post(v1, &incomplete).await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let causes: Vec<String> = refused.json()["details"]["causes"]
+        .as_array()
+        .expect("causes")
+        .iter()
+        .filter_map(|c| c["field"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(causes, ["reportingController", "deprecatedCount"]);
+
+    ok(c.request("DELETE", &format!("{v1}/event-test"), &[], Vec::new()).await, 200);
+    assert_eq!(c.get(&format!("{core}/event-test")).await.status, 404);
+    assert_eq!(names(&ok(c.get(v1).await, 200)), ["from-core"]);
+}
+
+#[tokio::test]
+async fn c175_events_v1_are_listed_across_namespaces_and_removed_with_deletecollection() {
+    let (_etcd, api) = cluster().await;
+    let c = api.client();
+    let all = "/apis/events.k8s.io/v1/events?labelSelector=test-event%3Dtrue";
+    for i in 1..=3 {
+        let path = "/apis/events.k8s.io/v1/namespaces/default/events";
+        ok(c.post(path, &v1_event("default", &format!("event-{i}"), true)).await, 201);
+    }
+    ok(c.post("/apis/events.k8s.io/v1/namespaces/default/events", &v1_event("default", "kept", false)).await, 201);
+    let listed = ok(c.get(all).await, 200);
+    assert_eq!(listed["kind"], "EventList");
+    assert_eq!(names(&listed), ["event-1", "event-2", "event-3"]);
+    let mut watch = c.stream(&format!("{all}&watch=true&resourceVersion={}", rv(&listed)), &[]).await;
+    ok(
+        c.request(
+            "DELETE",
+            "/apis/events.k8s.io/v1/namespaces/default/events?labelSelector=test-event%3Dtrue",
+            &[],
+            Vec::new(),
+        )
+        .await,
+        200,
+    );
+    assert!(names(&ok(c.get(all).await, 200)).is_empty());
+    assert_eq!(names(&ok(c.get("/api/v1/namespaces/default/events").await, 200)), ["kept"]);
+    for _ in 0..3 {
+        let ev = watch.expect_event(10).await;
+        assert_eq!(ev["type"], "DELETED");
+        assert_eq!(ev["object"]["apiVersion"], "events.k8s.io/v1", "watch events are in the watched API's form");
+    }
+}
+
+/// kube-rs's event `Recorder` writes `events.k8s.io/v1` (a create, then merge patches of the
+/// series); kubectl shows the result as the core Events it reads.
+#[tokio::test]
+async fn events_a_kube_rs_recorder_publishes_are_what_kubectl_shows() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (_etcd, api) = kubectl_cluster().await;
+    let client = api.endpoint.kube_client().await;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client.clone(), "default");
+    let cm = cms
+        .create(&Default::default(), &serde_json::from_value(json!({"metadata": {"name": "watched"}})).expect("cm"))
+        .await
+        .expect("configmap");
+    let reporter = Reporter { controller: "example.com/operator".into(), instance: Some("operator-0".into()) };
+    let recorder = Recorder::new(client, reporter);
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "Reconciled".into(),
+        note: Some("the config drifted".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = kube::Resource::object_ref(&cm, &());
+    for _ in 0..3 {
+        recorder.publish(&event, &reference).await.expect("publish");
+    }
+    let k = Kubectl::new(&api.endpoint);
+    let events = kubectl_json(&k, &["get", "events", "--field-selector", "involvedObject.name=watched"]);
+    let items = events["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "one event with a series: {events}");
+    assert_eq!(items[0]["message"], "the config drifted");
+    assert_eq!(items[0]["series"]["count"], 3);
+    assert_eq!(items[0]["reportingComponent"], "example.com/operator");
+    let table = k.run(&["get", "events"]).ok().stdout;
+    assert!(
+        table.contains("Warning") && table.contains("Reconciled") && table.contains("configmap/watched"),
+        "{table}"
+    );
+    let v1 = k.run(&["get", "events.v1.events.k8s.io"]).ok().stdout;
+    assert!(v1.contains("Reconciled") && v1.contains("the config drifted"), "{v1}");
+    let described = k.run(&["describe", "configmap", "watched"]).ok().stdout;
+    assert!(described.contains("Reconciled") && described.contains("the config drifted"), "{described}");
+}
