@@ -1240,6 +1240,11 @@ async fn c057_c134_c135_c136_replication_controllers_adopt_scale_release_and_are
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
     .expect("pod");
     pods.create(&PostParams::default(), &orphan).await.expect("orphan");
+    // The pod and the RC reach the controller on two watches, in either order. Should the RC come
+    // first, it creates a pod, adopts the orphan when it arrives and deletes the newer of the two:
+    // the orphan must be older by a whole second (creation timestamps have seconds only), as
+    // upstream's test gets by waiting for the pod to run first.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let rc: k8s_openapi::api::core::v1::ReplicationController = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "pod-adoption"},
         "spec": {"replicas": 1, "template": {"metadata": {"labels": {"name": "pod-adoption"}},
