@@ -100,9 +100,16 @@ fn node_of(meta: &ObjectMeta, api_version: &str, kind: &str) -> Node {
     }
 }
 
+/// Whether the collector follows a resource: not events, as upstream's default ignored
+/// resources. They are the most numerous objects and rarely owned, and the same objects are
+/// served by two groups (core and `events.k8s.io`), which would put each in the graph twice.
+fn collected(r: &Resource) -> bool {
+    !(r.api.plural == "events" && (r.api.group.is_empty() || r.api.group == "events.k8s.io"))
+}
+
 impl GarbageCollector {
     pub async fn new(client: kube::Client) -> Result<Arc<GarbageCollector>, kube::Error> {
-        let resources = resources::deletable(&client).await?;
+        let resources = resources::deletable(&client).await?.into_iter().filter(collected).collect();
         Ok(Arc::new(GarbageCollector {
             client,
             resources,
@@ -361,6 +368,24 @@ impl GarbageCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_of_either_group_are_not_collected_and_everything_else_is() {
+        let r = |group: &str, version: &str, kind: &str, plural: &str| Resource {
+            api: kube::discovery::ApiResource {
+                group: group.into(),
+                version: version.into(),
+                api_version: if group.is_empty() { version.into() } else { format!("{group}/{version}") },
+                kind: kind.into(),
+                plural: plural.into(),
+            },
+            namespaced: true,
+        };
+        assert!(!collected(&r("", "v1", "Event", "events")));
+        assert!(!collected(&r("events.k8s.io", "v1", "Event", "events")));
+        assert!(collected(&r("", "v1", "Pod", "pods")));
+        assert!(collected(&r("example.com", "v1", "Event", "events")), "another group's events are its own");
+    }
 
     #[test]
     fn dependents_follow_their_owners_as_upstream() {
