@@ -141,12 +141,11 @@ impl ResourceInfo {
         (self.normalize)(obj)
     }
 
-    /// Stored bytes, as this resource serves them.
-    pub fn served_bytes(&self, stored: &[u8]) -> Vec<u8> {
-        let Some(conv) = self.stored_as else { return stored.to_vec() };
-        match serde_json::from_slice::<Value>(stored) {
-            Ok(v) => crate::codec::encode_for_storage(&(conv.from_storage)(&v)),
-            Err(_) => stored.to_vec(),
+    /// A stored object, as this resource serves it.
+    pub fn served_value(&self, stored: Value) -> Value {
+        match self.stored_as {
+            Some(conv) => (conv.from_storage)(&stored),
+            None => stored,
         }
     }
 

@@ -1321,10 +1321,7 @@ impl Store {
     /// A storage event as the API event this watcher should see, if any. Objects moving into or
     /// out of the selection appear as ADDED or DELETED.
     fn translate(&self, info: &ResourceInfo, opts: &WatchOptions, ev: WatchEvent) -> Option<ApiResult<WatchItem>> {
-        let decode = |kv: &KeyValue, rev: i64| match info.stored_as {
-            Some(conv) => codec::decode_stored(&kv.value, rev).map(|v| (conv.from_storage)(&v)),
-            None => codec::decode_stored(&kv.value, rev),
-        };
+        let decode = |kv: &KeyValue, rev: i64| codec::decode_stored(&kv.value, rev).map(|v| info.served_value(v));
         let sel = &opts.selectors;
         let result = (|| -> ApiResult<Option<WatchItem>> {
             Ok(match ev {
@@ -1365,8 +1362,10 @@ impl Store {
 
 /// A stored object in the form `info` serves (see [`crate::resources::StoredAs`]).
 fn served(info: &ResourceInfo, mut kv: KeyValue) -> KeyValue {
-    if info.stored_as.is_some() {
-        kv.value = info.served_bytes(&kv.value).into();
+    if info.stored_as.is_some()
+        && let Ok(v) = serde_json::from_slice::<Value>(&kv.value)
+    {
+        kv.value = codec::encode_for_storage(&info.served_value(v)).into();
     }
     kv
 }

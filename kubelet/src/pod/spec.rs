@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use proto::cri;
 
 use super::env::expand;
@@ -100,6 +100,13 @@ pub fn dns_config(pod: &Pod, ctx: &SpecContext) -> cri::DnsConfig {
     dns
 }
 
+/// The containers that run for the pod's lifetime: the app containers and the restartable
+/// (sidecar) init containers that run alongside them. Their ports are the pod's host ports.
+pub fn long_running_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    spec.containers.iter().chain(sidecars)
+}
+
 pub fn sandbox_config(pod: &Pod, attempt: u32, ctx: &SpecContext) -> cri::PodSandboxConfig {
     let spec = pod.spec.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -107,9 +114,7 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, ctx: &SpecContext) -> cri::PodSan
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let host_net = host_network(pod);
     let mut ports = Vec::new();
-    // Restartable (sidecar) init containers run alongside the app containers: theirs count too.
-    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    for c in spec.containers.iter().chain(sidecars) {
+    for c in long_running_containers(&spec) {
         for p in c.ports.clone().unwrap_or_default() {
             if let Some(hp) = p.host_port.filter(|h| *h > 0) {
                 ports.push(cri::PortMapping {
